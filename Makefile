@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both bootstrap .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint unit schemas bench soak clean up
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: start the embedded stack and the demo (a candidate that degrades and is killed)
+run: $(STAMP)
+	$(BIN)/rollout demo
+
+## up: start the embedded stack in the foreground (Ctrl-C stops all)
+up: $(STAMP)
+	$(BIN)/rollout up
+
+## test: lint, then the whole suite (unit, integration against a real nats-server, slow fault tests)
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine consumers events tests bench
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+## schemas: regenerate docs/schemas/ from the event Structs
+schemas: $(STAMP)
+	$(BIN)/rollout schemas --out docs/schemas
+
+## bench: every benchmark; prints a table, writes bench/results/latest.json and docs/benchmarks.md
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'eventsourcing==9.5.6'
+	$(BIN)/python -m bench.run
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache data

@@ -1,0 +1,55 @@
+"""The topology: every consumer the engine runs, what it reads and what it emits.
+
+``rollout up`` starts one process per entry (``rollout consumer NAME``); ``rollout
+replay`` folds a log through all of them. A consumer module registers itself here by
+name; nothing else needs to know the list.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+__all__ = ["ConsumerSpec", "get", "names", "specs"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """One consumer: its durable name, its module, and its one-line purpose."""
+
+    name: str
+    module: str
+    summary: str
+
+
+_SPECS: dict[str, ConsumerSpec] = {}
+
+
+def register(spec: ConsumerSpec) -> None:
+    _SPECS[spec.name] = spec
+
+
+def _load() -> None:
+    # Modules listed here register themselves on import.
+    for module in _MODULES:
+        importlib.import_module(module)
+
+
+_MODULES: list[str] = []
+
+
+def specs() -> list[ConsumerSpec]:
+    _load()
+    return list(_SPECS.values())
+
+
+def names() -> list[str]:
+    return [spec.name for spec in specs()]
+
+
+def get(name: str) -> ConsumerSpec:
+    _load()
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown consumer {name!r}; known: {sorted(_SPECS)}") from None

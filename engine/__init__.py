@@ -1,0 +1,1 @@
+"""Edges of rollout-engine that touch the outside world: NATS, SQLite, processes, CLI, SDK."""

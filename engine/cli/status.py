@@ -1,0 +1,84 @@
+"""``rollout status``: the server, the streams, the consumers and their lag.
+
+Later issues extend it with per-rollout state; with no rollout given it is the health
+view an on-call engineer reads first.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from nats.js.errors import NotFoundError
+
+from engine.bus import connect
+from engine.cli.common import add_json_flag, color, handler, print_json, settings_from
+from events import subjects
+
+__all__ = ["collect_status", "register"]
+
+
+async def collect_status(js: Any, url: str) -> dict[str, Any]:
+    """Streams with their sizes, consumers with lag (pending) and unacked counts."""
+    streams: list[dict[str, Any]] = []
+    for name in (subjects.LOG_STREAM, subjects.DLQ_STREAM, f"KV_{subjects.STATE_BUCKET}"):
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            streams.append({"name": name, "exists": False})
+            continue
+        consumers = []
+        for consumer in await js.consumers_info(name):
+            consumers.append(
+                {
+                    "name": consumer.name,
+                    "lag": consumer.num_pending,
+                    "ack_pending": consumer.num_ack_pending,
+                    "redelivered": consumer.num_redelivered,
+                    "delivered_seq": consumer.delivered.stream_seq if consumer.delivered else 0,
+                }
+            )
+        streams.append(
+            {
+                "name": name,
+                "exists": True,
+                "subjects": list(info.config.subjects or []),
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "first_seq": info.state.first_seq,
+                "last_seq": info.state.last_seq,
+                "replicas": info.config.num_replicas,
+                "consumers": consumers,
+            }
+        )
+    return {"server": url, "streams": streams}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    nc = await connect(settings, name="rollout-status", reconnect=False)
+    try:
+        status = await collect_status(nc.jetstream(), nc.connected_url.geturl() if nc.connected_url else "")
+    finally:
+        await nc.close()
+    if args.json:
+        print_json(status)
+        return 0
+    print(f"server  {status['server']}  {color('up', '32')}")
+    for stream in status["streams"]:
+        if not stream["exists"]:
+            print(f"stream  {stream['name']}: {color('missing', '31')} (run `rollout up` to provision)")
+            continue
+        print(f"stream  {stream['name']}: {stream['messages']} msgs, {stream['bytes']} bytes, "
+              f"seq {stream['first_seq']}..{stream['last_seq']}, R{stream['replicas']}")
+        for consumer in stream["consumers"]:
+            lag = consumer["lag"]
+            print(f"  consumer {consumer['name']}: lag {color(str(lag), '33' if lag else '32')}, "
+                  f"unacked {consumer['ack_pending']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("status", help="server, streams, consumers and their lag", description=__doc__)
+    add_json_flag(parser)
+    parser.set_defaults(handler=handler(_run))

@@ -1,0 +1,93 @@
+"""``rollout up``: the embedded stack in the foreground; Ctrl-C stops all of it.
+
+Starts the bundled nats-server with JetStream, provisions streams and the KV bucket,
+publishes engine ticks, and runs every registered consumer as its own process. The
+server URL is written to DATA_DIR/nats.url so other shells (``rollout status``) find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from engine.bus import connect, provision
+from engine.cli.common import CliError, handler, settings_from
+from engine.server import EmbeddedServer, ServerError
+from engine.supervisor import Child, Supervisor
+from engine.ticks import run_ticks
+
+__all__ = ["register", "serve"]
+
+log = logging.getLogger("rollout.up")
+
+
+async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+    """Run the stack until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    settings = settings_from(args, port=args.port, host=args.host)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    server = EmbeddedServer(
+        settings.data_path / "nats",
+        host=settings.host,
+        port=settings.port,
+        max_payload=settings.max_payload_bytes,
+        allow_public=settings.secure,
+    )
+    try:
+        await asyncio.to_thread(server.start)
+    except ServerError as exc:
+        raise CliError(str(exc)) from None
+    supervisor = Supervisor([])
+    try:
+        settings.url_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.url_file.write_text(server.url + "\n")
+        nc = await connect(settings, url=server.url, name="rollout-up")
+        js = nc.jetstream()
+        for action in await provision(js, settings):
+            log.info(action)
+        names = [] if args.no_consumers else _consumer_names()
+        supervisor = Supervisor(
+            [
+                Child(name, [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "consumer", name],
+                      env={"ROLLOUT_NATS_URL": server.url})
+                for name in names
+            ]
+        )
+        supervisor.start()
+        print(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}); "
+              f"consumers: {', '.join(names) or 'none'}; Ctrl-C stops all", flush=True)
+        if ready is not None:
+            ready.set()
+        ticks = asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))
+        watch = asyncio.create_task(supervisor.watch(stop))
+        await stop.wait()
+        await asyncio.gather(ticks, watch, return_exceptions=True)
+        await nc.drain()
+    finally:
+        await asyncio.to_thread(supervisor.stop)
+        await asyncio.to_thread(server.stop)
+        with contextlib.suppress(FileNotFoundError):
+            settings.url_file.unlink()
+        print("rollout up: stopped", flush=True)
+    return 0
+
+
+def _consumer_names() -> list[str]:
+    from consumers import registry
+
+    return registry.names()
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("up", help="run the embedded stack in the foreground", description=__doc__)
+    parser.add_argument("--port", type=int, help="client port (default 4222; 0 picks a free one)")
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--no-consumers", action="store_true", help="start the server and ticks only")
+    parser.set_defaults(handler=handler(serve))

@@ -1,0 +1,138 @@
+"""Engine settings: defaults < TOML file < ``ROLLOUT_*`` environment variables.
+
+Every setting is a field of :class:`Settings` with its type, default and meaning; the
+configuration reference in ``docs/configuration.md`` is generated from the same field
+docs. A bad value fails at start-up with the setting's name, where it came from, and
+what was expected, never later in the middle of a rollout.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+__all__ = ["SETTINGS_DOC", "Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "ROLLOUT_"
+DEFAULT_FILE = "rollout.toml"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, mistyped or out of range; the message says which and where."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """All engine settings. Field docs live in :data:`SETTINGS_DOC`."""
+
+    nats_url: str = ""
+    data_dir: str = "data"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=-1, le=65535)] = 4222
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    max_payload_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 8 * 1024 * 1024
+    log_max_age_s: Annotated[float, Meta(ge=0)] = 7 * 24 * 3600.0
+    log_max_bytes: Annotated[int, Meta(ge=-1)] = -1
+    dedupe_window_s: Annotated[float, Meta(gt=0, le=24 * 3600)] = 300.0
+    tick_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 250
+    consumer_batch: Annotated[int, Meta(ge=1, le=10_000)] = 256
+    consumer_max_deliver: Annotated[int, Meta(ge=1)] = 5
+    ack_wait_s: Annotated[float, Meta(gt=0)] = 30.0
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    connect_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
+    secure: bool = False
+    creds_file: str = ""
+    user: str = ""
+    password: str = ""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def url_file(self) -> Path:
+        """Where ``rollout up`` writes the URL of the server it started."""
+        return self.data_path / "nats.url"
+
+    def resolved_url(self) -> str:
+        """The NATS URL to connect to: the setting, else the running ``rollout up``'s."""
+        if self.nats_url:
+            return self.nats_url
+        if self.url_file.exists():
+            return self.url_file.read_text().strip()
+        return f"nats://{self.host}:{self.port if self.port > 0 else 4222}"
+
+
+SETTINGS_DOC: dict[str, str] = {
+    "nats_url": "NATS URL(s), comma-separated for a cluster. Empty: the server started by `rollout up` (its URL is in DATA_DIR/nats.url), else nats://HOST:PORT.",
+    "data_dir": "Directory for the embedded server's JetStream store, consumer SQLite stores and reports.",
+    "host": "Interface the embedded nats-server binds. Loopback by default; a non-loopback bind needs `secure = true`.",
+    "port": "Client port of the embedded nats-server; 0 or -1 picks a free port.",
+    "replicas": "Replica count of the streams and KV bucket: 1 embedded, 3 on a JetStream cluster.",
+    "max_payload_bytes": "Server max_payload. Larger than the engine's 1 MiB event-message limit so oversized events reach the dead letters instead of failing at publish.",
+    "log_max_age_s": "How long the log stream keeps events (seconds; 0 keeps them forever).",
+    "log_max_bytes": "Size cap of the log stream in bytes (-1: none). The oldest events go first.",
+    "dedupe_window_s": "JetStream duplicate window: a message id seen within it is stored once.",
+    "tick_interval_ms": "Interval of engine ticks (time as an event) on ro.tick.",
+    "consumer_batch": "Messages a consumer fetches per pull request.",
+    "consumer_max_deliver": "Deliveries of one message before the consumer dead-letters it.",
+    "ack_wait_s": "Seconds JetStream waits for an ack before it redelivers.",
+    "metrics_port": "Port of the Prometheus /metrics endpoint of `rollout up` and consumers (0: off).",
+    "connect_timeout_s": "Seconds to wait for a NATS server before failing with a clear error.",
+    "secure": "Generate per-role credentials and require them (see docs/security.md).",
+    "creds_file": "NATS credentials file for this process (secure mode).",
+    "user": "NATS user name for this process (secure mode).",
+    "password": "NATS password for this process (secure mode).",
+}
+
+
+def _coerce_env(name: str, raw: str, annotation: Any) -> Any:
+    text = raw.strip()
+    kind = getattr(annotation, "__origin__", annotation)
+    if kind is bool or annotation == "bool":
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected true or false")
+    return text
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file, the environment and overrides.
+
+    ``path`` defaults to ``$ROLLOUT_CONFIG`` or ``./rollout.toml`` when it exists.
+    Keyword overrides (from CLI flags) win over everything.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    file = path or env.get(f"{ENV_PREFIX}CONFIG") or (DEFAULT_FILE if Path(DEFAULT_FILE).exists() else None)
+    if file:
+        try:
+            with open(file, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise SettingsError(f"settings file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {file} is not valid TOML: {exc}") from None
+        merged.update(data.get("engine", data))
+    fields = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+    for name, annotation in fields.items():
+        key = f"{ENV_PREFIX}{name.upper()}"
+        if key in env:
+            merged[name] = _coerce_env(name, env[key], annotation)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        source = f" (from {file}, the environment or flags)" if file else " (from the environment or flags)"
+        raise SettingsError(f"invalid setting: {exc}{source}; see docs/configuration.md") from None

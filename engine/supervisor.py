@@ -1,0 +1,82 @@
+"""Child processes of ``rollout up``: one per consumer, restarted if they die.
+
+Each child gets PR_SET_PDEATHSIG, so none outlives ``rollout up`` even if it is
+SIGKILLed. Restarts back off from 0.5 s to 10 s so a crash loop does not spin a core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from engine.server import _die_with_parent
+
+__all__ = ["Child", "Supervisor"]
+
+log = logging.getLogger(__name__)
+
+
+class Child:
+    """One supervised command line."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.argv,
+            env={**os.environ, **(self.env or {})},
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Supervisor:
+    """Start children, restart the ones that exit, stop them all on request."""
+
+    def __init__(self, children: Sequence[Child]) -> None:
+        self.children = list(children)
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        backoff = {c.name: 0.5 for c in self.children}
+        while not stop.is_set():
+            for child in self.children:
+                if child.process is not None and child.process.poll() is not None:
+                    code = child.process.returncode
+                    log.warning("%s exited with %s; restarting in %.1fs", child.name, code, backoff[child.name])
+                    await asyncio.sleep(backoff[child.name])
+                    backoff[child.name] = min(backoff[child.name] * 2, 10.0)
+                    child.restarts += 1
+                    if not stop.is_set():
+                        child.start()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.stop()

@@ -1,0 +1,81 @@
+"""The wire contract of rollout-engine: event Structs, codec, subject map, errors.
+
+Import from here::
+
+    from events import Decision, Outcome, Metric, encode_batch, decode_message, subjects
+"""
+
+from __future__ import annotations
+
+from events import subjects
+from events.codec import (
+    MAX_BATCH,
+    MAX_MESSAGE_BYTES,
+    Rejected,
+    decode,
+    decode_json,
+    decode_lenient,
+    decode_message,
+    encode,
+    encode_batch,
+    encode_json,
+)
+from events.errors import EventError
+from events.ids import check_token, command_id, is_token, new_event_id
+from events.schema import (
+    COMMAND_TYPES,
+    ENGINE_ROLLOUT,
+    EVENT_TYPES,
+    PRODUCER_TYPES,
+    SCHEMA_VERSION,
+    AnyEvent,
+    Breach,
+    ConfigChange,
+    ControlState,
+    Decision,
+    Event,
+    KillSwitch,
+    Metric,
+    Outcome,
+    Resume,
+    ShadowResult,
+    Tick,
+    kind_of,
+)
+
+__all__ = [
+    "COMMAND_TYPES",
+    "ENGINE_ROLLOUT",
+    "EVENT_TYPES",
+    "MAX_BATCH",
+    "MAX_MESSAGE_BYTES",
+    "PRODUCER_TYPES",
+    "SCHEMA_VERSION",
+    "AnyEvent",
+    "Breach",
+    "ConfigChange",
+    "ControlState",
+    "Decision",
+    "Event",
+    "EventError",
+    "KillSwitch",
+    "Metric",
+    "Outcome",
+    "Rejected",
+    "Resume",
+    "ShadowResult",
+    "Tick",
+    "check_token",
+    "command_id",
+    "decode",
+    "decode_json",
+    "decode_lenient",
+    "decode_message",
+    "encode",
+    "encode_batch",
+    "encode_json",
+    "is_token",
+    "kind_of",
+    "new_event_id",
+    "subjects",
+]

@@ -1,0 +1,208 @@
+"""Bytes on the wire <-> events, for one event or a batch, in msgpack and JSON.
+
+Framing: a message's payload is either one event (a msgpack map) or a batch (a msgpack
+array of maps, at most ``MAX_BATCH`` long, all of one rollout and kind by convention).
+Consumers accept both: the first byte says which.
+
+Decoding never lets one bad event poison a good batch: the fast path decodes the whole
+batch in one call; if that fails, :func:`decode_lenient` decodes item by item and hands
+back the good events plus one :class:`Rejected` per bad item, each with its reason, so
+the consumer dead-letters only what is bad. An unknown ``kind`` (a newer producer) is
+rejected the same way instead of wedging an older consumer (msgspec #691).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from events.errors import EventError
+from events.schema import KINDS, SCHEMA_VERSION, AnyEvent, Event
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_MESSAGE_BYTES",
+    "Rejected",
+    "decode",
+    "decode_json",
+    "decode_lenient",
+    "decode_message",
+    "encode",
+    "encode_batch",
+    "encode_json",
+    "iter_json_lines",
+]
+
+MAX_BATCH = 1000
+"""Most events one message may carry."""
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+"""Largest payload the engine accepts (1 MiB); larger ones are dead-lettered."""
+
+_encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder()
+_one = msgspec.msgpack.Decoder(AnyEvent)
+_many = msgspec.msgpack.Decoder(list[AnyEvent])
+_one_json = msgspec.json.Decoder(AnyEvent)
+_raw_items = msgspec.msgpack.Decoder(list[msgspec.Raw])
+
+
+class _Envelope(msgspec.Struct):
+    """Just enough of an event to say why the full decode failed."""
+
+    kind: str = ""
+    v: int = SCHEMA_VERSION
+
+
+_envelope = msgspec.msgpack.Decoder(_Envelope)
+_envelope_json = msgspec.json.Decoder(_Envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """One item of a message that could not be decoded, and why.
+
+    ``index`` is the item's place in its batch, or -1 when the whole message is at fault.
+    """
+
+    index: int
+    error: EventError
+    data: bytes
+
+    @property
+    def reason(self) -> str:
+        where = f"item {self.index}: " if self.index >= 0 else ""
+        return f"{where}{self.error}"
+
+
+def encode(event: Event) -> bytes:
+    """One event as msgpack."""
+    return _encoder.encode(event)
+
+
+def encode_batch(events: Sequence[Event]) -> bytes:
+    """Several events as one msgpack array (one JetStream message)."""
+    if len(events) > MAX_BATCH:
+        raise EventError("batch", f"at most {MAX_BATCH} events per message, got {len(events)}")
+    return _encoder.encode(events)
+
+
+def encode_json(event: Event) -> bytes:
+    """One event as JSON, for export and people."""
+    return _json_encoder.encode(event)
+
+
+def _is_array(data: bytes) -> bool:
+    first = data[0]
+    return 0x90 <= first <= 0x9F or first in (0xDC, 0xDD)
+
+
+def _check_size(data: bytes | memoryview) -> None:
+    if len(data) == 0:
+        raise EventError("payload", "empty message")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise EventError(
+            "payload",
+            f"{len(data)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit",
+            "split the batch into smaller messages",
+        )
+
+
+def _explain(data: bytes, exc: Exception, envelope: msgspec.msgpack.Decoder | msgspec.json.Decoder) -> EventError:
+    """Turn a failed decode into the most useful error: unknown kind, version, or field."""
+    try:
+        env = envelope.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return EventError.from_msgspec(exc)
+    if env.kind not in KINDS:
+        return EventError(
+            "$.kind",
+            f"unknown event kind {env.kind!r}; this engine knows {sorted(KINDS)}",
+            "a newer producer? upgrade the consumer",
+        )
+    if env.v != SCHEMA_VERSION and isinstance(env.v, int) and env.v > SCHEMA_VERSION:
+        return EventError(
+            "$.v",
+            f"schema version {env.v} is newer than {SCHEMA_VERSION}, the newest this engine reads",
+            "upgrade the consumer",
+        )
+    return EventError.from_msgspec(exc)
+
+
+def decode(data: bytes) -> AnyEvent:
+    """Decode one msgpack event; raise :class:`EventError` naming the field and rule."""
+    _check_size(data)
+    try:
+        return _one.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _explain(data, exc, _envelope) from None
+
+
+def decode_message(data: bytes) -> list[AnyEvent]:
+    """Decode a message holding one event or a batch; all-or-nothing.
+
+    Raises :class:`EventError` for the first problem found. Consumers that must salvage
+    the good events of a partly bad batch use :func:`decode_lenient`.
+    """
+    events, rejected = decode_lenient(data)
+    if rejected:
+        raise rejected[0].error
+    return events
+
+
+def decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
+    """Decode what can be decoded; return the good events and the rejected items.
+
+    The whole-message fast path costs one msgspec call; only a message with a fault
+    falls back to item-by-item decoding.
+    """
+    try:
+        _check_size(data)
+    except EventError as exc:
+        return [], [Rejected(-1, exc, bytes(data))]
+    if not _is_array(data):
+        try:
+            return [_one.decode(data)], []
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return [], [Rejected(-1, _explain(data, exc, _envelope), bytes(data))]
+    try:
+        events = _many.decode(data)
+        if len(events) <= MAX_BATCH:
+            return events, []
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    try:
+        items = _raw_items.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return [], [Rejected(-1, EventError.from_msgspec(exc), bytes(data))]
+    if len(items) > MAX_BATCH:
+        error = EventError("batch", f"at most {MAX_BATCH} events per message, got {len(items)}")
+        return [], [Rejected(-1, error, bytes(data))]
+    good: list[AnyEvent] = []
+    bad: list[Rejected] = []
+    for index, raw in enumerate(items):
+        item = bytes(raw)
+        try:
+            good.append(_one.decode(item))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            bad.append(Rejected(index, _explain(item, exc, _envelope), item))
+    return good, bad
+
+
+def decode_json(data: bytes | str) -> AnyEvent:
+    """Decode one JSON event (export files, people, other languages)."""
+    raw = data.encode() if isinstance(data, str) else data
+    _check_size(raw)
+    try:
+        return _one_json.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _explain(raw, exc, _envelope_json) from None
+
+
+def iter_json_lines(lines: Iterable[bytes]) -> Iterable[AnyEvent]:
+    """Decode a JSON-lines export, skipping blank lines."""
+    for line in lines:
+        if line.strip():
+            yield decode_json(line)

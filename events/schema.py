@@ -1,0 +1,234 @@
+"""The wire contract: every event the engine reads or writes, as msgspec Structs.
+
+All events share one base (:class:`Event`) and one tag field, ``kind``, so a single
+decoder turns any message into the right type. Evolution follows msgspec's rules: a new
+field always has a default, nothing is reordered or retyped, and a new event kind is a
+new tag (older consumers park it in dead letters instead of stopping; see
+``events.codec``).
+
+Units: times are integer milliseconds since the Unix epoch (``time_ms``); percentages
+are 0-100; probabilities 0-1; every float is finite and bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct
+
+from events.ids import TOKEN_PATTERN
+
+__all__ = [
+    "COMMAND_TYPES",
+    "EVENT_TYPES",
+    "PRODUCER_TYPES",
+    "SCHEMA_VERSION",
+    "AnyEvent",
+    "ENGINE_ROLLOUT",
+    "KINDS",
+    "Breach",
+    "ConfigChange",
+    "ControlState",
+    "Decision",
+    "Event",
+    "KillSwitch",
+    "Metric",
+    "Outcome",
+    "Resume",
+    "ShadowResult",
+    "Tick",
+    "Verdict",
+    "kind_of",
+]
+
+SCHEMA_VERSION = 1
+"""The newest schema version this code reads and writes."""
+
+ENGINE_ROLLOUT = "_engine"
+"""Reserved rollout id carried by engine-wide events (ticks). User rollouts never start with '_'."""
+
+MAX_TEXT = 1024
+MAX_DIMENSIONS = 32
+MAX_BREACHES = 32
+FLOAT_BOUND = 1e12
+
+# --- constrained field types (the rules a decoder enforces) --------------------------
+Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="subject-safe id: 1-64 of A-Z a-z 0-9 _ -")]
+UnitId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="stickiness key (user, session, request): 1-256 printable characters",
+    ),
+]
+Text = Annotated[
+    str,
+    Meta(max_length=MAX_TEXT, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$", description="free text, no control characters"),
+]
+TimeMs = Annotated[int, Meta(ge=0, le=2**53, description="event time, ms since the Unix epoch")]
+Finite = Annotated[float, Meta(ge=-FLOAT_BOUND, le=FLOAT_BOUND, description="finite number, |x| <= 1e12")]
+Pct = Annotated[float, Meta(ge=0.0, le=100.0, description="percentage, 0-100")]
+Prob = Annotated[float, Meta(ge=0.0, le=1.0, description="probability, 0-1")]
+Count = Annotated[int, Meta(ge=0, le=2**53)]
+Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION, description="schema version")]
+
+Verdict = Literal["win", "loss", "neutral", "inconclusive"]
+DecisionReason = Literal[
+    "default", "canary", "kill_switch", "bandit", "forced_safe", "override", "disabled"
+]
+
+
+class Event(Struct, tag_field="kind", kw_only=True, frozen=True, gc=False):
+    """Fields every event carries.
+
+    ``id`` is unique and time-sortable (``events.ids.new_event_id``) and doubles as the
+    JetStream ``Nats-Msg-Id`` of a single-event message.
+    """
+
+    id: Token
+    v: Version = SCHEMA_VERSION
+    rollout: Token
+    time_ms: TimeMs
+    producer: Token
+
+
+# --- producer events ---------------------------------------------------------------
+class ShadowResult(Struct, kw_only=True, frozen=True, gc=False):
+    """What the variant that was *not* served would have done, and how it differed.
+
+    ``diff`` maps a named dimension (seed 001: ``agent``, ``steps``, ``tools``,
+    ``dry_run``) to whether it changed. ``error`` records a failed or timed-out shadow.
+    """
+
+    variant: Token
+    diff: Annotated[dict[Token, bool], Meta(max_length=MAX_DIMENSIONS)] = {}
+    error: Text | None = None
+    latency_ms: Finite | None = None
+
+
+class Decision(Event, tag="decision"):
+    """Which variant served which unit, and why."""
+
+    unit: UnitId
+    variant: Token
+    reason: DecisionReason
+    canary_pct: Pct
+    config_version: Count
+    propensity: Prob
+    shadow: ShadowResult | None = None
+    dry_run: bool = False
+    context: Token | None = None
+
+
+class Outcome(Event, tag="outcome"):
+    """How a decision turned out. ``decision_id`` joins it to its :class:`Decision`."""
+
+    decision_id: Token
+    variant: Token
+    verdict: Verdict
+    quality: Finite | None = None
+    reward: Finite | None = None
+    confidence: Prob | None = None
+
+
+class Metric(Event, tag="metric"):
+    """One measurement of a variant: ``latency_ms``, ``cost_cents``, ``error`` (0/1)..."""
+
+    variant: Token
+    name: Token
+    value: Finite
+    unit: Token = "1"
+    decision_id: Token | None = None
+
+
+# --- control commands (published by the engine only) ---------------------------------
+class ControlState(Struct, kw_only=True, frozen=True, gc=False):
+    """A rollout's control state: what every service obeys.
+
+    Each control command carries the state before and after it, so the latest command
+    alone defines the state (services need no history), and the log is an audit trail.
+    """
+
+    canary_pct: Pct = 0.0
+    kill_switch: bool = False
+    config_version: Count = 0
+    policy_version: Count = 0
+    baseline: Token = "baseline"
+    candidate: Token = "candidate"
+
+
+class Breach(Struct, kw_only=True, frozen=True, gc=False):
+    """The numbers behind a kill switch: which guard, what was seen, against what."""
+
+    guard: Token
+    type: Token = "threshold"
+    observed: Finite
+    threshold: Finite
+    baseline: Finite | None = None
+    candidate_n: Count = 0
+    baseline_n: Count = 0
+    statistic: Finite | None = None
+    p_value: Prob | None = None
+    window: Token = "last_n"
+    detail: Text = ""
+
+
+class KillSwitch(Event, tag="kill_switch"):
+    """Stop the candidate now: canary to 0 and kill switch on."""
+
+    actor: Token
+    reason: Text
+    before: ControlState
+    after: ControlState
+    breaches: Annotated[list[Breach], Meta(max_length=MAX_BREACHES)] = []
+    cause_id: Token | None = None
+
+
+class Resume(Event, tag="resume"):
+    """Lift a kill switch and re-enable the candidate at ``after.canary_pct``."""
+
+    actor: Token
+    reason: Text
+    before: ControlState
+    after: ControlState
+
+
+class ConfigChange(Event, tag="config"):
+    """Any other change of control state or policy, with who, why, before and after.
+
+    ``policy`` holds a policy document (the TOML tables as a mapping); it is validated
+    by the consumer that uses it, so every policy version is in the log.
+    """
+
+    actor: Token
+    reason: Text
+    before: ControlState
+    after: ControlState
+    policy: dict[str, Any] | None = None
+
+
+# --- time ---------------------------------------------------------------------------
+class Tick(Event, tag="tick"):
+    """Engine time as an event: windows, sustain and cooldowns advance on ticks, so they
+    move when no traffic arrives and replay reproduces them exactly."""
+
+    rollout: Token = ENGINE_ROLLOUT
+
+
+PRODUCER_TYPES: tuple[type[Event], ...] = (Decision, Outcome, Metric)
+COMMAND_TYPES: tuple[type[Event], ...] = (KillSwitch, Resume, ConfigChange)
+EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick)
+
+AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick
+"""The tagged union: one decode call gives any of them."""
+
+KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[misc]
+
+
+def kind_of(event: Event | type[Event]) -> str:
+    """The wire tag of an event or event type (``"decision"``, ``"kill_switch"``...)."""
+    cls = event if isinstance(event, type) else type(event)
+    return cls.__struct_config__.tag  # type: ignore[return-value]
+
