@@ -20,12 +20,12 @@ from events.ids import TOKEN_PATTERN
 
 __all__ = [
     "COMMAND_TYPES",
+    "ENGINE_ROLLOUT",
     "EVENT_TYPES",
+    "KINDS",
     "PRODUCER_TYPES",
     "SCHEMA_VERSION",
     "AnyEvent",
-    "ENGINE_ROLLOUT",
-    "KINDS",
     "Breach",
     "ConfigChange",
     "ControlState",

@@ -18,7 +18,7 @@ def render_schemas() -> dict[str, bytes]:
     """File name -> JSON Schema bytes, one per event type, generated from the Structs."""
     out: dict[str, bytes] = {}
     for event_type in EVENT_TYPES:
-        (schema,), components = msgspec.json.schema_components([event_type], ref_template="#/$defs/{name}")
+        _, components = msgspec.json.schema_components([event_type], ref_template="#/$defs/{name}")
         document = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": event_type.__name__,
