@@ -30,8 +30,10 @@ __all__ = [
 ]
 
 TOKEN_MAX = 64
-TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-"""Ids that may become subject tokens: no ``.``, ``*``, ``>``, whitespace or control bytes."""
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$(?!\n)"
+"""Ids that may become subject tokens: no ``.``, ``*``, ``>``, whitespace or control bytes.
+
+``(?!\n)`` because Python's ``$`` also matches before a trailing newline."""
 
 _TOKEN = re.compile(TOKEN_PATTERN)
 _NONCE = os.urandom(4).hex()

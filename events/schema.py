@@ -59,13 +59,13 @@ UnitId = Annotated[
     Meta(
         min_length=1,
         max_length=256,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=r"^[^\x00-\x1f\x7f]+$(?!\n)",
         description="stickiness key (user, session, request): 1-256 printable characters",
     ),
 ]
 Text = Annotated[
     str,
-    Meta(max_length=MAX_TEXT, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$", description="free text, no control characters"),
+    Meta(max_length=MAX_TEXT, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$(?!\n)", description="free text, no control characters"),
 ]
 TimeMs = Annotated[int, Meta(ge=0, le=2**53, description="event time, ms since the Unix epoch")]
 Finite = Annotated[float, Meta(ge=-FLOAT_BOUND, le=FLOAT_BOUND, description="finite number, |x| <= 1e12")]
