@@ -7,10 +7,11 @@ created, an existing one only gains subjects it lacks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import nats
 from nats.aio.client import Client
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
@@ -67,22 +68,32 @@ async def connect(
     if settings.user:
         options["user"] = settings.user
         options["password"] = settings.password
+    client = Client()
+    # nats-py retries the initial connect forever whatever max_reconnect_attempts says,
+    # so the first connection gets a deadline of its own.
+    deadline = settings.connect_timeout_s * max(1, len(servers)) + 1.0
     try:
-        return await nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=settings.connect_timeout_s,
-            allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=0.25,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            closed_cb=closed,
-            error_cb=error,
-            pending_size=64 * 1024 * 1024,
-            **options,  # type: ignore[arg-type]
+        await asyncio.wait_for(
+            client.connect(
+                servers=servers,
+                name=name,
+                connect_timeout=settings.connect_timeout_s,
+                allow_reconnect=reconnect,
+                max_reconnect_attempts=-1 if reconnect else 0,
+                reconnect_time_wait=0.25,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                closed_cb=closed,
+                error_cb=error,
+                pending_size=64 * 1024 * 1024,
+                **options,  # type: ignore[arg-type]
+            ),
+            deadline,
         )
+        return client
     except (NoServersError, OSError, TimeoutError) as exc:
+        with contextlib.suppress(Exception):
+            await client.close()
         raise BusUnavailable(
             f"no NATS server answered at {', '.join(servers)} ({type(exc).__name__}: {exc}); "
             "start one with `rollout up`, or point ROLLOUT_NATS_URL at yours"
