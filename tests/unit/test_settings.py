@@ -56,3 +56,13 @@ def test_every_setting_is_documented() -> None:
     import msgspec
 
     assert {f.name for f in msgspec.structs.fields(Settings)} == set(SETTINGS_DOC)
+
+
+def test_configuration_reference_lists_every_setting_with_its_default() -> None:
+    import msgspec
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    defaults = Settings()
+    for field in msgspec.structs.fields(Settings):
+        assert f"| `{field.name}` | `ROLLOUT_{field.name.upper()}` |" in text, field.name
+        assert f"`{getattr(defaults, field.name)!r}`" in text, field.name
