@@ -33,6 +33,7 @@ from events.schema import (
     ConfigChange,
     ControlState,
     Decision,
+    Escalation,
     Event,
     KillSwitch,
     Metric,
@@ -40,6 +41,7 @@ from events.schema import (
     Resume,
     ShadowResult,
     Tick,
+    WouldKill,
     kind_of,
 )
 
@@ -56,6 +58,7 @@ __all__ = [
     "ConfigChange",
     "ControlState",
     "Decision",
+    "Escalation",
     "Event",
     "EventError",
     "KillSwitch",
@@ -65,6 +68,7 @@ __all__ = [
     "Resume",
     "ShadowResult",
     "Tick",
+    "WouldKill",
     "check_token",
     "command_id",
     "decode",

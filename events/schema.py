@@ -30,6 +30,7 @@ __all__ = [
     "ConfigChange",
     "ControlState",
     "Decision",
+    "Escalation",
     "Event",
     "KillSwitch",
     "Metric",
@@ -38,6 +39,7 @@ __all__ = [
     "ShadowResult",
     "Tick",
     "Verdict",
+    "WouldKill",
     "kind_of",
 ]
 
@@ -217,11 +219,43 @@ class Tick(Event, tag="tick"):
     rollout: Token = ENGINE_ROLLOUT
 
 
+# --- rollback consumer outputs (ro.ctl.<rollout>.escalation | would_kill) --------------
+class Escalation(Event, tag="escalation"):
+    """Seed 004: one guard breached ``count`` times within the window; a human should look.
+
+    ``state`` is ``armed`` until ``expires_ms`` (event time), then an ``expired`` event
+    follows. ``trigger`` is the guard name, or ``inconclusive`` when a guard stayed
+    inconclusive for its limit of consecutive checks.
+    """
+
+    actor: Token
+    reason: Text
+    trigger: Token
+    state: Literal["armed", "expired"] = "armed"
+    count: Count = 0
+    expires_ms: TimeMs = 0
+    policy_version: Count = 0
+    cause_id: Token | None = None
+
+
+class WouldKill(Event, tag="would_kill"):
+    """A dry-run policy would have killed the candidate here; control state is untouched."""
+
+    actor: Token
+    reason: Text
+    policy_name: Token
+    before: ControlState
+    after: ControlState
+    policy_version: Count = 0
+    breaches: Annotated[list[Breach], Meta(max_length=MAX_BREACHES)] = []
+    cause_id: Token | None = None
+
+
 PRODUCER_TYPES: tuple[type[Event], ...] = (Decision, Outcome, Metric)
 COMMAND_TYPES: tuple[type[Event], ...] = (KillSwitch, Resume, ConfigChange)
-EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick)
+EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick, Escalation, WouldKill)
 
-AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick
+AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick | Escalation | WouldKill
 """The tagged union: one decode call gives any of them."""
 
 KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[misc]

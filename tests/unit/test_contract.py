@@ -14,6 +14,7 @@ from events import (
     ConfigChange,
     ControlState,
     Decision,
+    Escalation,
     EventError,
     KillSwitch,
     Metric,
@@ -21,6 +22,7 @@ from events import (
     Resume,
     ShadowResult,
     Tick,
+    WouldKill,
     decode,
     decode_json,
     decode_lenient,
@@ -63,6 +65,15 @@ def _sample(kind: str):
             policy={"guards": [{"name": "latency_p95", "threshold": 1600}]}, **BASE,
         ),
         "tick": Tick(id="tick-1700000000000", time_ms=1_700_000_000_000, producer="engine"),
+        "escalation": Escalation(
+            id="escalate-0123abcd", actor="rollback", reason="latency breached 3 times in 24h",
+            trigger="latency", count=3, expires_ms=1_700_014_400_000, policy_version=1, **BASE,
+        ),
+        "would_kill": WouldKill(
+            id="would_kill-0123abcd", actor="rollback", reason="cost (candidate mean: 4.0¢ > 3.0¢)",
+            policy_name="strict", policy_version=2, before=state, after=killed,
+            breaches=[Breach(guard="cost", observed=4.0, threshold=3.0, candidate_n=40)], **BASE,
+        ),
     }
     return samples[kind]
 
