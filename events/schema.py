@@ -32,10 +32,16 @@ __all__ = [
     "Decision",
     "Escalation",
     "Event",
+    "Evidence",
+    "Guardrail",
+    "GuardrailState",
     "KillSwitch",
     "Metric",
     "Outcome",
+    "RecheckClosed",
+    "RecheckRequest",
     "Resume",
+    "Risk",
     "ShadowResult",
     "Tick",
     "Verdict",
@@ -251,11 +257,79 @@ class WouldKill(Event, tag="would_kill"):
     cause_id: Token | None = None
 
 
+# --- seed 002: guardrails and verification re-checks (ro.ctl.<rollout>.guardrail | recheck)
+Risk = Literal["low", "medium", "high"]
+
+
+class GuardrailState(Struct, kw_only=True, frozen=True, gc=False):
+    """Seed 002's switches as state: what ``choose()`` obeys for one rollout.
+
+    ``cooldown_until_ms`` is set by the bandit consumer when a ``loss`` follows a
+    normal-mode decision; until then choices are forced back to ``safe`` mode.
+    """
+
+    bandit_enabled: bool = True
+    executor_enabled: bool = True
+    real_apply: bool = False
+    mode_default: Literal["safe", "normal"] = "safe"
+    normal_canary: bool = True
+    normal_max_per_hour: Annotated[int, Meta(ge=0, le=3600)] = 1
+    normal_min_priority: Prob = 0.9
+    normal_allowed_risk: Annotated[tuple[Risk, ...], Meta(max_length=3)] = ("low",)
+    cooldown_s: Annotated[int, Meta(ge=0, le=30 * 24 * 3600)] = 1800
+    cooldown_until_ms: TimeMs = 0
+
+
+class Guardrail(Event, tag="guardrail"):
+    """A change of a rollout's guardrails (operator switch or automatic cooldown)."""
+
+    actor: Token
+    reason: Text
+    before: GuardrailState
+    after: GuardrailState
+    cause_id: Token | None = None
+
+
+class Evidence(Struct, kw_only=True, frozen=True, gc=False):
+    """One outcome seen for an item of the verification queue."""
+
+    outcome_id: Token
+    time_ms: TimeMs
+    verdict: Verdict
+    confidence: Prob | None = None
+    quality: Finite | None = None
+    reward: Finite | None = None
+
+
+class RecheckRequest(Event, tag="recheck"):
+    """Re-verify decision ``decision_id``: its outcome was inconclusive or not confident."""
+
+    decision_id: Token
+    variant: Token
+    attempt: Annotated[int, Meta(ge=1, le=1000)]
+    max_attempts: Annotated[int, Meta(ge=1, le=1000)]
+    first_seen_ms: TimeMs
+    cause_id: Token | None = None
+
+
+class RecheckClosed(Event, tag="recheck_closed"):
+    """A verification item left the queue: ``resolved`` by a conclusive outcome,
+    ``expired`` when its attempts ran out, ``evicted`` when the queue was full."""
+
+    decision_id: Token
+    variant: Token
+    status: Literal["resolved", "expired", "evicted"]
+    attempts: Annotated[int, Meta(ge=0, le=1000)]
+    first_seen_ms: TimeMs
+    evidence: Annotated[list[Evidence], Meta(max_length=16)] = []
+    resolved_by: Token | None = None
+
+
 PRODUCER_TYPES: tuple[type[Event], ...] = (Decision, Outcome, Metric)
 COMMAND_TYPES: tuple[type[Event], ...] = (KillSwitch, Resume, ConfigChange)
-EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick, Escalation, WouldKill)
+EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick, Escalation, WouldKill, Guardrail, RecheckRequest, RecheckClosed)
 
-AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick | Escalation | WouldKill
+AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick | Escalation | WouldKill | Guardrail | RecheckRequest | RecheckClosed
 """The tagged union: one decode call gives any of them."""
 
 KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[misc]

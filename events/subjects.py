@@ -66,6 +66,7 @@ CONTROL_COMMANDS: tuple[str, ...] = (
     "escalation",
     "recheck",
     "would_kill",
+    "guardrail",
 )
 
 

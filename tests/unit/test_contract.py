@@ -16,9 +16,14 @@ from events import (
     Decision,
     Escalation,
     EventError,
+    Evidence,
+    Guardrail,
+    GuardrailState,
     KillSwitch,
     Metric,
     Outcome,
+    RecheckClosed,
+    RecheckRequest,
     Resume,
     ShadowResult,
     Tick,
@@ -73,6 +78,20 @@ def _sample(kind: str):
             id="would_kill-0123abcd", actor="rollback", reason="cost (candidate mean: 4.0¢ > 3.0¢)",
             policy_name="strict", policy_version=2, before=state, after=killed,
             breaches=[Breach(guard="cost", observed=4.0, threshold=3.0, candidate_n=40)], **BASE,
+        ),
+        "guardrail": Guardrail(
+            id="cooldown-0123abcd", actor="bandit", reason="loss in normal mode", before=GuardrailState(),
+            after=GuardrailState(cooldown_until_ms=1_700_001_800_000), cause_id=new_event_id(), **BASE,
+        ),
+        "recheck": RecheckRequest(
+            id="recheck-0123abcd", decision_id=new_event_id(), variant="candidate", attempt=1,
+            max_attempts=3, first_seen_ms=1_700_000_000_000, **BASE,
+        ),
+        "recheck_closed": RecheckClosed(
+            id="recheck_closed-0123abcd", decision_id=new_event_id(), variant="candidate",
+            status="expired", attempts=3, first_seen_ms=1_700_000_000_000,
+            evidence=[Evidence(outcome_id=new_event_id(), time_ms=1_700_000_000_000, verdict="inconclusive", confidence=0.4)],
+            **BASE,
         ),
     }
     return samples[kind]
