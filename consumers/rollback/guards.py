@@ -1,0 +1,237 @@
+"""Guard evaluation: from evidence to pass / hold / fail / inconclusive, with the numbers.
+
+A guard reads a :class:`Summary` of the candidate (and, for relative modes, the
+baseline) from an :class:`Evidence` source, computes ``observed``, compares it with
+its threshold, and -- only when the threshold is crossed -- runs its statistical
+check, so the expensive part costs nothing on healthy traffic. Too little data or a
+crossing that is not significant is *inconclusive*, never a failure.
+
+Every result can be rendered as a :class:`events.Breach` and as one line of the kill
+switch's reason, in seed 001's format::
+
+    quality (baseline: 95.0, candidate: 82.0, drop: 13.0)
+    latency (candidate p95: 1850ms > 1600ms)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from consumers.rollback.hysteresis import Status
+from consumers.rollback.policy import Guard, Policy, SrmConfig
+from consumers.rollback.stats_tests import TestResult, rank_test, sequential_test, srm_test
+from events import Breach
+
+__all__ = ["Evidence", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
+
+_BOUND = 1e12
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Aggregates of one variant's samples of one metric in one window."""
+
+    n: int
+    mean: float = 0.0
+    var: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+
+    def get(self, aggregate: str) -> float:
+        return self.mean if aggregate in ("mean", "rate") else float(getattr(self, aggregate))
+
+
+EMPTY = Summary(0)
+
+
+class Evidence(Protocol):
+    """Where guards read their numbers (the rollback consumer's own canary-stats fold)."""
+
+    def summary(self, variant: str, metric: str, window: str) -> Summary: ...
+
+    def samples(self, variant: str, metric: str, window: str) -> Sequence[float]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GuardResult:
+    """One evaluation of one guard."""
+
+    guard: Guard
+    status: Status
+    observed: float | None = None
+    threshold: float = 0.0
+    candidate: float | None = None
+    baseline: float | None = None
+    candidate_n: int = 0
+    baseline_n: int = 0
+    test: TestResult | None = None
+    why: str = ""
+    kind: str = "threshold"
+
+    def describe(self) -> str:
+        """Seed 001's one-line explanation of this result."""
+        g = self.guard
+        if self.kind == "srm":
+            return (f"srm (candidate share: {self.observed:.1f}% vs configured {self.threshold:.1f}%, "
+                    f"n={self.candidate_n}/{self.baseline_n}, p={_p(self.test)})")
+        label = "" if g.aggregate == "mean" else f" {g.aggregate}"
+        obs, thr = _fmt(self.observed, g.unit), _fmt(self.threshold, g.unit)
+        op = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}[g.comparator]
+        if g.mode == "decrease":
+            text = (f"{g.name} (baseline{label}: {_fmt(self.baseline, g.unit)}, candidate{label}: "
+                    f"{_fmt(self.candidate, g.unit)}, drop: {obs})")
+        elif g.mode == "increase":
+            text = (f"{g.name} (baseline{label}: {_fmt(self.baseline, g.unit)}, candidate{label}: "
+                    f"{_fmt(self.candidate, g.unit)}, rise: {obs} {op} {thr})")
+        elif g.mode == "ratio":
+            text = f"{g.name} (candidate{label} / baseline{label}: {self.observed:.2f} {op} {self.threshold:g})"
+        else:
+            text = f"{g.name} (candidate{label}: {obs} {op} {thr})"
+        if self.test is not None and self.test.p_value is not None:
+            text = text[:-1] + f", {g.test} p={_p(self.test)})"
+        return text
+
+    def breach(self) -> Breach:
+        """The structured record carried by a KillSwitch / WouldKill."""
+        test = self.test
+        return Breach(
+            guard=self.guard.name,
+            type=self.kind if self.kind == "srm" else (self.guard.test if self.guard.test != "none" else "threshold"),
+            observed=_clamp(self.observed),
+            threshold=_clamp(self.threshold),
+            baseline=None if self.baseline is None else _clamp(self.baseline),
+            candidate_n=self.candidate_n,
+            baseline_n=self.baseline_n,
+            statistic=None if test is None or test.statistic is None else _clamp(test.statistic),
+            p_value=None if test is None or test.p_value is None else min(1.0, max(0.0, test.p_value)),
+            window=self.guard.window,
+            detail=self.describe()[:1024],
+        )
+
+
+def _clamp(x: float | None) -> float:
+    if x is None or math.isnan(x):
+        return 0.0
+    return max(-_BOUND, min(_BOUND, x))
+
+
+def _fmt(x: float | None, unit: str) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.0f}{unit}" if unit == "ms" else f"{x:.1f}{unit}"
+
+
+def _p(test: TestResult | None) -> str:
+    return "n/a" if test is None or test.p_value is None else f"{test.p_value:.3g}"
+
+
+def harm_sign(guard: Guard) -> float:
+    """+1 when a larger ``observed`` is worse (gt/ge), -1 when a smaller one is (lt/le)."""
+    return 1.0 if guard.comparator in ("gt", "ge") else -1.0
+
+
+def _crosses(value: float, threshold: float, comparator: str) -> bool:
+    if comparator == "gt":
+        return value > threshold
+    if comparator == "ge":
+        return value >= threshold
+    if comparator == "lt":
+        return value < threshold
+    return value <= threshold
+
+
+def _observed(guard: Guard, cand: float, base: float) -> float | None:
+    if guard.mode == "absolute":
+        return cand
+    if guard.mode == "increase":
+        return cand - base
+    if guard.mode == "decrease":
+        return base - cand
+    return None if base == 0 else cand / base
+
+
+def _run_test(guard: Guard, policy: Policy, ev: Evidence, variants: tuple[str, str],
+              cand: Summary, base: Summary) -> TestResult:
+    sign = harm_sign(guard)
+    if guard.test == "sequential":
+        if guard.mode == "absolute":
+            estimate = sign * (cand.mean - guard.threshold)
+            return sequential_test(estimate, cand.var / cand.n, cand.n, alpha=guard.alpha, n_star=policy.sequential_n)
+        diff = cand.mean - base.mean if guard.mode != "decrease" else base.mean - cand.mean
+        variance = cand.var / cand.n + base.var / base.n
+        return sequential_test(sign * diff, variance, cand.n + base.n, alpha=guard.alpha, n_star=policy.sequential_n)
+    # Mann-Whitney: is the candidate's distribution shifted towards harm?
+    higher_is_worse = (guard.mode != "decrease") == (sign > 0)
+    candidate, baseline = ev.samples(variants[1], guard.metric, guard.window), ev.samples(variants[0], guard.metric, guard.window)
+    return rank_test(candidate, baseline, "greater" if higher_is_worse else "less")
+
+
+def evaluate_guard(
+    guard: Guard,
+    policy: Policy,
+    ev: Evidence,
+    variants: tuple[str, str],
+    *,
+    penalized: bool = False,
+    cached: TestResult | None = None,
+) -> GuardResult:
+    """Evaluate one guard; ``variants`` is ``(baseline, candidate)``.
+
+    ``cached`` is a test result the caller kept from an earlier evaluation (tests are
+    re-run at most once per check interval); ``penalized`` raises the threshold by the
+    guard's flap penalty.
+    """
+    sign = harm_sign(guard)
+    threshold = guard.threshold + (sign * guard.penalty_threshold_add if penalized else 0.0)
+    cand = ev.summary(variants[1], guard.metric, guard.window)
+    need = guard.min_samples or policy.min_samples
+    if cand.n < need:
+        return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n,
+                           why=f"{cand.n} candidate samples < {need}")
+    base = EMPTY
+    if guard.relative:
+        base = ev.summary(variants[0], guard.metric, guard.window)
+        need_b = guard.min_baseline_samples or policy.min_baseline_samples
+        if base.n < need_b:
+            return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n, baseline_n=base.n,
+                               why=f"{base.n} baseline samples < {need_b}")
+    c_value = cand.get(guard.aggregate)
+    b_value = base.get(guard.aggregate) if guard.relative else None
+    observed = _observed(guard, c_value, b_value or 0.0)
+    common = {"threshold": threshold, "candidate": c_value, "baseline": b_value,
+              "candidate_n": cand.n, "baseline_n": base.n}
+    if observed is None or not math.isfinite(observed):
+        return GuardResult(guard, "inconclusive", observed=None, why="baseline aggregate is 0", **common)
+    if not _crosses(observed, threshold, guard.comparator):
+        recovered = not _crosses(observed, guard.recovery + (threshold - guard.threshold), guard.comparator)
+        return GuardResult(guard, "pass" if recovered else "hold", observed=observed, **common)
+    if guard.test == "none":
+        return GuardResult(guard, "fail", observed=observed, **common)
+    test = cached if cached is not None else _run_test(guard, policy, ev, variants, cand, base)
+    if not test.significant(guard.alpha):
+        return GuardResult(guard, "inconclusive", observed=observed, test=test, why="not significant", **common)
+    if guard.test == "mann_whitney" and (test.effect or 0.0) < guard.min_effect:
+        return GuardResult(guard, "inconclusive", observed=observed, test=test,
+                           why=f"effect size {test.effect:.2f} < {guard.min_effect}", **common)
+    return GuardResult(guard, "fail", observed=observed, test=test, **common)
+
+
+SRM_GUARD = Guard(name="srm", metric="decisions", threshold=0.0, unit="%")
+
+
+def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: float) -> GuardResult:
+    """Sample-ratio mismatch of the decisions made at ``canary_pct``: its own breach type."""
+    total = baseline_n + candidate_n
+    share = 100.0 * candidate_n / total if total else 0.0
+    common = {"observed": share, "threshold": canary_pct, "candidate_n": candidate_n,
+              "baseline_n": baseline_n, "kind": "srm"}
+    if total < cfg.min_decisions:
+        return GuardResult(SRM_GUARD, "inconclusive", why=f"{total} decisions < {cfg.min_decisions}", **common)
+    test = srm_test(baseline_n, candidate_n, canary_pct)
+    if test.p_value is None:
+        return GuardResult(SRM_GUARD, "inconclusive", test=test, why="expected counts under 5", **common)
+    return GuardResult(SRM_GUARD, "fail" if test.p_value < cfg.p_value else "pass", test=test, **common)
