@@ -68,6 +68,8 @@ async def connect(
     if settings.user:
         options["user"] = settings.user
         options["password"] = settings.password
+        # Secure mode: each role may subscribe only to its own inboxes (engine/security.py).
+        options["inbox_prefix"] = f"_INBOX_{settings.user}"
     client = Client()
     # nats-py retries the initial connect forever whatever max_reconnect_attempts says,
     # so the first connection gets a deadline of its own.

@@ -154,7 +154,7 @@ class EmbeddedServer:
         raise ServerError(f"nats-server did not accept clients within {timeout:.0f}s; see {self.data_dir}/nats-server.log")
 
     def _accepts(self) -> bool:
-        host_port = self.url.removeprefix("nats://")
+        host_port = self.url.split("://", 1)[-1]  # nats:// or tls:// (secure mode with TLS)
         host, _, port = host_port.rpartition(":")
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
