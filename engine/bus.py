@@ -13,10 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
-from nats.errors import NoServersError
+from nats.errors import NoRespondersError, NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from engine.settings import Settings
 from events import subjects
@@ -130,8 +130,23 @@ def stream_config(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-async def provision(js: JetStreamContext, settings: Settings) -> list[str]:
-    """Create what is missing; return a line per action taken (for ``rollout up``'s log)."""
+async def provision(js: JetStreamContext, settings: Settings, wait_s: float = 30.0) -> list[str]:
+    """Create what is missing; return a line per action taken (for ``rollout up``'s log).
+
+    A fresh cluster answers "JetStream not ready" until it has elected its meta leader
+    (about 5 s for 3 nodes here), so provisioning retries for up to ``wait_s`` seconds.
+    """
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            return await _provision_once(js, settings)
+        except (ServiceUnavailableError, NoRespondersError, TimeoutError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BusUnavailable(f"JetStream did not become ready within {wait_s:.0f}s: {exc}") from None
+            await asyncio.sleep(0.5)
+
+
+async def _provision_once(js: JetStreamContext, settings: Settings) -> list[str]:
     actions: list[str] = []
     for config in stream_config(settings):
         try:
