@@ -1,0 +1,317 @@
+"""The policy-bandit projection: join outcomes to decisions, update arm posteriors.
+
+A pure fold of the log (no I/O, no clock, no randomness):
+
+- ``ConfigChange`` with a ``bandit`` policy table opts a rollout in (or changes arms);
+- ``Decision`` with reason ``bandit``/``forced_safe`` for an arm opens a pending join,
+  due ``reward_wait_s`` later in event time;
+- ``Outcome`` with the decision's id settles it: its reward updates the arm's posterior
+  (``inconclusive`` is not a reward: the join stays open for the verification queue's
+  re-check); a join still open when due settles with ``default_reward``; an outcome for
+  a join already defaulted is counted as *late* on its arm, never dropped silently;
+- a ``loss`` joined to a normal-mode decision starts the guardrail cooldown and emits a
+  ``Guardrail`` event recording it; operators' ``Guardrail`` events set the switches.
+
+Memory is bounded: at most ``max_pending`` open joins (the earliest due is defaulted
+early and counted as ``evicted``) and ``max_settled`` remembered settled ids (to tell a
+late outcome from an unknown one).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Literal
+
+import msgspec
+
+from consumers.bandit import posterior
+from consumers.bandit.clock import EventClock
+from consumers.bandit.state import BanditPolicy, BanditView, parse_policy
+from consumers.guardrails import cooldown_event, prune_normal_times, start_cooldown
+from events import AnyEvent, ConfigChange, Decision, Event, Guardrail, GuardrailState, Outcome
+
+__all__ = ["BanditProjection", "RolloutBandit"]
+
+LEARNING_REASONS = frozenset({"bandit", "forced_safe"})
+MAX_NORMAL_TIMES = 3600
+
+
+class Pending(msgspec.Struct, array_like=True, gc=False):
+    rollout: str
+    arm: str
+    context: str
+    normal: bool
+    time_ms: int
+    due_ms: int
+
+
+class Settled(msgspec.Struct, array_like=True, gc=False):
+    rollout: str
+    arm: str
+    context: str
+    normal: bool
+    status: Literal["rewarded", "defaulted", "evicted"]
+
+
+class RolloutBandit(msgspec.Struct, kw_only=True):
+    """One rollout's bandit: policy, arm statistics per context, guardrails, counters."""
+
+    policy: BanditPolicy | None = None
+    policy_version: int = 0
+    contexts: dict[str, dict[str, posterior.ArmStats]] = {}
+    guardrail: GuardrailState = GuardrailState()
+    normal_times: list[int] = []
+    counters: dict[str, int] = {}
+    last_error: str = ""
+    seq: int = 0
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    clock: EventClock
+    rollouts: dict[str, RolloutBandit]
+    pending: list[tuple[str, Pending]]
+    settled: dict[str, Settled]
+    changed: list[str]
+
+
+class BanditProjection:
+    """Projection ``bandit``: see the module docstring. ``changed`` lists views to publish."""
+
+    name = "bandit"
+
+    def __init__(self, max_pending: int = 200_000, max_settled: int = 200_000) -> None:
+        self.max_pending = max_pending
+        self.max_settled = max_settled
+        self.clock = EventClock()
+        self.rollouts: dict[str, RolloutBandit] = {}
+        self.pending: dict[str, Pending] = {}
+        self._due: list[tuple[int, str]] = []
+        self.settled: dict[str, Settled] = {}
+        self.changed: set[str] = set()
+
+    # --- the fold ---------------------------------------------------------------------
+    def apply(self, event: AnyEvent, seq: int) -> list[Event]:
+        now = self.clock.advance(event)
+        self._expire(now, seq)
+        if isinstance(event, Decision):
+            self._on_decision(event, seq, now)
+            return []
+        if isinstance(event, Outcome):
+            return self._on_outcome(event, seq, now)
+        if isinstance(event, ConfigChange):
+            self._on_config(event, seq)
+        elif isinstance(event, Guardrail) and event.producer != self.name:
+            # Our own Guardrail events record what this fold already did: skip the echo.
+            state = self.rollouts.setdefault(event.rollout, RolloutBandit())
+            state.guardrail = event.after
+            self._touch(event.rollout, state, seq)
+        return []
+
+    def _touch(self, rollout: str, state: RolloutBandit, seq: int) -> None:
+        state.seq = seq
+        self.changed.add(rollout)
+
+    def _on_config(self, event: ConfigChange, seq: int) -> None:
+        if not event.policy or "bandit" not in event.policy:
+            return
+        state = self.rollouts.setdefault(event.rollout, RolloutBandit())
+        try:
+            policy = parse_policy(event.policy["bandit"])
+        except ValueError as exc:
+            state.count("config_errors")
+            state.last_error = f"event {event.id}: {exc}"[:500]
+            self._touch(event.rollout, state, seq)
+            return
+        state.policy = policy
+        state.policy_version += 1
+        for arms in state.contexts.values():
+            for gone in [a for a in arms if a not in policy.arms]:
+                del arms[gone]
+        self._touch(event.rollout, state, seq)
+
+    def _on_decision(self, event: Decision, seq: int, now: int) -> None:
+        state = self.rollouts.get(event.rollout)
+        if state is None or state.policy is None or event.reason not in LEARNING_REASONS:
+            return
+        if event.id in self.pending or event.id in self.settled:
+            state.count("duplicate_decisions")
+            return
+        policy = state.policy
+        if event.variant not in policy.arms:
+            state.count("unknown_arm")
+            return
+        context = event.context or ""
+        if context not in state.contexts and len(state.contexts) >= policy.max_contexts:
+            state.count("context_overflow")
+            context = ""
+        arms = state.contexts.setdefault(context, {})
+        arms.setdefault(event.variant, posterior.ArmStats()).pulls += 1
+        normal = not event.dry_run
+        if normal:
+            times = prune_normal_times(state.normal_times, now)
+            times.append(event.time_ms)
+            state.normal_times = times[-MAX_NORMAL_TIMES:]
+        due = event.time_ms + int(policy.reward_wait_s * 1000)
+        self.pending[event.id] = Pending(event.rollout, event.variant, context, normal, event.time_ms, due)
+        heapq.heappush(self._due, (due, event.id))
+        while len(self.pending) > self.max_pending:
+            _, oldest = heapq.heappop(self._due)
+            self._settle_default(oldest, "evicted", seq)
+        self._touch(event.rollout, state, seq)
+
+    def _on_outcome(self, event: Outcome, seq: int, now: int) -> list[Event]:
+        pend = self.pending.get(event.decision_id)
+        if pend is not None:
+            state = self.rollouts[pend.rollout]
+            if event.verdict == "inconclusive":
+                state.count("inconclusive")
+                self._touch(pend.rollout, state, seq)
+                return []
+            del self.pending[event.decision_id]  # its heap entry is skipped when popped
+            self._reward(state, pend.context, pend.arm, self._reward_of(state, event))
+            self._remember(event.decision_id, Settled(pend.rollout, pend.arm, pend.context, pend.normal, "rewarded"))
+            self._touch(pend.rollout, state, seq)
+            return self._maybe_cooldown(state, pend.rollout, pend.normal, event, seq, now)
+        done = self.settled.get(event.decision_id)
+        if done is None:
+            tracked = self.rollouts.get(event.rollout)
+            if tracked is not None and tracked.policy is not None:
+                tracked.count("unmatched_outcomes")
+                self._touch(event.rollout, tracked, seq)
+            return []
+        state = self.rollouts[done.rollout]
+        if done.status == "rewarded":
+            state.count("duplicate_outcomes")
+        elif event.verdict != "inconclusive":
+            arm = state.contexts.get(done.context, {}).get(done.arm)
+            if arm is not None:
+                arm.late += 1
+                arm.late_sum += self._reward_of(state, event)
+            state.count("late_outcomes")
+        self._touch(done.rollout, state, seq)
+        return self._maybe_cooldown(state, done.rollout, done.normal, event, seq, now)
+
+    def _maybe_cooldown(
+        self, state: RolloutBandit, rollout: str, normal: bool, event: Outcome, seq: int, now: int
+    ) -> list[Event]:
+        if not (normal and event.verdict == "loss"):
+            return []
+        before = state.guardrail
+        state.guardrail = start_cooldown(before, now)
+        if state.guardrail == before:
+            return []
+        self._touch(rollout, state, seq)
+        return [cooldown_event(rollout, before, state.guardrail, now, event.id, self.name)]
+
+    @staticmethod
+    def _reward_of(state: RolloutBandit, event: Outcome) -> float:
+        if event.reward is not None:
+            return event.reward
+        if event.verdict == "win":
+            return 1.0
+        if event.verdict == "loss":
+            return 0.0
+        assert state.policy is not None
+        return state.policy.neutral_reward
+
+    def _reward(self, state: RolloutBandit, context: str, arm: str, reward: float) -> None:
+        policy = state.policy
+        if policy is None or arm not in policy.arms:
+            state.count("rewards_for_removed_arms")
+            return
+        arms = state.contexts.setdefault(context, {})
+        stats = arms.setdefault(arm, posterior.ArmStats())
+        posterior.discount(list(arms.values()), policy.discount)
+        posterior.observe(stats, reward, policy.reward)
+
+    def _settle_default(self, decision_id: str, status: Literal["defaulted", "evicted"], seq: int) -> None:
+        pend = self.pending.pop(decision_id, None)
+        if pend is None:
+            return
+        state = self.rollouts[pend.rollout]
+        if state.policy is not None:
+            self._reward(state, pend.context, pend.arm, state.policy.default_reward)
+            stats = state.contexts.get(pend.context, {}).get(pend.arm)
+            if stats is not None:
+                stats.defaulted += 1
+        if status == "evicted":
+            state.count("evicted")
+        self._remember(decision_id, Settled(pend.rollout, pend.arm, pend.context, pend.normal, status))
+        self._touch(pend.rollout, state, seq)
+
+    def _expire(self, now: int, seq: int) -> None:
+        due = self._due
+        while due and due[0][0] <= now:
+            _, decision_id = heapq.heappop(due)
+            if decision_id in self.pending:
+                self._settle_default(decision_id, "defaulted", seq)
+
+    def _remember(self, decision_id: str, settled: Settled) -> None:
+        self.settled[decision_id] = settled
+        while len(self.settled) > self.max_settled:
+            del self.settled[next(iter(self.settled))]
+
+    # --- what the SDK reads -----------------------------------------------------------
+    def view(self, rollout: str) -> BanditView:
+        """The published state of one rollout (KV ``bandit.<rollout>``)."""
+        state = self.rollouts[rollout]
+        policy = state.policy
+        now = self.clock.now_ms
+        normal_times = prune_normal_times(state.normal_times, now)
+        if policy is None:
+            return BanditView(
+                rollout=rollout, seq=state.seq, time_ms=now, enabled=False, arms=[], default_arm="",
+                weights={}, warm=False, guardrail=state.guardrail, normal_times=normal_times,
+                policy_version=state.policy_version,
+            )
+        enabled = state.guardrail.bandit_enabled
+        weights: dict[str, list[float]] = {}
+        warm_all = True
+        contexts = state.contexts if state.contexts else {"": {}}
+        for context in sorted(contexts):
+            arms = contexts[context]
+            stats = [arms.get(a) or posterior.ArmStats() for a in policy.arms]
+            warm = all(s.k >= policy.min_samples for s in stats)
+            warm_all = warm_all and warm
+            if not enabled:
+                weights[context] = [1.0 if a == policy.fallback else 0.0 for a in policy.arms]
+            elif not warm:
+                weights[context] = [1.0 / len(stats)] * len(stats)
+            else:
+                raw = posterior.thompson_weights(stats, policy.reward, policy.prior_mean, policy.prior_var)
+                weights[context] = posterior.apply_floor(raw, policy.floor)
+        return BanditView(
+            rollout=rollout, seq=state.seq, time_ms=now, enabled=enabled, arms=list(policy.arms),
+            default_arm=policy.fallback, weights=weights, warm=warm_all, guardrail=state.guardrail,
+            normal_times=normal_times, policy_version=state.policy_version,
+        )
+
+    def take_changed(self) -> list[str]:
+        """Rollouts whose view changed since the last call (the runtime publishes them)."""
+        changed = sorted(self.changed)
+        self.changed.clear()
+        return changed
+
+    # --- persistence ------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        pending = sorted(self.pending.items(), key=lambda kv: (kv[1].due_ms, kv[0]))
+        snap = _Snapshot(
+            self.clock, dict(sorted(self.rollouts.items())), pending, self.settled, sorted(self.changed)
+        )
+        # Dicts keep insertion order, itself a function of the log: ``settled`` is a FIFO
+        # whose order must survive a restore, so it is not re-sorted here.
+        return msgspec.msgpack.encode(snap)
+
+    def restore(self, data: bytes) -> None:
+        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        self.clock = snap.clock
+        self.rollouts = snap.rollouts
+        self.pending = dict(snap.pending)
+        self._due = [(p.due_ms, i) for i, p in snap.pending]
+        heapq.heapify(self._due)
+        self.settled = snap.settled
+        self.changed = set(snap.changed)
+
