@@ -16,9 +16,12 @@ switch's reason, in seed 001's format::
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy
 
 from consumers.rollback.hysteresis import Status
 from consumers.rollback.policy import Guard, Policy, SrmConfig
@@ -154,10 +157,29 @@ def _observed(guard: Guard, cand: float, base: float) -> float | None:
     return None if base == 0 else cand / base
 
 
+def _variance(ev: Evidence, variant: str, guard: Guard, summary: Summary) -> float:
+    if not math.isnan(summary.var):
+        return summary.var
+    values = ev.samples(variant, guard.metric, guard.window)
+    return statistics.variance(values) if len(values) > 1 else math.nan
+
+
+def _aggregate(ev: Evidence, variant: str, guard: Guard, summary: Summary) -> float:
+    value = summary.get(guard.aggregate)
+    if math.isnan(value) and guard.aggregate in ("p50", "p95", "p99"):
+        values = ev.samples(variant, guard.metric, guard.window)
+        if values:
+            return float(numpy.percentile(values, float(guard.aggregate[1:])))
+    return value
+
+
 def _run_test(guard: Guard, policy: Policy, ev: Evidence, variants: tuple[str, str],
               cand: Summary, base: Summary) -> TestResult:
     sign = harm_sign(guard)
     if guard.test == "sequential":
+        cand = Summary(cand.n, cand.mean, _variance(ev, variants[1], guard, cand))
+        if guard.relative:
+            base = Summary(base.n, base.mean, _variance(ev, variants[0], guard, base))
         if guard.mode == "absolute":
             estimate = sign * (cand.mean - guard.threshold)
             return sequential_test(estimate, cand.var / cand.n, cand.n, alpha=guard.alpha, n_star=policy.sequential_n)
@@ -199,8 +221,8 @@ def evaluate_guard(
         if base.n < need_b:
             return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n, baseline_n=base.n,
                                why=f"{base.n} baseline samples < {need_b}")
-    c_value = cand.get(guard.aggregate)
-    b_value = base.get(guard.aggregate) if guard.relative else None
+    c_value = _aggregate(ev, variants[1], guard, cand)
+    b_value = _aggregate(ev, variants[0], guard, base) if guard.relative else None
     observed = _observed(guard, c_value, b_value or 0.0)
     common = {"threshold": threshold, "candidate": c_value, "baseline": b_value,
               "candidate_n": cand.n, "baseline_n": base.n}

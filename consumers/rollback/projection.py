@@ -1,0 +1,390 @@
+"""The rollback consumer: a pure fold of the log that emits kill switches.
+
+It reads the one totally ordered log (producer events, control commands, ticks),
+folds producer events into its own canary-stats instance per rollout, and judges each
+rollout with its policy on every relevant event and on every tick:
+
+1. guards (:mod:`.guards`) -> pass / hold / fail / inconclusive with the numbers;
+2. per-guard hysteresis (:mod:`.hysteresis`) -> a conclusive alarm, a recovery, or an
+   inconclusive limit;
+3. actions: a :class:`events.KillSwitch` (or a staged step down, :mod:`.progression`),
+   a :class:`events.WouldKill` for a dry-run policy, an :class:`events.Escalation` for
+   repeated breaches (:mod:`.escalation`), a step up when progression is on.
+
+Every decision depends only on events: times are event times, commands take their ids
+from the event that caused them (``command_id("kill", rollout, cause_id)``), and
+snapshots are canonical, so replaying a log reproduces the same commands byte for byte.
+The statistical tests run only when a threshold is crossed and then at most once per
+``check_interval_ms``, so healthy traffic costs a few dictionary lookups per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from consumers.rollback import evidence
+from consumers.rollback.escalation import EscalationBook
+from consumers.rollback.evidence import StatsEvidence
+from consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
+from consumers.rollback.hysteresis import GuardMachine, step
+from consumers.rollback.policy import (
+    DEFAULT_POLICY,
+    QUALITY,
+    Guard,
+    Policy,
+    PolicyError,
+    load_policy,
+)
+from consumers.rollback.progression import Progress, canary_move, next_down, next_up, tick_progress
+from consumers.rollback.stats_tests import TestResult
+from events import (
+    AnyEvent,
+    ConfigChange,
+    ControlState,
+    Decision,
+    Escalation,
+    Event,
+    KillSwitch,
+    Metric,
+    Outcome,
+    Resume,
+    Tick,
+    WouldKill,
+    command_id,
+)
+
+__all__ = ["ACTOR", "RollbackProjection"]
+
+ACTOR = "rollback"
+_COMMANDS = (KillSwitch, Resume, ConfigChange)
+_PRODUCER = (Decision, Outcome, Metric)
+
+
+def _reason(why: str, suffix: str) -> str:
+    """Seed 001's breach lines joined, then the policy; always within the 1024-char limit."""
+    return why[: 1024 - len(suffix)] + suffix
+
+
+class CachedTest(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    at_ms: int
+    result: TestResult
+
+
+class PolicyRun(msgspec.Struct, array_like=True, gc=False):
+    """One policy judging one rollout: its machines, cached tests and staged position."""
+
+    policy: Policy
+    machines: dict[str, GuardMachine] = msgspec.field(default_factory=dict)
+    tests: dict[str, CachedTest] = msgspec.field(default_factory=dict)
+    tripped_ms: int = -1
+    last_step_ms: int = -1
+
+
+class RolloutState(msgspec.Struct, array_like=True, gc=False):
+    """Everything the consumer knows about one rollout (plus its canary-stats fold)."""
+
+    control: ControlState = ControlState()
+    live: PolicyRun = msgspec.field(default_factory=lambda: PolicyRun(DEFAULT_POLICY))
+    shadow: PolicyRun | None = None
+    now_ms: int = 0
+    epoch: int = 0
+    killed_ms: int = -1
+    srm_pct: float = -1.0
+    srm_baseline: int = 0
+    srm_candidate: int = 0
+    candidate_total: int = 0
+    progress: Progress = msgspec.field(default_factory=Progress)
+    escalation: EscalationBook = msgspec.field(default_factory=EscalationBook)
+    kills: int = 0
+    would_kills: int = 0
+    policy_error: str = ""
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    rollouts: dict[str, RolloutState]
+    stats: dict[str, bytes]
+
+
+_encoder = msgspec.msgpack.Encoder(order="sorted")
+_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+class RollbackProjection:
+    """Regression guards with statistics, hysteresis and dry-run; emits kill switches."""
+
+    name = "rollback"
+
+    def __init__(self, stats_factory: Callable[[Policy], Any] | None = None) -> None:
+        """``stats_factory(policy)`` makes one rollout's canary-stats fold (default: CanaryStats)."""
+        self._new_stats = stats_factory or evidence.new_stats
+        self.rollouts: dict[str, RolloutState] = {}
+        self._stats: dict[str, Any] = {}
+        self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
+
+    # --- the Projection protocol ----------------------------------------------------
+    def apply(self, event: AnyEvent, seq: int) -> list[Event]:
+        out: list[Event] = []
+        if isinstance(event, Tick):
+            for rollout in sorted(self.rollouts):
+                self._stats[rollout].apply(event, seq)
+                self._evaluate(rollout, event, out)
+            return out
+        if isinstance(event, _PRODUCER):
+            r = self._rollout(event.rollout)
+            self._stats[event.rollout].apply(event, seq)
+            if isinstance(event, Decision):
+                self._count_decision(r, event)
+                self._evaluate(event.rollout, event, out, "srm")
+            elif isinstance(event, Metric):
+                self._evaluate(event.rollout, event, out, event.name)
+            elif event.quality is not None:
+                self._evaluate(event.rollout, event, out, QUALITY)
+        elif isinstance(event, _COMMANDS):
+            self._control(self._rollout(event.rollout), event)
+        return out
+
+    def snapshot(self) -> bytes:
+        rollouts = dict(sorted(self.rollouts.items()))
+        stats = {name: self._stats[name].snapshot() for name in rollouts}
+        return _encoder.encode(_Snapshot(rollouts, stats))
+
+    def restore(self, data: bytes) -> None:
+        snap = _decoder.decode(data)
+        self.rollouts = dict(snap.rollouts)
+        self._stats = {}
+        for name, blob in snap.stats.items():
+            stats = self._new_stats(self.rollouts[name].live.policy)
+            stats.restore(blob)
+            self._stats[name] = stats
+
+    # --- folding ----------------------------------------------------------------------
+    def _rollout(self, rollout: str) -> RolloutState:
+        r = self.rollouts.get(rollout)
+        if r is None:
+            r = self.rollouts[rollout] = RolloutState()
+            self._stats[rollout] = self._new_stats(r.live.policy)
+        return r
+
+    def _new_epoch(self, rollout: str, r: RolloutState) -> None:
+        """Forget the evidence: a re-enabled candidate is judged on new data only."""
+        r.epoch += 1
+        r.live = PolicyRun(r.live.policy)
+        r.shadow = None if r.shadow is None else PolicyRun(r.shadow.policy)
+        r.srm_pct, r.srm_baseline, r.srm_candidate, r.candidate_total = -1.0, 0, 0, 0
+        r.progress = Progress()
+        self._stats[rollout] = self._new_stats(r.live.policy)
+
+    def _count_decision(self, r: RolloutState, event: Decision) -> None:
+        if event.variant == r.control.candidate:
+            r.candidate_total += 1
+        if event.reason not in ("default", "canary"):
+            return
+        if event.canary_pct != r.srm_pct:
+            r.srm_pct, r.srm_baseline, r.srm_candidate = event.canary_pct, 0, 0
+        if event.variant == r.control.candidate:
+            r.srm_candidate += 1
+        elif event.variant == r.control.baseline:
+            r.srm_baseline += 1
+
+    def _control(self, r: RolloutState, event: KillSwitch | Resume | ConfigChange) -> None:
+        r.now_ms = max(r.now_ms, event.time_ms)
+        if isinstance(event, ConfigChange) and event.policy is not None:
+            try:
+                policy = load_policy(event.policy, version=event.after.policy_version)
+            except PolicyError as exc:  # bad input never stops the engine: keep the last good policy
+                r.policy_error = str(exc)[:500]
+            else:
+                r.policy_error = ""
+                if policy.dry_run:
+                    r.shadow = PolicyRun(policy)
+                else:
+                    r.live = PolicyRun(policy)
+        was_killed = r.control.kill_switch
+        if event.after.canary_pct != r.control.canary_pct:
+            r.progress = Progress()
+        r.control = event.after
+        if was_killed and not event.after.kill_switch:
+            self._new_epoch(event.rollout, r)
+        elif event.after.kill_switch and not was_killed:
+            r.killed_ms = r.now_ms
+
+    # --- judging ----------------------------------------------------------------------
+    def _guards_of(self, policy: Policy) -> list[Guard]:
+        cached = self._guards.get(id(policy))
+        if cached is None or cached[0] is not policy:
+            cached = self._guards[id(policy)] = (policy, policy.all_guards())
+        return cached[1]
+
+    def _evaluate(self, rollout: str, cause: Event, out: list[Event], only: str | None = None) -> None:
+        """Judge ``rollout`` after ``cause``; ``only`` limits the guards to one metric's."""
+        r = self.rollouts[rollout]
+        now = r.now_ms = max(r.now_ms, cause.time_ms)
+        for flag in r.escalation.expire(now):
+            out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,
+                                        f"{flag.trigger} escalation expired", cause.id, now))
+        if r.control.kill_switch:
+            return
+        evidence = StatsEvidence(self._stats[rollout], rollout)
+        variants = (r.control.baseline, r.control.candidate)
+        live = r.live
+        alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, out, only)
+        unhealthy = failing or any(m.state != "ok" for m in live.machines.values())
+        if not unhealthy:
+            live.last_step_ms = -1  # recovered: a staged rollback stops where it is
+        if alarmed or (failing and self._step_due(r, now)):
+            everything = self._results(r, live, evidence, variants, None)
+            out.append(self._act(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+        elif live.policy.progression.enabled:
+            self._progress(rollout, r, bool(unhealthy), cause, out, now)
+        shadow = r.shadow
+        if shadow is not None and shadow.tripped_ms < 0 and self._judge(
+            rollout, r, shadow, evidence, variants, cause, out, only
+        )[0]:
+            everything = self._results(r, shadow, evidence, variants, None)
+            out.append(self._would_kill(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+
+    def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
+                 only: str | None) -> list[GuardResult]:
+        """Evaluate the guards of ``run`` (those on metric ``only``, or all); keeps the test cache."""
+        policy, now = run.policy, r.now_ms
+        results: list[GuardResult] = []
+        if only != "srm":
+            interval = policy.hysteresis.check_interval_ms
+            for guard in self._guards_of(policy):
+                if only is not None and guard.metric != only:
+                    continue
+                machine = run.machines.get(guard.name)
+                penalized = machine is not None and machine.penalized(now)
+                cached = run.tests.get(guard.name)
+                prior = cached.result if cached is not None and now - cached.at_ms < interval else None
+                result = evaluate_guard(guard, policy, evidence, variants, penalized=penalized, cached=prior)
+                if result.test is not None and result.test is not prior:
+                    run.tests[guard.name] = CachedTest(now, result.test)
+                elif result.status == "pass" and cached is not None:
+                    del run.tests[guard.name]
+                results.append(result)
+        if (only is None or only == "srm") and policy.srm.enabled and r.srm_pct > 0:
+            results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct))
+        return results
+
+    def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
+               variants: tuple[str, str], cause: Event, out: list[Event], only: str | None
+               ) -> tuple[bool, list[GuardResult]]:
+        """Step the machines of the evaluated guards; return (a new alarm?, failing results)."""
+        policy, now, live = run.policy, r.now_ms, run is r.live
+        cfg = policy.hysteresis
+        alarmed = False
+        failing: list[GuardResult] = []
+        for result in self._results(r, run, evidence, variants, only):
+            name = result.guard.name
+            machine = run.machines.get(name)
+            if machine is None:
+                machine = run.machines[name] = GuardMachine()
+            signal = step(machine, result.status, now, cfg)
+            if signal == "alarm":
+                alarmed = True
+                if live:
+                    flag = r.escalation.record(name, now, policy.escalation)
+                    if flag is not None:
+                        out.append(self._escalation(rollout, r, name, "armed", flag.count, flag.expires_ms,
+                                                    f"{name} breached {flag.count} times within "
+                                                    f"{policy.escalation.window_ms // 3_600_000}h", cause.id, now))
+            elif signal == "inconclusive_limit" and live:
+                out.append(self._escalation(rollout, r, f"inconclusive-{name}"[:64], "armed", machine.inconclusive,
+                                            now + policy.escalation.ttl_ms,
+                                            f"{name} inconclusive for {machine.inconclusive} consecutive checks"
+                                            f" ({result.why})", cause.id, now))
+            if result.status == "fail":
+                failing.append(result)
+        return alarmed, failing
+
+    def _step_due(self, r: RolloutState, now: int) -> bool:
+        """A staged rollback under way takes its next step every hold_down_ms."""
+        return r.live.last_step_ms >= 0 and now - r.live.last_step_ms >= r.live.policy.hysteresis.hold_down_ms
+
+    # --- actions --------------------------------------------------------------------
+    def _act(self, rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
+        policy = r.live.policy
+        target = next_down(policy, r.control.canary_pct)
+        why = "; ".join(res.describe() for res in failing)
+        if target is not None and target > 0:
+            move = canary_move(rollout, r.control, target, why=why, action="staged_rollback",
+                               cause_id=cause.id, time_ms=now)
+            r.control, r.live.last_step_ms, r.progress = move.after, now, Progress()
+            return move
+        before = r.control
+        after = msgspec.structs.replace(before, canary_pct=0.0, kill_switch=True)
+        kill = KillSwitch(
+            id=command_id("kill", rollout, cause.id),
+            rollout=rollout,
+            time_ms=now,
+            producer=ACTOR,
+            actor=ACTOR,
+            reason=_reason(why, f" [policy {policy.name} v{policy.version}]"),
+            before=before,
+            after=after,
+            breaches=[res.breach() for res in failing][:32],
+            cause_id=cause.id,
+        )
+        r.control, r.killed_ms, r.kills = after, now, r.kills + 1
+        r.live.last_step_ms = -1
+        return kill
+
+    def _would_kill(self, rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
+        run = r.shadow
+        assert run is not None
+        policy = run.policy
+        run.tripped_ms = now
+        r.would_kills += 1
+        why = "; ".join(res.describe() for res in failing)
+        return WouldKill(
+            id=command_id("would_kill", rollout, policy.name, policy.version, cause.id),
+            rollout=rollout,
+            time_ms=now,
+            producer=ACTOR,
+            actor=ACTOR,
+            reason=_reason(why, f" [dry-run policy {policy.name} v{policy.version}]"),
+            policy_name=policy.name,
+            policy_version=policy.version,
+            before=r.control,
+            after=msgspec.structs.replace(r.control, canary_pct=0.0, kill_switch=True),
+            breaches=[res.breach() for res in failing][:32],
+            cause_id=cause.id,
+        )
+
+    def _progress(self, rollout: str, r: RolloutState, unhealthy: bool, cause: Event, out: list[Event], now: int) -> None:
+        policy = r.live.policy
+        cfg = policy.progression
+        if r.killed_ms >= 0 and now - r.killed_ms < policy.hysteresis.hold_down_ms:
+            return  # hold-down after a kill: no automatic moves yet
+        if r.live.last_step_ms >= 0 or r.control.canary_pct <= 0:
+            return  # a staged rollback stopped here, or nothing to progress
+        if not tick_progress(r.progress, cfg, now, r.candidate_total, unhealthy):
+            return
+        target = next_up(cfg, r.control.canary_pct)
+        if target is None:
+            return
+        move = canary_move(rollout, r.control, target, why=f"{cfg.healthy_intervals} healthy intervals",
+                           action="progression", cause_id=cause.id, time_ms=now)
+        r.control, r.progress = move.after, Progress()
+        out.append(move)
+
+    def _escalation(self, rollout: str, r: RolloutState, trigger: str, state: str, count: int,
+                    expires_ms: int, reason: str, cause_id: str, now: int) -> Escalation:
+        return Escalation(
+            id=command_id("escalation", rollout, trigger, state, cause_id),
+            rollout=rollout,
+            time_ms=now,
+            producer=ACTOR,
+            actor=ACTOR,
+            reason=reason[:1024],
+            trigger=trigger,
+            state=state,  # type: ignore[arg-type]
+            count=count,
+            expires_ms=expires_ms,
+            policy_version=r.live.policy.version,
+            cause_id=cause_id,
+        )
