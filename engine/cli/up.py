@@ -14,8 +14,12 @@ import logging
 import signal
 import sys
 
+import msgspec
+
 from engine.bus import connect, provision
 from engine.cli.common import CliError, handler, settings_from
+from engine.cli.secure import add_up_flags, prepare
+from engine.cluster import EmbeddedCluster
 from engine.server import EmbeddedServer, ServerError
 from engine.supervisor import Child, Supervisor
 from engine.ticks import run_ticks
@@ -27,19 +31,30 @@ log = logging.getLogger("rollout.up")
 
 async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
     """Run the stack until ``stop`` is set or SIGINT/SIGTERM arrives."""
-    settings = settings_from(args, port=args.port, host=args.host)
+    settings = settings_from(args, port=args.port, host=args.host, secure=getattr(args, "secure", None))
+    secure = prepare(settings, tls=getattr(args, "tls", False))  # None unless --secure (docs/security.md)
+    if secure is not None:
+        settings = secure.engine_settings(settings)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    server = EmbeddedServer(
-        settings.data_path / "nats",
-        host=settings.host,
-        port=settings.port,
-        max_payload=settings.max_payload_bytes,
-        allow_public=settings.secure,
-    )
+    server: EmbeddedServer | EmbeddedCluster
+    if args.cluster:
+        # R3 needs three nodes; a 1- or 2-node trial cluster replicates to all it has.
+        settings = msgspec.structs.replace(settings, replicas=min(3, args.cluster))
+        server = EmbeddedCluster(settings.data_path / "cluster", args.cluster, host=settings.host,
+                                 max_payload=settings.max_payload_bytes)
+    else:
+        server = EmbeddedServer(
+            settings.data_path / "nats",
+            host=settings.host,
+            port=settings.port,
+            max_payload=settings.max_payload_bytes,
+            allow_public=settings.secure,
+            extra_config=secure.extra_config(settings.data_path / "nats") if secure else "",
+        )
     try:
         await asyncio.to_thread(server.start)
     except ServerError as exc:
@@ -56,13 +71,15 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
         supervisor = Supervisor(
             [
                 Child(name, [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "consumer", name],
-                      env={"ROLLOUT_NATS_URL": server.url})
+                      env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {})})
                 for name in names
             ]
         )
         supervisor.start()
-        print(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}); "
+        print(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}, R{settings.replicas}); "
               f"consumers: {', '.join(names) or 'none'}; Ctrl-C stops all", flush=True)
+        if secure is not None:
+            print(secure.describe(), flush=True)
         if ready is not None:
             ready.set()
         ticks = asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))
@@ -90,4 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--port", type=int, help="client port (default 4222; 0 picks a free one)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--no-consumers", action="store_true", help="start the server and ticks only")
+    add_up_flags(parser)
+    parser.add_argument("--cluster", type=int, metavar="N", default=0,
+                        help="start an N-node JetStream cluster on loopback instead of one server (R3 streams when N >= 3)")
     parser.set_defaults(handler=handler(serve))
