@@ -1,0 +1,270 @@
+"""The verification-retry queue (seed 002): outcomes that did not convince are re-checked.
+
+A pure fold of the log. An ``Outcome`` that is ``inconclusive``, or whose ``confidence``
+is below ``min_confidence``, opens an item for its decision (``pending_recheck`` in the
+runbook). Event time drives the schedule, with ticks moving it when no traffic arrives:
+
+    first seen t0 -> RecheckRequest attempt 1 at t0 + interval, 2 at t0 + 2*interval, ...
+    attempt max_attempts at t0 + max*interval -> RecheckClosed "expired" one interval later,
+    carrying its evidence (every outcome seen, oldest and newest kept when over the cap).
+
+A later conclusive outcome for the decision closes the item as ``resolved`` at once. The
+emitted events have deterministic ids (``command_id``) and ``time_ms`` equal to their due
+time, so a replay emits the same events and JetStream de-duplicates a re-publish.
+
+Defaults follow the runbook (``VERIFICATION_RETRY_INTERVAL_SECONDS=300``,
+``VERIFICATION_RETRY_MAX_ATTEMPTS=3``); a rollout overrides them with a ``verification``
+table in a ``ConfigChange`` policy. The queue is bounded (``max_items``; the oldest item is
+closed as ``evicted``), and its depth and oldest age are Prometheus gauges, so "pending
+re-checks must not grow unbounded" is an alert rule, not a manual check.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from consumers.bandit.clock import EventClock
+from events import (
+    AnyEvent,
+    ConfigChange,
+    Event,
+    Evidence,
+    Outcome,
+    RecheckClosed,
+    RecheckRequest,
+    command_id,
+)
+
+__all__ = [
+    "RecheckGauges",
+    "VerificationPolicy",
+    "VerificationProjection",
+    "parse_verification_policy",
+]
+
+MAX_EVIDENCE = 16
+
+
+class VerificationPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The ``[verification]`` table of a rollout policy."""
+
+    retry_interval_s: Annotated[float, Meta(gt=0.0, le=7 * 24 * 3600.0)] = 300.0
+    max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 3
+    min_confidence: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.8
+    max_evidence: Annotated[int, Meta(ge=2, le=MAX_EVIDENCE)] = 8
+
+
+DEFAULT_POLICY = VerificationPolicy()
+
+
+def parse_verification_policy(raw: object) -> VerificationPolicy:
+    """Validate a ``verification`` table; raise ValueError naming the bad field."""
+    try:
+        return msgspec.convert(raw, VerificationPolicy)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"verification policy: {exc}; see docs/bandit.md") from None
+
+
+class Item(msgspec.Struct, array_like=True, gc=False):
+    """One decision waiting for a conclusive outcome."""
+
+    rollout: str
+    variant: str
+    first_seen_ms: int
+    first_outcome: str
+    attempts: int
+    due_ms: int
+    interval_ms: int
+    max_attempts: int
+    evidence: list[Evidence]
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    clock: EventClock
+    policies: dict[str, VerificationPolicy]
+    items: dict[str, Item]
+    counters: dict[str, dict[str, int]]
+
+
+def _evidence(event: Outcome) -> Evidence:
+    return Evidence(
+        outcome_id=event.id, time_ms=event.time_ms, verdict=event.verdict, confidence=event.confidence,
+        quality=event.quality, reward=event.reward,
+    )
+
+
+class VerificationProjection:
+    """Projection ``verification``: see the module docstring."""
+
+    name = "verification"
+
+    def __init__(self, max_items: int = 100_000) -> None:
+        self.max_items = max_items
+        self.clock = EventClock()
+        self.policies: dict[str, VerificationPolicy] = {}
+        self.items: dict[str, Item] = {}
+        self.counters: dict[str, dict[str, int]] = {}
+        self._due: list[tuple[int, str]] = []
+
+    def _count(self, rollout: str, name: str) -> None:
+        counts = self.counters.setdefault(rollout, {})
+        counts[name] = counts.get(name, 0) + 1
+
+    # --- the fold ---------------------------------------------------------------------
+    def apply(self, event: AnyEvent, seq: int) -> list[Event]:
+        now = self.clock.advance(event)
+        out = self._run_due(now)
+        if isinstance(event, Outcome):
+            out.extend(self._on_outcome(event))
+        elif isinstance(event, ConfigChange) and event.policy and "verification" in event.policy:
+            try:
+                self.policies[event.rollout] = parse_verification_policy(event.policy["verification"])
+            except ValueError:
+                self._count(event.rollout, "config_errors")
+        return out
+
+    def _weak(self, event: Outcome, policy: VerificationPolicy) -> bool:
+        if event.verdict == "inconclusive":
+            return True
+        return event.confidence is not None and event.confidence < policy.min_confidence
+
+    def _on_outcome(self, event: Outcome) -> list[Event]:
+        policy = self.policies.get(event.rollout, DEFAULT_POLICY)
+        weak = self._weak(event, policy)
+        item = self.items.get(event.decision_id)
+        if item is not None:
+            self._add_evidence(item, _evidence(event), policy.max_evidence)
+            if weak:
+                return []
+            return [self._close(event.decision_id, "resolved", event.time_ms, resolved_by=event.id)]
+        if not weak:
+            return []
+        interval = int(policy.retry_interval_s * 1000)
+        item = Item(
+            rollout=event.rollout, variant=event.variant, first_seen_ms=event.time_ms, first_outcome=event.id,
+            attempts=0, due_ms=event.time_ms + interval, interval_ms=interval,
+            max_attempts=policy.max_attempts, evidence=[_evidence(event)],
+        )
+        self.items[event.decision_id] = item
+        heapq.heappush(self._due, (item.due_ms, event.decision_id))
+        self._count(event.rollout, "opened")
+        out: list[Event] = []
+        while len(self.items) > self.max_items:
+            oldest = next(iter(self.items))
+            out.append(self._close(oldest, "evicted", event.time_ms))
+        return out
+
+    @staticmethod
+    def _add_evidence(item: Item, evidence: Evidence, cap: int) -> None:
+        item.evidence.append(evidence)
+        if len(item.evidence) > cap:
+            del item.evidence[1]  # keep the first (why it opened) and the newest
+
+    def _run_due(self, now: int) -> list[Event]:
+        out: list[Event] = []
+        due = self._due
+        while due and due[0][0] <= now:
+            due_ms, decision_id = heapq.heappop(due)
+            item = self.items.get(decision_id)
+            if item is None or item.due_ms != due_ms:
+                continue  # closed or rescheduled: a stale heap entry
+            if item.attempts < item.max_attempts:
+                item.attempts += 1
+                out.append(RecheckRequest(
+                    id=command_id("recheck", item.rollout, decision_id, item.attempts),
+                    rollout=item.rollout, time_ms=due_ms, producer=self.name, decision_id=decision_id,
+                    variant=item.variant, attempt=item.attempts, max_attempts=item.max_attempts,
+                    first_seen_ms=item.first_seen_ms, cause_id=item.first_outcome,
+                ))
+                self._count(item.rollout, "requests")
+                item.due_ms = due_ms + item.interval_ms
+                heapq.heappush(due, (item.due_ms, decision_id))
+            else:
+                out.append(self._close(decision_id, "expired", due_ms))
+        return out
+
+    def _close(
+        self, decision_id: str, status: Literal["resolved", "expired", "evicted"], time_ms: int,
+        resolved_by: str | None = None,
+    ) -> RecheckClosed:
+        item = self.items.pop(decision_id)
+        self._count(item.rollout, status)
+        return RecheckClosed(
+            id=command_id("recheck_closed", item.rollout, decision_id, status),
+            rollout=item.rollout, time_ms=time_ms, producer=self.name, decision_id=decision_id,
+            variant=item.variant, status=status, attempts=item.attempts, first_seen_ms=item.first_seen_ms,
+            evidence=list(item.evidence), resolved_by=resolved_by,
+        )
+
+    # --- metrics ----------------------------------------------------------------------
+    def depth(self) -> dict[str, int]:
+        """Pending re-check items per rollout."""
+        depth: dict[str, int] = {}
+        for item in self.items.values():
+            depth[item.rollout] = depth.get(item.rollout, 0) + 1
+        return dict(sorted(depth.items()))
+
+    def oldest_age_s(self) -> dict[str, float]:
+        """Age in seconds (event time) of each rollout's oldest pending item."""
+        now = self.clock.now_ms
+        oldest: dict[str, int] = {}
+        for item in self.items.values():
+            if item.rollout not in oldest or item.first_seen_ms < oldest[item.rollout]:
+                oldest[item.rollout] = item.first_seen_ms
+        return {r: max(0, now - t) / 1000.0 for r, t in sorted(oldest.items())}
+
+    # --- persistence ------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        # ``items`` keeps open order (a function of the log): eviction takes the oldest.
+        snap = _Snapshot(
+            self.clock,
+            dict(sorted(self.policies.items())),
+            self.items,
+            {r: dict(sorted(c.items())) for r, c in sorted(self.counters.items())},
+        )
+        return msgspec.msgpack.encode(snap)
+
+    def restore(self, data: bytes) -> None:
+        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        self.clock = snap.clock
+        self.policies = snap.policies
+        self.items = snap.items
+        self.counters = snap.counters
+        self._due = [(item.due_ms, decision_id) for decision_id, item in self.items.items()]
+        heapq.heapify(self._due)
+
+
+class RecheckGauges:
+    """``rollout_recheck_pending`` and ``rollout_recheck_oldest_age_seconds`` per rollout.
+
+    Create once per process (a registry refuses duplicate names) and call :meth:`update`
+    after each committed batch. Alert on growth, e.g. ``rollout_recheck_oldest_age_seconds
+    > 3600``: with the defaults an item closes within 20 minutes, so an older one means the
+    queue is not being drained.
+    """
+
+    def __init__(self, registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Gauge
+
+        reg = REGISTRY if registry is None else registry
+        self.pending = Gauge(
+            "rollout_recheck_pending", "Outcomes pending re-check (verification queue depth)",
+            ["rollout"], registry=reg,
+        )
+        self.oldest = Gauge(
+            "rollout_recheck_oldest_age_seconds", "Event-time age of the oldest pending re-check",
+            ["rollout"], registry=reg,
+        )
+        self._seen: set[str] = set()
+
+    def update(self, projection: VerificationProjection) -> None:
+        depth = projection.depth()
+        ages = projection.oldest_age_s()
+        for rollout in self._seen | set(depth):
+            self.pending.labels(rollout).set(depth.get(rollout, 0))
+            self.oldest.labels(rollout).set(ages.get(rollout, 0.0))
+        self._seen |= set(depth)
