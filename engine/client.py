@@ -152,6 +152,8 @@ class RolloutClient:
                 return
 
     async def _on_bus_event(self, kind: str) -> None:
+        if kind == "disconnected" and self._publisher is not None:
+            self._publisher.connection_lost()
         if kind == "reconnected":
             # The server may have restarted and lost our ephemeral consumer: subscribe
             # anew (last per subject), then push the outbox.

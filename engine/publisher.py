@@ -83,6 +83,7 @@ class BatchPublisher:
         self._wake = asyncio.Event()
         self._drain_wake = asyncio.Event()
         self._space = asyncio.Event()
+        self._down = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -146,8 +147,13 @@ class BatchPublisher:
     # --- sending ------------------------------------------------------------------------
     def kick(self) -> None:
         """The connection is back: resume draining the outbox now."""
+        self._down.clear()
         self._drain_wake.set()
         self._wake.set()
+
+    def connection_lost(self) -> None:
+        """The connection dropped: stop waiting for acks that may never come."""
+        self._down.set()
 
     async def _send_loop(self) -> None:
         while True:
@@ -205,7 +211,15 @@ class BatchPublisher:
         except Exception as exc:
             log.debug("publish failed: %s", exc)
         if futures:
-            await asyncio.wait(futures, timeout=self.ack_timeout_s)
+            # Wait for every ack, but stop early when the connection drops: then the
+            # un-acked batches go to the outbox at once (their ids make a resend safe).
+            if self._down.is_set() and self._jetstream() is not None:
+                self._down.clear()  # stale: we are connected again
+            acks = asyncio.ensure_future(asyncio.wait(futures))
+            down = asyncio.ensure_future(self._down.wait())
+            await asyncio.wait([acks, down], timeout=self.ack_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            acks.cancel()
+            down.cancel()
         acked = 0
         for future in futures:
             if future.done() and not future.cancelled() and future.exception() is None:
