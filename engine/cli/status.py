@@ -55,10 +55,17 @@ async def collect_status(js: Any, url: str) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "rollout", None):
+        from engine.cli.rollout_status import show_rollout
+
+        return await show_rollout(args)
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-status", reconnect=False)
     try:
         status = await collect_status(nc.jetstream(), nc.connected_url.geturl() if nc.connected_url else "")
+        from engine.cli.rollout_status import rollouts_summary
+
+        status["rollouts"] = await rollouts_summary(nc.jetstream())
     finally:
         await nc.close()
     if args.json:
@@ -75,10 +82,14 @@ async def _run(args: argparse.Namespace) -> int:
             lag = consumer["lag"]
             print(f"  consumer {consumer['name']}: lag {color(str(lag), '33' if lag else '32')}, "
                   f"unacked {consumer['ack_pending']}")
+    for item in status["rollouts"]:
+        print(f"rollout {item['line']}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("status", help="server, streams, consumers and their lag", description=__doc__)
+    parser.add_argument("rollout", nargs="?", metavar="ROLLOUT",
+                        help="one rollout: control state, last command and breaches, stats, thresholds")
     add_json_flag(parser)
     parser.set_defaults(handler=handler(_run))

@@ -74,6 +74,8 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
                       env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {})})
                 for name in names
             ]
+            + [Child("api", [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "api"],
+                     env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {})})]
         )
         supervisor.start()
         print(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}, R{settings.replicas}); "

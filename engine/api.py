@@ -1,0 +1,433 @@
+"""The operator API: seed 001's guard API as a ``nats.micro`` service on ``ro.api.*``.
+
+Endpoints (JSON request -> JSON reply): ``status``, ``rollback``, ``resume``,
+``evaluate``, ``config``, ``health``. The service is discoverable like any NATS micro
+service (``$SRV.PING|INFO|STATS.rollout-api``) and runs in a queue group, so several
+instances share the load.
+
+The API changes nothing directly: every change is published as a control command
+(KillSwitch, Resume, ConfigChange) on the log, carrying the operator (``actor``), the
+reason, the time and the state before and after. That is the audit trail, and the
+same command is what services and consumers obey. Changes are guarded three ways:
+
+* validation first (unknown rollout, percentage out of range, malformed policy, no
+  operator identity): a clear error and nothing published;
+* optimistic concurrency: the command is published with
+  ``Nats-Expected-Last-Subject-Sequence`` over ``ro.ctl.<rollout>.*``, so two operators
+  racing cannot both compute ``before`` from the same state; the loser re-reads and
+  retries;
+* idempotence: the command id derives from the client's ``request_id``, so a retried
+  request is stored once (JetStream ``Nats-Msg-Id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
+from nats.micro import add_service
+from nats.micro.request import Request
+
+from engine.control_log import ControlView, known_rollouts, read_control
+from events import ConfigChange, ControlState, KillSwitch, Resume, encode, subjects
+from events.errors import EventError
+from events.ids import command_id, is_token, new_event_id
+
+__all__ = ["ENDPOINTS", "SERVICE_NAME", "ApiError", "ControlApi", "call", "serve_api"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "rollout-api"
+SERVICE_VERSION = "0.1.0"
+ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health")
+RESUME_DEFAULT_PCT = 5.0
+"""The runbook's re-enable percentage after a kill (seed 001: "re-enable at 5%")."""
+_WRONG_LAST_SEQUENCE = 10071
+_RETRIES = 5
+
+
+class ApiError(Exception):
+    """A refused request: HTTP-like ``code`` (400 bad input, 404 unknown rollout, 409
+    conflict with the current state, 503 not available) and a message saying what was
+    wrong and what to do."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_json = msgspec.json.Encoder()
+
+
+def _builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+# --- request validation -----------------------------------------------------------------
+def _body(request_data: bytes) -> dict[str, Any]:
+    if not request_data.strip():
+        return {}
+    try:
+        body = msgspec.json.decode(request_data)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"request is not valid JSON ({exc}); send a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request must be a JSON object, e.g. {\"rollout\": \"checkout-v2\"}")
+    return body
+
+
+def _rollout(body: dict[str, Any]) -> str:
+    rollout = body.get("rollout")
+    if not is_token(rollout) or str(rollout).startswith("_"):
+        raise ApiError(400, f"rollout: expected 1-64 of A-Z a-z 0-9 _ - (not starting with '_'), got {rollout!r}")
+    return str(rollout)
+
+
+def _actor(body: dict[str, Any]) -> str:
+    actor = body.get("actor")
+    if actor in (None, ""):
+        raise ApiError(400, "actor: a change needs an operator identity (who is making it); "
+                            "pass --actor or set ROLLOUT_ACTOR")
+    if not is_token(actor):
+        raise ApiError(400, f"actor: expected 1-64 of A-Z a-z 0-9 _ -, got {actor!r}")
+    return str(actor)
+
+
+def _reason(body: dict[str, Any], required: bool) -> str:
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise ApiError(400, f"reason: expected text, got {type(reason).__name__}")
+    if required and not reason.strip():
+        raise ApiError(400, "reason: say why (it is recorded in the audit trail)")
+    if len(reason) > 1024 or any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in reason):
+        raise ApiError(400, "reason: at most 1024 characters, no control characters")
+    return reason
+
+
+def _pct(value: Any, field: str = "canary_pct") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, f"{field}: expected a number 0-100, got {value!r}")
+    pct = float(value)
+    if not 0.0 <= pct <= 100.0:
+        raise ApiError(400, f"{field}: {value} is out of range; expected 0-100 (percent of traffic)")
+    return pct
+
+
+def _request_id(body: dict[str, Any]) -> str:
+    rid = body.get("request_id")
+    if rid is None:
+        return new_event_id()
+    if not is_token(rid):
+        raise ApiError(400, f"request_id: expected 1-64 of A-Z a-z 0-9 _ -, got {rid!r}")
+    return str(rid)
+
+
+def _policy(body: dict[str, Any], version: int) -> dict[str, Any] | None:
+    policy = body.get("policy")
+    if policy is None:
+        return None
+    if not isinstance(policy, dict):
+        raise ApiError(400, "policy: expected a policy document (the TOML tables as a JSON object)")
+    try:
+        from consumers.rollback.policy import load_policy
+    except ImportError:  # pragma: no cover - the rollback consumer ships with the engine
+        return policy
+    try:
+        load_policy(policy, version=version)
+    except EventError as exc:
+        raise ApiError(400, f"policy: {exc}") from None
+    return policy
+
+
+class ControlApi:
+    """The endpoint handlers, over one NATS connection (testable without the service)."""
+
+    def __init__(self, nc: Client, js: JetStreamContext | None = None, *, evaluator: Any = None) -> None:
+        self.nc = nc
+        self.js = js or nc.jetstream()
+        self.started_ms = int(time.time() * 1000)
+        self.evaluator = evaluator
+
+    # --- reads ------------------------------------------------------------------------
+    async def _require_known(self, rollout: str, create: bool = False) -> None:
+        if create:
+            return
+        if not await known_rollouts(self.js, rollout):
+            raise ApiError(404, f"unknown rollout {rollout!r}: nothing in the log; check the name "
+                                "(`rollout status` lists rollouts) or pass create=true to configure a new one")
+
+    async def health(self, body: dict[str, Any]) -> dict[str, Any]:
+        info = await self.js.stream_info(subjects.LOG_STREAM)
+        return {
+            "ok": True,
+            "service": SERVICE_NAME,
+            "version": SERVICE_VERSION,
+            "nats": self.nc.connected_url.geturl() if self.nc.connected_url else "",
+            "log": {"messages": info.state.messages, "last_seq": info.state.last_seq},
+            "uptime_s": round((time.time() * 1000 - self.started_ms) / 1000, 3),
+        }
+
+    async def status(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("rollout") is None:
+            rollouts = await known_rollouts(self.js)
+            out = []
+            for name, counts in rollouts.items():
+                if name.startswith("_"):
+                    continue
+                view = await read_control(self.js, name)
+                out.append({"rollout": name, "control": _builtins(view.state), "counts": counts})
+            return {"rollouts": out}
+        rollout = _rollout(body)
+        counts = (await known_rollouts(self.js, rollout)).get(rollout)
+        if not counts:
+            raise ApiError(404, f"unknown rollout {rollout!r}: nothing in the log; `rollout status` lists rollouts")
+        view = await read_control(self.js, rollout)
+        return {
+            "rollout": rollout,
+            "control": _builtins(view.state),
+            "last_command": _command_summary(view),
+            "counts": counts,
+            "stats": await self._kv_json(f"stats.{rollout}"),
+            "evaluation": await self._kv_json(f"rollback.{rollout}"),
+            "thresholds": _thresholds(view),
+        }
+
+    async def _kv_json(self, key: str) -> Any:
+        """A projection's published snapshot, when a consumer keeps one in KV."""
+        try:
+            kv = await self.js.key_value(subjects.STATE_BUCKET)
+            entry = await kv.get(key)
+        except Exception:
+            return None
+        raw = entry.value or b""
+        for decode in (msgspec.json.decode, msgspec.msgpack.decode):
+            try:
+                return _builtins(decode(raw))
+            except Exception:
+                continue
+        return None
+
+    # --- changes ----------------------------------------------------------------------
+    async def _change(
+        self,
+        rollout: str,
+        request_id: str,
+        make: Callable[[ControlView, str], Any],
+    ) -> dict[str, Any]:
+        """Read the state, build the command, publish it guarded by the last control seq."""
+        for _attempt in range(_RETRIES):
+            view = await read_control(self.js, rollout)
+            event = make(view, command_id("api", rollout, request_id))
+            if event is None:
+                return {"rollout": rollout, "changed": False, "control": _builtins(view.state)}
+            headers = {
+                "Nats-Msg-Id": event.id,
+                "Nats-Expected-Last-Subject-Sequence": str(view.control_seq),
+                "Nats-Expected-Last-Subject-Sequence-Subject": subjects.control_filter(rollout),
+            }
+            kind = type(event).__struct_config__.tag
+            try:
+                ack = await self.js.publish(subjects.control(rollout, kind), encode(event), headers=headers, timeout=5)
+            except BadRequestError as exc:
+                if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    await asyncio.sleep(0.01)
+                    continue
+                raise
+            log.info("%s %s by %s: %s", kind, rollout, event.actor, event.reason)
+            return {
+                "rollout": rollout,
+                "changed": True,
+                "command": {"kind": kind, "id": event.id, "seq": ack.seq, "duplicate": bool(ack.duplicate)},
+                "before": _builtins(event.before),
+                "after": _builtins(event.after),
+                "control": _builtins(event.after),
+            }
+        raise ApiError(409, f"rollout {rollout!r} kept changing under this request; try again")
+
+    async def rollback(self, body: dict[str, Any]) -> dict[str, Any]:
+        rollout, actor = _rollout(body), _actor(body)
+        reason, rid = _reason(body, required=True), _request_id(body)
+        await self._require_known(rollout)
+
+        def make(view: ControlView, eid: str) -> KillSwitch | None:
+            if view.state.kill_switch:
+                return None
+            after = msgspec.structs.replace(view.state, canary_pct=0.0, kill_switch=True,
+                                            config_version=view.state.config_version + 1)
+            return KillSwitch(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
+                              reason=f"manual: {reason}", before=view.state, after=after)
+
+        return await self._change(rollout, rid, make)
+
+    async def resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        rollout, actor = _rollout(body), _actor(body)
+        reason, rid = _reason(body, required=False), _request_id(body)
+        pct = _pct(body.get("canary_pct", RESUME_DEFAULT_PCT))
+        await self._require_known(rollout)
+        view = await read_control(self.js, rollout)
+        if not view.state.kill_switch:
+            raise ApiError(409, f"rollout {rollout!r} is not killed (canary at {view.state.canary_pct:g}%); "
+                                "use `rollout set` to change the percentage")
+
+        def make(view: ControlView, eid: str) -> Resume | None:
+            if not view.state.kill_switch:
+                return None
+            after = msgspec.structs.replace(view.state, canary_pct=pct, kill_switch=False,
+                                            config_version=view.state.config_version + 1)
+            return Resume(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
+                          reason=reason or f"re-enable at {pct:g}%", before=view.state, after=after)
+
+        return await self._change(rollout, rid, make)
+
+    async def config(self, body: dict[str, Any]) -> dict[str, Any]:
+        rollout, actor = _rollout(body), _actor(body)
+        reason, rid = _reason(body, required=False), _request_id(body)
+        unknown = set(body) - {"rollout", "actor", "reason", "request_id", "canary_pct", "kill_switch",
+                               "policy", "create"}
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {sorted(unknown)}; config takes canary_pct, kill_switch, policy")
+        pct = _pct(body["canary_pct"]) if "canary_pct" in body else None
+        kill = body.get("kill_switch")
+        if kill is not None and not isinstance(kill, bool):
+            raise ApiError(400, f"kill_switch: expected true or false, got {kill!r}")
+        if pct is None and kill is None and body.get("policy") is None:
+            raise ApiError(400, "nothing to change: give canary_pct, kill_switch or policy")
+        await self._require_known(rollout, create=bool(body.get("create")))
+        if kill is True:
+            return await self.rollback({**body, "reason": reason or "kill switch set by config"})
+        view0 = await read_control(self.js, rollout)
+        if kill is False and view0.state.kill_switch:
+            return await self.resume({**body, "canary_pct": pct if pct is not None else RESUME_DEFAULT_PCT})
+        if pct is not None and pct > 0 and view0.state.kill_switch:
+            raise ApiError(409, f"rollout {rollout!r} is killed; lift the kill switch with `rollout resume` first")
+        policy = _policy(body, view0.state.policy_version + 1)
+
+        def make(view: ControlView, eid: str) -> ConfigChange | None:
+            state = view.state
+            after = msgspec.structs.replace(
+                state,
+                canary_pct=state.canary_pct if pct is None else pct,
+                policy_version=state.policy_version + (1 if policy is not None else 0),
+            )
+            if after == state and policy is None:
+                return None
+            after = msgspec.structs.replace(after, config_version=state.config_version + 1)
+            return ConfigChange(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
+                                reason=reason or _describe_change(state, after, policy),
+                                before=state, after=after, policy=policy)
+
+        return await self._change(rollout, rid, make)
+
+    async def evaluate(self, body: dict[str, Any]) -> dict[str, Any]:
+        rollout = _rollout(body)
+        await self._require_known(rollout)
+        if self.evaluator is None:
+            from engine.backtest import evaluate_rollout
+
+            self.evaluator = evaluate_rollout
+        return await self.evaluator(self.js, rollout, body)
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _describe_change(before: ControlState, after: ControlState, policy: dict[str, Any] | None) -> str:
+    parts = []
+    if before.canary_pct != after.canary_pct:
+        parts.append(f"canary {before.canary_pct:g}% -> {after.canary_pct:g}%")
+    if policy is not None:
+        parts.append(f"policy v{after.policy_version}")
+    return ", ".join(parts) or "config"
+
+
+def _command_summary(view: ControlView) -> dict[str, Any] | None:
+    cmd = view.command
+    if cmd is None:
+        return None
+    out = {
+        "kind": type(cmd).__struct_config__.tag,
+        "id": cmd.id,
+        "seq": view.command_seq,
+        "time_ms": cmd.time_ms,
+        "actor": getattr(cmd, "actor", ""),
+        "reason": getattr(cmd, "reason", ""),
+        "before": _builtins(getattr(cmd, "before", None)),
+    }
+    breaches = getattr(cmd, "breaches", None)
+    if breaches:
+        out["breaches"] = _builtins(breaches)
+    return out
+
+
+def _thresholds(view: ControlView) -> Any:
+    """The guards in force: the latest policy in the log, else the default policy."""
+    try:
+        from consumers.rollback.policy import DEFAULT_POLICY, policy_document
+    except ImportError:  # pragma: no cover
+        return None
+    doc = getattr(view.command, "policy", None)
+    return doc if doc is not None else policy_document(DEFAULT_POLICY)
+
+
+# --- the service ------------------------------------------------------------------------
+def _endpoint(func: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Callable[[Request], Awaitable[None]]:
+    async def handle(request: Request) -> None:
+        try:
+            reply = await func(_body(request.data))
+        except ApiError as exc:
+            await request.respond_error(str(exc.code), exc.message, data=_json.encode({"error": exc.message, "code": exc.code}))
+            return
+        except EventError as exc:
+            await request.respond_error("400", str(exc), data=_json.encode({"error": str(exc), "code": 400}))
+            return
+        except Exception as exc:
+            log.exception("api %s failed", getattr(func, "__name__", "?"))
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            await request.respond_error("500", message, data=_json.encode({"error": message, "code": 500}))
+            return
+        await request.respond(_json.encode(reply))
+
+    return handle
+
+
+async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Run the micro service on ``nc`` until ``stop`` is set."""
+    api = ControlApi(nc)
+    service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=SERVICE_NAME,
+                                description="rollout-engine operator API: status, rollback, resume, evaluate, config, health")
+    for name in ENDPOINTS:
+        await service.add_endpoint(name=name, subject=subjects.api(name), handler=_endpoint(getattr(api, name)))
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+# --- the client -------------------------------------------------------------------------
+async def call(nc: Client, endpoint: str, payload: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+    """Request one endpoint; raise :class:`ApiError` with the service's message on refusal."""
+    if endpoint not in ENDPOINTS:
+        raise ApiError(400, f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
+    try:
+        msg = await nc.request(subjects.api(endpoint), _json.encode(payload or {}), timeout=timeout)
+    except NoRespondersError:
+        raise ApiError(503, "no rollout API is running; start it with `rollout up` (or `rollout api`)") from None
+    except NatsTimeout:
+        raise ApiError(503, f"the rollout API did not answer {endpoint!r} within {timeout:g}s") from None
+    headers = msg.headers or {}
+    if "Nats-Service-Error-Code" in headers:
+        raise ApiError(int(headers["Nats-Service-Error-Code"]), headers.get("Nats-Service-Error", "error"))
+    return msgspec.json.decode(msg.data)

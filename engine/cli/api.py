@@ -1,0 +1,40 @@
+"""``rollout api``: run the operator API service (``ro.api.*``) in the foreground.
+
+``rollout up`` runs it as a supervised child; start more instances anywhere with a
+connection to the same NATS to share the load (they form one queue group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from engine.api import ENDPOINTS, serve_api
+from engine.bus import connect
+from engine.cli.common import handler, settings_from
+
+__all__ = ["register"]
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    nc = await connect(settings, name="rollout-api")
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve_api(nc, stop, ready))
+    await ready.wait()
+    print(f"rollout api: serving {', '.join(ENDPOINTS)} on ro.api.*", flush=True)
+    await task
+    await nc.drain()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("api", help="run the operator API service", description=__doc__)
+    parser.set_defaults(handler=handler(_run))

@@ -1,0 +1,80 @@
+"""``rollout status ROLLOUT``: one rollout as seed 001's ``/guard/status`` showed it.
+
+Control state, the last command with its actor, reason and breach numbers (the first
+thing the rollback runbook asks for), per-variant stats and the thresholds in force.
+It asks the API; when no API runs it reads the log itself with the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from engine.api import ApiError, ControlApi, call
+from engine.bus import connect
+from engine.cli.common import CliError, color, print_json, sanitize, settings_from
+from engine.control_log import known_rollouts, read_control
+
+__all__ = ["rollouts_summary", "show_rollout"]
+
+
+async def rollouts_summary(js: Any) -> list[dict[str, Any]]:
+    """Every rollout in the log with its control state, for the overview."""
+    out = []
+    for name, counts in (await known_rollouts(js)).items():
+        if name.startswith("_"):
+            continue
+        state = (await read_control(js, name)).state
+        flag = "KILLED" if state.kill_switch else f"canary {state.canary_pct:g}%"
+        out.append({"rollout": name, "kill_switch": state.kill_switch, "canary_pct": state.canary_pct,
+                    "counts": counts, "line": f"{sanitize(name)}: {flag}"})
+    return out
+
+
+async def show_rollout(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    nc = await connect(settings, name="rollout-status", reconnect=False)
+    try:
+        try:
+            reply = await call(nc, "status", {"rollout": args.rollout})
+        except ApiError as exc:
+            if exc.code != 503:
+                raise CliError(f"status refused ({exc.code}): {exc.message}") from None
+            try:
+                reply = await ControlApi(nc).status({"rollout": args.rollout})
+            except ApiError as inner:
+                raise CliError(f"status refused ({inner.code}): {inner.message}") from None
+    finally:
+        await nc.close()
+    if args.json:
+        print_json(reply)
+        return 0
+    _print(reply)
+    return 0
+
+
+def _print(reply: dict[str, Any]) -> None:
+    state = reply["control"]
+    flag = color("KILLED", "31") if state["kill_switch"] else color(f"canary {state['canary_pct']:g}%", "32")
+    print(f"rollout {sanitize(reply['rollout'])}: {flag}  (config v{state['config_version']}, "
+          f"policy v{state['policy_version']}, {sanitize(state['baseline'])} vs {sanitize(state['candidate'])})")
+    counts = reply.get("counts") or {}
+    print("log     " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    cmd = reply.get("last_command")
+    if cmd:
+        print(f"last    {cmd['kind']} by {sanitize(cmd['actor'])} at seq {cmd['seq']} (time_ms {cmd['time_ms']}): "
+              f"{sanitize(cmd['reason'], 400)}")
+        for breach in cmd.get("breaches", []):
+            base = "" if breach.get("baseline") is None else f", baseline {breach['baseline']:g}"
+            print(f"  breach {sanitize(breach['guard'])}: observed {breach['observed']:g} vs threshold "
+                  f"{breach['threshold']:g}{base} (n={breach['candidate_n']}/{breach['baseline_n']}"
+                  f"{'' if breach.get('p_value') is None else ', p=' + format(breach['p_value'], '.3g')})")
+    else:
+        print("last    no control command yet (default state)")
+    if reply.get("stats") is not None:
+        print(f"stats   {sanitize(str(reply['stats']), 600)}")
+    if reply.get("evaluation") is not None:
+        print(f"eval    {sanitize(str(reply['evaluation']), 600)}")
+    thresholds = reply.get("thresholds") or {}
+    if isinstance(thresholds, dict) and thresholds.get("thresholds"):
+        print("guards  " + ", ".join(f"{k}={v}" for k, v in sorted(thresholds["thresholds"].items())))
