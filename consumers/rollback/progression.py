@@ -10,8 +10,8 @@ emits the same id and JetStream drops the duplicate).
   the kill switch itself (see the projection). A recovery stops the descent.
 * Progression (``policy.progression``): after ``healthy_intervals`` intervals with no
   failing guard and at least ``min_samples`` new candidate samples each, move to the
-  next step. An interval with too few samples extends the step (it neither counts nor
-  resets); an unhealthy one resets the count.
+  next step. An interval with too few samples is extended until it has them; an
+  unhealthy one resets the count.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ def tick_progress(p: Progress, cfg: Progression, now_ms: int, candidate_total: i
         p.healthy = 0
     elif candidate_total - p.candidate_at_start >= cfg.min_samples:
         p.healthy += 1
+    else:
+        return False  # too few samples: the interval (and so the step) is extended
     p.interval_start_ms, p.candidate_at_start, p.bad = now_ms, candidate_total, False
     if p.healthy >= cfg.healthy_intervals:
         p.healthy = 0
