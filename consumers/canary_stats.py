@@ -1,0 +1,483 @@
+"""Canary stats: the pure fold of decisions, outcomes and metrics into per-variant stats.
+
+Per rollout and variant, over three windows (seed 001: "last 100 runs or 5 minutes"):
+
+- ``"last_n"``: the last N decisions of the rollout (so the split is meaningful), the
+  last N outcomes of the variant and the last N samples of each of its metrics;
+- ``"time"``: everything whose event time is within ``window_ms`` of the rollout's
+  *now* = max(latest event time of the rollout, latest engine Tick). It moves on event
+  time and ticks, never on the wall clock, so a replay sees the same windows;
+- ``"all"``: everything since the start (quantiles from a DDSketch, 1% accuracy).
+
+It reports decisions and the observed split, shadow-diff rate per dimension, outcomes
+by verdict, quality mean and variance, and per metric count, mean and p50/p95/p99;
+``error`` (0/1 values) gives the error rate and ``cost_cents`` the cost mean.
+
+The rollback consumer composes this same class over the raw log (one instance per
+rollout); the ``canary_stats`` consumer runs one instance for all rollouts and
+publishes summaries for people and dashboards. State is kept compact for 10,000
+active rollouts (rings instead of deques, lazy sketches) and snapshots incrementally:
+:meth:`CanaryStats.changed_parts` encodes only the rollouts touched since last time.
+
+Example::
+
+    stats = CanaryStats(last_n=100, window_ms=300_000)
+    for seq, event in enumerate(events, 1):
+        stats.apply(event, seq)
+    stats.view("checkout", "last_n")["candidate"].metrics["latency_ms"].p95
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from consumers.projection import digest_of
+from consumers.windows import Series, SeriesState, ring_items, trim_time
+from events import AnyEvent, Decision, Event, Metric, Outcome, Tick
+
+__all__ = ["WINDOWS", "CanaryStats", "MetricView", "VariantView"]
+
+WINDOWS = ("last_n", "time", "all")
+VERDICTS = ("win", "loss", "neutral", "inconclusive")
+_VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
+QUALITY = "quality"
+MAX_DIMS = 63
+"""Shadow-diff dimensions tracked per rollout (more are ignored; seed 001 has 4)."""
+MAX_METRICS = 64
+"""Metric names tracked per variant (more are ignored, so a buggy producer cannot exhaust memory)."""
+_MASK = (1 << 64) - 1
+_META = ""  # part key of the engine-wide state; rollout ids are never empty
+
+
+@dataclass(frozen=True, slots=True)
+class MetricView:
+    """One metric of one variant in one window."""
+
+    n: int
+    mean: float | None
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class VariantView:
+    """What one variant looks like in one window (read API for guards and dashboards)."""
+
+    decisions: int = 0
+    outcomes: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    quality_n: int = 0
+    quality_mean: float | None = None
+    quality_var: float | None = None
+    metrics: dict[str, MetricView] = field(default_factory=dict)
+    diff_rate: dict[str, float] = field(default_factory=dict)
+    shadowed: int = 0
+    error_rate: float | None = None
+    cost_mean: float | None = None
+
+
+class _Variant:
+    __slots__ = ("decisions", "diff_changed", "diff_seen", "metrics", "name", "ocodes", "otimes",
+                 "outcomes", "quality", "shadowed", "verdicts", "vpos", "vring")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.decisions = 0
+        self.shadowed = 0
+        self.diff_seen: dict[str, int] = {}
+        self.diff_changed: dict[str, int] = {}
+        self.outcomes = 0
+        self.verdicts = [0, 0, 0, 0]
+        self.quality: Series | None = None
+        self.metrics: dict[str, Series] = {}
+        self.vring: list[int] = []  # verdict codes of the last N outcomes
+        self.vpos = 0
+        self.otimes: list[int] = []
+        self.ocodes: list[int] = []
+
+
+class _Rollout:
+    __slots__ = ("dims", "dpos", "dring", "dtimes", "dvars", "max_ms", "variants")
+
+    def __init__(self) -> None:
+        self.variants: dict[str, _Variant] = {}
+        self.max_ms = 0
+        self.dims: list[str] = []
+        self.dring: list[tuple[_Variant, int | None]] = []  # last N decisions: (variant, diff code)
+        self.dpos = 0
+        self.dtimes: list[int] = []
+        self.dvars: list[tuple[_Variant, int | None]] = []
+
+
+# --- canonical snapshot encoding -----------------------------------------------------------
+class _VariantState(msgspec.Struct, array_like=True, gc=False):
+    decisions: int
+    shadowed: int
+    diff_seen: dict[str, int]
+    diff_changed: dict[str, int]
+    outcomes: int
+    verdicts: list[int]
+    quality: SeriesState | None
+    metrics: dict[str, SeriesState]
+    vring: list[int]
+    otimes: list[int]
+    ocodes: list[int]
+
+
+class _RolloutState(msgspec.Struct, array_like=True, gc=False):
+    max_ms: int
+    dims: list[str]
+    variants: dict[str, _VariantState]
+    dring: list[tuple[str, int | None, int | None]]
+    dtimes: list[int]
+    dvars: list[tuple[str, int | None, int | None]]
+
+
+class _Meta(msgspec.Struct, array_like=True, gc=False):
+    last_n: int
+    window_ms: int
+    time_cap: int
+    tick_ms: int
+    max_ms: int
+
+
+_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_rollout_decoder = msgspec.msgpack.Decoder(_RolloutState)
+_meta_decoder = msgspec.msgpack.Decoder(_Meta)
+_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
+
+
+def _code_out(code: int | None) -> tuple[int | None, int | None]:
+    return (None, None) if code is None else (code >> 64, code & _MASK)
+
+
+def _code_in(present: int | None, changed: int | None) -> int | None:
+    return None if present is None else (present << 64) | (changed or 0)
+
+
+class CanaryStats:
+    """Projection ``canary_stats``: per-rollout, per-variant stats over three windows."""
+
+    name = "canary_stats"
+
+    def __init__(self, last_n: int = 100, window_ms: int = 300_000, time_cap: int = 5000) -> None:
+        """``time_cap`` bounds each series of the time window (memory); beyond it the
+        window holds the most recent ``time_cap`` entries within ``window_ms``."""
+        if last_n < 1 or window_ms < 1 or time_cap < 8:
+            raise ValueError(f"CanaryStats needs last_n >= 1, window_ms >= 1, time_cap >= 8; "
+                             f"got {last_n}, {window_ms}, {time_cap}")
+        self.last_n = last_n
+        self.window_ms = window_ms
+        self.time_cap = time_cap
+        self.tick_ms = 0
+        self.max_ms = 0
+        self._rollouts: dict[str, _Rollout] = {}
+        self._dirty: set[str] = set()
+
+    # --- the fold ------------------------------------------------------------------------
+    def apply(self, event: AnyEvent, seq: int = 0) -> list[Event]:
+        """Fold one event (any kind; non-producer events other than ticks are ignored)."""
+        cls = type(event)
+        if cls is Tick:
+            if event.time_ms > self.tick_ms:
+                self.tick_ms = event.time_ms
+                self._dirty.add(_META)
+            return []
+        if cls is not Metric and cls is not Outcome and cls is not Decision:
+            return []
+        rollout = event.rollout
+        rs = self._rollouts.get(rollout)
+        if rs is None:
+            rs = self._rollouts[rollout] = _Rollout()
+        t = event.time_ms
+        if t > rs.max_ms:
+            rs.max_ms = t
+            if t > self.max_ms:
+                self.max_ms = t
+                self._dirty.add(_META)
+        self._dirty.add(rollout)
+        tick = self.tick_ms
+        cutoff = (rs.max_ms if rs.max_ms > tick else tick) - self.window_ms
+        vs = rs.variants.get(event.variant)  # type: ignore[union-attr]
+        if vs is None:
+            vs = rs.variants[event.variant] = _Variant(event.variant)  # type: ignore[union-attr]
+        if cls is Metric:
+            series = vs.metrics.get(event.name)  # type: ignore[union-attr]
+            if series is None:
+                if len(vs.metrics) >= MAX_METRICS:
+                    return []
+                series = vs.metrics[event.name] = Series()  # type: ignore[union-attr]
+            series.push(event.value, t, cutoff, self.last_n, self.time_cap)  # type: ignore[union-attr]
+        elif cls is Outcome:
+            self._outcome(vs, event, t, cutoff)  # type: ignore[arg-type]
+        else:
+            self._decision(rs, vs, event, t, cutoff)  # type: ignore[arg-type]
+        return []
+
+    def _outcome(self, vs: _Variant, event: Outcome, t: int, cutoff: int) -> None:
+        code = _VERDICT_CODE[event.verdict]
+        vs.outcomes += 1
+        vs.verdicts[code] += 1
+        ring, n = vs.vring, self.last_n
+        if len(ring) < n:
+            ring.append(code)
+        else:
+            ring[vs.vpos] = code
+            vs.vpos = (vs.vpos + 1) % n
+        if t > cutoff:
+            if vs.otimes and (vs.otimes[0] <= cutoff or len(vs.otimes) >= self.time_cap):
+                trim_time(vs.otimes, cutoff, self.time_cap, vs.ocodes)
+            vs.otimes.append(t)
+            vs.ocodes.append(code)
+        if event.quality is not None:
+            if vs.quality is None:
+                vs.quality = Series()
+            vs.quality.push(event.quality, t, cutoff, n, self.time_cap)
+
+    def _decision(self, rs: _Rollout, vs: _Variant, event: Decision, t: int, cutoff: int) -> None:
+        vs.decisions += 1
+        code: int | None = None
+        shadow = event.shadow
+        if shadow is not None:
+            vs.shadowed += 1
+            present = changed = 0
+            dims = rs.dims
+            for dim, flag in shadow.diff.items():
+                try:
+                    idx = dims.index(dim)
+                except ValueError:
+                    if len(dims) >= MAX_DIMS:
+                        continue
+                    idx = len(dims)
+                    dims.append(dim)
+                key = dims[idx]
+                present |= 1 << idx
+                vs.diff_seen[key] = vs.diff_seen.get(key, 0) + 1
+                if flag:
+                    changed |= 1 << idx
+                    vs.diff_changed[key] = vs.diff_changed.get(key, 0) + 1
+            code = (present << 64) | changed
+        entry = (vs, code)
+        ring, n = rs.dring, self.last_n
+        if len(ring) < n:
+            ring.append(entry)
+        else:
+            ring[rs.dpos] = entry
+            rs.dpos = (rs.dpos + 1) % n
+        if t > cutoff:
+            if rs.dtimes and (rs.dtimes[0] <= cutoff or len(rs.dtimes) >= self.time_cap):
+                trim_time(rs.dtimes, cutoff, self.time_cap, rs.dvars)
+            rs.dtimes.append(t)
+            rs.dvars.append(entry)
+
+    # --- reads ---------------------------------------------------------------------------
+    def rollouts(self) -> list[str]:
+        """Rollouts seen so far, sorted."""
+        return sorted(self._rollouts)
+
+    def now_ms(self, rollout: str | None = None) -> int:
+        """Latest event or tick time seen (of one rollout's events plus ticks, or of all)."""
+        if rollout is None:
+            return max(self.tick_ms, self.max_ms)
+        rs = self._rollouts.get(rollout)
+        return max(self.tick_ms, rs.max_ms if rs else 0)
+
+    def _cutoff(self, rs: _Rollout) -> int:
+        return max(self.tick_ms, rs.max_ms) - self.window_ms
+
+    @staticmethod
+    def _check_window(window: str) -> None:
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r}; expected one of {WINDOWS}")
+
+    def _decision_entries(self, rs: _Rollout, window: str) -> list[tuple[_Variant, int | None]]:
+        if window == "last_n":
+            return rs.dring
+        cutoff = self._cutoff(rs)
+        return [e for t, e in zip(rs.dtimes, rs.dvars, strict=True) if t > cutoff]
+
+    def split(self, rollout: str, window: str) -> dict[str, int]:
+        """Decisions per variant in a window: the observed split."""
+        self._check_window(window)
+        rs = self._rollouts.get(rollout)
+        if rs is None:
+            return {}
+        if window == "all":
+            return {name: vs.decisions for name, vs in sorted(rs.variants.items())}
+        counts = dict.fromkeys(sorted(rs.variants), 0)
+        for vs, _ in self._decision_entries(rs, window):
+            counts[vs.name] += 1
+        return counts
+
+    def view(self, rollout: str, window: str) -> dict[str, VariantView]:
+        """Every variant of ``rollout`` in ``window`` (``{}`` for an unknown rollout)."""
+        self._check_window(window)
+        rs = self._rollouts.get(rollout)
+        if rs is None:
+            return {}
+        cutoff = self._cutoff(rs)
+        diff = self._diff_counts(rs, window)
+        decisions = self.split(rollout, window)
+        return {name: self._variant_view(vs, window, cutoff, decisions[name], diff.get(name))
+                for name, vs in sorted(rs.variants.items())}
+
+    def _diff_counts(self, rs: _Rollout, window: str) -> dict[str, tuple[int, dict[str, int], dict[str, int]]]:
+        """Per variant: (shadowed decisions, seen per dim, changed per dim)."""
+        if window == "all":
+            return {n: (vs.shadowed, vs.diff_seen, vs.diff_changed) for n, vs in rs.variants.items()}
+        out: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {}
+        dims = rs.dims
+        for vs, code in self._decision_entries(rs, window):
+            if code is None:
+                continue
+            shadowed, seen, changed = out.get(vs.name, (0, {}, {}))
+            present, flags = code >> 64, code & _MASK
+            for idx, dim in enumerate(dims):
+                bit = 1 << idx
+                if present & bit:
+                    seen[dim] = seen.get(dim, 0) + 1
+                    if flags & bit:
+                        changed[dim] = changed.get(dim, 0) + 1
+            out[vs.name] = (shadowed + 1, seen, changed)
+        return out
+
+    def _variant_view(self, vs: _Variant, window: str, cutoff: int, decisions: int,
+                      diff: tuple[int, dict[str, int], dict[str, int]] | None) -> VariantView:
+        if window == "all":
+            counts = vs.verdicts
+        else:
+            codes = vs.vring if window == "last_n" else [c for t, c in zip(vs.otimes, vs.ocodes, strict=True) if t > cutoff]
+            counts = [0, 0, 0, 0]
+            for c in codes:
+                counts[c] += 1
+        verdicts = {v: counts[i] for i, v in enumerate(VERDICTS) if counts[i]}
+        q_n, q_mean, q_var = 0, None, None
+        if vs.quality is not None:
+            q_n, q_mean, q_var, _ = vs.quality.summary(window, cutoff)
+        metrics: dict[str, MetricView] = {}
+        for name in sorted(vs.metrics):
+            n, mean, _, qs = vs.metrics[name].summary(window, cutoff)
+            if n:
+                p50, p95, p99 = qs if qs else (None, None, None)
+                metrics[name] = MetricView(n, mean, p50, p95, p99)
+        shadowed, seen, changed = diff or (0, {}, {})
+        rates = {dim: changed.get(dim, 0) / seen[dim] for dim in sorted(seen)}
+        error, cost = metrics.get("error"), metrics.get("cost_cents")
+        return VariantView(
+            decisions=decisions, outcomes=sum(counts), verdicts=verdicts, quality_n=q_n,
+            quality_mean=q_mean, quality_var=q_var, metrics=metrics, diff_rate=rates,
+            shadowed=shadowed, error_rate=error.mean if error else None,
+            cost_mean=cost.mean if cost else None,
+        )
+
+    def samples(self, rollout: str, variant: str, metric: str, window: str) -> list[float]:
+        """Raw values of ``metric`` (or ``"quality"``) in a window, oldest first, for rank tests.
+
+        ``time`` and ``last_n`` are exact. ``all`` keeps no unbounded sample list: it
+        gives every value while there are at most N, then the last N.
+        """
+        self._check_window(window)
+        rs = self._rollouts.get(rollout)
+        vs = rs.variants.get(variant) if rs else None
+        if vs is None:
+            return []
+        series = vs.quality if metric == QUALITY else vs.metrics.get(metric)
+        if series is None:
+            return []
+        return series.window_values(window, self._cutoff(rs))  # type: ignore[arg-type]
+
+    # --- snapshots -----------------------------------------------------------------------
+    def _meta_part(self) -> bytes:
+        return _encoder.encode(_Meta(self.last_n, self.window_ms, self.time_cap, self.tick_ms, self.max_ms))
+
+    def _rollout_part(self, rs: _Rollout) -> bytes:
+        variants = {}
+        for name, vs in sorted(rs.variants.items()):
+            variants[name] = _VariantState(
+                vs.decisions, vs.shadowed, dict(sorted(vs.diff_seen.items())),
+                dict(sorted(vs.diff_changed.items())), vs.outcomes, list(vs.verdicts),
+                None if vs.quality is None else vs.quality.state(),
+                {m: s.state() for m, s in sorted(vs.metrics.items())},
+                ring_items(vs.vring, vs.vpos), list(vs.otimes), list(vs.ocodes),
+            )
+        dring = [(v.name, *_code_out(c)) for v, c in ring_items(rs.dring, rs.dpos)]
+        dvars = [(v.name, *_code_out(c)) for v, c in rs.dvars]
+        return _encoder.encode(_RolloutState(rs.max_ms, list(rs.dims), variants, dring, list(rs.dtimes), dvars))
+
+    def changed_parts(self) -> dict[str, bytes]:
+        """Encoded parts changed since the last call (key ``""`` is the engine-wide part).
+
+        The runtime stores these as rows, so a commit costs what the batch touched,
+        not the size of the whole state.
+        """
+        dirty, self._dirty = self._dirty, set()
+        out: dict[str, bytes] = {}
+        for key in sorted(dirty):
+            out[key] = self._meta_part() if key == _META else self._rollout_part(self._rollouts[key])
+        return out
+
+    def all_parts(self) -> dict[str, bytes]:
+        """Every part, canonically encoded."""
+        parts = {_META: self._meta_part()}
+        for key in sorted(self._rollouts):
+            parts[key] = self._rollout_part(self._rollouts[key])
+        return parts
+
+    def restore_parts(self, parts: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> None:
+        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
+        items = parts.items() if isinstance(parts, Mapping) else parts
+        self._rollouts = {}
+        self._dirty = set()
+        self.tick_ms = self.max_ms = 0
+        for key, blob in items:
+            if key == _META:
+                meta = _meta_decoder.decode(blob)
+                if (meta.last_n, meta.window_ms, meta.time_cap) != (self.last_n, self.window_ms, self.time_cap):
+                    raise ValueError(
+                        f"canary-stats snapshot was made with last_n={meta.last_n}, window_ms={meta.window_ms}, "
+                        f"time_cap={meta.time_cap} but this fold uses {self.last_n}, {self.window_ms}, "
+                        f"{self.time_cap}; delete the consumer's store to rebuild it from the log"
+                    )
+                self.tick_ms, self.max_ms = meta.tick_ms, meta.max_ms
+            else:
+                self._rollouts[key] = self._rollout_from(_rollout_decoder.decode(blob))
+
+    @staticmethod
+    def _rollout_from(state: _RolloutState) -> _Rollout:
+        rs = _Rollout()
+        rs.max_ms = state.max_ms
+        rs.dims = list(state.dims)
+        for name, v in state.variants.items():
+            vs = rs.variants[name] = _Variant(name)
+            vs.decisions, vs.shadowed, vs.outcomes = v.decisions, v.shadowed, v.outcomes
+            vs.diff_seen, vs.diff_changed = dict(v.diff_seen), dict(v.diff_changed)
+            vs.verdicts = list(v.verdicts)
+            vs.quality = None if v.quality is None else Series.from_state(v.quality)
+            vs.metrics = {m: Series.from_state(s) for m, s in v.metrics.items()}
+            vs.vring, vs.otimes, vs.ocodes = list(v.vring), list(v.otimes), list(v.ocodes)
+
+        def variant(name: str) -> _Variant:
+            found = rs.variants.get(name)
+            if found is None:
+                found = rs.variants[name] = _Variant(name)
+            return found
+
+        rs.dring = [(variant(n), _code_in(p, c)) for n, p, c in state.dring]
+        rs.dtimes = list(state.dtimes)
+        rs.dvars = [(variant(n), _code_in(p, c)) for n, p, c in state.dvars]
+        return rs
+
+    def snapshot(self) -> bytes:
+        """The whole state, canonically encoded (sorted parts)."""
+        return _encoder.encode(self.all_parts())
+
+    def restore(self, data: bytes) -> None:
+        self.restore_parts(_parts_decoder.decode(data))
+
+    def digest(self) -> str:
+        """Stable hash of the state: equal for two folds of the same log."""
+        return digest_of(self.snapshot())
