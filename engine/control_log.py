@@ -168,6 +168,8 @@ async def read_messages(
                 stamp = int(meta.timestamp.timestamp() * 1000) if meta.timestamp else 0
                 if until_ms is not None and stamp > until_ms:
                     return
+                if since_ms is not None and stamp < since_ms:
+                    continue  # the server's start time is a hint; the filter is exact
                 yield LogMessage(int(meta.sequence.stream), msg.subject, bytes(msg.data), stamp)
     finally:
         with contextlib.suppress(Exception):
