@@ -33,16 +33,14 @@ __all__ = ["Evidence", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm
 _BOUND = 1e12
 
 
-@dataclass(frozen=True, slots=True)
 class Summary:
-    """Aggregates of one variant's samples of one metric in one window."""
+    """Aggregates of one variant's samples of one metric in one window (NaN: unknown)."""
 
-    n: int
-    mean: float = 0.0
-    var: float = 0.0
-    p50: float = 0.0
-    p95: float = 0.0
-    p99: float = 0.0
+    __slots__ = ("mean", "n", "p50", "p95", "p99", "var")
+
+    def __init__(self, n: int, mean: float = math.nan, var: float = math.nan, p50: float = math.nan,
+                 p95: float = math.nan, p99: float = math.nan) -> None:
+        self.n, self.mean, self.var, self.p50, self.p95, self.p99 = n, mean, var, p50, p95, p99
 
     def get(self, aggregate: str) -> float:
         return self.mean if aggregate in ("mean", "rate") else float(getattr(self, aggregate))
