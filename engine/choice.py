@@ -15,14 +15,13 @@ KV key ``bandit.<rollout>`` (arm weights per context + seed 002's guardrails). A
 Example::
 
     chooser = BanditChooser()
-    await chooser.watch(js)                      # or chooser.update(kv_bytes) in tests
+    await chooser.watch(js, "checkout-v2")       # or chooser.update(kv_bytes) in tests
     choice = chooser.choose("checkout-v2", "user-42")
     decision = chooser.decision(choice, producer="svc-1")   # publish it, then serve
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -31,8 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 
-from consumers.bandit.state import BanditView, kv_key, rollout_of_key
+from consumers.bandit.state import KV_PREFIX, BanditView, kv_key
 from consumers.guardrails import decide_mode, prune_normal_times
 from events import Decision, new_event_id, subjects
 
@@ -75,8 +76,7 @@ class BanditChooser:
     def __init__(self) -> None:
         self.views: dict[str, BanditView] = {}
         self._local_normal: dict[str, list[int]] = {}
-        self._watcher: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._subs: list[Any] = []
 
     # --- state ------------------------------------------------------------------------
     def update(self, data: bytes) -> BanditView:
@@ -88,37 +88,41 @@ class BanditChooser:
         return self.views[view.rollout]
 
     async def watch(self, js: Any, rollout: str | None = None) -> None:
-        """Follow KV ``bandit.<rollout>`` (or every ``bandit.*`` key); returns once the
-        current values are loaded, and keeps updating in the background."""
+        """Follow KV ``bandit.<rollout>`` (or every ``bandit.*`` key) with a push
+        subscription (no task of ours: it ends with the connection or :meth:`close`).
+
+        With a rollout, its current view is read before returning, so the first
+        ``choose()`` does not race the first KV delivery.
+        """
         kv = await js.key_value(subjects.STATE_BUCKET)
-        self._watcher = await kv.watch(kv_key(rollout) if rollout else "bandit.*")
-        loaded = asyncio.get_running_loop().create_future()
+        key = kv_key(rollout) if rollout else KV_PREFIX + "*"
 
-        async def follow() -> None:
-            async for entry in self._watcher:
-                if entry is None:
-                    if not loaded.done():
-                        loaded.set_result(None)
-                    continue
-                if entry.value and rollout_of_key(entry.key):
-                    try:
-                        self.update(entry.value)
-                    except msgspec.DecodeError as exc:
-                        log.warning("ignoring bad bandit view at %s: %s", entry.key, exc)
-                if not loaded.done() and entry.delta == 0:
-                    loaded.set_result(None)
+        async def on_message(msg: Any) -> None:
+            op = (msg.headers or {}).get("KV-Operation")
+            if not msg.data or op in ("DEL", "PURGE"):
+                return
+            try:
+                self.update(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("ignoring bad bandit view on %s: %s", msg.subject, exc)
 
-        self._task = asyncio.create_task(follow(), name="bandit-watch")
-        await asyncio.wait_for(loaded, 10.0)
+        sub = await js.subscribe(
+            f"$KV.{subjects.STATE_BUCKET}.{key}", cb=on_message, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        self._subs.append(sub)
+        if rollout:
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await kv.get(key)
+                if entry.value:
+                    self.update(entry.value)
 
     async def close(self) -> None:
-        if self._watcher is not None:
+        """Stop every watch."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await sub.unsubscribe()
 
     # --- choosing ---------------------------------------------------------------------
     def choose(
