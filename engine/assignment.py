@@ -23,7 +23,7 @@ import mmh3
 
 from events import ControlState
 
-__all__ = ["BUCKETS", "SEED", "Choice", "bucket", "choose", "clamp_pct", "threshold"]
+__all__ = ["BUCKETS", "SEED", "Choice", "Split", "bucket", "choose", "clamp_pct", "split_of", "threshold"]
 
 BUCKETS = 10_000
 """Resolution of the split: 0.01 percentage points."""
@@ -58,16 +58,34 @@ def bucket(rollout: str, unit: str) -> int:
     return mmh3.hash(f"{rollout}:{unit}", SEED, signed=False) % BUCKETS
 
 
-def choose(state: ControlState, unit_bucket: int) -> Choice:
-    """The variant for a unit in ``unit_bucket`` under ``state``.
+class Split(NamedTuple):
+    """A control state reduced to what the hot path needs; computed once per state change.
+
+    ``cut`` is the number of candidate buckets (0 under the kill switch).
+    """
+
+    cut: int
+    candidate: Choice
+    baseline: Choice
+
+    def pick(self, unit_bucket: int) -> Choice:
+        return self.candidate if unit_bucket < self.cut else self.baseline
+
+
+def split_of(state: ControlState) -> Split:
+    """Precompute the choice for ``state``.
 
     Propensity is P(served variant | state): pct/100 for the candidate, 1 - pct/100 for
     the baseline, 1.0 under the kill switch (no randomness left).
     """
     if state.kill_switch:
-        return Choice(state.baseline, "kill_switch", 1.0)
+        killed = Choice(state.baseline, "kill_switch", 1.0)
+        return Split(0, killed, killed)
     cut = threshold(state.canary_pct)
     share = cut / BUCKETS
-    if unit_bucket < cut:
-        return Choice(state.candidate, "canary", share)
-    return Choice(state.baseline, "default", 1.0 - share)
+    return Split(cut, Choice(state.candidate, "canary", share), Choice(state.baseline, "default", 1.0 - share))
+
+
+def choose(state: ControlState, unit_bucket: int) -> Choice:
+    """The variant for a unit in ``unit_bucket`` under ``state`` (see :func:`split_of`)."""
+    return split_of(state).pick(unit_bucket)

@@ -105,8 +105,8 @@ class BatchPublisher:
         if self.buffered >= self.max_buffered:
             raise BufferFull(
                 f"{self.buffered} events are buffered (max_buffered={self.max_buffered}) and "
-                "JetStream/outbox are not keeping up; await the client's record_* methods "
-                "(they wait for space), slow down, or raise max_buffered"
+                "JetStream/outbox are not keeping up; `await client.wait_room(n)` before a burst "
+                "of assign() calls, slow down, or raise max_buffered"
             )
         if self._closing:
             raise RuntimeError("the rollout client is closed; events can no longer be recorded")
@@ -122,15 +122,21 @@ class BatchPublisher:
 
     async def add_wait(self, event: Event, subject: str, timeout: float) -> None:
         """Like :meth:`add`, but wait up to ``timeout`` seconds for space first."""
+        await self.wait_room(1, timeout)
+        self.add(event, subject)
+
+    async def wait_room(self, events: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until ``events`` more events fit; True if they do."""
+        events = min(events, self.max_buffered)
         deadline = time.monotonic() + timeout
-        while self.buffered >= self.max_buffered:
+        while self.buffered + events > self.max_buffered:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                return False
             self._space.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._space.wait(), remaining)
-        self.add(event, subject)
+        return True
 
     def _seal(self, subject: str, items: list[Event]) -> None:
         del self._open[subject]

@@ -218,6 +218,19 @@ async def test_full_buffer_raises_for_sync_calls_and_waits_for_async_ones(bus, s
         await client.record_metric(rollout_id, "baseline", "latency_ms", 3.0)
 
 
+async def test_start_fails_clearly_without_a_server_unless_offline_is_allowed(tmp_path) -> None:
+    from engine.bus import BusUnavailable
+    from engine.settings import load_settings
+
+    dead = load_settings(env={}, nats_url="nats://127.0.0.1:1", data_dir=str(tmp_path), connect_timeout_s=0.2)
+    with pytest.raises(BusUnavailable, match="no NATS server answered"):
+        await make_client(dead, tmp_path).start()
+    async with make_client(dead, tmp_path, allow_offline=True) as offline:
+        assert offline.assign("checkout", "u1") == "baseline"  # the safe default: everyone on baseline
+        await offline.flush()
+        assert offline.outbox_depth == 1
+
+
 async def test_example_service_runs(bus, nats_server, tmp_path) -> None:
     env = {**os.environ, "ROLLOUT_NATS_URL": nats_server.url, "ROLLOUT_DATA_DIR": str(tmp_path)}
     done = subprocess.run(

@@ -1,0 +1,90 @@
+"""SDK benchmarks: ``assign()`` calls/s and JetStream-acked events/s from one process.
+
+Each function is one run returning one number, for ``bench.harness.measure``::
+
+    await measure("sdk assign()", "calls/s", lambda: assign_rate(500_000))
+
+``python -m bench.bench_sdk`` prints both figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import bench_server
+from engine.client import RolloutClient
+from events import ConfigChange, ControlState, encode, new_event_id, subjects
+
+__all__ = ["assign_rate", "publish_rate"]
+
+ROLLOUT = "bench-sdk"
+
+
+async def assign_rate(n: int = 500_000) -> float:
+    """``assign()`` calls per second: hash, choose, build the Decision, buffer it.
+
+    The loop does not yield, so the figure is the hot path alone (no publishing inside
+    it); the buffer is sized to hold every decision, and is flushed after timing.
+    """
+    units = [f"user-{i}" for i in range(n)]
+    async with bench_server() as (_, settings, _nc, js), RolloutClient(
+        settings, producer="bench", outbox_path=Path(settings.data_dir) / "ob.sqlite", max_buffered=n + 1
+    ) as client:
+        await _set_canary(js, client, 10.0)  # a live canary split
+        assign = client.assign
+        start = time.perf_counter()
+        for unit in units:
+            assign(ROLLOUT, unit)
+        elapsed = time.perf_counter() - start
+        await client.flush(60)
+    return n / elapsed
+
+
+async def _set_canary(js: object, client: RolloutClient, pct: float) -> None:
+    after = ControlState(canary_pct=pct, config_version=1)
+    change = ConfigChange(id=new_event_id(), rollout=ROLLOUT, time_ms=int(time.time() * 1000),
+                          producer="bench", actor="bench", reason="bench", before=ControlState(), after=after)
+    await js.publish(subjects.control(ROLLOUT, "config"), encode(change))  # type: ignore[attr-defined]
+    while client.state(ROLLOUT) != after:
+        await asyncio.sleep(0.005)
+
+
+async def publish_rate(n: int = 1_000_000, batch_size: int = 250, chunk: int = 5_000) -> float:
+    """Decisions per second from ``assign()`` to JetStream acknowledgement.
+
+    Records ``chunk`` decisions between yields (a busy service's pace), then flushes;
+    the clock stops when the last batch is acknowledged. Checks the stream holds them.
+    """
+    units = [f"user-{i}" for i in range(chunk)]
+    with tempfile.TemporaryDirectory(prefix="rollout-bench-sdk-") as tmp:
+        async with bench_server() as (_, settings, _nc, js), RolloutClient(
+            settings, producer="bench", outbox_path=f"{tmp}/ob.sqlite", batch_size=batch_size,
+            max_buffered=max(100_000, 4 * chunk),
+        ) as client:
+            decide = client.decide
+            start = time.perf_counter()
+            sent = 0
+            while sent < n:
+                for unit in units:
+                    decide(ROLLOUT, unit)
+                sent += chunk
+                await client.wait_room(chunk, 30)  # back-pressure before the next burst
+                await asyncio.sleep(0)
+            await client.flush(120)
+            elapsed = time.perf_counter() - start
+            assert client.outbox_depth == 0, "events went to the outbox: the figure would be wrong"
+            info = await js.stream_info(subjects.LOG_STREAM)
+            assert info.state.messages >= n // batch_size
+    return n / elapsed
+
+
+async def _main() -> None:
+    print(f"assign(): {await assign_rate():,.0f} calls/s")
+    print(f"publish (JetStream-acked, batched): {await publish_rate():,.0f} events/s")
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())
