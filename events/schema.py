@@ -26,6 +26,7 @@ __all__ = [
     "PRODUCER_TYPES",
     "SCHEMA_VERSION",
     "AnyEvent",
+    "BanditConfig",
     "Breach",
     "ConfigChange",
     "ControlState",
@@ -290,6 +291,21 @@ class Guardrail(Event, tag="guardrail"):
     cause_id: Token | None = None
 
 
+class BanditConfig(Event, tag="bandit_config"):
+    """A rollout's self-learning settings (ro.ctl.<rollout>.bandit_config).
+
+    ``bandit`` is the policy-bandit table (arms, reward kind, floor, reward wait...),
+    ``verification`` the re-check table (interval, attempts, confidence); each is
+    validated by the consumer that uses it (docs/bandit.md). Kept apart from
+    ``ConfigChange`` so it never touches control state or the rollback policy.
+    """
+
+    actor: Token
+    reason: Text
+    bandit: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None
+
+
 class Evidence(Struct, kw_only=True, frozen=True, gc=False):
     """One outcome seen for an item of the verification queue."""
 
@@ -327,9 +343,9 @@ class RecheckClosed(Event, tag="recheck_closed"):
 
 PRODUCER_TYPES: tuple[type[Event], ...] = (Decision, Outcome, Metric)
 COMMAND_TYPES: tuple[type[Event], ...] = (KillSwitch, Resume, ConfigChange)
-EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick, Escalation, WouldKill, Guardrail, RecheckRequest, RecheckClosed)
+EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick, Escalation, WouldKill, Guardrail, RecheckRequest, RecheckClosed, BanditConfig)
 
-AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick | Escalation | WouldKill | Guardrail | RecheckRequest | RecheckClosed
+AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick | Escalation | WouldKill | Guardrail | RecheckRequest | RecheckClosed | BanditConfig
 """The tagged union: one decode call gives any of them."""
 
 KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[misc]

@@ -67,6 +67,7 @@ CONTROL_COMMANDS: tuple[str, ...] = (
     "recheck",
     "would_kill",
     "guardrail",
+    "bandit_config",
 )
 
 

@@ -10,6 +10,7 @@ import pytest
 from events import (
     MAX_BATCH,
     MAX_MESSAGE_BYTES,
+    BanditConfig,
     Breach,
     ConfigChange,
     ControlState,
@@ -86,6 +87,10 @@ def _sample(kind: str):
         "recheck": RecheckRequest(
             id="recheck-0123abcd", decision_id=new_event_id(), variant="candidate", attempt=1,
             max_attempts=3, first_seen_ms=1_700_000_000_000, **BASE,
+        ),
+        "bandit_config": BanditConfig(
+            id=new_event_id(), actor="alice", reason="learn the best prompt",
+            bandit={"arms": ["a", "b", "c"], "floor": 0.02}, verification={"max_attempts": 3}, **BASE,
         ),
         "recheck_closed": RecheckClosed(
             id="recheck_closed-0123abcd", decision_id=new_event_id(), variant="candidate",
