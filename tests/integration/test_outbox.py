@@ -16,10 +16,11 @@ import pytest
 
 from engine.bus import connect, provision
 from engine.client import RolloutClient
+from engine.client_metrics import OUTBOX_DEPTH
 from engine.server import EmbeddedServer
 from engine.settings import Settings, load_settings
-from events import Metric, subjects
-from tests.integration.test_sdk import read_events
+from events import ControlState, Metric, subjects
+from tests.integration.test_sdk import publish_command, read_events
 
 N = 10_000
 
@@ -57,7 +58,7 @@ async def _wait(predicate, timeout: float = 10.0) -> None:
 async def _stored_values(settings: Settings, rollout: str) -> list[float]:
     nc = await connect(settings, name="test-reader")
     try:
-        events, _ = await read_events(nc.jetstream(), subjects.events_filter(rollout), timeout=15)
+        events, _ = await read_events(nc.jetstream(), subjects.event(rollout, "metric"), timeout=15)
     finally:
         await nc.close()
     assert len({e.id for e in events}) == len(events), "an event id was stored twice"
@@ -78,6 +79,12 @@ async def test_outage_goes_to_the_outbox_and_arrives_exactly_once(server, provis
         assert client.outbox_depth == N
         server.start()
         assert await client.wait_outbox_empty(20)
+        assert OUTBOX_DEPTH.labels("ob")._value.get() == 0
+        # control state still follows the log after the restart
+        nc = await connect(provisioned, name="test-operator")
+        await publish_command(nc.jetstream(), rollout, "config", ControlState(canary_pct=100, config_version=1))
+        await nc.close()
+        await _wait(lambda: client.assign(rollout, "u1") == "candidate", timeout=5)
     assert await _stored_values(provisioned, rollout) == [-1.0, *map(float, range(N))]
 
 

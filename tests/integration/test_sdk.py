@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from nats.js.api import DeliverPolicy
+from prometheus_client import REGISTRY
 
 from engine.client import BufferFull, RolloutClient
 from engine.outbox import Batch
@@ -194,6 +195,11 @@ async def test_shadow_failure_and_slowness_never_reach_the_caller(bus, settings,
     assert by_unit["u2"].shadow.error == "timeout after 0.05s"
     assert by_unit["u3"].shadow.diff == {"agent": False, "steps": True, "tools": False, "dry_run": True}
     assert all(e.variant == "baseline" and e.shadow.variant == "candidate" for e in events)
+    sample = REGISTRY.get_sample_value
+    assert sample("rollout_selection_total", {"rollout": rollout_id, "variant": "baseline", "reason": "default"}) == 3
+    assert sample("rollout_decision_diff_total", {"rollout": rollout_id, "dimension": "steps", "changed": "true"}) == 1
+    assert sample("rollout_decision_diff_total", {"rollout": rollout_id, "dimension": "agent", "changed": "false"}) == 1
+    assert sample("rollout_shadow_errors_total", {"rollout": rollout_id}) == 2
 
 
 async def test_shadow_serving_candidate_returns_its_result(bus, settings, tmp_path, rollout_id) -> None:
