@@ -20,6 +20,7 @@ from engine.bus import connect, provision
 from engine.cli.common import CliError, handler, settings_from
 from engine.cli.secure import add_up_flags, prepare
 from engine.cluster import EmbeddedCluster
+from engine.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
 from engine.server import EmbeddedServer, ServerError
 from engine.supervisor import Child, Supervisor
 from engine.ticks import run_ticks
@@ -68,14 +69,15 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
         for action in await provision(js, settings):
             log.info(action)
         names = [] if args.no_consumers else _consumer_names()
+        metrics_env = multiprocess_env(settings.data_dir) if settings.metrics_port else {}
         supervisor = Supervisor(
             [
                 Child(name, [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "consumer", name],
-                      env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {})})
+                      env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})
                 for name in names
             ]
             + [Child("api", [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "api"],
-                     env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {})})]
+                     env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})]
         )
         supervisor.start()
         print(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}, R{settings.replicas}); "
@@ -86,8 +88,12 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
             ready.set()
         ticks = asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))
         watch = asyncio.create_task(supervisor.watch(stop))
+        exporter = asyncio.create_task(serve_metrics(js, settings.metrics_port, stop, host=settings.host,
+                                                     multiproc_dir=metrics_env.get(MULTIPROC_ENV)))
+        if not settings.metrics_port:
+            exporter.cancel()
         await stop.wait()
-        await asyncio.gather(ticks, watch, return_exceptions=True)
+        await asyncio.gather(ticks, watch, exporter, return_exceptions=True)
         await nc.drain()
     finally:
         await asyncio.to_thread(supervisor.stop)
