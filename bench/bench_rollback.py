@@ -1,0 +1,206 @@
+"""Breach -> kill-switch latency under background load (issue 5's ``make bench`` figure).
+
+What is measured: from the publication of the event that makes a breach conclusive (the
+30th bad candidate sample, seed 001's minimum) to a *subscribed service* receiving the
+KillSwitch on ``ro.ctl.<rollout>.kill_switch``, while healthy background traffic flows at
+``background_eps`` events/s (100-event batches over 10 rollouts, bench.workload) through
+the same stream and the same rollback consumer. Each kill is a fresh rollout: its first
+29 bad samples are published and folded first, then the clock starts on the trigger.
+
+The rollback consumer runs as the engine runs it when ``consumers.runtime`` provides a
+driver; until then :class:`LiveFold` folds the log in-process through an ordered push
+consumer and publishes what ``apply()`` returns with ``Nats-Msg-Id`` (the same contract).
+
+Run alone: ``.venv/bin/python -m bench.bench_rollback --kills 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from bench.harness import Figure, bench_server
+from bench.workload import make_batches
+from consumers.projection import Projection
+from consumers.rollback.projection import RollbackProjection
+from consumers.rollback.scenario import Profile, runs
+from events import Event, decode_lenient, encode, encode_batch, kind_of, subjects
+
+__all__ = ["LiveFold", "kill_latency", "rollback_figures", "subject_of"]
+
+
+def subject_of(event: Event) -> str:
+    """Where an emitted command goes: ``ro.ctl.<rollout>.<kind>``."""
+    return subjects.control(event.rollout, kind_of(event))
+
+
+class LiveFold:
+    """Fold the log into a projection as it arrives; publish what the projection emits.
+
+    An ordered push consumer over the whole ``RO_LOG`` stream keeps the log's total
+    order; each emitted event is published with its id as ``Nats-Msg-Id``.
+    ``on_apply`` (optional) sees every applied event, for tests that wait on progress.
+    """
+
+    def __init__(self, js: JetStreamContext, projection: Projection,
+                 on_apply: Callable[[Event], None] | None = None) -> None:
+        self.js = js
+        self.projection = projection
+        self.on_apply = on_apply
+        self.events = 0
+        self.last_seq = 0
+        self.emitted: list[Event] = []
+        self._sub: Any = None
+
+    async def start(self, deliver_all: bool = True) -> None:
+        policy = DeliverPolicy.ALL if deliver_all else DeliverPolicy.NEW
+        self._sub = await self.js.subscribe(
+            "", stream=subjects.LOG_STREAM, ordered_consumer=True, deliver_policy=policy, cb=self._on_msg,
+            pending_msgs_limit=1_000_000, pending_bytes_limit=512 * 1024 * 1024,
+        )
+
+    async def _on_msg(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        good, _ = decode_lenient(msg.data)
+        for event in good:
+            out = self.projection.apply(event, seq)
+            self.events += 1
+            if self.on_apply is not None:
+                self.on_apply(event)
+            for command in out:
+                self.emitted.append(command)
+                await self.js.publish(subject_of(command), encode(command), headers={"Nats-Msg-Id": command.id})
+        self.last_seq = seq
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        """Wait until the fold has applied the message at stream sequence ``seq``."""
+        deadline = time.monotonic() + timeout
+        while self.last_seq < seq:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fold stuck at seq {self.last_seq}, waiting for {seq}")
+            await asyncio.sleep(0.002)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+
+def _background_messages(seconds: float, eps: int) -> list[tuple[str, bytes]]:
+    """Pre-encoded healthy batches for ``seconds`` of load, replayed in a loop, so the
+    measuring process spends its time on the consumer rather than on making events."""
+    total = int(seconds * eps)
+    return [(subjects.event(rollout, kind), encode_batch(events))
+            for rollout, kind, events in make_batches(total, rollouts=10, seed=11)]
+
+
+async def _background(js: JetStreamContext, eps: int, stop: asyncio.Event, sent: list[int],
+                      messages: list[tuple[str, bytes]]) -> None:
+    """Publish the batches at ``eps`` events/s (100 per message) until ``stop``."""
+    nc = js._nc  # core publish: JetStream stores it, no ack round trip
+    start, i = time.perf_counter(), 0
+    while not stop.is_set():
+        subject, data = messages[i % len(messages)]
+        i += 1
+        await nc.publish(subject, data)
+        sent[0] += 100
+        delay = start + sent[0] / eps - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0) -> dict[str, Any]:
+    """Measure breach -> KillSwitch latency ``kills`` times under background load.
+
+    Returns p50/p99/max in milliseconds, every sample, and the background rate achieved.
+    """
+    messages = _background_messages(4.0, background_eps)
+    async with bench_server() as (_server, _settings, nc, js):
+        fold = LiveFold(js, RollbackProjection())
+        await fold.start()
+        received: dict[str, float] = {}
+        arrived: dict[str, asyncio.Event] = {}
+
+        async def on_kill(msg: Msg) -> None:
+            rollout = subjects.parse(msg.subject).rollout or ""
+            received.setdefault(rollout, time.perf_counter())
+            if rollout in arrived:
+                arrived[rollout].set()
+
+        service = await nc.subscribe(subjects.control("x", "kill_switch").replace(".x.", ".*."), cb=on_kill)
+        stop, sent = asyncio.Event(), [0]
+        load = asyncio.create_task(_background(js, background_eps, stop, sent, messages))
+        await asyncio.sleep(warmup_s)
+        samples: list[float] = []
+        t_load, sent_at_start = time.perf_counter(), sent[0]
+        try:
+            for k in range(kills):
+                rollout = f"kill-{k}"
+                events = runs(rollout, 60, canary_pct=50, candidate=Profile(quality=82.0))
+                trigger_at = 237  # the outcome of the 30th candidate run: quality is conclusive
+                head, trigger = events[:trigger_at], events[trigger_at]
+                for i in range(0, len(head), 100):
+                    ack = await js.publish(subjects.event(rollout, "decision"), encode_batch(head[i:i + 100]))
+                await fold.wait_for(ack.seq)
+                arrived[rollout] = asyncio.Event()
+                t0 = time.perf_counter()
+                await nc.publish(subjects.event(rollout, kind_of(trigger)), encode(trigger))
+                await asyncio.wait_for(arrived[rollout].wait(), 10)
+                samples.append((received[rollout] - t0) * 1000)
+        finally:
+            elapsed = time.perf_counter() - t_load
+            achieved = (sent[0] - sent_at_start) / elapsed
+            folded = fold.events
+            stop.set()
+            await load
+            await service.unsubscribe()
+            await fold.stop()
+    ordered = sorted(samples)
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+        "max_ms": ordered[-1],
+        "kills": len(ordered),
+        "background_eps": achieved,
+        "folded_events": folded,
+        "samples_ms": ordered,
+        "driver": "in-process LiveFold (ordered push consumer)",
+    }
+
+
+async def rollback_figures(kills: int = 100, background_eps: int = 50_000) -> list[Figure]:
+    """The two figures of ``make bench``: p50 and p99 of breach -> kill switch."""
+    result = await kill_latency(kills, background_eps)
+    note = (f"{result['kills']} kills under {result['background_eps']:,.0f} background events/s; "
+            f"driver: {result['driver']}")
+    extra = {"max_ms": result["max_ms"], "background_eps": result["background_eps"]}
+    p50, p99 = result["p50_ms"], result["p99_ms"]
+    return [
+        Figure("rollback: breach -> kill switch received, p50", "ms", p50, p50, p50, [p50], note=note, extra=extra),
+        Figure("rollback: breach -> kill switch received, p99", "ms", p99, p99, p99, [p99], target="<= 50 ms",
+               note=note, extra=extra),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--background-eps", type=int, default=50_000)
+    args = parser.parse_args()
+    result = asyncio.run(kill_latency(args.kills, args.background_eps))
+    print(f"breach -> kill switch: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+          f"max {result['max_ms']:.1f} ms over {result['kills']} kills; "
+          f"background {result['background_eps']:,.0f} events/s; {result['folded_events']:,} events folded")
+
+
+if __name__ == "__main__":
+    main()
