@@ -47,7 +47,6 @@ __all__ = [
     "BANDIT_ARM_SHARE",
     "DETECTION_BUCKETS_S",
     "EVALUATIONS",
-    "EVENTS_CONSUMED",
     "LogMetrics",
     "build_registry",
     "multiprocess_env",
@@ -59,12 +58,8 @@ log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DETECTION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
-# --- in-process metrics for consumer processes (nobody else defines these) --------------
-EVENTS_CONSUMED = Counter(
-    "rollout_consumer_events",
-    "Events folded into a projection and committed, by consumer.",
-    ["consumer"],
-)
+# --- in-process metrics for consumer processes (nobody else defines these; per-consumer
+# events, messages, commits and lag are engine/consumer_metrics.py's) -------------------
 EVALUATIONS = Counter(
     "rollout_evaluations",
     "Guard evaluations of the rollback consumer, by result (pass, hold, fail, inconclusive).",
