@@ -14,7 +14,7 @@ from bench.harness import timed
 from consumers.bandit import BanditProjection
 from consumers.verification import VerificationProjection
 from engine.choice import BanditChooser
-from events import ConfigChange, ControlState, Decision, Outcome, Tick
+from events import BanditConfig, Decision, Outcome, Tick
 
 __all__ = ["bandit_events_per_s", "bandit_view_per_s", "choose_calls_per_s", "verification_events_per_s"]
 
@@ -23,10 +23,10 @@ ROLLOUT = "bench-bandit"
 ARMS = ["a", "b", "c"]
 
 
-def _config() -> ConfigChange:
-    return ConfigChange(
+def _config() -> BanditConfig:
+    return BanditConfig(
         id="bench-cfg", rollout=ROLLOUT, time_ms=T0, producer="bench", actor="bench", reason="bench",
-        before=ControlState(), after=ControlState(), policy={"bandit": {"arms": ARMS, "min_samples": 5}},
+        bandit={"arms": ARMS, "min_samples": 5},
     )
 
 

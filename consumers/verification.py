@@ -13,8 +13,8 @@ emitted events have deterministic ids (``command_id``) and ``time_ms`` equal to 
 time, so a replay emits the same events and JetStream de-duplicates a re-publish.
 
 Defaults follow the runbook (``VERIFICATION_RETRY_INTERVAL_SECONDS=300``,
-``VERIFICATION_RETRY_MAX_ATTEMPTS=3``); a rollout overrides them with a ``verification``
-table in a ``ConfigChange`` policy. The queue is bounded (``max_items``; the oldest item is
+``VERIFICATION_RETRY_MAX_ATTEMPTS=3``); a rollout overrides them with the ``verification``
+table of a ``BanditConfig`` event. The queue is bounded (``max_items``; the oldest item is
 closed as ``evicted``), and its depth and oldest age are Prometheus gauges, so "pending
 re-checks must not grow unbounded" is an alert rule, not a manual check.
 """
@@ -30,7 +30,7 @@ from msgspec import Meta
 from consumers.bandit.clock import EventClock
 from events import (
     AnyEvent,
-    ConfigChange,
+    BanditConfig,
     Event,
     Evidence,
     Outcome,
@@ -50,7 +50,7 @@ MAX_EVIDENCE = 16
 
 
 class VerificationPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """The ``[verification]`` table of a rollout policy."""
+    """The ``verification`` table of a ``BanditConfig`` event."""
 
     retry_interval_s: Annotated[float, Meta(gt=0.0, le=7 * 24 * 3600.0)] = 300.0
     max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 3
@@ -120,9 +120,9 @@ class VerificationProjection:
         out = self._run_due(now)
         if isinstance(event, Outcome):
             out.extend(self._on_outcome(event))
-        elif isinstance(event, ConfigChange) and event.policy and "verification" in event.policy:
+        elif isinstance(event, BanditConfig) and event.verification is not None:
             try:
-                self.policies[event.rollout] = parse_verification_policy(event.policy["verification"])
+                self.policies[event.rollout] = parse_verification_policy(event.verification)
             except ValueError:
                 self._count(event.rollout, "config_errors")
         return out

@@ -141,8 +141,8 @@ class BanditChooser:
         view = self.views.get(rollout)
         if view is None or not view.arms:
             raise NoBanditState(
-                f"no bandit view for rollout {rollout!r}: publish a ConfigChange with a [bandit] "
-                "policy and run the `bandit` consumer (see docs/bandit.md)"
+                f"no bandit view for rollout {rollout!r}: publish its arms with "
+                "`rollout bandit config` and run the `bandit` consumer (see docs/bandit.md)"
             )
         now = time_ms if time_ms is not None else time.time_ns() // 1_000_000
         decision_id = decision_id or new_event_id(now)

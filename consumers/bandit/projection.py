@@ -2,7 +2,7 @@
 
 A pure fold of the log (no I/O, no clock, no randomness):
 
-- ``ConfigChange`` with a ``bandit`` policy table opts a rollout in (or changes arms);
+- ``BanditConfig`` with a ``bandit`` table opts a rollout in (or changes its arms);
 - ``Decision`` with reason ``bandit``/``forced_safe`` for an arm opens a pending join,
   due ``reward_wait_s`` later in event time;
 - ``Outcome`` with the decision's id settles it: its reward updates the arm's posterior
@@ -28,7 +28,7 @@ from consumers.bandit import posterior
 from consumers.bandit.clock import EventClock
 from consumers.bandit.state import BanditPolicy, BanditView, parse_policy
 from consumers.guardrails import cooldown_event, prune_normal_times, start_cooldown
-from events import AnyEvent, ConfigChange, Decision, Event, Guardrail, GuardrailState, Outcome
+from events import AnyEvent, BanditConfig, Decision, Event, Guardrail, GuardrailState, Outcome
 
 __all__ = ["BanditProjection", "RolloutBandit"]
 
@@ -101,7 +101,7 @@ class BanditProjection:
             return []
         if isinstance(event, Outcome):
             return self._on_outcome(event, seq, now)
-        if isinstance(event, ConfigChange):
+        if isinstance(event, BanditConfig):
             self._on_config(event, seq)
         elif isinstance(event, Guardrail) and event.producer != self.name:
             # Our own Guardrail events record what this fold already did: skip the echo.
@@ -114,12 +114,12 @@ class BanditProjection:
         state.seq = seq
         self.changed.add(rollout)
 
-    def _on_config(self, event: ConfigChange, seq: int) -> None:
-        if not event.policy or "bandit" not in event.policy:
+    def _on_config(self, event: BanditConfig, seq: int) -> None:
+        if event.bandit is None:
             return
         state = self.rollouts.setdefault(event.rollout, RolloutBandit())
         try:
-            policy = parse_policy(event.policy["bandit"])
+            policy = parse_policy(event.bandit)
         except ValueError as exc:
             state.count("config_errors")
             state.last_error = f"event {event.id}: {exc}"[:500]

@@ -1,8 +1,7 @@
 """The bandit's policy document and the view it publishes to KV for the SDK.
 
-A rollout opts in with a ``ConfigChange`` whose ``policy`` has a ``bandit`` table
-(:class:`BanditPolicy`); the consumer validates it, so every policy version is in the
-log. The consumer publishes one :class:`BanditView` per rollout under KV key
+A rollout opts in with a ``BanditConfig`` event whose ``bandit`` table is a
+:class:`BanditPolicy`; the consumer validates it, so every policy version is in the log. The consumer publishes one :class:`BanditView` per rollout under KV key
 ``bandit.<rollout>``; ``engine.choice.BanditChooser`` reads nothing else.
 """
 
@@ -33,7 +32,7 @@ def rollout_of_key(key: str) -> str | None:
 
 
 class BanditPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """The ``[bandit]`` table of a rollout policy. Defaults follow issue 6 and seed 002."""
+    """The ``bandit`` table of a ``BanditConfig`` event. Defaults follow issue 6 and seed 002."""
 
     arms: Annotated[list[Token], Meta(min_length=1, max_length=32)]
     reward: RewardKind = "binary"

@@ -14,8 +14,7 @@ from consumers.bandit import BanditProjection, parse_policy
 from consumers.bandit.posterior import ArmStats, apply_floor, thompson_weights
 from engine.choice import BanditChooser, NoBanditState
 from events import (
-    ConfigChange,
-    ControlState,
+    BanditConfig,
     Decision,
     Guardrail,
     GuardrailState,
@@ -42,11 +41,11 @@ class Log:
         return out
 
 
-def config(rollout: str = R, t: int = T0, **bandit: object) -> ConfigChange:
+def config(rollout: str = R, t: int = T0, **bandit: object) -> BanditConfig:
     policy = {"arms": ["a", "b", "c"], **bandit}
-    return ConfigChange(
+    return BanditConfig(
         id=f"cfg-{t}-{len(bandit)}", rollout=rollout, time_ms=t, producer="cli", actor="alice",
-        reason="bandit on", before=ControlState(), after=ControlState(), policy={"bandit": policy},
+        reason="bandit on", bandit=policy,
     )
 
 

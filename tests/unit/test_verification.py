@@ -8,8 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.verification import RecheckGauges, VerificationProjection
 from events import (
-    ConfigChange,
-    ControlState,
+    BanditConfig,
     Outcome,
     RecheckClosed,
     RecheckRequest,
@@ -85,9 +84,8 @@ def test_later_conclusive_outcome_resolves_the_item_and_stops_the_retries() -> N
 def test_conclusive_outcomes_never_enter_the_queue_and_policy_overrides_apply() -> None:
     p = VerificationProjection()
     policy = {"verification": {"retry_interval_s": 60, "max_attempts": 1, "min_confidence": 0.5}}
-    run(p, [ConfigChange(
-        id="cfg", rollout=R, time_ms=T0, producer="cli", actor="alice", reason="faster re-checks",
-        before=ControlState(), after=ControlState(), policy=policy,
+    run(p, [BanditConfig(
+        id="cfg", rollout=R, time_ms=T0, producer="cli", actor="alice", reason="faster re-checks", **policy,
     )])
     emitted = run(p, [
         outcome(1, T0, verdict="win", confidence=0.6),
