@@ -20,7 +20,7 @@ The statistical tests run only when a threshold is crossed and then at most once
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -103,13 +103,16 @@ class RolloutState(msgspec.Struct, array_like=True, gc=False):
     policy_error: str = ""
 
 
-class _Snapshot(msgspec.Struct, array_like=True):
-    rollouts: dict[str, RolloutState]
-    stats: dict[str, bytes]
+class _Part(msgspec.Struct, array_like=True):
+    """One rollout's part of the snapshot: its state and its canary-stats fold."""
+
+    state: RolloutState
+    stats: bytes
 
 
 _encoder = msgspec.msgpack.Encoder(order="sorted")
-_decoder = msgspec.msgpack.Decoder(_Snapshot)
+_part_decoder = msgspec.msgpack.Decoder(_Part)
+_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
 class RollbackProjection:
@@ -122,18 +125,21 @@ class RollbackProjection:
         self._new_stats = stats_factory or evidence.new_stats
         self.rollouts: dict[str, RolloutState] = {}
         self._stats: dict[str, Any] = {}
+        self._dirty: set[str] = set()
         self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
 
     # --- the Projection protocol ----------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         out: list[Event] = []
         if isinstance(event, Tick):
+            self._dirty.update(self.rollouts)
             for rollout in sorted(self.rollouts):
                 self._stats[rollout].apply(event, seq)
                 self._evaluate(rollout, event, out)
             return out
         if isinstance(event, _PRODUCER):
             r = self._rollout(event.rollout)
+            self._dirty.add(event.rollout)
             self._stats[event.rollout].apply(event, seq)
             if isinstance(event, Decision):
                 self._count_decision(r, event)
@@ -144,21 +150,66 @@ class RollbackProjection:
                 self._evaluate(event.rollout, event, out, QUALITY)
         elif isinstance(event, _COMMANDS):
             self._control(self._rollout(event.rollout), event)
+            self._dirty.add(event.rollout)
         return out
 
     def snapshot(self) -> bytes:
-        rollouts = dict(sorted(self.rollouts.items()))
-        stats = {name: self._stats[name].snapshot() for name in rollouts}
-        return _encoder.encode(_Snapshot(rollouts, stats))
+        return _encoder.encode(self.all_parts())
 
     def restore(self, data: bytes) -> None:
-        snap = _decoder.decode(data)
-        self.rollouts = dict(snap.rollouts)
-        self._stats = {}
-        for name, blob in snap.stats.items():
-            stats = self._new_stats(self.rollouts[name].live.policy)
-            stats.restore(blob)
+        self.restore_parts(_parts_decoder.decode(data))
+
+    # --- incremental snapshots (the runtime stores one row per rollout) ----------------
+    def _part(self, rollout: str) -> bytes:
+        return _encoder.encode(_Part(self.rollouts[rollout], self._stats[rollout].snapshot()))
+
+    def changed_parts(self) -> dict[str, bytes]:
+        """Parts of the rollouts touched since the last call: a commit costs what changed."""
+        dirty, self._dirty = self._dirty, set()
+        return {name: self._part(name) for name in sorted(dirty)}
+
+    def all_parts(self) -> dict[str, bytes]:
+        self._dirty = set()
+        return {name: self._part(name) for name in sorted(self.rollouts)}
+
+    def restore_parts(self, parts: Mapping[str, bytes]) -> None:
+        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
+        self.rollouts, self._stats, self._dirty = {}, {}, set()
+        for name, blob in sorted(parts.items()):
+            part = _part_decoder.decode(blob)
+            self.rollouts[name] = part.state
+            stats = self._new_stats(part.state.live.policy)
+            stats.restore(part.stats)
             self._stats[name] = stats
+
+    # --- reads ------------------------------------------------------------------------
+    def status(self, rollout: str) -> dict[str, Any]:
+        """Where a rollout stands, as plain data (the API's ``evaluation``, dashboards)."""
+        r = self.rollouts.get(rollout)
+        if r is None:
+            return {}
+
+        def guards(run: PolicyRun) -> dict[str, Any]:
+            return {name: {"state": m.state, "since_ms": m.since_ms, "failures": m.failures,
+                           "inconclusive": m.inconclusive, "penalized": m.penalized(r.now_ms)}
+                    for name, m in sorted(run.machines.items())}
+
+        return {
+            "rollout": rollout,
+            "now_ms": r.now_ms,
+            "kill_switch": r.control.kill_switch,
+            "canary_pct": r.control.canary_pct,
+            "policy": {"name": r.live.policy.name, "version": r.live.policy.version},
+            "policy_error": r.policy_error,
+            "guards": guards(r.live),
+            "shadow": None if r.shadow is None else {
+                "policy": {"name": r.shadow.policy.name, "version": r.shadow.policy.version},
+                "tripped_ms": r.shadow.tripped_ms, "guards": guards(r.shadow)},
+            "epoch": r.epoch,
+            "kills": r.kills,
+            "would_kills": r.would_kills,
+            "escalations": sorted(r.escalation.armed),
+        }
 
     # --- folding ----------------------------------------------------------------------
     def _rollout(self, rollout: str) -> RolloutState:

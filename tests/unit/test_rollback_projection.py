@@ -228,3 +228,28 @@ def test_snapshot_is_canonical_msgpack() -> None:
     fold(p, runs(R, 50) + runs("other", 50))
     snap = p.snapshot()
     assert msgspec.msgpack.decode(snap) is not None and p.snapshot() == snap
+
+
+def test_incremental_parts_restore_to_the_same_state_and_commands() -> None:
+    log = runs(R, 150, candidate=Profile(cost_cents=3.5)) + runs("quiet", 40)
+    whole = fold(RollbackProjection(), log)
+    p = RollbackProjection()
+    stored: dict[str, bytes] = {}
+    for start in range(0, 100, 10):  # the runtime commits changed parts per batch
+        fold(p, log[start:start + 10], start=start + 1)
+        stored.update(p.changed_parts())
+    assert stored == p.all_parts()
+    restored = RollbackProjection()
+    restored.restore_parts(stored)
+    assert restored.snapshot() == p.snapshot()
+    assert [encode(x) for x in fold(restored, log[100:], start=101)] == [encode(x) for x in whole]
+
+
+def test_status_explains_the_rollout_as_plain_data() -> None:
+    p = RollbackProjection()
+    fold(p, runs(R, 100, candidate=BAD_QUALITY))
+    status = p.status(R)
+    assert status["kill_switch"] is True and status["kills"] == 1
+    assert status["policy"] == {"name": "default", "version": 0}
+    assert status["guards"]["quality"]["state"] == "alarm"
+    assert msgspec.json.encode(status)
