@@ -237,6 +237,12 @@ async def test_start_fails_clearly_without_a_server_unless_offline_is_allowed(tm
         assert offline.outbox_depth == 1
 
 
+def test_sdk_doc_shows_the_example_that_runs() -> None:
+    doc = (REPO / "docs" / "sdk.md").read_text()
+    example = (REPO / "docs" / "examples" / "example_service.py").read_text()
+    assert f"```python\n{example}```" in doc, "docs/sdk.md and docs/examples/example_service.py differ"
+
+
 async def test_example_service_runs(bus, nats_server, tmp_path) -> None:
     env = {**os.environ, "ROLLOUT_NATS_URL": nats_server.url, "ROLLOUT_DATA_DIR": str(tmp_path)}
     done = subprocess.run(
