@@ -124,7 +124,6 @@ class RolloutClient:
         self._publisher: BatchPublisher | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._housekeeping: set[asyncio.Future[Any]] = set()
-        self._caught_up = asyncio.Event()
         self._metrics_task: asyncio.Future[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -159,9 +158,14 @@ class RolloutClient:
     async def _connect_later(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            with contextlib.suppress(BusUnavailable):
+            try:
                 await self._connect()
+                log.info("rollout SDK: connected; draining the outbox")
                 return
+            except BusUnavailable:
+                continue
+            except Exception:
+                log.exception("rollout SDK: connecting failed; retrying")
 
     async def _on_bus_event(self, kind: str) -> None:
         if kind == "disconnected" and self._publisher is not None:
@@ -270,7 +274,6 @@ class RolloutClient:
                     f"control state not read within {self.catch_up_timeout_s}s "
                     f"({info.num_pending} commands pending); the server may be overloaded"
                 ) from None
-        self._caught_up.set()
 
     def _fold(self, data: bytes, seq: int) -> None:
         events, rejected = decode_lenient(data)

@@ -154,3 +154,16 @@ async def test_server_killed_mid_stream_loses_and_doubles_nothing(server, provis
         assert await client.wait_outbox_empty(30)
     values = await _stored_values(provisioned, rollout)
     assert sorted(values) == list(map(float, range(total)))
+
+
+async def test_offline_start_connects_later_and_drains(server, provisioned, tmp_path) -> None:
+    rollout = "outbox-offline"
+    server.stop()
+    async with RolloutClient(provisioned, producer="svc", outbox_path=tmp_path / "ob.sqlite", allow_offline=True) as client:
+        for i in range(100):
+            await client.record_metric(rollout, "baseline", "seq", float(i))
+        await client.flush()
+        assert client.outbox_depth == 100
+        server.start()
+        assert await client.wait_outbox_empty(15)
+    assert await _stored_values(provisioned, rollout) == list(map(float, range(100)))
