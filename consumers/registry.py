@@ -35,7 +35,7 @@ def _load() -> None:
         importlib.import_module(module)
 
 
-_MODULES: list[str] = []
+_MODULES: list[str] = ["consumers.control_consumer", "consumers.stats_consumer"]
 
 
 def specs() -> list[ConsumerSpec]:

@@ -1,0 +1,324 @@
+"""The consumer runtime shared by every projection: log -> fold -> one commit -> ack -> relay.
+
+One process per consumer (``rollout consumer NAME``). The loop, per fetched batch:
+
+1. fetch up to ``consumer_batch`` messages from a durable pull consumer on ``RO_LOG``
+   (the whole log, so stream sequences are contiguous and a gap means something is
+   wrong); a fetch ``TimeoutError`` means "no data" and the fetch is re-issued;
+2. fold them with :class:`consumers.folding.Folder` (skip what is committed, hold what
+   is after a gap and fill the gap by a direct get, dead-letter what is bad);
+3. commit the changed snapshot parts, the last sequence and the outbox rows (emitted
+   events and dead letters) in ONE SQLite transaction;
+4. ack the messages; 5. relay the outbox with ``Nats-Msg-Id`` = the row id, delete it;
+6. run the consumer's ``after_commit`` hook (KV puts, stats snapshots).
+
+A crash between any two steps is harmless: before 3 nothing happened; between 3 and 4
+the redelivered messages are at or below the committed sequence and are skipped;
+between 4 and 5 the outbox is relayed on start and JetStream drops duplicates.
+
+On start the durable JetStream consumer is re-created at the committed sequence + 1:
+the SQLite position is the truth, the JetStream consumer only a cursor, so nothing
+pending from a previous process can arrive out of order.
+
+A consumer module registers a :class:`consumers.registry.ConsumerSpec` and exposes
+``build(settings) -> Consumer``; see ``consumers/stats_consumer.py`` for an example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from consumers.deadletter import headers_of
+from consumers.folding import BatchResult, Delivery, Folder, restore_parts, snapshot_parts
+from consumers.projection import Projection, digest_of
+from consumers.store import OutboxRow, SQLiteConsumerStore
+from engine.consumer_metrics import ConsumerMetrics, default_metrics
+from engine.settings import Settings
+from events import subjects
+
+__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "stored_digest"]
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[["Runner", BatchResult], Awaitable[None]]
+
+
+@dataclass
+class Consumer:
+    """What a consumer module builds: the projection and its publishing hooks.
+
+    ``on_start`` runs once after the state is restored (e.g. republish every KV key, in
+    case the last process died between its commit and its KV puts); ``after_commit``
+    after each committed batch and, with an empty result, when the log is idle.
+    """
+
+    projection: Projection
+    after_commit: Hook | None = None
+    on_start: Callable[[Runner], Awaitable[None]] | None = None
+    on_stop: Callable[[Runner], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """Where a run ended: position, events folded in this run, and the state digest."""
+
+    consumer: str
+    seq: int
+    events: int
+    dead_letters: int
+    digest: str
+
+
+def _merge(total: BatchResult, part: BatchResult) -> None:
+    total.seq = part.seq
+    total.events += part.events
+    total.messages += part.messages
+    total.skipped += part.skipped
+    total.dead.extend(part.dead)
+    total.outbox.extend(part.outbox)
+    total.parts.update(part.parts)
+    total.held = part.held
+
+
+class Runner:
+    """Run one consumer against NATS until stopped (or, with ``until_idle``, caught up)."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        settings: Settings,
+        *,
+        nc: Client | None = None,
+        batch: int | None = None,
+        until_idle: bool = False,
+        fetch_timeout: float = 0.5,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.projection = consumer.projection
+        self.name = consumer.projection.name
+        self.settings = settings
+        self.batch = batch or settings.consumer_batch
+        self.until_idle = until_idle
+        self.fetch_timeout = fetch_timeout
+        self.metrics = metrics or default_metrics()
+        self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
+        self.folder = Folder(self.projection)
+        self.stop_event = asyncio.Event()
+        self.dead_letters = 0
+        self._nc = nc
+        self._own_nc = nc is None
+        self._kv: Any = None
+
+    # --- edges available to hooks ------------------------------------------------------
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "runner is not connected"
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
+    async def kv(self) -> Any:
+        """The ``ro_state`` KV bucket."""
+        if self._kv is None:
+            self._kv = await self.js.key_value(subjects.STATE_BUCKET)
+        return self._kv
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit, and return (signal-safe)."""
+        self.stop_event.set()
+
+    # --- the loop ------------------------------------------------------------------------
+    async def run(self) -> RunSummary:
+        await self.store.open()
+        try:
+            stored = await self.store.load()
+            restore_parts(self.projection, stored.parts)
+            self.folder.seq = stored.seq
+            self.metrics.position.labels(self.name).set(stored.seq)
+            if self._nc is None:
+                from engine.bus import connect
+
+                self._nc = await connect(self.settings, name=f"consumer-{self.name}")
+            await self._relay(stored.outbox)
+            if self.consumer.on_start is not None:
+                await self.consumer.on_start(self)
+            sub = await self._subscribe()
+            try:
+                await self._loop(sub)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if self.consumer.on_stop is not None:
+                await self.consumer.on_stop(self)
+        finally:
+            await self.store.close()
+            if self._own_nc and self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.drain()
+        return RunSummary(self.name, self.folder.seq, self.folder.events, self.dead_letters,
+                          digest_of(self.projection.snapshot()))
+
+    async def _subscribe(self) -> Any:
+        """(Re)create the durable consumer at the committed position + 1 and bind to it."""
+        js = self.js
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(subjects.LOG_STREAM, self.name)
+        start = self.folder.seq + 1
+        config = ConsumerConfig(
+            durable_name=self.name,
+            description=f"rollout-engine consumer {self.name} (position kept in its SQLite store)",
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=self.settings.consumer_max_deliver,
+            max_ack_pending=max(4 * self.batch, 1000),
+        )
+        await js.add_consumer(subjects.LOG_STREAM, config)
+        return await js.pull_subscribe_bind(durable=self.name, stream=subjects.LOG_STREAM)
+
+    async def _loop(self, sub: Any) -> None:
+        while not self.stop_event.is_set():
+            try:
+                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
+            except TimeoutError:
+                if await self._idle():
+                    return
+                continue
+            except (ConnectionClosedError, NoRespondersError) as exc:
+                log.warning("%s: fetch failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(0.25)
+                continue
+            deliveries = [Delivery(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
+            await self._process(deliveries)
+            for m in msgs:
+                with contextlib.suppress(Exception):  # an ack lost is a harmless redelivery
+                    await m.ack()
+
+    async def _process(self, deliveries: list[Delivery]) -> BatchResult:
+        """Fold, fill gaps, commit, relay, run the hook."""
+        start = self.folder.seq
+        total = BatchResult(start)
+        _merge(total, self.folder.fold_batch(deliveries))
+        while total.held:
+            await self._fill_gap(total)
+        if total.skipped:
+            self.metrics.redelivered.labels(self.name).inc(total.skipped)
+        if total.seq == start:
+            return total
+        if not total.parts and total.messages == 0:
+            total.parts = snapshot_parts(self.projection, changed_only=True)
+        rows = Folder.outbox_of(total)
+        began = time.perf_counter()
+        await self.store.commit(total.seq, total.parts, rows)
+        self._count(total, time.perf_counter() - began)
+        await self._relay(rows)
+        if self.consumer.after_commit is not None:
+            try:
+                await self.consumer.after_commit(self, total)
+            except Exception:
+                log.exception("%s: after_commit hook failed (state is committed; continuing)", self.name)
+        return total
+
+    async def _fill_gap(self, total: BatchResult) -> None:
+        """The next sequence is missing from what was delivered: get it directly, or skip it."""
+        held, total.held = total.held, []
+        wanted = self.folder.seq + 1
+        delivery = await self._get(wanted)
+        if delivery is None:
+            first = await self._first_seq()
+            self.folder.skip_to(max(wanted, first - 1) if first > wanted else wanted)
+        _merge(total, self.folder.fold_batch(([delivery] if delivery else []) + held))
+
+    async def _get(self, seq: int) -> Delivery | None:
+        try:
+            msg = await self.js.get_msg(subjects.LOG_STREAM, seq)
+        except NotFoundError:
+            return None
+        return Delivery(seq, msg.subject or "", msg.data or b"")
+
+    async def _first_seq(self) -> int:
+        info = await self.js.stream_info(subjects.LOG_STREAM)
+        return int(info.state.first_seq)
+
+    async def _idle(self) -> bool:
+        """Nothing fetched: relay leftovers, catch up a stuck tail; True when done (until_idle)."""
+        pending = await self.store.pending()
+        if pending:
+            await self._relay(pending)
+        if self.consumer.after_commit is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.after_commit(self, BatchResult(self.folder.seq))
+        try:
+            info = await self.js.stream_info(subjects.LOG_STREAM)
+        except Exception as exc:
+            log.warning("%s: stream info failed: %s", self.name, exc)
+            return False
+        last = int(info.state.last_seq)
+        if last < self.folder.seq:
+            raise RuntimeError(
+                f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at {last}: "
+                f"the stream was recreated. Delete {self.store.path} to rebuild the projection from the log"
+            )
+        self.metrics.lag.labels(self.name).set(last - self.folder.seq)
+        if last > self.folder.seq:
+            # Messages exist but none were delivered (an orphaned pull, a delivery lost in
+            # a reconnect): read the next ones directly rather than wait for ack_wait.
+            tail = [d for d in [await self._get(s) for s in range(self.folder.seq + 1, min(last, self.folder.seq + 64) + 1)] if d]
+            if tail:
+                await self._process(tail)
+            else:
+                self.folder.skip_to(min(last, self.folder.seq + 64))
+            return False
+        return self.until_idle and not await self.store.pending()
+
+    def _count(self, total: BatchResult, seconds: float) -> None:
+        m, name = self.metrics, self.name
+        m.events.labels(name).inc(total.events)
+        m.messages.labels(name).inc(total.messages)
+        m.commits.labels(name).inc()
+        m.commit_seconds.labels(name).observe(seconds)
+        m.position.labels(name).set(total.seq)
+        for dead in total.dead:
+            m.dead.labels(name, dead.field[:40]).inc()
+            log.warning("%s: dead letter seq %d item %d: %s", name, dead.seq, dead.index, dead.reason[:300])
+        self.dead_letters += len(total.dead)
+
+    async def _relay(self, rows: list[OutboxRow]) -> None:
+        """Publish outbox rows with their ids; delete the ones JetStream acknowledged."""
+        if not rows:
+            return
+        js = self.js
+        futures = []
+        try:
+            for row in rows:
+                futures.append((row.id, await js.publish_async(row.subject, row.data, headers=headers_of(row))))
+            done = await asyncio.wait_for(asyncio.gather(*(f for _, f in futures), return_exceptions=True), 10)
+        except Exception as exc:
+            log.warning("%s: outbox relay failed (%s); rows stay for the next attempt", self.name, exc)
+            return
+        acked = [row_id for (row_id, _), result in zip(futures, done, strict=True) if not isinstance(result, BaseException)]
+        await self.store.delete_outbox(acked)
+
+
+async def stored_digest(consumer: Consumer, settings: Settings) -> tuple[int, str]:
+    """(position, digest) of a consumer's committed state, read from its store alone."""
+    async with SQLiteConsumerStore.for_consumer(settings.data_dir, consumer.projection.name) as store:
+        stored = await store.load()
+    restore_parts(consumer.projection, stored.parts)
+    return stored.seq, digest_of(consumer.projection.snapshot())

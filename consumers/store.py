@@ -1,0 +1,149 @@
+"""A consumer's SQLite store: projection state, stream position and outbox in one transaction.
+
+Tables (one file per consumer, ``DATA_DIR/consumers/<name>.sqlite``, WAL mode):
+
+- ``tracking(consumer, seq)``: the last stream sequence folded. Its primary key makes
+  a second commit of the same position fail (pyeventsourcing's tracking records), so
+  two processes running one consumer by mistake cannot both commit a batch.
+- ``parts(consumer, key, data)``: the projection's snapshot, as parts (one per rollout
+  for incremental projections, a single ``""`` part otherwise).
+- ``outbox(consumer, id, subject, data, headers)``: events and dead letters to publish.
+  The relay publishes each with ``Nats-Msg-Id`` = ``id`` and then deletes it, so a
+  crash between commit and publish republishes, and JetStream drops the duplicate.
+
+Everything a batch produced goes in :meth:`SQLiteConsumerStore.commit`, in ONE
+transaction: a crash at any instant leaves either the old or the new state, never half.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+__all__ = ["DuplicateCommit", "OutboxRow", "SQLiteConsumerStore", "StoredState"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracking (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
+CREATE TABLE IF NOT EXISTS parts (consumer TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (consumer, key));
+CREATE TABLE IF NOT EXISTS outbox (consumer TEXT NOT NULL, id TEXT NOT NULL, subject TEXT NOT NULL,
+    data BLOB NOT NULL, headers BLOB, PRIMARY KEY (consumer, id));
+"""
+
+
+class DuplicateCommit(RuntimeError):
+    """The tracking row already exists: another process committed this position."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One message to publish after the commit: its dedupe id, subject and payload."""
+
+    id: str
+    subject: str
+    data: bytes
+    headers: bytes | None = None
+    """Extra headers, msgpack-encoded ``dict[str, str]`` (dead letters carry their reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a consumer resumes from."""
+
+    seq: int
+    parts: dict[str, bytes]
+    outbox: list[OutboxRow]
+
+
+class SQLiteConsumerStore:
+    """The aiosqlite store of one consumer (see the module docstring for the tables)."""
+
+    def __init__(self, path: str | Path, consumer: str) -> None:
+        self.path = Path(path)
+        self.consumer = consumer
+        self._db: aiosqlite.Connection | None = None
+
+    @classmethod
+    def for_consumer(cls, data_dir: str | Path, consumer: str) -> SQLiteConsumerStore:
+        return cls(Path(data_dir) / "consumers" / f"{consumer}.sqlite", consumer)
+
+    async def open(self) -> SQLiteConsumerStore:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        # WAL + synchronous=NORMAL survives a process crash (SIGKILL) at any instant;
+        # a power loss may lose the last commits, which the log then replays.
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.executescript(_SCHEMA)
+        self._db = db
+        return self
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError(f"store {self.path} is not open; call `await store.open()` first")
+        return self._db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> SQLiteConsumerStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def load(self) -> StoredState:
+        """The committed position, snapshot parts and unpublished outbox rows."""
+        db = self.db
+        async with db.execute("SELECT MAX(seq) FROM tracking WHERE consumer = ?", (self.consumer,)) as cur:
+            row = await cur.fetchone()
+        seq = int(row[0]) if row and row[0] is not None else 0
+        async with db.execute("SELECT key, data FROM parts WHERE consumer = ? ORDER BY key", (self.consumer,)) as cur:
+            parts = {key: bytes(data) async for key, data in cur}
+        return StoredState(seq, parts, await self.pending())
+
+    async def pending(self) -> list[OutboxRow]:
+        async with self.db.execute(
+            "SELECT id, subject, data, headers FROM outbox WHERE consumer = ? ORDER BY rowid", (self.consumer,)
+        ) as cur:
+            return [OutboxRow(i, s, bytes(d), None if h is None else bytes(h)) async for i, s, d, h in cur]
+
+    async def commit(self, seq: int, parts: Mapping[str, bytes], outbox: Iterable[OutboxRow] = ()) -> None:
+        """Record position ``seq``, changed parts and outbox rows atomically."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                await db.execute("INSERT INTO tracking (consumer, seq) VALUES (?, ?)", (self.consumer, seq))
+            except sqlite3.IntegrityError:
+                raise DuplicateCommit(
+                    f"consumer {self.consumer!r} already committed sequence {seq} in {self.path}; "
+                    "is a second process running this consumer?"
+                ) from None
+            await db.execute("DELETE FROM tracking WHERE consumer = ? AND seq < ?", (self.consumer, seq))
+            if parts:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO parts (consumer, key, data) VALUES (?, ?, ?)",
+                    [(self.consumer, key, data) for key, data in parts.items()],
+                )
+            rows = [(self.consumer, r.id, r.subject, r.data, r.headers) for r in outbox]
+            if rows:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO outbox (consumer, id, subject, data, headers) VALUES (?, ?, ?, ?, ?)", rows
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def delete_outbox(self, ids: Iterable[str]) -> None:
+        """Forget rows the relay has published (acknowledged by JetStream)."""
+        batch = [(self.consumer, i) for i in ids]
+        if batch:
+            await self.db.executemany("DELETE FROM outbox WHERE consumer = ? AND id = ?", batch)

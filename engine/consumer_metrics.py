@@ -1,0 +1,62 @@
+"""Prometheus metrics of the consumer runtime (one process per consumer, label ``consumer``).
+
+Served on ``/metrics`` when ``rollout consumer NAME --metrics-port PORT`` (or the
+``metrics_port`` setting) is non-zero. Names:
+
+- ``rollout_consumer_events_total``: events folded;
+- ``rollout_consumer_messages_total``: log messages folded (one may carry a batch);
+- ``rollout_consumer_redelivered_total``: deliveries skipped because already committed;
+- ``rollout_consumer_dead_letters_total{field}``: items dead-lettered, by offending field
+  (``payload``, ``$.kind``, ``$.v``, ``$.value``..., ``projection`` for a fold that raised);
+- ``rollout_consumer_commits_total`` and ``rollout_consumer_commit_seconds``: SQLite commits;
+- ``rollout_consumer_position``: last committed stream sequence;
+- ``rollout_consumer_lag``: stream messages not yet folded (at the last idle check).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+__all__ = ["ConsumerMetrics", "serve_metrics"]
+
+
+class ConsumerMetrics:
+    """The runtime's metrics; create once per registry (a registry refuses duplicates)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = REGISTRY if registry is None else registry
+        label = ["consumer"]
+        self.events = Counter("rollout_consumer_events_total", "Events folded into the projection", label, registry=reg)
+        self.messages = Counter("rollout_consumer_messages_total", "Log messages folded", label, registry=reg)
+        self.redelivered = Counter("rollout_consumer_redelivered_total",
+                                   "Deliveries skipped because their sequence was already committed", label, registry=reg)
+        self.dead = Counter("rollout_consumer_dead_letters_total", "Items dead-lettered, by offending field",
+                            [*label, "field"], registry=reg)
+        self.commits = Counter("rollout_consumer_commits_total", "SQLite commits (one per fetched batch)", label, registry=reg)
+        self.commit_seconds = Histogram("rollout_consumer_commit_seconds", "Time of one SQLite commit", label,
+                                        registry=reg, buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0))
+        self.position = Gauge("rollout_consumer_position", "Last committed stream sequence", label, registry=reg)
+        self.lag = Gauge("rollout_consumer_lag", "Stream messages not yet folded", label, registry=reg)
+
+
+_default: ConsumerMetrics | None = None
+
+
+def default_metrics() -> ConsumerMetrics:
+    """The process-wide metrics in the default registry (created on first use)."""
+    global _default
+    if _default is None:
+        _default = ConsumerMetrics()
+    return _default
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the default registry on ``http://HOST:PORT/metrics`` (a daemon thread)."""
+    start_http_server(port, addr=host)

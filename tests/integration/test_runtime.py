@@ -1,0 +1,179 @@
+"""The consumer runtime against a real nats-server: fold, commit, resume, relay, publish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from consumers.canary_stats import CanaryStats
+from consumers.control_consumer import build as build_control
+from consumers.folding import Delivery, fold
+from consumers.runtime import Consumer, Runner, stored_digest
+from consumers.stats_consumer import build as build_stats
+from engine.bus import connect, provision
+from engine.server import EmbeddedServer
+from engine.settings import Settings, load_settings
+from events import (
+    ConfigChange,
+    ControlState,
+    Decision,
+    Event,
+    KillSwitch,
+    Metric,
+    Outcome,
+    decode,
+    encode,
+    encode_batch,
+    new_event_id,
+    subjects,
+)
+
+T0 = 1_700_000_000_000
+
+
+def _settings(server: EmbeddedServer, tmp_path: Path, **extra: object) -> Settings:
+    return load_settings(env={}, nats_url=server.url, data_dir=str(tmp_path / "data"), **extra)
+
+
+def workload(n: int, rollout: str = "r1") -> list[list[Event]]:
+    """Batches of ten events of one kind, as the SDK publishes them."""
+    batches: list[list[Event]] = []
+    for b in range(n // 10):
+        t = T0 + b * 100
+        batch: list[Event] = []
+        for i in range(10):
+            variant = "candidate" if (b + i) % 3 == 0 else "baseline"
+            common = {"id": new_event_id(t), "rollout": rollout, "time_ms": t + i, "producer": "test"}
+            if b % 3 == 0:
+                batch.append(Decision(unit=f"u{i}", variant=variant, reason="canary", canary_pct=30.0,
+                                      config_version=1, propensity=0.3, **common))
+            elif b % 3 == 1:
+                batch.append(Outcome(decision_id="d", variant=variant, verdict="win" if i % 4 else "loss",
+                                     quality=80.0 + i, **common))
+            else:
+                batch.append(Metric(variant=variant, name="latency_ms", value=100.0 + b + i, **common))
+        batches.append(batch)
+    return batches
+
+
+async def publish(js: object, batches: list[list[Event]]) -> None:
+    for batch in batches:
+        kind = {"Decision": "decision", "Outcome": "outcome", "Metric": "metric"}[type(batch[0]).__name__]
+        await js.publish_async(subjects.event(batch[0].rollout, kind), encode_batch(batch))  # type: ignore[attr-defined]
+    await js.publish_async_completed()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def stack(fresh_server: EmbeddedServer, tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = _settings(fresh_server, tmp_path)
+    nc = await connect(settings, name="test")
+    js = nc.jetstream()
+    await provision(js, settings)
+    yield settings, nc, js
+    await nc.close()
+
+
+async def test_runner_folds_the_log_commits_and_resumes_after_the_committed_sequence(stack) -> None:  # type: ignore[no-untyped-def]
+    settings, nc, js = stack
+    batches = workload(300)
+    await publish(js, batches[:15])
+    first = await Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True, batch=4).run()
+    assert (first.seq, first.events) == (15, 150)
+    await publish(js, batches[15:])
+    resumed = Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True, batch=7)
+    second = await resumed.run()
+    assert (second.seq, second.events) == (30, 150)  # only what was new: nothing counted twice
+    clean = CanaryStats()
+    fold(clean, [e for b in batches for e in b])
+    assert second.digest == clean.digest()
+    assert (await stored_digest(Consumer(CanaryStats()), settings)) == (30, clean.digest())
+    assert resumed.projection.split("r1", "all") == clean.split("r1", "all")
+
+
+async def test_a_gap_in_deliveries_is_filled_from_the_stream_in_order(stack) -> None:  # type: ignore[no-untyped-def]
+    settings, nc, js = stack
+    batches = workload(50)
+    await publish(js, batches)
+    runner = Runner(Consumer(CanaryStats()), settings, nc=nc)
+    await runner.store.open()
+    try:
+        raw = [await js.get_msg(subjects.LOG_STREAM, s) for s in range(1, 6)]
+        deliveries = [Delivery(m.seq, m.subject, m.data) for m in raw]
+        result = await runner._process([deliveries[0], deliveries[3], deliveries[4], deliveries[0]])
+        assert result.seq == 5 and result.messages == 5 and result.skipped == 1
+    finally:
+        await runner.store.close()
+    clean = CanaryStats()
+    fold(clean, [e for b in batches for e in b])
+    assert runner.projection.digest() == clean.digest()
+
+
+class Echo:
+    """A projection that emits one config command per kill switch it sees (tests the outbox)."""
+
+    name = "echo"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def apply(self, event: Event, seq: int) -> list[Event]:
+        if isinstance(event, KillSwitch) and event.actor == "test":
+            self.seen.append(event.id)
+            return [KillSwitch(id=f"echo-{event.id}", rollout=event.rollout, time_ms=event.time_ms, producer="echo",
+                               actor="echo", reason="echo", before=event.after, after=event.after)]
+        return []
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.seen)
+
+    def restore(self, data: bytes) -> None:
+        self.seen = msgspec.msgpack.decode(data, type=list[str])
+
+
+def kill(rollout: str, n: int) -> KillSwitch:
+    before, after = ControlState(canary_pct=20.0), ControlState(canary_pct=0.0, kill_switch=True, config_version=n)
+    return KillSwitch(id=f"k{n}", rollout=rollout, time_ms=T0 + n, producer="test", actor="test", reason="test",
+                      before=before, after=after)
+
+
+async def test_emitted_events_are_committed_then_published_once_with_their_ids(stack) -> None:  # type: ignore[no-untyped-def]
+    settings, nc, js = stack
+    for n in range(3):
+        await js.publish(subjects.control("r1", "kill_switch"), encode(kill("r1", n)))
+    await Runner(Consumer(Echo()), settings, nc=nc, until_idle=True).run()
+    # a second process re-folding from scratch emits the same ids: JetStream keeps one copy
+    (Path(settings.data_dir) / "consumers" / "echo.sqlite").unlink()
+    await Runner(Consumer(Echo()), settings, nc=nc, until_idle=True).run()
+    info = await js.stream_info(subjects.LOG_STREAM)
+    assert info.state.messages == 6
+    echoed = [decode((await js.get_msg(subjects.LOG_STREAM, s)).data) for s in range(4, 7)]
+    assert [e.id for e in echoed] == ["echo-k0", "echo-k1", "echo-k2"]
+
+
+async def test_control_consumer_puts_each_rollouts_state_in_kv(stack) -> None:  # type: ignore[no-untyped-def]
+    settings, nc, js = stack
+    change = ConfigChange(id="c1", rollout="r2", time_ms=T0, producer="test", actor="op", reason="ramp",
+                          before=ControlState(), after=ControlState(canary_pct=25.0, config_version=1))
+    await js.publish(subjects.control("r2", "config"), encode(change))
+    await js.publish(subjects.control("r1", "kill_switch"), encode(kill("r1", 7)))
+    summary = await Runner(build_control(settings), settings, nc=nc, until_idle=True).run()
+    kv = await js.key_value(subjects.STATE_BUCKET)
+    r1 = msgspec.msgpack.decode((await kv.get("control.r1")).value, type=ControlState)
+    r2 = msgspec.msgpack.decode((await kv.get("control.r2")).value, type=ControlState)
+    assert r1.kill_switch and r1.canary_pct == 0.0
+    assert r2.canary_pct == 25.0 and not r2.kill_switch
+    again = await Runner(build_control(settings), settings, nc=nc, until_idle=True).run()
+    assert again.digest == summary.digest and again.events == 0
+
+
+async def test_canary_stats_consumer_publishes_summaries_to_kv(stack) -> None:  # type: ignore[no-untyped-def]
+    settings, nc, js = stack
+    await publish(js, workload(60, rollout="shop"))
+    await Runner(build_stats(settings), settings, nc=nc, until_idle=True).run()
+    kv = await js.key_value(subjects.STATE_BUCKET)
+    published = msgspec.json.decode((await kv.get("stats.shop")).value)
+    assert published["rollout"] == "shop"
+    assert set(published["windows"]) == {"last_n", "time", "all"}
+    assert published["windows"]["all"]["candidate"]["decisions"] + published["windows"]["all"]["baseline"]["decisions"] == 20
