@@ -15,13 +15,14 @@ time, so a replay emits the same events and JetStream de-duplicates a re-publish
 Defaults follow the runbook (``VERIFICATION_RETRY_INTERVAL_SECONDS=300``,
 ``VERIFICATION_RETRY_MAX_ATTEMPTS=3``); a rollout overrides them with the ``verification``
 table of a ``BanditConfig`` event. The queue is bounded (``max_items``; the oldest item is
-closed as ``evicted``), and its depth and oldest age are Prometheus gauges, so "pending
+closed as ``evicted``; the bound is per rollout), and its depth and oldest age are Prometheus gauges, so "pending
 re-checks must not grow unbounded" is an alert rule, not a manual check.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -72,7 +73,6 @@ def parse_verification_policy(raw: object) -> VerificationPolicy:
 class Item(msgspec.Struct, array_like=True, gc=False):
     """One decision waiting for a conclusive outcome."""
 
-    rollout: str
     variant: str
     first_seen_ms: int
     first_outcome: str
@@ -83,11 +83,23 @@ class Item(msgspec.Struct, array_like=True, gc=False):
     evidence: list[Evidence]
 
 
-class _Snapshot(msgspec.Struct, array_like=True):
-    clock: EventClock
-    policies: dict[str, VerificationPolicy]
-    items: dict[str, Item]
-    counters: dict[str, dict[str, int]]
+class Queue(msgspec.Struct, kw_only=True):
+    """One rollout's queue: its policy, open items (in open order) and counters."""
+
+    policy: VerificationPolicy = DEFAULT_POLICY
+    items: dict[str, Item] = {}
+    counters: dict[str, int] = {}
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+META = ""
+"""Snapshot part of the clock; the other parts are rollout ids."""
+_encoder = msgspec.msgpack.Encoder()
+_queue_decoder = msgspec.msgpack.Decoder(Queue)
+_clock_decoder = msgspec.msgpack.Decoder(EventClock)
+_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
 def _evidence(event: Outcome) -> Evidence:
@@ -98,64 +110,75 @@ def _evidence(event: Outcome) -> Evidence:
 
 
 class VerificationProjection:
-    """Projection ``verification``: see the module docstring."""
+    """Projection ``verification``: see the module docstring. ``max_items`` is per rollout."""
 
     name = "verification"
 
     def __init__(self, max_items: int = 100_000) -> None:
         self.max_items = max_items
         self.clock = EventClock()
-        self.policies: dict[str, VerificationPolicy] = {}
-        self.items: dict[str, Item] = {}
-        self.counters: dict[str, dict[str, int]] = {}
-        self._due: list[tuple[int, str]] = []
+        self.queues: dict[str, Queue] = {}
+        self._due: list[tuple[int, str, str]] = []
+        self._dirty: set[str] = set()
 
-    def _count(self, rollout: str, name: str) -> None:
-        counts = self.counters.setdefault(rollout, {})
-        counts[name] = counts.get(name, 0) + 1
+    def _queue(self, rollout: str) -> Queue:
+        self._dirty.add(rollout)
+        queue = self.queues.get(rollout)
+        if queue is None:
+            queue = self.queues[rollout] = Queue()
+        return queue
 
     # --- the fold ---------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
+        before = self.clock.now_ms
         now = self.clock.advance(event)
-        out = self._run_due(now)
+        out: list[Event] = []
+        if now != before:
+            self._dirty.add(META)
+            out = self._run_due(now)
         if isinstance(event, Outcome):
             out.extend(self._on_outcome(event))
         elif isinstance(event, BanditConfig) and event.verification is not None:
+            queue = self._queue(event.rollout)
             try:
-                self.policies[event.rollout] = parse_verification_policy(event.verification)
+                queue.policy = parse_verification_policy(event.verification)
             except ValueError:
-                self._count(event.rollout, "config_errors")
+                queue.count("config_errors")
         return out
 
-    def _weak(self, event: Outcome, policy: VerificationPolicy) -> bool:
+    @staticmethod
+    def _weak(event: Outcome, policy: VerificationPolicy) -> bool:
         if event.verdict == "inconclusive":
             return True
         return event.confidence is not None and event.confidence < policy.min_confidence
 
     def _on_outcome(self, event: Outcome) -> list[Event]:
-        policy = self.policies.get(event.rollout, DEFAULT_POLICY)
+        rollout = event.rollout
+        queue = self.queues.get(rollout)
+        policy = queue.policy if queue is not None else DEFAULT_POLICY
         weak = self._weak(event, policy)
-        item = self.items.get(event.decision_id)
+        item = queue.items.get(event.decision_id) if queue is not None else None
         if item is not None:
+            queue = self._queue(rollout)
             self._add_evidence(item, _evidence(event), policy.max_evidence)
             if weak:
                 return []
-            return [self._close(event.decision_id, "resolved", event.time_ms, resolved_by=event.id)]
+            return [self._close(rollout, event.decision_id, "resolved", event.time_ms, resolved_by=event.id)]
         if not weak:
             return []
+        queue = self._queue(rollout)
         interval = int(policy.retry_interval_s * 1000)
         item = Item(
-            rollout=event.rollout, variant=event.variant, first_seen_ms=event.time_ms, first_outcome=event.id,
-            attempts=0, due_ms=event.time_ms + interval, interval_ms=interval,
-            max_attempts=policy.max_attempts, evidence=[_evidence(event)],
+            variant=event.variant, first_seen_ms=event.time_ms, first_outcome=event.id, attempts=0,
+            due_ms=event.time_ms + interval, interval_ms=interval, max_attempts=policy.max_attempts,
+            evidence=[_evidence(event)],
         )
-        self.items[event.decision_id] = item
-        heapq.heappush(self._due, (item.due_ms, event.decision_id))
-        self._count(event.rollout, "opened")
+        queue.items[event.decision_id] = item
+        heapq.heappush(self._due, (item.due_ms, rollout, event.decision_id))
+        queue.count("opened")
         out: list[Event] = []
-        while len(self.items) > self.max_items:
-            oldest = next(iter(self.items))
-            out.append(self._close(oldest, "evicted", event.time_ms))
+        while len(queue.items) > self.max_items:
+            out.append(self._close(rollout, next(iter(queue.items)), "evicted", event.time_ms))
         return out
 
     @staticmethod
@@ -168,74 +191,90 @@ class VerificationProjection:
         out: list[Event] = []
         due = self._due
         while due and due[0][0] <= now:
-            due_ms, decision_id = heapq.heappop(due)
-            item = self.items.get(decision_id)
-            if item is None or item.due_ms != due_ms:
+            due_ms, rollout, decision_id = heapq.heappop(due)
+            queue = self.queues.get(rollout)
+            item = queue.items.get(decision_id) if queue is not None else None
+            if queue is None or item is None or item.due_ms != due_ms:
                 continue  # closed or rescheduled: a stale heap entry
+            self._dirty.add(rollout)
             if item.attempts < item.max_attempts:
                 item.attempts += 1
                 out.append(RecheckRequest(
-                    id=command_id("recheck", item.rollout, decision_id, item.attempts),
-                    rollout=item.rollout, time_ms=due_ms, producer=self.name, decision_id=decision_id,
+                    id=command_id("recheck", rollout, decision_id, item.attempts),
+                    rollout=rollout, time_ms=due_ms, producer=self.name, decision_id=decision_id,
                     variant=item.variant, attempt=item.attempts, max_attempts=item.max_attempts,
                     first_seen_ms=item.first_seen_ms, cause_id=item.first_outcome,
                 ))
-                self._count(item.rollout, "requests")
+                queue.count("requests")
                 item.due_ms = due_ms + item.interval_ms
-                heapq.heappush(due, (item.due_ms, decision_id))
+                heapq.heappush(due, (item.due_ms, rollout, decision_id))
             else:
-                out.append(self._close(decision_id, "expired", due_ms))
+                out.append(self._close(rollout, decision_id, "expired", due_ms))
         return out
 
     def _close(
-        self, decision_id: str, status: Literal["resolved", "expired", "evicted"], time_ms: int,
+        self, rollout: str, decision_id: str, status: Literal["resolved", "expired", "evicted"], time_ms: int,
         resolved_by: str | None = None,
     ) -> RecheckClosed:
-        item = self.items.pop(decision_id)
-        self._count(item.rollout, status)
+        queue = self._queue(rollout)
+        item = queue.items.pop(decision_id)
+        queue.count(status)
         return RecheckClosed(
-            id=command_id("recheck_closed", item.rollout, decision_id, status),
-            rollout=item.rollout, time_ms=time_ms, producer=self.name, decision_id=decision_id,
+            id=command_id("recheck_closed", rollout, decision_id, status),
+            rollout=rollout, time_ms=time_ms, producer=self.name, decision_id=decision_id,
             variant=item.variant, status=status, attempts=item.attempts, first_seen_ms=item.first_seen_ms,
             evidence=list(item.evidence), resolved_by=resolved_by,
         )
 
     # --- metrics ----------------------------------------------------------------------
     def depth(self) -> dict[str, int]:
-        """Pending re-check items per rollout."""
-        depth: dict[str, int] = {}
-        for item in self.items.values():
-            depth[item.rollout] = depth.get(item.rollout, 0) + 1
-        return dict(sorted(depth.items()))
+        """Pending re-check items per rollout (rollouts with none are left out)."""
+        return {r: len(q.items) for r, q in sorted(self.queues.items()) if q.items}
 
     def oldest_age_s(self) -> dict[str, float]:
         """Age in seconds (event time) of each rollout's oldest pending item."""
         now = self.clock.now_ms
-        oldest: dict[str, int] = {}
-        for item in self.items.values():
-            if item.rollout not in oldest or item.first_seen_ms < oldest[item.rollout]:
-                oldest[item.rollout] = item.first_seen_ms
-        return {r: max(0, now - t) / 1000.0 for r, t in sorted(oldest.items())}
+        return {
+            r: max(0, now - min(i.first_seen_ms for i in q.items.values())) / 1000.0
+            for r, q in sorted(self.queues.items()) if q.items
+        }
 
-    # --- persistence ------------------------------------------------------------------
-    def snapshot(self) -> bytes:
+    # --- persistence (parts: one per rollout, META for the clock) ----------------------
+    def changed_parts(self) -> dict[str, bytes]:
+        """Encoded parts changed since the last call; the runtime stores each as a row."""
+        dirty, self._dirty = self._dirty, set()
+        return {key: self._part(key) for key in sorted(dirty)}
+
+    def all_parts(self) -> dict[str, bytes]:
+        """Every part, canonically encoded."""
+        return {key: self._part(key) for key in [META, *sorted(self.queues)]}
+
+    def _part(self, key: str) -> bytes:
         # ``items`` keeps open order (a function of the log): eviction takes the oldest.
-        snap = _Snapshot(
-            self.clock,
-            dict(sorted(self.policies.items())),
-            self.items,
-            {r: dict(sorted(c.items())) for r, c in sorted(self.counters.items())},
-        )
-        return msgspec.msgpack.encode(snap)
+        return _encoder.encode(self.clock if key == META else self.queues[key])
+
+    def restore_parts(self, parts: Mapping[str, bytes]) -> None:
+        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
+        self.clock = EventClock()
+        self.queues = {}
+        for key, blob in parts.items():
+            if key == META:
+                self.clock = _clock_decoder.decode(blob)
+            else:
+                self.queues[key] = _queue_decoder.decode(blob)
+        self._due = [
+            (item.due_ms, rollout, decision_id)
+            for rollout, queue in self.queues.items()
+            for decision_id, item in queue.items.items()
+        ]
+        heapq.heapify(self._due)
+        self._dirty = set()
+
+    def snapshot(self) -> bytes:
+        return _encoder.encode(self.all_parts())
 
     def restore(self, data: bytes) -> None:
-        snap = msgspec.msgpack.decode(data, type=_Snapshot)
-        self.clock = snap.clock
-        self.policies = snap.policies
-        self.items = snap.items
-        self.counters = snap.counters
-        self._due = [(item.due_ms, decision_id) for decision_id, item in self.items.items()]
-        heapq.heapify(self._due)
+        self.restore_parts(_parts_decoder.decode(data))
 
 
 class RecheckGauges:

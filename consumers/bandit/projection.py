@@ -12,14 +12,15 @@ A pure fold of the log (no I/O, no clock, no randomness):
 - a ``loss`` joined to a normal-mode decision starts the guardrail cooldown and emits a
   ``Guardrail`` event recording it; operators' ``Guardrail`` events set the switches.
 
-Memory is bounded: at most ``max_pending`` open joins (the earliest due is defaulted
-early and counted as ``evicted``) and ``max_settled`` remembered settled ids (to tell a
-late outcome from an unknown one).
+Memory is bounded per rollout: at most ``max_pending`` open joins (the oldest is
+defaulted early and counted as ``evicted``) and ``max_settled`` remembered settled ids
+(to tell a late outcome from an unknown one). Decision ids are scoped by rollout.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
@@ -37,7 +38,6 @@ MAX_NORMAL_TIMES = 3600
 
 
 class Pending(msgspec.Struct, array_like=True, gc=False):
-    rollout: str
     arm: str
     context: str
     normal: bool
@@ -46,7 +46,6 @@ class Pending(msgspec.Struct, array_like=True, gc=False):
 
 
 class Settled(msgspec.Struct, array_like=True, gc=False):
-    rollout: str
     arm: str
     context: str
     normal: bool
@@ -54,7 +53,8 @@ class Settled(msgspec.Struct, array_like=True, gc=False):
 
 
 class RolloutBandit(msgspec.Struct, kw_only=True):
-    """One rollout's bandit: policy, arm statistics per context, guardrails, counters."""
+    """One rollout's bandit: policy, arm statistics per context, guardrails, counters,
+    and its open joins (``pending``, in arrival order) and remembered settled ids."""
 
     policy: BanditPolicy | None = None
     policy_version: int = 0
@@ -64,38 +64,47 @@ class RolloutBandit(msgspec.Struct, kw_only=True):
     counters: dict[str, int] = {}
     last_error: str = ""
     seq: int = 0
+    pending: dict[str, Pending] = {}
+    settled: dict[str, Settled] = {}
 
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
 
 
-class _Snapshot(msgspec.Struct, array_like=True):
-    clock: EventClock
-    rollouts: dict[str, RolloutBandit]
-    pending: list[tuple[str, Pending]]
-    settled: dict[str, Settled]
-    changed: list[str]
+META = ""
+"""Snapshot part of the engine-wide state (the clock); other parts are rollout ids."""
+_encoder = msgspec.msgpack.Encoder()
+_rollout_decoder = msgspec.msgpack.Decoder(RolloutBandit)
+_clock_decoder = msgspec.msgpack.Decoder(EventClock)
+_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
 class BanditProjection:
-    """Projection ``bandit``: see the module docstring. ``changed`` lists views to publish."""
+    """Projection ``bandit``: see the module docstring.
+
+    ``changed`` lists rollouts whose published view changed (the consumer publishes them
+    to KV); the snapshot is kept as parts, one per rollout plus the clock, so a commit
+    costs what a batch touched.
+    """
 
     name = "bandit"
 
-    def __init__(self, max_pending: int = 200_000, max_settled: int = 200_000) -> None:
+    def __init__(self, max_pending: int = 100_000, max_settled: int = 100_000) -> None:
         self.max_pending = max_pending
         self.max_settled = max_settled
         self.clock = EventClock()
         self.rollouts: dict[str, RolloutBandit] = {}
-        self.pending: dict[str, Pending] = {}
-        self._due: list[tuple[int, str]] = []
-        self.settled: dict[str, Settled] = {}
+        self._due: list[tuple[int, str, str]] = []
         self.changed: set[str] = set()
+        self._dirty: set[str] = set()
 
     # --- the fold ---------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
+        before = self.clock.now_ms
         now = self.clock.advance(event)
-        self._expire(now, seq)
+        if now != before:
+            self._dirty.add(META)
+            self._expire(now, seq)
         if isinstance(event, Decision):
             self._on_decision(event, seq, now)
             return []
@@ -113,6 +122,7 @@ class BanditProjection:
     def _touch(self, rollout: str, state: RolloutBandit, seq: int) -> None:
         state.seq = seq
         self.changed.add(rollout)
+        self._dirty.add(rollout)
 
     def _on_config(self, event: BanditConfig, seq: int) -> None:
         if event.bandit is None:
@@ -133,15 +143,18 @@ class BanditProjection:
         self._touch(event.rollout, state, seq)
 
     def _on_decision(self, event: Decision, seq: int, now: int) -> None:
-        state = self.rollouts.get(event.rollout)
+        rollout = event.rollout
+        state = self.rollouts.get(rollout)
         if state is None or state.policy is None or event.reason not in LEARNING_REASONS:
             return
-        if event.id in self.pending or event.id in self.settled:
+        if event.id in state.pending or event.id in state.settled:
             state.count("duplicate_decisions")
+            self._touch(rollout, state, seq)
             return
         policy = state.policy
         if event.variant not in policy.arms:
             state.count("unknown_arm")
+            self._touch(rollout, state, seq)
             return
         context = event.context or ""
         if context not in state.contexts and len(state.contexts) >= policy.max_contexts:
@@ -155,34 +168,33 @@ class BanditProjection:
             times.append(event.time_ms)
             state.normal_times = times[-MAX_NORMAL_TIMES:]
         due = event.time_ms + int(policy.reward_wait_s * 1000)
-        self.pending[event.id] = Pending(event.rollout, event.variant, context, normal, event.time_ms, due)
-        heapq.heappush(self._due, (due, event.id))
-        while len(self.pending) > self.max_pending:
-            _, oldest = heapq.heappop(self._due)
-            self._settle_default(oldest, "evicted", seq)
-        self._touch(event.rollout, state, seq)
+        state.pending[event.id] = Pending(event.variant, context, normal, event.time_ms, due)
+        heapq.heappush(self._due, (due, rollout, event.id))
+        while len(state.pending) > self.max_pending:
+            self._settle_default(rollout, state, next(iter(state.pending)), "evicted")
+        self._touch(rollout, state, seq)
 
     def _on_outcome(self, event: Outcome, seq: int, now: int) -> list[Event]:
-        pend = self.pending.get(event.decision_id)
+        rollout = event.rollout
+        state = self.rollouts.get(rollout)
+        if state is None:
+            return []
+        pend = state.pending.get(event.decision_id)
         if pend is not None:
-            state = self.rollouts[pend.rollout]
+            self._touch(rollout, state, seq)
             if event.verdict == "inconclusive":
                 state.count("inconclusive")
-                self._touch(pend.rollout, state, seq)
                 return []
-            del self.pending[event.decision_id]  # its heap entry is skipped when popped
+            del state.pending[event.decision_id]  # its heap entry is skipped when popped
             self._reward(state, pend.context, pend.arm, self._reward_of(state, event))
-            self._remember(event.decision_id, Settled(pend.rollout, pend.arm, pend.context, pend.normal, "rewarded"))
-            self._touch(pend.rollout, state, seq)
-            return self._maybe_cooldown(state, pend.rollout, pend.normal, event, seq, now)
-        done = self.settled.get(event.decision_id)
+            self._remember(state, event.decision_id, Settled(pend.arm, pend.context, pend.normal, "rewarded"))
+            return self._maybe_cooldown(state, rollout, pend.normal, event, seq, now)
+        done = state.settled.get(event.decision_id)
         if done is None:
-            tracked = self.rollouts.get(event.rollout)
-            if tracked is not None and tracked.policy is not None:
-                tracked.count("unmatched_outcomes")
-                self._touch(event.rollout, tracked, seq)
+            if state.policy is not None:
+                state.count("unmatched_outcomes")
+                self._touch(rollout, state, seq)
             return []
-        state = self.rollouts[done.rollout]
         if done.status == "rewarded":
             state.count("duplicate_outcomes")
         elif event.verdict != "inconclusive":
@@ -191,8 +203,8 @@ class BanditProjection:
                 arm.late += 1
                 arm.late_sum += self._reward_of(state, event)
             state.count("late_outcomes")
-        self._touch(done.rollout, state, seq)
-        return self._maybe_cooldown(state, done.rollout, done.normal, event, seq, now)
+        self._touch(rollout, state, seq)
+        return self._maybe_cooldown(state, rollout, done.normal, event, seq, now)
 
     def _maybe_cooldown(
         self, state: RolloutBandit, rollout: str, normal: bool, event: Outcome, seq: int, now: int
@@ -214,8 +226,7 @@ class BanditProjection:
             return 1.0
         if event.verdict == "loss":
             return 0.0
-        assert state.policy is not None
-        return state.policy.neutral_reward
+        return state.policy.neutral_reward if state.policy is not None else 0.5
 
     def _reward(self, state: RolloutBandit, context: str, arm: str, reward: float) -> None:
         policy = state.policy
@@ -227,11 +238,10 @@ class BanditProjection:
         posterior.discount(list(arms.values()), policy.discount)
         posterior.observe(stats, reward, policy.reward)
 
-    def _settle_default(self, decision_id: str, status: Literal["defaulted", "evicted"], seq: int) -> None:
-        pend = self.pending.pop(decision_id, None)
-        if pend is None:
-            return
-        state = self.rollouts[pend.rollout]
+    def _settle_default(
+        self, rollout: str, state: RolloutBandit, decision_id: str, status: Literal["defaulted", "evicted"]
+    ) -> None:
+        pend = state.pending.pop(decision_id)
         if state.policy is not None:
             self._reward(state, pend.context, pend.arm, state.policy.default_reward)
             stats = state.contexts.get(pend.context, {}).get(pend.arm)
@@ -239,20 +249,21 @@ class BanditProjection:
                 stats.defaulted += 1
         if status == "evicted":
             state.count("evicted")
-        self._remember(decision_id, Settled(pend.rollout, pend.arm, pend.context, pend.normal, status))
-        self._touch(pend.rollout, state, seq)
+        self._remember(state, decision_id, Settled(pend.arm, pend.context, pend.normal, status))
 
     def _expire(self, now: int, seq: int) -> None:
         due = self._due
         while due and due[0][0] <= now:
-            _, decision_id = heapq.heappop(due)
-            if decision_id in self.pending:
-                self._settle_default(decision_id, "defaulted", seq)
+            _, rollout, decision_id = heapq.heappop(due)
+            state = self.rollouts.get(rollout)
+            if state is not None and decision_id in state.pending:
+                self._settle_default(rollout, state, decision_id, "defaulted")
+                self._touch(rollout, state, seq)
 
-    def _remember(self, decision_id: str, settled: Settled) -> None:
-        self.settled[decision_id] = settled
-        while len(self.settled) > self.max_settled:
-            del self.settled[next(iter(self.settled))]
+    def _remember(self, state: RolloutBandit, decision_id: str, settled: Settled) -> None:
+        state.settled[decision_id] = settled
+        while len(state.settled) > self.max_settled:
+            del state.settled[next(iter(state.settled))]
 
     # --- what the SDK reads -----------------------------------------------------------
     def view(self, rollout: str) -> BanditView:
@@ -295,23 +306,41 @@ class BanditProjection:
         self.changed.clear()
         return changed
 
-    # --- persistence ------------------------------------------------------------------
+    # --- persistence (parts: one per rollout, META for the clock) ----------------------
+    def changed_parts(self) -> dict[str, bytes]:
+        """Encoded parts changed since the last call; the runtime stores each as a row."""
+        dirty, self._dirty = self._dirty, set()
+        return {key: self._part(key) for key in sorted(dirty)}
+
+    def all_parts(self) -> dict[str, bytes]:
+        """Every part, canonically encoded."""
+        return {key: self._part(key) for key in [META, *sorted(self.rollouts)]}
+
+    def _part(self, key: str) -> bytes:
+        # Dicts keep insertion order, itself a function of the log: ``pending`` and
+        # ``settled`` are FIFOs whose order must survive a restore, so they are not sorted.
+        return _encoder.encode(self.clock if key == META else self.rollouts[key])
+
+    def restore_parts(self, parts: Mapping[str, bytes]) -> None:
+        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
+        self.clock = EventClock()
+        self.rollouts = {}
+        for key, blob in parts.items():
+            if key == META:
+                self.clock = _clock_decoder.decode(blob)
+            else:
+                self.rollouts[key] = _rollout_decoder.decode(blob)
+        self._due = [
+            (p.due_ms, rollout, decision_id)
+            for rollout, state in self.rollouts.items()
+            for decision_id, p in state.pending.items()
+        ]
+        heapq.heapify(self._due)
+        self.changed = set()
+        self._dirty = set()
+
     def snapshot(self) -> bytes:
-        pending = sorted(self.pending.items(), key=lambda kv: (kv[1].due_ms, kv[0]))
-        snap = _Snapshot(
-            self.clock, dict(sorted(self.rollouts.items())), pending, self.settled, sorted(self.changed)
-        )
-        # Dicts keep insertion order, itself a function of the log: ``settled`` is a FIFO
-        # whose order must survive a restore, so it is not re-sorted here.
-        return msgspec.msgpack.encode(snap)
+        return _encoder.encode(self.all_parts())
 
     def restore(self, data: bytes) -> None:
-        snap = msgspec.msgpack.decode(data, type=_Snapshot)
-        self.clock = snap.clock
-        self.rollouts = snap.rollouts
-        self.pending = dict(snap.pending)
-        self._due = [(p.due_ms, i) for i, p in snap.pending]
-        heapq.heapify(self._due)
-        self.settled = snap.settled
-        self.changed = set(snap.changed)
-
+        self.restore_parts(_parts_decoder.decode(data))

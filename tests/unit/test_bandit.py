@@ -78,7 +78,7 @@ def test_outcome_joined_by_decision_id_updates_that_arm() -> None:
     log(outcome(1, "b", T0 + 2, "win"))
     stats = arm(log.projection, "b")
     assert (stats.k, stats.s, stats.pulls, stats.defaulted) == (1, 1.0, 1, 0)
-    assert log.projection.pending == {}
+    assert log.projection.rollouts[R].pending == {}
 
 
 def test_missing_outcome_counts_as_default_reward_after_the_wait_and_late_one_is_recorded() -> None:
@@ -101,7 +101,7 @@ def test_inconclusive_outcome_keeps_the_join_open_and_unknown_outcomes_are_count
     log(config())
     log(decision(1, "a", T0))
     log(outcome(1, "a", T0 + 10, "inconclusive"))
-    assert "d1" in log.projection.pending
+    assert "d1" in log.projection.rollouts[R].pending
     log(outcome(1, "a", T0 + 20, "loss"))
     assert arm(log.projection, "a").k == 1 and arm(log.projection, "a").s == 0.0
     log(outcome("nope", "a", T0 + 30, "win"))
@@ -115,10 +115,10 @@ def test_pending_joins_are_bounded_by_defaulting_the_earliest_due() -> None:
     log(config())
     for i in range(25):
         log(decision(i, "a", T0 + i))
-    p = log.projection
-    assert len(p.pending) == 10 and len(p.settled) == 15
-    assert p.rollouts[R].counters["evicted"] == 15
-    assert sorted(p.pending) == sorted(f"d{i}" for i in range(15, 25))
+    state = log.projection.rollouts[R]
+    assert len(state.pending) == 10 and len(state.settled) == 15
+    assert state.counters["evicted"] == 15
+    assert sorted(state.pending) == sorted(f"d{i}" for i in range(15, 25))
 
 
 def test_weights_stay_uniform_until_every_arm_has_its_minimum_sample() -> None:
@@ -321,3 +321,26 @@ def test_thompson_sampling_finds_the_best_of_three_arms_with_regret_under_the_bo
     assert regret < 0.25 * HORIZON * (0.7 - 0.5), "far better than uniform play (regret 0.2 per round)"
     tail = picks[-1000:]
     assert tail.count("c") / len(tail) > 0.9, "the best arm dominates once learned"
+
+
+def test_incremental_parts_committed_per_batch_restore_to_the_same_state() -> None:
+    """What the runtime does: store changed parts after each batch, restore from the rows."""
+    events = [config(min_samples=2)]
+    for i in range(300):
+        events.append(decision(i, "abc"[i % 3], T0 + i * 3_000, rollout=R if i % 4 else "other"))
+        events.append(outcome(i, "abc"[i % 3], T0 + i * 3_000 + 900_000 * (i % 2), "win", rollout=R if i % 4 else "other"))
+    events.insert(1, config(rollout="other"))
+    continuous = BanditProjection()
+    for seq, event in enumerate(events, 1):
+        continuous.apply(event, seq)
+    rows: dict[str, bytes] = {}
+    p = BanditProjection()
+    for start in range(0, len(events), 37):
+        for seq, event in enumerate(events[start:start + 37], start + 1):
+            p.apply(event, seq)
+        rows.update(p.changed_parts())
+        if start == 37 * 8:
+            p = BanditProjection()
+            p.restore_parts(rows)
+    assert rows == continuous.all_parts()
+    assert p.snapshot() == continuous.snapshot()

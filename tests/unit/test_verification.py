@@ -56,7 +56,7 @@ def test_retry_schedule_is_exact_in_event_time_and_exhausted_items_expire_with_e
     assert (closed.status, closed.time_ms, closed.attempts) == ("expired", T0 + 1200 * S, 3)
     assert [ev.outcome_id for ev in closed.evidence] == [f"o1-{T0}"]
     assert closed.evidence[0].confidence == 0.4
-    assert p.items == {} and p.counters[R] == {"expired": 1, "opened": 1, "requests": 3}
+    assert p.queues[R].items == {} and p.queues[R].counters == {"expired": 1, "opened": 1, "requests": 3}
 
 
 def test_schedule_does_not_depend_on_tick_spacing() -> None:
@@ -151,3 +151,20 @@ def test_replay_reproduces_the_queue_and_its_emitted_events_bit_for_bit() -> Non
     assert _fold(events) == (snap, out)
     assert _fold(events, cut=len(events) // 2) == (snap, out), "same after a restore mid-log"
     assert len(out) > 50
+
+
+def test_incremental_parts_committed_per_batch_restore_to_the_same_queue() -> None:
+    events = _log(9) + [outcome(i, T0 + 5000 * S, rollout="other") for i in range(20)] + [tick(T0 + 9000 * S)]
+    continuous = VerificationProjection(max_items=40)
+    emitted = run(continuous, events)
+    rows: dict[str, bytes] = {}
+    p = VerificationProjection(max_items=40)
+    again: list[object] = []
+    for start in range(0, len(events), 29):
+        again.extend(run(p, events[start:start + 29], start + 1))
+        rows.update(p.changed_parts())
+        if start == 29 * 5:
+            p = VerificationProjection(max_items=40)
+            p.restore_parts(rows)
+    assert again == emitted
+    assert rows == continuous.all_parts() and p.snapshot() == continuous.snapshot()
