@@ -117,6 +117,7 @@ class RolloutClient:
         self._splits: dict[str, Split] = {}
         self._selections: dict[tuple[str, str, str], int] = {}
         self._state_seq: dict[str, int] = {}
+        self._generation = 0
         self._subjects: dict[tuple[str, str], str] = {}
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -239,8 +240,16 @@ class RolloutClient:
             with contextlib.suppress(Exception):
                 await old.unsubscribe()
         caught_up = asyncio.Event()
+        # A new subscription re-delivers the last command of every subject. Messages of
+        # an older subscription are ignored from now on, and sequences start afresh (the
+        # stream may have been recreated with new numbers).
+        self._generation += 1
+        generation = self._generation
+        self._state_seq = {}
 
         async def on_message(msg: Msg) -> None:
+            if generation != self._generation:
+                return
             meta = msg.metadata
             self._fold(msg.data, meta.sequence.stream)
             if meta.num_pending == 0:
@@ -281,7 +290,7 @@ class RolloutClient:
             log.warning("rollout SDK: ignoring bad control message at seq %d: %s", seq, bad.reason)
         for event in events:
             if seq <= self._state_seq.get(event.rollout, 0):
-                continue  # a stale redelivery after a resubscribe
+                continue  # never let an older command overwrite a newer state
             new_state = apply_command(self._states, event)
             if new_state is None:
                 continue
