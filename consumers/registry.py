@@ -35,7 +35,8 @@ def _load() -> None:
         importlib.import_module(module)
 
 
-_MODULES: list[str] = ["consumers.control_consumer", "consumers.stats_consumer"]
+_MODULES: list[str] = ["consumers.control_consumer", "consumers.stats_consumer", "consumers.bandit.consumer",
+                       "consumers.verification_consumer"]
 
 
 def specs() -> list[ConsumerSpec]:

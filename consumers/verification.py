@@ -292,11 +292,11 @@ class RecheckGauges:
         reg = REGISTRY if registry is None else registry
         self.pending = Gauge(
             "rollout_recheck_pending", "Outcomes pending re-check (verification queue depth)",
-            ["rollout"], registry=reg,
+            ["rollout"], registry=reg, multiprocess_mode="livemax",
         )
         self.oldest = Gauge(
             "rollout_recheck_oldest_age_seconds", "Event-time age of the oldest pending re-check",
-            ["rollout"], registry=reg,
+            ["rollout"], registry=reg, multiprocess_mode="livemax",
         )
         self._seen: set[str] = set()
 

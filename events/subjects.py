@@ -68,6 +68,7 @@ CONTROL_COMMANDS: tuple[str, ...] = (
     "would_kill",
     "guardrail",
     "bandit_config",
+    "recheck_closed",
 )
 
 
