@@ -132,3 +132,26 @@ async def test_status_health_and_discovery(api, rollout_id) -> None:
     assert json.loads(ping.data)["name"] == "rollout-api"
     info = json.loads((await nc.request("$SRV.INFO.rollout-api", b"", timeout=5)).data)
     assert {e["subject"] for e in info["endpoints"]} >= {subjects.api(n) for n in ("status", "rollback", "config")}
+
+
+async def test_evaluate_judges_now_and_kills_what_the_log_lacks(api, rollout_id) -> None:
+    import time as _time
+
+    from consumers.rollback.scenario import Profile, runs
+    from events import encode_batch
+
+    nc, js = api
+    await call(nc, "config", {"rollout": rollout_id, "actor": "alice", "canary_pct": 50, "create": True})
+    events = runs(rollout_id, 120, canary_pct=50, candidate=Profile(quality=80.0), t0=int(_time.time() * 1000) + 5_000)
+    for i in range(0, len(events), 40):
+        await js.publish(subjects.event(rollout_id, "metric"), encode_batch(events[i:i + 40]))
+    dry = await call(nc, "evaluate", {"rollout": rollout_id, "act": False}, timeout=30)
+    assert dry["would_kill"] and not dry["killed_now"] and "quality" in dry["reasons"][0]
+    assert not (await read_control(js, rollout_id)).state.kill_switch
+    done = await call(nc, "evaluate", {"rollout": rollout_id}, timeout=30)
+    assert done["killed_now"] and (await read_control(js, rollout_id)).state.kill_switch
+    again = await call(nc, "evaluate", {"rollout": rollout_id}, timeout=30)
+    assert not again["killed_now"] and again["evaluation"]["kill_switch"]
+    with pytest.raises(ApiError) as err:
+        await call(nc, "evaluate", {"rollout": "nope-" + rollout_id})
+    assert err.value.code == 404
