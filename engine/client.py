@@ -50,6 +50,7 @@ from events import (
     EventError,
     Metric,
     Outcome,
+    ShadowResult,
     decode_lenient,
     subjects,
 )
@@ -64,6 +65,8 @@ OnChange = Callable[[str, ControlState], Any]
 _UNIT = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 _DEFAULT_STATE = ControlState()
 _DEFAULT_SPLIT = split_of(_DEFAULT_STATE)
+_FAILED = object()
+"""Marks a served variant that raised (its exception went to the caller)."""
 METRICS_INTERVAL_S = 1.0
 
 
@@ -400,7 +403,7 @@ class RolloutClient:
         try:
             result = await invoke(selected)
         except BaseException:
-            self._spawn(self._emit_shadowed(decision, subject, shadow_task, other_name, None, False, differ))
+            self._spawn(self._emit_shadowed(decision, subject, shadow_task, other_name, _FAILED, serving_candidate, differ))
             raise
         self._spawn(self._emit_shadowed(decision, subject, shadow_task, other_name, result, serving_candidate, differ))
         return result
@@ -416,8 +419,13 @@ class RolloutClient:
         differ: Differ | None,
     ) -> None:
         observed = await shadow_task
-        base, cand = (observed.result, selected_result) if serving_candidate else (selected_result, observed.result)
-        result = compare(shadow_variant, observed, base, cand, differ)
+        if selected_result is _FAILED:  # nothing to compare with: record the shadow alone
+            result = ShadowResult(variant=shadow_variant, latency_ms=observed.latency_ms)
+            if observed.error is not None:
+                result = compare(shadow_variant, observed, None, None)
+        else:
+            base, cand = (observed.result, selected_result) if serving_candidate else (selected_result, observed.result)
+            result = compare(shadow_variant, observed, base, cand, differ)
         if result.error is not None:
             m.SHADOW_ERRORS.labels(decision.rollout).inc()
         for dimension, changed in result.diff.items():

@@ -214,6 +214,21 @@ async def test_shadow_serving_candidate_returns_its_result(bus, settings, tmp_pa
     ]
 
 
+async def test_served_variant_failure_reaches_the_caller_and_is_still_recorded(bus, settings, tmp_path, rollout_id) -> None:
+    _, js = bus
+
+    def broken() -> int:
+        raise ValueError("baseline down")
+
+    async with make_client(settings, tmp_path) as client:
+        with pytest.raises(ValueError, match="baseline down"):
+            await client.shadow(rollout_id, "u1", baseline=broken, candidate=lambda: 2, decision_id="d-1")
+    events, _ = await read_events(js, subjects.events_filter(rollout_id))
+    assert [(e.id, e.variant, e.shadow.variant, e.shadow.diff, e.shadow.error) for e in events] == [
+        ("d-1", "baseline", "candidate", {}, None)
+    ]
+
+
 async def test_full_buffer_raises_for_sync_calls_and_waits_for_async_ones(bus, settings, tmp_path, rollout_id) -> None:
     async with make_client(settings, tmp_path, batch_size=10, max_buffered=10, linger_s=0.5) as client:
         for i in range(10):
