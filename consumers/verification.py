@@ -303,7 +303,8 @@ class RecheckGauges:
     def update(self, projection: VerificationProjection) -> None:
         depth = projection.depth()
         ages = projection.oldest_age_s()
-        for rollout in self._seen | set(depth):
+        known = self._seen | set(projection.queues)  # every rollout that ever queued, 0 when drained
+        for rollout in known:
             self.pending.labels(rollout).set(depth.get(rollout, 0))
             self.oldest.labels(rollout).set(ages.get(rollout, 0.0))
-        self._seen |= set(depth)
+        self._seen = known
