@@ -369,6 +369,40 @@ class RolloutClient:
         """The variant serving ``unit`` in ``rollout`` (see :meth:`decide`)."""
         return self.decide(rollout, unit, context=context).variant
 
+    async def choose(
+        self, rollout: str, unit: str, *, context: str | None = None, mode: Any = None,
+        priority: float = 0.0, risk: str = "low",
+    ) -> Any:
+        """Pick a bandit arm locally and buffer its Decision (reason ``bandit``,
+        ``forced_safe`` or ``disabled``, with its propensity; safe mode is ``dry_run``).
+
+        Returns an ``engine.choice.Choice`` (``.variant``, ``.decision_id`` to join the
+        outcome, ``.mode``, ``.execute``). The first call for a rollout starts a KV watch
+        of ``bandit.<rollout>``; later calls do no I/O. Raises ``NoBanditState`` until the
+        bandit consumer has published the rollout (docs/bandit.md).
+        """
+        from engine.choice import BanditChooser
+
+        chooser = self.__dict__.setdefault("_bandit", BanditChooser())
+        watched = self.__dict__.setdefault("_bandit_watched", set())
+        js = self._jetstream()
+        if rollout not in watched and js is not None:
+            watched.add(rollout)
+            await chooser.watch(js, rollout)
+        subject = self._subject(rollout, "decision")
+        if type(unit) is not str or _UNIT.fullmatch(unit) is None:
+            raise EventError("unit", f"expected 1-256 printable characters, got {unit!r}")
+        if context is not None:
+            check_token(context, "context")
+        choice = chooser.choose(rollout, unit, context=context, mode=mode, priority=priority, risk=risk)
+        state = self.state(rollout)
+        decision = chooser.decision(choice, producer=self.producer, canary_pct=state.canary_pct,
+                                    config_version=state.config_version)
+        self._publisher_or_raise().add(decision, subject)
+        key = (rollout, decision.variant, decision.reason)
+        self._selections[key] = self._selections.get(key, 0) + 1
+        return choice
+
     # --- shadow compare ---------------------------------------------------------------
     async def shadow(
         self,

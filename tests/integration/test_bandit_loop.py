@@ -16,7 +16,17 @@ from engine.bus import connect, provision
 from engine.choice import BanditChooser
 from engine.server import EmbeddedServer
 from engine.settings import load_settings
-from events import BanditConfig, Event, Guardrail, Outcome, decode, encode, encode_batch, subjects
+from events import (
+    BanditConfig,
+    Event,
+    Guardrail,
+    Outcome,
+    decode,
+    decode_message,
+    encode,
+    encode_batch,
+    subjects,
+)
 
 T0 = 1_700_000_000_000
 R = "bandit-loop"
@@ -119,3 +129,27 @@ async def test_a_normal_mode_loss_publishes_one_cooldown_even_when_refolded(stac
     final = await fold(settings, nc)
     assert final.digest == first.digest, "the relayed echo of our own cooldown changes nothing"
     await chooser.close()
+
+
+async def test_rollout_client_choose_logs_the_decision_with_reason_and_propensity(stack) -> None:  # type: ignore[no-untyped-def]
+    from engine.choice import NoBanditState
+    from engine.client import RolloutClient
+
+    settings, nc, js = stack
+    async with RolloutClient(settings, producer="svc") as client:
+        with pytest.raises(NoBanditState, match="rollout bandit config"):
+            await client.choose(R, "user-1")
+        config = BanditConfig(id="cfg-3", rollout=R, time_ms=T0, producer="cli", actor="alice", reason="learn",
+                              bandit={"arms": ["a", "b"]})
+        await js.publish(subjects.control(R, "bandit_config"), encode(config))
+        await fold(settings, nc)
+        await wait_for(lambda: R in client.__dict__["_bandit"].views)
+        choice = await client.choose(R, "user-1", mode="normal", priority=0.99)
+        assert choice.reason == "bandit" and choice.propensity == pytest.approx(0.5) and choice.mode == "normal"
+        await client.flush()
+    await fold(settings, nc)
+    last = (await js.stream_info(subjects.LOG_STREAM)).state.last_seq
+    logged = [e for s in range(1, last + 1) for e in decode_message((await js.get_msg(subjects.LOG_STREAM, s)).data)]
+    decision = next(e for e in logged if e.id == choice.decision_id)
+    assert (decision.reason, decision.variant, decision.dry_run) == ("bandit", choice.variant, False)
+    assert decision.propensity == pytest.approx(0.5)
