@@ -130,3 +130,28 @@ async def test_follow_prints_new_events(api, settings, rollout_id) -> None:
     kinds = [json.loads(x)["event"]["kind"] for x in rest[0].decode().splitlines()]
     assert kinds == ["outcome", "metric"]
     assert proc.returncode == 0
+
+
+async def test_weekly_report_from_the_stream_and_from_an_export(api, settings, rollout_id, tmp_path) -> None:
+    import time as _time
+
+    from consumers.rollback.scenario import Profile, runs
+    from events import encode_batch
+
+    _nc, js = api
+    events = runs(rollout_id, 60, canary_pct=50, candidate=Profile(quality=80.0), t0=int(_time.time() * 1000) - 3_600_000)
+    await js.publish(subjects.event(rollout_id, "metric"), encode_batch(events))
+    await rollout_cli(settings, "kill", rollout_id, "--reason", "quality")
+    out = json.loads((await rollout_cli(settings, "report", "--week", "--json", "--out", str(tmp_path / "r"))).stdout)
+    mine = out["rollouts"][rollout_id]
+    assert mine["decisions"] == {"baseline": 30, "candidate": 30} and len(mine["kills"]) == 1
+    from pathlib import Path
+
+    assert Path(out["chart"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"## {rollout_id}" in Path(out["markdown"]).read_text()
+    export = tmp_path / "log.msgpack"
+    await rollout_cli(settings, "export", str(export), "--rollout", rollout_id)
+    text = await rollout_cli(settings, "report", "--file", str(export), "--out", str(tmp_path / "f"))
+    assert "weekly report" in text.stdout and "1 rollouts" in text.stdout
+    bad = await rollout_cli(settings, "report", "--week", "2026-W99", check=False)
+    assert bad.returncode == 2 and "ISO week" in bad.stderr

@@ -1,0 +1,73 @@
+"""``rollout report --week``: seed 001's weekly rollup as Markdown with a PNG chart.
+
+Reads a week of the log (``--week`` alone: the 7 days up to now; ``--week 2026-W47``:
+that ISO week) from the stream or from an export (``--file``), and writes
+``report-<week>.md`` and ``report-<week>.png`` into ``--out`` (default DATA_DIR/reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from engine.cli.common import CliError, add_json_flag, handler, print_json, settings_from
+from engine.export import ExportError
+
+__all__ = ["register"]
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from engine.report import WeeklyRollup, render, week_bounds
+    from events import decode_lenient
+
+    try:
+        start, end, label = week_bounds(args.week, int(time.time() * 1000))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    rollup = WeeklyRollup(start, end)
+    settings = settings_from(args)
+    if args.file:
+        from engine.replay import messages_from_file
+
+        try:
+            messages = messages_from_file(args.file)[1]
+        except ExportError as exc:
+            raise CliError(str(exc)) from None
+        for _seq, _subject, data in messages:
+            for event in decode_lenient(data)[0]:
+                rollup.add(event)
+    else:
+        from engine.bus import connect
+        from engine.control_log import read_messages
+        from events import subjects
+
+        nc = await connect(settings, name="rollout-report", reconnect=False)
+        try:
+            # store time can trail event time by the producers' outbox delays: read a day more
+            async for msg in read_messages(nc.jetstream(), [subjects.EVENTS_ALL, subjects.CONTROL_ALL],
+                                           since_ms=start - 86_400_000):
+                for event in msg.events():
+                    rollup.add(event)
+        finally:
+            await nc.close()
+    out = Path(args.out) if args.out else settings.data_path / "reports"
+    markdown, chart = render(rollup, label, out)
+    if args.json:
+        print_json({"week": label, "start_ms": start, "end_ms": end, "markdown": str(markdown), "chart": str(chart),
+                    "events": rollup.events, "rollouts": rollup.to_dict()})
+    else:
+        print(f"weekly report {label}: {markdown} (chart {chart}); {len(rollup.rollouts)} rollouts, "
+              f"{rollup.events} events")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("report", help="weekly rollup: traffic split, disagreement, recommendations, chart",
+                            description=__doc__)
+    parser.add_argument("--week", nargs="?", const="last", default="last", metavar="YYYY-Www",
+                        help="the 7 days up to now (default), or an ISO week such as 2026-W47")
+    parser.add_argument("--file", help="read an export instead of the stream")
+    parser.add_argument("--out", help="output directory (default DATA_DIR/reports)")
+    add_json_flag(parser)
+    parser.set_defaults(handler=handler(_run))
