@@ -33,6 +33,7 @@ from bench.workload import make_batches
 from consumers.projection import Projection
 from consumers.rollback.projection import RollbackProjection
 from consumers.rollback.scenario import Profile, runs
+from engine.bus import connect
 from events import Event, decode_lenient, encode, encode_batch, kind_of, subjects
 
 __all__ = ["LiveFold", "kill_latency", "rollback_figures", "subject_of"]
@@ -118,15 +119,33 @@ async def _background(js: JetStreamContext, eps: int, stop: asyncio.Event, sent:
             await asyncio.sleep(delay)
 
 
-async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0) -> dict[str, Any]:
+async def _wait_runner(runner: Any, seq: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while runner.folder.seq < seq:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"runner stuck at seq {runner.folder.seq}, waiting for {seq}")
+        await asyncio.sleep(0.002)
+
+
+async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0,
+                       driver: str = "runtime", consumer_batch: int = 8) -> dict[str, Any]:
     """Measure breach -> KillSwitch latency ``kills`` times under background load.
 
     Returns p50/p99/max in milliseconds, every sample, and the background rate achieved.
     """
     messages = _background_messages(4.0, background_eps)
-    async with bench_server() as (_server, _settings, nc, js):
+    async with bench_server(consumer_batch=consumer_batch) as (_server, settings, nc, js):
         fold = LiveFold(js, RollbackProjection())
-        await fold.start()
+        runner, task = None, None
+        if driver == "runtime":
+            from consumers.rollback.consumer import build
+            from consumers.runtime import Runner
+
+            runner = Runner(build(settings), settings, nc=await connect(settings, name="bench-rollback"))
+            task = asyncio.create_task(runner.run())
+            fold.projection = runner.projection
+        else:
+            await fold.start()
         received: dict[str, float] = {}
         arrived: dict[str, asyncio.Event] = {}
 
@@ -150,7 +169,10 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
                 head, trigger = events[:trigger_at], events[trigger_at]
                 for i in range(0, len(head), 100):
                     ack = await js.publish(subjects.event(rollout, "decision"), encode_batch(head[i:i + 100]))
-                await fold.wait_for(ack.seq)
+                if runner is not None:
+                    await _wait_runner(runner, ack.seq)
+                else:
+                    await fold.wait_for(ack.seq)
                 arrived[rollout] = asyncio.Event()
                 t0 = time.perf_counter()
                 await nc.publish(subjects.event(rollout, kind_of(trigger)), encode(trigger))
@@ -159,11 +181,15 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         finally:
             elapsed = time.perf_counter() - t_load
             achieved = (sent[0] - sent_at_start) / elapsed
-            folded = fold.events
+            folded = fold.events if runner is None else runner.folder.events
             stop.set()
             await load
             await service.unsubscribe()
             await fold.stop()
+            if runner is not None and task is not None:
+                runner.stop()
+                await task
+                await runner.nc.close()
     ordered = sorted(samples)
     return {
         "p50_ms": statistics.median(ordered),
@@ -173,7 +199,8 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         "background_eps": achieved,
         "folded_events": folded,
         "samples_ms": ordered,
-        "driver": "in-process LiveFold (ordered push consumer)",
+        "driver": "consumers.runtime Runner (durable pull, SQLite commit, outbox relay)" if driver == "runtime"
+        else "in-process LiveFold (ordered push consumer)",
     }
 
 
@@ -195,11 +222,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--background-eps", type=int, default=50_000)
+    parser.add_argument("--driver", choices=("runtime", "livefold"), default="runtime")
+    parser.add_argument("--consumer-batch", type=int, default=8, help="messages per fetch (100 events each)")
     args = parser.parse_args()
-    result = asyncio.run(kill_latency(args.kills, args.background_eps))
+    result = asyncio.run(kill_latency(args.kills, args.background_eps, driver=args.driver,
+                                      consumer_batch=args.consumer_batch))
     print(f"breach -> kill switch: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
           f"max {result['max_ms']:.1f} ms over {result['kills']} kills; "
-          f"background {result['background_eps']:,.0f} events/s; {result['folded_events']:,} events folded")
+          f"background {result['background_eps']:,.0f} events/s; {result['folded_events']:,} events folded; "
+          f"driver: {result['driver']}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def _load() -> None:
 
 
 _MODULES: list[str] = ["consumers.control_consumer", "consumers.stats_consumer", "consumers.bandit.consumer",
-                       "consumers.verification_consumer"]
+                       "consumers.verification_consumer", "consumers.rollback.consumer"]
 
 
 def specs() -> list[ConsumerSpec]:

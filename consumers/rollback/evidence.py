@@ -20,14 +20,29 @@ from consumers.rollback.guards import EMPTY, Summary
 from consumers.rollback.policy import QUALITY, Policy
 from consumers.windows import quantile
 
-__all__ = ["StatsEvidence", "new_stats"]
+__all__ = ["SMALL_TIME_CAP", "StatsEvidence", "new_stats", "stats_shape"]
 
 
-def new_stats(policy: Policy) -> Any:
-    """A fresh canary-stats fold sized by the policy's windows."""
+SMALL_TIME_CAP = 8
+"""Time-window entries kept when no guard reads the ``time`` window (CanaryStats' minimum).
+
+The time window's lists are the largest part of a canary-stats snapshot (up to 5,000
+entries per series); a rollout whose guards all read ``last_n`` does not pay for them."""
+
+
+def stats_shape(live: Policy, shadow: Policy | None = None) -> tuple[int, int, int]:
+    """``(last_n, window_ms, time_cap)`` of the evidence both policies of a rollout read."""
+    guards = live.all_guards() + (shadow.all_guards() if shadow is not None else [])
+    timed = any(g.window == "time" for g in guards)
+    return live.last_n, live.window_ms, 5000 if timed else SMALL_TIME_CAP
+
+
+def new_stats(shape: tuple[int, int, int]) -> Any:
+    """A fresh canary-stats fold of the given shape."""
     from consumers.canary_stats import CanaryStats
 
-    return CanaryStats(last_n=policy.last_n, window_ms=policy.window_ms)
+    last_n, window_ms, time_cap = shape
+    return CanaryStats(last_n=last_n, window_ms=window_ms, time_cap=time_cap)
 
 
 class StatsEvidence:
@@ -78,15 +93,24 @@ def _num(x: float | None) -> float:
 
 
 class LazySummary(Summary):
-    """A :class:`Summary` over raw values: the mean at once (one ``fsum``), percentiles
-    only when asked for, the variance left to the sequential test that needs it."""
+    """A :class:`Summary` over raw values that computes only what a guard reads: the
+    count at once, the mean on first use (one ``fsum``), percentiles on first use (one
+    sort); the variance is left to the sequential test that needs it."""
 
-    __slots__ = ("_ordered", "_values")
+    __slots__ = ("_mean", "_ordered", "_values")
 
-    def __init__(self, values: Sequence[float]) -> None:
-        super().__init__(len(values), math.fsum(values) / len(values))
+    def __init__(self, values: Sequence[float]) -> None:  # no super().__init__: lazy fields
+        self.n = len(values)
+        self.var = self.p50 = self.p95 = self.p99 = math.nan
         self._values = values
+        self._mean: float | None = None
         self._ordered: list[float] | None = None
+
+    @property  # type: ignore[override]
+    def mean(self) -> float:
+        if self._mean is None:
+            self._mean = math.fsum(self._values) / self.n
+        return self._mean
 
     def get(self, aggregate: str) -> float:
         if aggregate in ("mean", "rate"):

@@ -27,7 +27,7 @@ import msgspec
 
 from consumers.rollback import evidence
 from consumers.rollback.escalation import EscalationBook
-from consumers.rollback.evidence import StatsEvidence
+from consumers.rollback.evidence import StatsEvidence, stats_shape
 from consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
 from consumers.rollback.hysteresis import GuardMachine, step
 from consumers.rollback.policy import (
@@ -101,6 +101,7 @@ class RolloutState(msgspec.Struct, array_like=True, gc=False):
     kills: int = 0
     would_kills: int = 0
     policy_error: str = ""
+    shape: list[int] = msgspec.field(default_factory=list)  # (last_n, window_ms, time_cap) of the evidence
 
 
 class _Part(msgspec.Struct, array_like=True):
@@ -120,8 +121,8 @@ class RollbackProjection:
 
     name = "rollback"
 
-    def __init__(self, stats_factory: Callable[[Policy], Any] | None = None) -> None:
-        """``stats_factory(policy)`` makes one rollout's canary-stats fold (default: CanaryStats)."""
+    def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
+        """``stats_factory((last_n, window_ms, time_cap))`` makes one rollout's canary-stats fold."""
         self._new_stats = stats_factory or evidence.new_stats
         self.rollouts: dict[str, RolloutState] = {}
         self._stats: dict[str, Any] = {}
@@ -145,9 +146,9 @@ class RollbackProjection:
                 self._count_decision(r, event)
                 self._evaluate(event.rollout, event, out, "srm")
             elif isinstance(event, Metric):
-                self._evaluate(event.rollout, event, out, event.name)
+                self._evaluate(event.rollout, event, out, event.name, event.variant)
             elif event.quality is not None:
-                self._evaluate(event.rollout, event, out, QUALITY)
+                self._evaluate(event.rollout, event, out, QUALITY, event.variant)
         elif isinstance(event, _COMMANDS):
             self._control(self._rollout(event.rollout), event)
             self._dirty.add(event.rollout)
@@ -178,7 +179,7 @@ class RollbackProjection:
         for name, blob in sorted(parts.items()):
             part = _part_decoder.decode(blob)
             self.rollouts[name] = part.state
-            stats = self._new_stats(part.state.live.policy)
+            stats = self._new_stats(tuple(part.state.shape))
             stats.restore(part.stats)
             self._stats[name] = stats
 
@@ -216,7 +217,8 @@ class RollbackProjection:
         r = self.rollouts.get(rollout)
         if r is None:
             r = self.rollouts[rollout] = RolloutState()
-            self._stats[rollout] = self._new_stats(r.live.policy)
+            r.shape = list(stats_shape(r.live.policy))
+            self._stats[rollout] = self._new_stats(tuple(r.shape))
         return r
 
     def _new_epoch(self, rollout: str, r: RolloutState) -> None:
@@ -226,7 +228,8 @@ class RollbackProjection:
         r.shadow = None if r.shadow is None else PolicyRun(r.shadow.policy)
         r.srm_pct, r.srm_baseline, r.srm_candidate, r.candidate_total = -1.0, 0, 0, 0
         r.progress = Progress()
-        self._stats[rollout] = self._new_stats(r.live.policy)
+        r.shape = list(stats_shape(r.live.policy, None if r.shadow is None else r.shadow.policy))
+        self._stats[rollout] = self._new_stats(tuple(r.shape))
 
     def _count_decision(self, r: RolloutState, event: Decision) -> None:
         if event.variant == r.control.candidate:
@@ -253,6 +256,9 @@ class RollbackProjection:
                     r.shadow = PolicyRun(policy)
                 else:
                     r.live = PolicyRun(policy)
+                shape = list(stats_shape(r.live.policy, None if r.shadow is None else r.shadow.policy))
+                if shape != r.shape:  # other windows: the evidence starts again in that shape
+                    self._new_epoch(event.rollout, r)
         was_killed = r.control.kill_switch
         if event.after.canary_pct != r.control.canary_pct:
             r.progress = Progress()
@@ -269,43 +275,53 @@ class RollbackProjection:
             cached = self._guards[id(policy)] = (policy, policy.all_guards())
         return cached[1]
 
-    def _evaluate(self, rollout: str, cause: Event, out: list[Event], only: str | None = None) -> None:
-        """Judge ``rollout`` after ``cause``; ``only`` limits the guards to one metric's."""
+    def _evaluate(self, rollout: str, cause: Event, out: list[Event], only: str | None = None,
+                  variant: str | None = None) -> None:
+        """Judge ``rollout`` after ``cause``.
+
+        ``only`` limits the guards to one metric's and ``variant`` says whose sample
+        arrived: a baseline sample cannot change an absolute (candidate-only) guard, so
+        those are left to the next candidate sample or tick. Ticks judge everything.
+        """
         r = self.rollouts[rollout]
         now = r.now_ms = max(r.now_ms, cause.time_ms)
-        for flag in r.escalation.expire(now):
-            out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,
-                                        f"{flag.trigger} escalation expired", cause.id, now))
+        if r.escalation.armed:
+            for flag in r.escalation.expire(now):
+                out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,
+                                            f"{flag.trigger} escalation expired", cause.id, now))
         if r.control.kill_switch:
             return
         evidence = StatsEvidence(self._stats[rollout], rollout)
         variants = (r.control.baseline, r.control.candidate)
+        candidate_only = variant is not None and variant != variants[1]
         live = r.live
-        alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, out, only)
-        unhealthy = failing or any(m.state != "ok" for m in live.machines.values())
-        if not unhealthy:
-            live.last_step_ms = -1  # recovered: a staged rollback stops where it is
-        if alarmed or (failing and self._step_due(r, now)):
+        alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, out, only, candidate_only)
+        staged = live.last_step_ms >= 0
+        if alarmed or (failing and staged and self._step_due(r, now)):
             everything = self._results(r, live, evidence, variants, None)
             out.append(self._act(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
-        elif live.policy.progression.enabled:
-            self._progress(rollout, r, bool(unhealthy), cause, out, now)
+        elif staged or live.policy.progression.enabled:
+            unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
+            if staged and not unhealthy:
+                live.last_step_ms = -1  # recovered: a staged rollback stops where it is
+            elif live.policy.progression.enabled:
+                self._progress(rollout, r, unhealthy, cause, out, now)
         shadow = r.shadow
         if shadow is not None and shadow.tripped_ms < 0 and self._judge(
-            rollout, r, shadow, evidence, variants, cause, out, only
+            rollout, r, shadow, evidence, variants, cause, out, only, candidate_only
         )[0]:
             everything = self._results(r, shadow, evidence, variants, None)
             out.append(self._would_kill(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
 
     def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
-                 only: str | None) -> list[GuardResult]:
+                 only: str | None, relative_only: bool = False) -> list[GuardResult]:
         """Evaluate the guards of ``run`` (those on metric ``only``, or all); keeps the test cache."""
         policy, now = run.policy, r.now_ms
         results: list[GuardResult] = []
         if only != "srm":
             interval = policy.hysteresis.check_interval_ms
             for guard in self._guards_of(policy):
-                if only is not None and guard.metric != only:
+                if (only is not None and guard.metric != only) or (relative_only and not guard.relative):
                     continue
                 machine = run.machines.get(guard.name)
                 penalized = machine is not None and machine.penalized(now)
@@ -322,14 +338,14 @@ class RollbackProjection:
         return results
 
     def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
-               variants: tuple[str, str], cause: Event, out: list[Event], only: str | None
-               ) -> tuple[bool, list[GuardResult]]:
+               variants: tuple[str, str], cause: Event, out: list[Event], only: str | None,
+               relative_only: bool = False) -> tuple[bool, list[GuardResult]]:
         """Step the machines of the evaluated guards; return (a new alarm?, failing results)."""
         policy, now, live = run.policy, r.now_ms, run is r.live
         cfg = policy.hysteresis
         alarmed = False
         failing: list[GuardResult] = []
-        for result in self._results(r, run, evidence, variants, only):
+        for result in self._results(r, run, evidence, variants, only, relative_only):
             name = result.guard.name
             machine = run.machines.get(name)
             if machine is None:
