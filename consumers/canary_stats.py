@@ -44,11 +44,12 @@ WINDOWS = ("last_n", "time", "all")
 VERDICTS = ("win", "loss", "neutral", "inconclusive")
 _VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
 QUALITY = "quality"
-MAX_DIMS = 63
+MAX_DIMS = 31
 """Shadow-diff dimensions tracked per rollout (more are ignored; seed 001 has 4)."""
 MAX_METRICS = 64
 """Metric names tracked per variant (more are ignored, so a buggy producer cannot exhaust memory)."""
-_MASK = (1 << 64) - 1
+_MASK = (1 << 32) - 1
+_NO_SHADOW = -1  # diff code of a decision without a shadow result
 _META = ""  # part key of the engine-wide state; rollout ids are never empty
 
 
@@ -101,16 +102,21 @@ class _Variant:
 
 
 class _Rollout:
-    __slots__ = ("dims", "dpos", "dring", "dtimes", "dvars", "max_ms", "variants")
+    __slots__ = ("dcodes", "dims", "dnames", "dpos", "dring_c", "dring_v", "dtimes", "max_ms", "variants")
 
     def __init__(self) -> None:
         self.variants: dict[str, _Variant] = {}
         self.max_ms = 0
         self.dims: list[str] = []
-        self.dring: list[tuple[_Variant, int | None]] = []  # last N decisions: (variant, diff code)
+        # Decisions as parallel lists of variant names (shared str objects) and diff codes
+        # (present-dims mask << 32 | changed-dims mask, or -1 without a shadow): plain
+        # ints and shared strings copy and encode at C speed in snapshots.
+        self.dring_v: list[str] = []  # last N decisions, a ring
+        self.dring_c: list[int] = []
         self.dpos = 0
-        self.dtimes: list[int] = []
-        self.dvars: list[tuple[_Variant, int | None]] = []
+        self.dtimes: list[int] = []  # time window
+        self.dnames: list[str] = []
+        self.dcodes: list[int] = []
 
 
 # --- canonical snapshot encoding -----------------------------------------------------------
@@ -132,9 +138,11 @@ class _RolloutState(msgspec.Struct, array_like=True, gc=False):
     max_ms: int
     dims: list[str]
     variants: dict[str, _VariantState]
-    dring: list[tuple[str, int | None, int | None]]
+    dring_v: list[str]
+    dring_c: list[int]
     dtimes: list[int]
-    dvars: list[tuple[str, int | None, int | None]]
+    dnames: list[str]
+    dcodes: list[int]
 
 
 class _Meta(msgspec.Struct, array_like=True, gc=False):
@@ -149,14 +157,6 @@ _encoder = msgspec.msgpack.Encoder(order="deterministic")
 _rollout_decoder = msgspec.msgpack.Decoder(_RolloutState)
 _meta_decoder = msgspec.msgpack.Decoder(_Meta)
 _parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
-
-
-def _code_out(code: int | None) -> tuple[int | None, int | None]:
-    return (None, None) if code is None else (code >> 64, code & _MASK)
-
-
-def _code_in(present: int | None, changed: int | None) -> int | None:
-    return None if present is None else (present << 64) | (changed or 0)
 
 
 class CanaryStats:
@@ -240,7 +240,7 @@ class CanaryStats:
 
     def _decision(self, rs: _Rollout, vs: _Variant, event: Decision, t: int, cutoff: int) -> None:
         vs.decisions += 1
-        code: int | None = None
+        code = _NO_SHADOW
         shadow = event.shadow
         if shadow is not None:
             vs.shadowed += 1
@@ -260,19 +260,22 @@ class CanaryStats:
                 if flag:
                     changed |= 1 << idx
                     vs.diff_changed[key] = vs.diff_changed.get(key, 0) + 1
-            code = (present << 64) | changed
-        entry = (vs, code)
-        ring, n = rs.dring, self.last_n
-        if len(ring) < n:
-            ring.append(entry)
+            code = (present << 32) | changed
+        name, n = vs.name, self.last_n
+        if len(rs.dring_v) < n:
+            rs.dring_v.append(name)
+            rs.dring_c.append(code)
         else:
-            ring[rs.dpos] = entry
-            rs.dpos = (rs.dpos + 1) % n
+            pos = rs.dpos
+            rs.dring_v[pos] = name
+            rs.dring_c[pos] = code
+            rs.dpos = (pos + 1) % n
         if t > cutoff:
             if rs.dtimes and (rs.dtimes[0] <= cutoff or len(rs.dtimes) >= self.time_cap):
-                trim_time(rs.dtimes, cutoff, self.time_cap, rs.dvars)
+                trim_time(rs.dtimes, cutoff, self.time_cap, rs.dnames, rs.dcodes)
             rs.dtimes.append(t)
-            rs.dvars.append(entry)
+            rs.dnames.append(name)
+            rs.dcodes.append(code)
 
     # --- reads ---------------------------------------------------------------------------
     def rollouts(self) -> list[str]:
@@ -294,11 +297,12 @@ class CanaryStats:
         if window not in WINDOWS:
             raise ValueError(f"unknown window {window!r}; expected one of {WINDOWS}")
 
-    def _decision_entries(self, rs: _Rollout, window: str) -> list[tuple[_Variant, int | None]]:
+    def _decision_entries(self, rs: _Rollout, window: str) -> Iterable[tuple[str, int]]:
+        """(variant, diff code) of the decisions in a bounded window."""
         if window == "last_n":
-            return rs.dring
+            return zip(rs.dring_v, rs.dring_c, strict=True)
         cutoff = self._cutoff(rs)
-        return [e for t, e in zip(rs.dtimes, rs.dvars, strict=True) if t > cutoff]
+        return [(v, c) for t, v, c in zip(rs.dtimes, rs.dnames, rs.dcodes, strict=True) if t > cutoff]
 
     def split(self, rollout: str, window: str) -> dict[str, int]:
         """Decisions per variant in a window: the observed split."""
@@ -309,8 +313,8 @@ class CanaryStats:
         if window == "all":
             return {name: vs.decisions for name, vs in sorted(rs.variants.items())}
         counts = dict.fromkeys(sorted(rs.variants), 0)
-        for vs, _ in self._decision_entries(rs, window):
-            counts[vs.name] += 1
+        for name, _ in self._decision_entries(rs, window):
+            counts[name] += 1
         return counts
 
     def view(self, rollout: str, window: str) -> dict[str, VariantView]:
@@ -331,18 +335,18 @@ class CanaryStats:
             return {n: (vs.shadowed, vs.diff_seen, vs.diff_changed) for n, vs in rs.variants.items()}
         out: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {}
         dims = rs.dims
-        for vs, code in self._decision_entries(rs, window):
-            if code is None:
+        for name, code in self._decision_entries(rs, window):
+            if code == _NO_SHADOW:
                 continue
-            shadowed, seen, changed = out.get(vs.name, (0, {}, {}))
-            present, flags = code >> 64, code & _MASK
+            shadowed, seen, changed = out.get(name, (0, {}, {}))
+            present, flags = code >> 32, code & _MASK
             for idx, dim in enumerate(dims):
                 bit = 1 << idx
                 if present & bit:
                     seen[dim] = seen.get(dim, 0) + 1
                     if flags & bit:
                         changed[dim] = changed.get(dim, 0) + 1
-            out[vs.name] = (shadowed + 1, seen, changed)
+            out[name] = (shadowed + 1, seen, changed)
         return out
 
     def _variant_view(self, vs: _Variant, window: str, cutoff: int, decisions: int,
@@ -404,9 +408,10 @@ class CanaryStats:
                 {m: s.state() for m, s in sorted(vs.metrics.items())},
                 ring_items(vs.vring, vs.vpos), list(vs.otimes), list(vs.ocodes),
             )
-        dring = [(v.name, *_code_out(c)) for v, c in ring_items(rs.dring, rs.dpos)]
-        dvars = [(v.name, *_code_out(c)) for v, c in rs.dvars]
-        return _encoder.encode(_RolloutState(rs.max_ms, list(rs.dims), variants, dring, list(rs.dtimes), dvars))
+        return _encoder.encode(_RolloutState(
+            rs.max_ms, rs.dims, variants, ring_items(rs.dring_v, rs.dpos), ring_items(rs.dring_c, rs.dpos),
+            rs.dtimes, rs.dnames, rs.dcodes,
+        ))
 
     def changed_parts(self) -> dict[str, bytes]:
         """Encoded parts changed since the last call (key ``""`` is the engine-wide part).
@@ -460,15 +465,12 @@ class CanaryStats:
             vs.metrics = {m: Series.from_state(s) for m, s in v.metrics.items()}
             vs.vring, vs.otimes, vs.ocodes = list(v.vring), list(v.otimes), list(v.ocodes)
 
-        def variant(name: str) -> _Variant:
-            found = rs.variants.get(name)
-            if found is None:
-                found = rs.variants[name] = _Variant(name)
-            return found
-
-        rs.dring = [(variant(n), _code_in(p, c)) for n, p, c in state.dring]
+        names = {name: vs.name for name, vs in rs.variants.items()}  # share one str per variant
+        rs.dring_v = [names.get(n, n) for n in state.dring_v]
+        rs.dring_c = list(state.dring_c)
         rs.dtimes = list(state.dtimes)
-        rs.dvars = [(variant(n), _code_in(p, c)) for n, p, c in state.dvars]
+        rs.dnames = [names.get(n, n) for n in state.dnames]
+        rs.dcodes = list(state.dcodes)
         return rs
 
     def snapshot(self) -> bytes:
