@@ -1,0 +1,235 @@
+"""``rollout demo``: a synthetic service rolls a candidate out and the engine kills it.
+
+The whole stack runs for real: the embedded nats-server, every consumer as its own
+process (as under ``rollout up``), the operator API, engine ticks, and a service using
+the SDK. The story, in under a minute:
+
+1. the operator starts a canary at 5% through the API, then raises it to 20%;
+2. the candidate degrades (latency and quality), as a bad release would;
+3. the rollback consumer sees the breach, fires a kill switch on the control subject;
+4. the service's ``assign()`` sends everyone back to the baseline at once.
+
+The terminal shows live stats and the moment of the kill, then a summary with the
+detection latency and where the weekly report is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.api import call
+from engine.bus import connect
+from engine.client import RolloutClient
+from engine.settings import Settings, load_settings
+from events import KillSwitch, decode, subjects
+
+__all__ = ["DemoResult", "run_demo"]
+
+ROLLOUT = "planner-v2"
+RATE = 400  # requests per second of the synthetic service
+SLICE_S = 0.05
+RAISE_AT_S = 5.0
+DEGRADE_AT_S = 10.0
+GIVE_UP_AT_S = 40.0
+AFTER_KILL_S = 2.0
+
+
+@dataclass
+class DemoResult:
+    """What the demo observed; ``killed`` is False only if the engine failed to act."""
+
+    killed: bool = False
+    detection_latency_ms: float | None = None
+    event_time_latency_ms: float | None = None
+    reason: str = ""
+    breaches: list[dict[str, Any]] = field(default_factory=list)
+    served_candidate_after_kill: int = 0
+    requests: int = 0
+    report: str = ""
+    chart: str = ""
+    seconds: float = 0.0
+
+
+class SyntheticService:
+    """A planner whose candidate turns bad at a given moment (seeded, reproducible)."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.degraded = False
+
+    def serve(self, variant: str) -> tuple[float, float, float, str]:
+        """(latency ms, cost cents, quality 0-100, verdict) of one request."""
+        bad = self.degraded and variant == "candidate"
+        latency = self.rng.lognormvariate(6.6, 0.25) * (2.6 if bad else 1.0)  # ~735 ms median
+        cost = self.rng.uniform(1.0, 2.4)
+        quality = min(100.0, max(0.0, self.rng.gauss(92.0 - (14.0 if bad else 0.0), 3.0)))
+        verdict = "win" if quality >= 85 else ("loss" if quality < 75 else "neutral")
+        return latency, cost, quality, verdict
+
+
+def _line(elapsed: float, pct: float, stats: dict[str, Any] | None) -> str:
+    parts = [f"t={elapsed:5.1f}s  canary {pct:5.1f}%"]
+    window = (stats or {}).get("windows", {}).get("last_n", {})
+    for variant in ("baseline", "candidate"):
+        view = window.get(variant)
+        if not view:
+            parts.append(f"{variant}: -")
+            continue
+        quality = view.get("quality_mean")
+        p95 = (view.get("metrics", {}).get("latency_ms") or {}).get("p95")
+        parts.append(
+            f"{variant}: n={view.get('decisions', 0):>3} quality={quality:5.1f} p95={p95:6.0f}ms"
+            if quality is not None and p95 is not None else f"{variant}: n={view.get('decisions', 0)}"
+        )
+    return "  |  ".join(parts)
+
+
+async def _stats(kv: Any) -> dict[str, Any] | None:
+    with contextlib.suppress(Exception):
+        entry = await kv.get(f"stats.{ROLLOUT}")
+        return msgspec.json.decode(entry.value) if entry and entry.value else None
+    return None
+
+
+async def _traffic(client: RolloutClient, service: SyntheticService, result: DemoResult,
+                   killed_at: list[float]) -> None:
+    """One slice of requests through the SDK: decide, serve, record metrics and outcome."""
+    for i in range(int(RATE * SLICE_S)):
+        decision = client.decide(ROLLOUT, f"user-{service.rng.randrange(100_000)}")
+        latency, cost, quality, verdict = service.serve(decision.variant)
+        await client.record_metric(ROLLOUT, decision.variant, "latency_ms", latency, unit="ms",
+                                   decision_id=decision.id)
+        await client.record_metric(ROLLOUT, decision.variant, "cost_cents", cost, unit="cents",
+                                   decision_id=decision.id)
+        await client.record_outcome(ROLLOUT, decision.id, decision.variant, verdict, quality=quality)
+        result.requests += 1
+        if killed_at and decision.variant == "candidate":
+            result.served_candidate_after_kill += 1
+        del i
+
+
+async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole story against a fresh embedded stack in ``data_dir``."""
+    from engine.cli.up import serve
+
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    result = DemoResult()
+    begin = time.monotonic()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    args = argparse.Namespace(config=None, nats_url=None, data_dir=str(data_dir), port=0, host=None,
+                              no_consumers=False, cluster=0)
+    stack = asyncio.create_task(serve(args, ready=ready, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        settings: Settings = load_settings(env={}, data_dir=str(data_dir))
+        nc = await connect(settings, name="demo-operator")
+        kv = await nc.jetstream().key_value(subjects.STATE_BUCKET)
+        await _wait_for_api(nc)
+        await call(nc, "config", {"rollout": ROLLOUT, "canary_pct": 5.0, "create": True,
+                                  "actor": "demo-operator", "reason": "initial canary at 5%"})
+        out(f"operator: canary of {ROLLOUT} at 5% (guards: quality drop > 5, p95 latency > 1600 ms, "
+            "cost > 3.0 cents, at least 30 candidate samples)")
+        service = SyntheticService()
+        killed_at: list[float] = []
+        async with RolloutClient(settings, producer="demo-service") as client:
+            await _wait(lambda: client.state(ROLLOUT).canary_pct == 5.0, 10)
+            start = time.monotonic()
+            raised = False
+            next_line = 0.0
+            degrade_wall = degrade_ms = 0.0
+            while True:
+                elapsed = time.monotonic() - start
+                if not raised and elapsed >= RAISE_AT_S:
+                    await call(nc, "config", {"rollout": ROLLOUT, "canary_pct": 20.0, "actor": "demo-operator",
+                                              "reason": "healthy at 5%: raise to 20%"})
+                    out("operator: canary raised to 20%")
+                    raised = True
+                if not service.degraded and elapsed >= DEGRADE_AT_S:
+                    service.degraded = True
+                    degrade_wall, degrade_ms = time.monotonic(), time.time() * 1000
+                    out("service: the candidate degrades now (latency x2.6, quality -14 points)")
+                state = client.state(ROLLOUT)
+                if state.kill_switch and not killed_at:
+                    killed_at.append(time.monotonic())
+                    result.killed = True
+                    result.detection_latency_ms = (killed_at[0] - degrade_wall) * 1000 if degrade_wall else None
+                    kill = await _last_kill(nc)
+                    if kill is not None:
+                        result.reason = kill.reason
+                        result.breaches = [msgspec.to_builtins(b) for b in kill.breaches]
+                        result.event_time_latency_ms = kill.time_ms - degrade_ms if degrade_ms else None
+                    out(f"engine: KILL SWITCH fired by {kill.actor if kill else 'the engine'}: {result.reason}")
+                    out(f"service: assign() now sends every unit to the baseline (canary {state.canary_pct:.0f}%)")
+                if killed_at and time.monotonic() - killed_at[0] > AFTER_KILL_S:
+                    break
+                if elapsed > GIVE_UP_AT_S:
+                    out("demo: no kill switch within the time limit; see `rollout status` and docs/operations.md")
+                    break
+                if elapsed >= next_line:
+                    out(_line(elapsed, state.canary_pct, await _stats(kv)))
+                    next_line += 1.0
+                await _traffic(client, service, result, killed_at)
+                await asyncio.sleep(SLICE_S)
+            await client.flush(10)
+        result.report, result.chart = await _report(nc, data_dir)
+        await nc.close()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(stack, 30)
+    result.seconds = time.monotonic() - begin
+    return result
+
+
+async def _wait(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the demo stack did not come up in time")
+        await asyncio.sleep(0.02)
+
+
+async def _wait_for_api(nc: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await call(nc, "health", {}, timeout=1.0)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _last_kill(nc: Any) -> KillSwitch | None:
+    with contextlib.suppress(Exception):
+        msg = await nc.jetstream().get_last_msg(subjects.LOG_STREAM, subjects.control(ROLLOUT, "kill_switch"))
+        event = decode(msg.data)
+        return event if isinstance(event, KillSwitch) else None
+    return None
+
+
+async def _report(nc: Any, data_dir: Path) -> tuple[str, str]:
+    """The weekly report of this week's log, as `rollout report --week` writes it."""
+    from engine.control_log import read_messages
+    from engine.report import WeeklyRollup, iso_week, render
+
+    now = int(time.time() * 1000)
+    rollup = WeeklyRollup(now - 7 * 86_400_000, now + 60_000)
+    async for msg in read_messages(nc.jetstream(), [subjects.EVENTS_ALL, subjects.CONTROL_ALL], since_ms=0):
+        for event in msg.events():
+            rollup.add(event)
+    markdown, chart = render(rollup, iso_week(now), data_dir / "reports")
+    return str(markdown), str(chart)
