@@ -34,3 +34,15 @@ async def reference() -> list[Figure]:
 def cached(prefix: str) -> Figure | None:
     """A reference measured earlier in this run (groups run in order)."""
     return next((f for name, f in _cache.items() if name.startswith(prefix)), None)
+
+
+async def replay() -> list[Figure]:
+    """Replay speed from an export file through every registered projection (bench/bench_replay.py)."""
+    from bench.bench_replay import replay_figures
+
+    figures = await replay_figures(200_000, REPEAT)
+    ceiling = cached("transport ceiling")
+    for figure in figures:
+        if ceiling is not None:
+            figure.reference, figure.reference_value = ceiling.name, ceiling.median
+    return figures
