@@ -21,7 +21,7 @@ from engine.export import write_export
 from engine.replay import make_projections, messages_from_file, replay_messages
 from events import encode_batch, subjects
 
-__all__ = ["replay_events_per_s", "replay_figures", "write_workload_export"]
+__all__ = ["replay_events_per_s", "replay_figures"]
 
 TARGET = "≥ 250,000 events/s"
 
@@ -29,20 +29,6 @@ TARGET = "≥ 250,000 events/s"
 async def _messages(total: int) -> AsyncIterator[LogMessage]:
     for seq, (rollout, kind, events) in enumerate(make_batches(total), 1):
         yield LogMessage(seq, subjects.event(rollout, kind), encode_batch(events), events[0].time_ms)
-
-
-def write_workload_export(path: Path, total: int) -> Path:
-    """An export file holding ``total`` events of the shared workload."""
-    asyncio.run(write_export(_messages(total), path)) if not _in_loop() else None
-    return path
-
-
-def _in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def replay_events_per_s(path: Path, names: list[str] | None = None) -> tuple[float, dict[str, str]]:
