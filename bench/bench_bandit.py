@@ -86,16 +86,17 @@ async def verification_events_per_s(n: int = 200_000) -> float:
 
 
 async def choose_calls_per_s(n: int = 200_000) -> float:
-    """SDK-side ``choose()`` calls per second (local draw from the published weights)."""
+    """SDK-side ``choose()`` calls per second: local draw from the published weights, guardrail
+    check and the Decision event built (publishing is the SDK publisher's figure)."""
     projection = BanditProjection()
     for seq, event in enumerate(_workload(5_000), 1):
         projection.apply(event, seq)  # type: ignore[arg-type]
     chooser = BanditChooser()
     chooser.update(msgspec.msgpack.encode(projection.view(ROLLOUT)))
-    choose = chooser.choose
+    choose, decision = chooser.choose, chooser.decision
     with timed() as elapsed:
         for _ in range(n):
-            choose(ROLLOUT, "user-42")
+            decision(choose(ROLLOUT, "user-42"), producer="bench")
     return n / elapsed()
 
 
