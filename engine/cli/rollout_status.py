@@ -71,10 +71,43 @@ def _print(reply: dict[str, Any]) -> None:
                   f"{'' if breach.get('p_value') is None else ', p=' + format(breach['p_value'], '.3g')})")
     else:
         print("last    no control command yet (default state)")
-    if reply.get("stats") is not None:
-        print(f"stats   {sanitize(str(reply['stats']), 600)}")
-    if reply.get("evaluation") is not None:
-        print(f"eval    {sanitize(str(reply['evaluation']), 600)}")
+    _print_stats(reply.get("stats"))
+    _print_evaluation(reply.get("evaluation"))
     thresholds = reply.get("thresholds") or {}
     if isinstance(thresholds, dict) and thresholds.get("thresholds"):
         print("guards  " + ", ".join(f"{k}={v}" for k, v in sorted(thresholds["thresholds"].items())))
+
+
+def _num(value: Any, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _print_stats(stats: Any) -> None:
+    """Per window and variant: decisions, quality, latency p95, cost, error rate."""
+    if not isinstance(stats, dict) or not isinstance(stats.get("windows"), dict):
+        return
+    for window, variants in stats["windows"].items():
+        if not isinstance(variants, dict):
+            continue
+        for variant, view in sorted(variants.items()):
+            if not isinstance(view, dict):
+                continue
+            latency = (view.get("metrics") or {}).get("latency_ms") or {}
+            print(f"stats   {sanitize(str(window)):<8} {sanitize(str(variant)):<12} decisions {view.get('decisions', 0):>6}  "
+                  f"quality {_num(view.get('quality_mean'))} (n={view.get('quality_n', 0)})  "
+                  f"p95 latency {_num(latency.get('p95'), '.0f')}ms  cost {_num(view.get('cost_mean'), '.2f')}  "
+                  f"errors {_num(view.get('error_rate'), '.2%')}")
+
+
+def _print_evaluation(evaluation: Any) -> None:
+    """The rollback consumer's last judgement: policy, each guard's state, escalations."""
+    if not isinstance(evaluation, dict) or not evaluation:
+        return
+    policy = evaluation.get("policy") or {}
+    guards = evaluation.get("guards") or {}
+    states = ", ".join(f"{sanitize(str(g))}={sanitize(str(v.get('state')))}" for g, v in sorted(guards.items())
+                       if isinstance(v, dict)) or "no guard judged yet"
+    print(f"eval    policy {sanitize(str(policy.get('name', '?')))} v{policy.get('version', '?')}: {states}; "
+          f"kills {evaluation.get('kills', 0)}, escalations {evaluation.get('escalations') or 'none'}")
+    if evaluation.get("policy_error"):
+        print(f"        policy error: {sanitize(str(evaluation['policy_error']), 300)}")
