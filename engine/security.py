@@ -1,0 +1,318 @@
+"""Least privilege on NATS: one credential per role, each allowed only its own subjects.
+
+Four roles, and what each may do (everything else is denied by the server):
+
+``producer``
+    services recording decisions, outcomes and metrics: publish ``ro.evt.>`` only (into
+    JetStream, acks come back on its own inbox). It cannot publish or read control
+    commands, touch the JetStream API (no stream purge, no KV read, no dead letters) or
+    subscribe to anything but its inbox.
+``engine``
+    consumers, ticks, the operator API: publish control commands, ticks, stats and dead
+    letters, use the JetStream API, answer requests. It alone can forge nothing a
+    producer could not, since it never publishes ``ro.evt.>``.
+``service``
+    services reading control state: the KV bucket ``ro_state`` (get and watch) and an
+    ordered consumer on ``RO_LOG`` restricted by the server to ``ro.ctl.>``.
+``operator``
+    people and tools: the API ``ro.api.>``, ``$SRV.>`` discovery, read-only JetStream
+    info (``rollout status``) and live ``ro.stats.>``.
+
+Every role gets its own inbox prefix (``_INBOX_<role>``): with the usual shared
+``_INBOX.>`` any client allowed to subscribe to inboxes could read the replies and the
+push-consumer deliveries of every other client (control messages, KV values).
+Clients set it through ``engine.bus.connect`` (``inbox_prefix(user)``).
+
+Passwords: random 256-bit tokens. The server configuration holds only their bcrypt
+hashes (``rollout up --secure``) or environment references (compose), never a secret in
+a committed file; each role's client settings file is written with mode 0600.
+See docs/security.md for the threat model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from events import subjects
+
+__all__ = [
+    "ROLES",
+    "Role",
+    "SecureFiles",
+    "env_reference",
+    "hash_password",
+    "inbox_prefix",
+    "render_authorization",
+    "render_compose_config",
+    "roles",
+    "write_private",
+    "write_secure_dir",
+]
+
+ROLES: tuple[str, ...] = ("producer", "engine", "service", "operator")
+"""The roles, in the order the configuration lists them."""
+
+_JS = "$JS.API"
+_KV_STREAM = f"KV_{subjects.STATE_BUCKET}"
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What one role may publish and subscribe to (NATS allow lists; the rest is denied)."""
+
+    name: str
+    summary: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix of a user: ``_INBOX_<user>``, the only inboxes it may subscribe to."""
+    if not user or not all(c.isalnum() or c in "-_" for c in user):
+        raise ValueError(f"user name {user!r} must be letters, digits, '-' or '_' (it becomes a subject token)")
+    return f"_INBOX_{user}"
+
+
+def roles() -> dict[str, Role]:
+    """The permission table, built from the subject map (events.subjects) only."""
+    log, ctl = subjects.LOG_STREAM, subjects.CONTROL_ALL
+    return {
+        "producer": Role(
+            "producer",
+            "publish producer events (ro.evt.>) into JetStream; nothing else",
+            publish=(subjects.EVENTS_ALL,),
+            subscribe=(f"{inbox_prefix('producer')}.>",),
+        ),
+        "engine": Role(
+            "engine",
+            "consumers, ticks and the API: control commands, JetStream API, replies",
+            publish=(
+                ctl,
+                subjects.TICK,
+                subjects.STATS_ALL,
+                subjects.DLQ_ALL,
+                f"{_JS}.>",
+                "$JS.ACK.>",
+                "$JS.FC.>",
+                f"$KV.{subjects.STATE_BUCKET}.>",
+            ),
+            subscribe=("ro.>", "$SRV.>", f"{inbox_prefix('engine')}.>"),
+            allow_responses=True,
+        ),
+        "service": Role(
+            "service",
+            "read control state: KV ro_state and an ordered consumer on ro.ctl.>",
+            publish=(
+                f"{_JS}.STREAM.INFO.{_KV_STREAM}",
+                f"{_JS}.DIRECT.GET.{_KV_STREAM}",
+                f"{_JS}.DIRECT.GET.{_KV_STREAM}.>",
+                f"{_JS}.STREAM.MSG.GET.{_KV_STREAM}",
+                f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}",
+                f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}.>",
+                f"{_JS}.CONSUMER.INFO.{_KV_STREAM}.*",
+                # The filtered form only: the server checks the filter in the subject
+                # against the consumer config, so no ro.evt.> reader can be made.
+                f"{_JS}.CONSUMER.CREATE.{log}.*.{ctl}",
+                f"$JS.FC.{_KV_STREAM}.>",
+                f"$JS.FC.{log}.>",
+            ),
+            subscribe=(f"{inbox_prefix('service')}.>",),
+        ),
+        "operator": Role(
+            "operator",
+            "the operator API (ro.api.>, $SRV.>), read-only JetStream info, live stats",
+            publish=(
+                f"{subjects.ROOT}.api.>",
+                "$SRV.>",
+                f"{_JS}.INFO",
+                f"{_JS}.STREAM.NAMES",
+                f"{_JS}.STREAM.LIST",
+                f"{_JS}.STREAM.INFO.*",
+                f"{_JS}.CONSUMER.NAMES.*",
+                f"{_JS}.CONSUMER.LIST.*",
+                f"{_JS}.CONSUMER.INFO.*.*",
+            ),
+            subscribe=(subjects.STATS_ALL, f"{inbox_prefix('operator')}.>"),
+        ),
+    }
+
+
+def env_reference(role: str) -> str:
+    """Name of the environment variable holding a role's password (compose): RO_<ROLE>_PASSWORD."""
+    return f"RO_{role.upper()}_PASSWORD"
+
+
+def hash_password(password: str, rounds: int = 10) -> str:
+    """bcrypt hash as nats-server verifies it (``$2a$`` prefix, which every version accepts)."""
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds, prefix=b"2a")).decode()
+
+
+def _quoted(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(item) for item in items) + "]"
+
+
+def render_authorization(passwords: Mapping[str, str], *, env: bool = False) -> str:
+    """The ``authorization`` block of a nats-server config, one user per role given.
+
+    ``passwords`` maps role -> what the server compares with: a bcrypt hash (quoted in
+    the file), or with ``env=True`` ignored and replaced by an unquoted ``$RO_<ROLE>_PASSWORD``
+    reference that nats-server resolves from its environment (compose). Roles are
+    emitted in :data:`ROLES` order so the text is deterministic.
+    """
+    table = roles()
+    unknown = sorted(set(passwords) - set(table))
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; known: {list(ROLES)}")
+    lines = [
+        "# Per-role users: rendered by engine/security.py (docs/security.md). No anonymous access.",
+        "authorization {",
+        "  timeout: 2",
+        "  users: [",
+    ]
+    for name in ROLES:
+        if name not in passwords:
+            continue
+        role = table[name]
+        secret = f"${env_reference(name)}" if env else json.dumps(passwords[name])
+        lines += [
+            f"    # {role.summary}",
+            f"    {{user: {json.dumps(name)}, password: {secret}, permissions: {{",
+            f"      publish: {{allow: {_quoted(role.publish)}}}",
+            f"      subscribe: {{allow: {_quoted(role.subscribe)}}}",
+        ]
+        if role.allow_responses:
+            lines.append("      allow_responses: true")
+        lines.append("    }}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+COMPOSE_LIMITS: dict[str, str] = {
+    "max_payload": "8388608",
+    "max_connections": "1024",
+    "max_subscriptions": "10000",
+    "max_pending": "67108864",
+    "write_deadline": json.dumps("10s"),
+}
+"""Server limits of the compose stack: bounded connections, subscriptions and buffers."""
+
+
+def render_compose_config() -> str:
+    """The complete nats-server config mounted by compose/docker-compose.yml.
+
+    Same permission table as ``rollout up --secure``; passwords are ``$RO_<ROLE>_PASSWORD``
+    references resolved from the container's environment (compose/.env, never
+    committed). An undefined variable stops the server at start-up: it fails closed.
+    """
+    lines = [
+        "# nats-server configuration of the compose stack. GENERATED from engine/security.py by",
+        "# `rollout secure compose-config --out compose/nats/nats-server.conf`: do not edit by hand.",
+        "# Passwords come from the environment (compose/.env), never from this file.",
+        'server_name: "rollout-nats"',
+        'listen: "0.0.0.0:4222"',
+        "# Monitoring for the container healthcheck only: loopback inside the container, not published.",
+        'http: "127.0.0.1:8222"',
+        *(f"{key}: {value}" for key, value in COMPOSE_LIMITS.items()),
+        "jetstream {",
+        '  store_dir: "/data/jetstream"',
+        "  max_memory_store: 268435456",
+        "  max_file_store: 10737418240",
+        "}",
+    ]
+    return "\n".join(lines) + "\n" + render_authorization(dict.fromkeys(ROLES, ""), env=True)
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte (no readable window)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class SecureFiles:
+    """What :func:`write_secure_dir` produced: the server include and one settings file per role."""
+
+    directory: Path
+    auth_conf: Path
+    role_settings: dict[str, Path]
+    passwords: dict[str, str]
+    tls: dict[str, Path] | None = None
+
+    def server_include(self, config_dir: Path) -> str:
+        """Config text for ``EmbeddedServer(extra_config=...)``: include the 0600 auth file, and TLS.
+
+        nats-server resolves an ``include`` relative to the config file's directory (even
+        an absolute path), so the path is made relative to ``config_dir``.
+        """
+        auth = os.path.relpath(self.auth_conf.resolve(), Path(config_dir).resolve())
+        text = f"include {json.dumps(auth)}\n"
+        if self.tls:
+            text += (
+                "tls {\n"
+                f"  cert_file: {json.dumps(str(self.tls['cert']))}\n"
+                f"  key_file: {json.dumps(str(self.tls['key']))}\n"
+                "  timeout: 2\n"
+                "}\n"
+            )
+        return text
+
+
+def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, hosts: tuple[str, ...] = ("127.0.0.1",)) -> SecureFiles:
+    """Create (or reuse) per-role credentials under ``directory``, all files mode 0600.
+
+    Passwords survive restarts (a consumer restarted by the supervisor, or a service
+    holding its settings file, keeps working); delete the directory to rotate them.
+    Each ``<role>.toml`` is a settings file: ``rollout --config DIR/operator.toml status``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    passwords: dict[str, str] = {}
+    settings_files: dict[str, Path] = {}
+    for role in ROLES:
+        path = directory / f"{role}.toml"
+        password = _read_password(path) or secrets.token_urlsafe(32)
+        passwords[role] = password
+        settings_files[role] = write_private(
+            path,
+            "# rollout-engine client settings for the "
+            f"{role} role (docs/security.md). Keep private: mode 0600.\n"
+            "[engine]\n"
+            f"data_dir = {json.dumps(str(data_dir))}\n"
+            "secure = true\n"
+            f"user = {json.dumps(role)}\n"
+            f"password = {json.dumps(password)}\n",
+        )
+    hashes = {role: hash_password(pw) for role, pw in passwords.items()}
+    auth = write_private(directory / "auth.conf", render_authorization(hashes))
+    tls_files = None
+    if tls:
+        from engine.tls import write_certificates
+
+        tls_files = write_certificates(directory / "tls", hosts)
+    return SecureFiles(directory, auth, settings_files, passwords, tls_files)
+
+
+def _read_password(path: Path) -> str | None:
+    import tomllib
+
+    if not path.exists():
+        return None
+    try:
+        value = tomllib.loads(path.read_text()).get("engine", {}).get("password")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return value if isinstance(value, str) and len(value) >= 32 else None
