@@ -29,13 +29,14 @@ Example::
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
 
 from consumers.projection import digest_of
-from consumers.windows import Series, SeriesState, ring_items, trim_time
+from consumers.windows import Series, SeriesState, pack, ring_items, trim_time, unpack
 from events import AnyEvent, Decision, Event, Metric, Outcome, Tick
 
 __all__ = ["WINDOWS", "CanaryStats", "MetricView", "VariantView"]
@@ -95,10 +96,10 @@ class _Variant:
         self.verdicts = [0, 0, 0, 0]
         self.quality: Series | None = None
         self.metrics: dict[str, Series] = {}
-        self.vring: list[int] = []  # verdict codes of the last N outcomes
+        self.vring = array("b")  # verdict codes of the last N outcomes
         self.vpos = 0
-        self.otimes: list[int] = []
-        self.ocodes: list[int] = []
+        self.otimes = array("q")
+        self.ocodes = array("b")
 
 
 class _Rollout:
@@ -112,11 +113,11 @@ class _Rollout:
         # (present-dims mask << 32 | changed-dims mask, or -1 without a shadow): plain
         # ints and shared strings copy and encode at C speed in snapshots.
         self.dring_v: list[str] = []  # last N decisions, a ring
-        self.dring_c: list[int] = []
+        self.dring_c = array("q")
         self.dpos = 0
-        self.dtimes: list[int] = []  # time window
+        self.dtimes = array("q")  # time window
         self.dnames: list[str] = []
-        self.dcodes: list[int] = []
+        self.dcodes = array("q")
 
 
 # --- canonical snapshot encoding -----------------------------------------------------------
@@ -129,9 +130,9 @@ class _VariantState(msgspec.Struct, array_like=True, gc=False):
     verdicts: list[int]
     quality: SeriesState | None
     metrics: dict[str, SeriesState]
-    vring: list[int]
-    otimes: list[int]
-    ocodes: list[int]
+    vring: bytes
+    otimes: bytes
+    ocodes: bytes
 
 
 class _RolloutState(msgspec.Struct, array_like=True, gc=False):
@@ -139,10 +140,10 @@ class _RolloutState(msgspec.Struct, array_like=True, gc=False):
     dims: list[str]
     variants: dict[str, _VariantState]
     dring_v: list[str]
-    dring_c: list[int]
-    dtimes: list[int]
+    dring_c: bytes
+    dtimes: bytes
     dnames: list[str]
-    dcodes: list[int]
+    dcodes: bytes
 
 
 class _Meta(msgspec.Struct, array_like=True, gc=False):
@@ -406,11 +407,11 @@ class CanaryStats:
                 dict(sorted(vs.diff_changed.items())), vs.outcomes, list(vs.verdicts),
                 None if vs.quality is None else vs.quality.state(),
                 {m: s.state() for m, s in sorted(vs.metrics.items())},
-                ring_items(vs.vring, vs.vpos), list(vs.otimes), list(vs.ocodes),
+                pack(ring_items(vs.vring, vs.vpos)), pack(vs.otimes), pack(vs.ocodes),  # type: ignore[arg-type]
             )
         return _encoder.encode(_RolloutState(
-            rs.max_ms, rs.dims, variants, ring_items(rs.dring_v, rs.dpos), ring_items(rs.dring_c, rs.dpos),
-            rs.dtimes, rs.dnames, rs.dcodes,
+            rs.max_ms, rs.dims, variants, ring_items(rs.dring_v, rs.dpos),
+            pack(ring_items(rs.dring_c, rs.dpos)), pack(rs.dtimes), rs.dnames, pack(rs.dcodes),  # type: ignore[arg-type]
         ))
 
     def changed_parts(self) -> dict[str, bytes]:
@@ -463,14 +464,14 @@ class CanaryStats:
             vs.verdicts = list(v.verdicts)
             vs.quality = None if v.quality is None else Series.from_state(v.quality)
             vs.metrics = {m: Series.from_state(s) for m, s in v.metrics.items()}
-            vs.vring, vs.otimes, vs.ocodes = list(v.vring), list(v.otimes), list(v.ocodes)
+            vs.vring, vs.otimes, vs.ocodes = unpack("b", v.vring), unpack("q", v.otimes), unpack("b", v.ocodes)
 
         names = {name: vs.name for name, vs in rs.variants.items()}  # share one str per variant
         rs.dring_v = [names.get(n, n) for n in state.dring_v]
-        rs.dring_c = list(state.dring_c)
-        rs.dtimes = list(state.dtimes)
+        rs.dring_c = unpack("q", state.dring_c)
+        rs.dtimes = unpack("q", state.dtimes)
         rs.dnames = [names.get(n, n) for n in state.dnames]
-        rs.dcodes = list(state.dcodes)
+        rs.dcodes = unpack("q", state.dcodes)
         return rs
 
     def snapshot(self) -> bytes:

@@ -6,9 +6,9 @@ A :class:`Series` holds the samples of one metric (or of ``quality``) of one var
   created lazily, only once the series outgrows the last-N ring (until then the ring
   *is* every sample and quantiles are exact), so thousands of small rollouts cost
   a few hundred bytes each instead of six sketches each.
-- ``last_n``: a ring of the last N values (a plain list and a write position: no
-  per-sample objects beyond the float itself, no deque blocks).
-- ``time``: parallel lists of event times and values, capped at ``time_cap`` entries;
+- ``last_n``: a ring of the last N values (an ``array('d')`` and a write position:
+  8 bytes a sample, no per-sample Python objects, no deque blocks).
+- ``time``: parallel arrays of event times and values, capped at ``time_cap`` entries;
   expired entries are dropped from the head when the series is touched, and readers
   filter by the cut-off so the window is exact whenever it is read.
 
@@ -20,6 +20,8 @@ from a snapshot continues byte-for-byte like one that never stopped.
 from __future__ import annotations
 
 import math
+import sys
+from array import array
 from collections.abc import Sequence
 
 import msgspec
@@ -32,10 +34,12 @@ __all__ = [
     "Series",
     "SeriesState",
     "SketchState",
+    "pack",
     "quantile",
     "ring_items",
     "ring_push",
     "trim_time",
+    "unpack",
 ]
 
 SKETCH_ACCURACY = 0.01
@@ -84,7 +88,24 @@ def sketch_from(state: SketchState) -> BaseDDSketch:
 
 
 # --- rings and time lists ----------------------------------------------------------------
-def ring_push(ring: list, pos: int, value: object, size: int) -> tuple[object, int]:
+def pack(values: array) -> bytes:
+    """An array's bytes, little-endian whatever the machine (canonical snapshots)."""
+    if sys.byteorder == "big":  # pragma: no cover - no big-endian CI
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def unpack(typecode: str, data: bytes) -> array:
+    """Inverse of :func:`pack`."""
+    values = array(typecode)
+    values.frombytes(data)
+    if sys.byteorder == "big":  # pragma: no cover
+        values.byteswap()
+    return values
+
+
+def ring_push(ring: list | array, pos: int, value: object, size: int) -> tuple[object, int]:
     """Write ``value`` into a ring of ``size``; return (the value it replaced or None, new pos)."""
     if len(ring) < size:
         ring.append(value)
@@ -95,12 +116,12 @@ def ring_push(ring: list, pos: int, value: object, size: int) -> tuple[object, i
     return old, (0 if pos == size else pos)
 
 
-def ring_items(ring: list, pos: int) -> list:
-    """The ring's values oldest first."""
-    return ring[pos:] + ring[:pos] if pos else list(ring)
+def ring_items(ring: list | array, pos: int) -> list | array:
+    """The ring's values oldest first (a copy of the same type)."""
+    return ring[pos:] + ring[:pos] if pos else ring[:]
 
 
-def trim_time(times: list[int], cutoff: int, cap: int, *others: list) -> None:
+def trim_time(times: array, cutoff: int, cap: int, *others: list | array) -> None:
     """Drop expired head entries (time <= cutoff) and, at the cap, the oldest eighth.
 
     Only the head is trimmed (arrival order), so an out-of-order early entry behind a
@@ -144,9 +165,9 @@ class SeriesState(msgspec.Struct, array_like=True, gc=False):
     n: int
     mean: float
     m2: float
-    last: list[float]
-    times: list[int]
-    values: list[float]
+    last: bytes
+    times: bytes
+    values: bytes
     sketch: SketchState | None = None
 
 
@@ -160,10 +181,10 @@ class Series:
         self.mean = 0.0
         self.m2 = 0.0
         self.sketch: BaseDDSketch | None = None
-        self.last: list[float] = []
+        self.last = array("d")
         self.lpos = 0
-        self.times: list[int] = []
-        self.values: list[float] = []
+        self.times = array("q")
+        self.values = array("d")
 
     def push(self, value: float, time_ms: int, cutoff: int, last_n: int, cap: int) -> None:
         """Add one sample at event time ``time_ms``; ``cutoff`` is now - window."""
@@ -199,7 +220,7 @@ class Series:
         """Raw values of a bounded window (``all`` gives the last-N ring once it overflowed)."""
         if window == "time":
             return [v for t, v in zip(self.times, self.values, strict=True) if t > cutoff]
-        return ring_items(self.last, self.lpos)
+        return ring_items(self.last, self.lpos).tolist()  # type: ignore[union-attr]
 
     def summary(self, window: str, cutoff: int) -> tuple[int, float | None, float | None, tuple[float, float, float] | None]:
         """(n, mean, variance, (p50, p95, p99)) of one window."""
@@ -223,15 +244,15 @@ class Series:
     # --- snapshot ----------------------------------------------------------------------
     def state(self) -> SeriesState:
         sketch = None if self.sketch is None else sketch_state(self.sketch)
-        return SeriesState(self.n, self.mean, self.m2, ring_items(self.last, self.lpos),
-                           list(self.times), list(self.values), sketch)
+        return SeriesState(self.n, self.mean, self.m2, pack(ring_items(self.last, self.lpos)),  # type: ignore[arg-type]
+                           pack(self.times), pack(self.values), sketch)
 
     @classmethod
     def from_state(cls, state: SeriesState) -> Series:
         series = cls()
         series.n, series.mean, series.m2 = state.n, state.mean, state.m2
-        series.last = list(state.last)
-        series.times = list(state.times)
-        series.values = list(state.values)
+        series.last = unpack("d", state.last)
+        series.times = unpack("q", state.times)
+        series.values = unpack("d", state.values)
         series.sketch = None if state.sketch is None else sketch_from(state.sketch)
         return series
