@@ -1,0 +1,51 @@
+"""``rollout ticks``: provision the streams, then publish engine ticks, on an external NATS.
+
+``rollout up`` does both for its embedded server. Against a server of your own (the
+compose stack, a cluster) this command is the engine's clock: it creates what is
+missing (streams, KV bucket; idempotent, never overwriting operator tuning) and publishes
+a ``Tick`` on ``ro.tick`` every ``tick_interval_ms`` until SIGTERM or Ctrl-C. Ticks
+carry deterministic ids, so two of these (an HA pair) de-duplicate each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from engine.bus import connect, provision
+from engine.cli.common import handler, settings_from
+from engine.ticks import run_ticks
+
+__all__ = ["register"]
+
+log = logging.getLogger("rollout.ticks")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    nc = await connect(settings, name="rollout-ticks")
+    js = nc.jetstream()
+    for action in await provision(js, settings):
+        log.info(action)
+    print(f"rollout ticks: streams provisioned; a tick every {settings.tick_interval_ms} ms on ro.tick", flush=True)
+    if args.provision_only:
+        await nc.drain()
+        return 0
+    await run_ticks(js, settings.tick_interval_ms, stop)
+    await nc.drain()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("ticks", help="provision streams, then publish engine ticks (external NATS)",
+                            description=__doc__)
+    parser.add_argument("--provision-only", action="store_true", help="create what is missing, then exit")
+    parser.set_defaults(handler=handler(_run))
