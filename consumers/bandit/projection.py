@@ -280,13 +280,15 @@ class BanditProjection:
             )
         enabled = state.guardrail.bandit_enabled
         weights: dict[str, list[float]] = {}
-        warm_all = True
-        contexts = state.contexts if state.contexts else {"": {}}
-        for context in sorted(contexts):
-            arms = contexts[context]
+        warm_all = bool(state.contexts)
+        # The default context "" is always published: choose() falls back to it for a
+        # context the bandit has not seen yet.
+        for context in sorted({"", *state.contexts}):
+            arms = state.contexts.get(context, {})
             stats = [arms.get(a) or posterior.ArmStats() for a in policy.arms]
             warm = all(s.k >= policy.min_samples for s in stats)
-            warm_all = warm_all and warm
+            if context in state.contexts:
+                warm_all = warm_all and warm
             if not enabled:
                 weights[context] = [1.0 if a == policy.fallback else 0.0 for a in policy.arms]
             elif not warm:

@@ -191,6 +191,7 @@ def test_contexts_keep_separate_posteriors() -> None:
         log(outcome(f"w{i}", "b", T0 + i, "win"))
     weights = log.projection.view(R).weights
     assert weights["mobile"][0] > 0.5 and weights["web"][1] > 0.5
+    assert weights[""] == [1 / 3] * 3, "the default context is published for unseen contexts"
 
 
 def test_invalid_policy_is_counted_and_the_previous_policy_kept() -> None:
