@@ -88,7 +88,8 @@ async def _set(args: argparse.Namespace) -> int:
             import tomllib
 
             with open(args.policy, "rb") as handle:
-                policy = tomllib.load(handle)
+                document = tomllib.load(handle)
+            policy = document.get("policy", document)  # a [policy] table or the top level
         except (OSError, ValueError) as exc:
             raise CliError(f"--policy {args.policy}: {exc}") from None
     if args.canary_pct is None and policy is None:
