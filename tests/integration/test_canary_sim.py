@@ -97,7 +97,8 @@ class Rig:
             await asyncio.sleep(0.02)
 
     def commands(self, kind: type[Event] | None = None) -> list[Any]:
-        return [e for e in self.received if kind is None or isinstance(e, kind)]
+        """What the rollback consumer emitted (the service saw it), optionally of one kind."""
+        return [e for e in self.received if e.producer == "rollback" and (kind is None or isinstance(e, kind))]
 
     async def log_commands(self) -> list[Event]:
         """Every control command in the log, in log order (read back from the stream)."""
