@@ -1,0 +1,291 @@
+"""Least privilege, enforced by a real nats-server: each role can do its job and nothing else.
+
+One server with the per-role users of ``rollout up --secure`` (engine/security.py) serves
+the module. Every refusal is observed twice: the server's permission violation reaches
+the client's error callback, and the effect is absent (no kill switch in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from engine.bus import connect, provision
+from engine.security import ROLES, inbox_prefix, write_secure_dir
+from engine.server import EmbeddedServer
+from engine.settings import load_settings
+from events import subjects
+
+VIOLATION = "permissions violation"
+
+
+class Secure:
+    """The running secure server, its credentials, and clients that record errors."""
+
+    def __init__(self, server: EmbeddedServer, passwords: dict[str, str], directory: Path) -> None:
+        self.server = server
+        self.passwords = passwords
+        self.directory = directory
+        self.errors: dict[str, list[str]] = {}
+
+    async def client(self, role: str) -> Client:
+        errors = self.errors.setdefault(role, [])
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        return await nats.connect(
+            self.server.url, user=role, password=self.passwords[role], inbox_prefix=inbox_prefix(role),
+            error_cb=on_error, allow_reconnect=False, connect_timeout=3,
+        )
+
+    async def violation(self, role: str, fragment: str, timeout: float = 3.0) -> str:
+        """Wait for the server's permission violation mentioning ``fragment`` (lower-cased by the server)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for line in self.errors.get(role, []):
+                if VIOLATION in line and fragment.lower() in line.lower():
+                    return line
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no permission violation for {fragment!r} seen by {role}: {self.errors.get(role)}")
+
+
+@pytest.fixture(scope="module")
+def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
+    root = tmp_path_factory.mktemp("secure")
+    files = write_secure_dir(root / "secure", root)
+    server = EmbeddedServer(root / "nats", extra_config=files.server_include(root / "nats"))
+    server.start()
+    yield Secure(server, files.passwords, files.directory)
+    server.stop()
+
+
+@pytest.fixture
+async def secure(secure_server: Secure) -> AsyncIterator[Secure]:
+    """The secure server with the engine's streams provisioned by the engine role."""
+    secure_server.errors.clear()
+    settings = load_settings(env={}, nats_url=secure_server.server.url, user="engine",
+                             password=secure_server.passwords["engine"], secure=True)
+    nc = await connect(settings, name="provision")
+    await provision(nc.jetstream(), settings)
+    await nc.close()
+    yield secure_server
+
+
+async def _last_on(js: object, subject: str) -> bytes | None:
+    try:
+        return (await js.get_last_msg(subjects.LOG_STREAM, subject)).data  # type: ignore[attr-defined]
+    except NotFoundError:
+        return None
+
+
+def test_credentials_are_private_and_the_server_holds_only_hashes(secure_server: Secure) -> None:
+    directory = secure_server.directory
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    auth = (directory / "auth.conf").read_text()
+    assert all(password not in auth for password in secure_server.passwords.values())
+    assert auth.count('password: "$2a$') == len(ROLES)
+    again = write_secure_dir(directory, directory.parent)  # a restart keeps the passwords
+    assert again.passwords == secure_server.passwords
+
+
+async def test_anonymous_and_wrong_passwords_are_refused(secure: Secure) -> None:
+    for options in ({}, {"user": "producer", "password": "not-the-password"}):
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(secure.server.url, allow_reconnect=False, max_reconnect_attempts=0,
+                               connect_timeout=2, **options)
+
+
+async def test_producer_cannot_publish_a_kill_switch_and_the_engine_can(secure: Secure, rollout_id: str) -> None:
+    kill = subjects.control(rollout_id, "kill_switch")
+    producer = await secure.client("producer")
+    engine = await secure.client("engine")
+    try:
+        pjs, ejs = producer.jetstream(), engine.jetstream()
+        with pytest.raises(nats.errors.TimeoutError):
+            await pjs.publish(kill, b"forged", timeout=0.5)
+        await secure.violation("producer", f'publish to "{kill}"')
+        assert await _last_on(ejs, kill) is None, "a forged kill switch reached the log"
+
+        ack = await pjs.publish(subjects.event(rollout_id, "decision"), b"event")
+        assert ack.stream == subjects.LOG_STREAM
+        ack = await ejs.publish(kill, b"engine kill")
+        assert await _last_on(ejs, kill) == b"engine kill"
+    finally:
+        await producer.close()
+        await engine.close()
+
+
+async def test_producer_cannot_read_control_plane_secrets(secure: Secure, rollout_id: str) -> None:
+    engine = await secure.client("engine")
+    producer = await secure.client("producer")
+    try:
+        kv = await engine.jetstream().key_value(subjects.STATE_BUCKET)
+        await kv.put(rollout_id, b"control state")
+        pjs = producer.jetstream(timeout=0.5)
+        with pytest.raises(nats.errors.TimeoutError):
+            await pjs.key_value(subjects.STATE_BUCKET)
+        await secure.violation("producer", f"$JS.API.STREAM.INFO.KV_{subjects.STATE_BUCKET}")
+        direct = f"$JS.API.DIRECT.GET.KV_{subjects.STATE_BUCKET}.$KV.{subjects.STATE_BUCKET}.{rollout_id}"
+        with pytest.raises(nats.errors.TimeoutError):
+            await producer.request(direct, b"", timeout=0.5)
+        await secure.violation("producer", direct)
+        # Nor the dead letters, nor stream management (a purge would erase kill switches).
+        for api in (f"$JS.API.STREAM.INFO.{subjects.DLQ_STREAM}", f"$JS.API.STREAM.PURGE.{subjects.LOG_STREAM}",
+                    f"$JS.API.CONSUMER.CREATE.{subjects.LOG_STREAM}"):
+            with pytest.raises(nats.errors.TimeoutError):
+                await producer.request(api, b"{}", timeout=0.5)
+            await secure.violation("producer", api)
+        assert (await engine.jetstream().stream_info(subjects.LOG_STREAM)).state.messages > 0
+    finally:
+        await producer.close()
+        await engine.close()
+
+
+async def test_producer_cannot_subscribe_beyond_its_subjects(secure: Secure, rollout_id: str) -> None:
+    producer = await secure.client("producer")
+    engine = await secure.client("engine")
+    received: list[str] = []
+
+    async def record(msg: object) -> None:
+        received.append(msg.subject)  # type: ignore[attr-defined]
+
+    try:
+        beyond = [subjects.CONTROL_ALL, subjects.EVENTS_ALL, ">", "_INBOX.>", f"{inbox_prefix('service')}.>",
+                  f"$KV.{subjects.STATE_BUCKET}.>", subjects.DLQ_ALL]
+        for subject in beyond:
+            await producer.subscribe(subject, cb=record)
+        await producer.flush()
+        for subject in beyond:
+            await secure.violation("producer", f'subscription to "{subject}"')
+        await engine.jetstream().publish(subjects.control(rollout_id, "kill_switch"), b"k")
+        await engine.publish(f"{inbox_prefix('service')}.x", b"reply meant for a service")
+        await engine.flush()
+        await asyncio.sleep(0.2)
+        assert received == []
+    finally:
+        await producer.close()
+        await engine.close()
+
+
+async def test_service_reads_control_state_and_nothing_else(secure: Secure, rollout_id: str) -> None:
+    engine = await secure.client("engine")
+    service = await secure.client("service")
+    try:
+        ejs, sjs = engine.jetstream(), service.jetstream(timeout=1)
+        await (await ejs.key_value(subjects.STATE_BUCKET)).put(rollout_id, b"state")
+        kill = subjects.control(rollout_id, "kill_switch")
+        await ejs.publish(kill, b"kill")
+
+        kv = await sjs.key_value(subjects.STATE_BUCKET)
+        assert (await kv.get(rollout_id)).value == b"state"
+        seen: list[str] = []
+
+        async def on_control(msg: object) -> None:
+            seen.append(msg.subject)  # type: ignore[attr-defined]
+
+        sub = await sjs.subscribe(subjects.control_filter(rollout_id), stream=subjects.LOG_STREAM, cb=on_control,
+                                  ordered_consumer=True, config=ConsumerConfig(name=f"svc-{rollout_id}"[:32]))
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == [kill]
+        await sub.unsubscribe()
+
+        # The server refuses a consumer of producer events, and control publishing.
+        with pytest.raises(nats.errors.TimeoutError):
+            await sjs.subscribe(subjects.EVENTS_ALL, stream=subjects.LOG_STREAM, ordered_consumer=True,
+                                config=ConsumerConfig(name="svc-evt"))
+        await secure.violation("service", "$JS.API.CONSUMER.CREATE.RO_LOG.svc-evt.ro.evt.>")
+        with pytest.raises(nats.errors.TimeoutError):
+            await sjs.publish(kill, b"forged", timeout=0.5)
+        await secure.violation("service", f'publish to "{kill}"')
+        # Pushing deliveries of control messages back into the log is refused (a cycle).
+        with pytest.raises(BadRequestError, match="cycle"):
+            await sjs.add_consumer(subjects.LOG_STREAM, ConsumerConfig(
+                name="svc-loop", filter_subject=subjects.CONTROL_ALL, deliver_subject=kill))
+    finally:
+        await service.close()
+        await engine.close()
+
+
+async def test_operator_reaches_the_api_but_not_the_control_subjects(secure: Secure, rollout_id: str) -> None:
+    engine = await secure.client("engine")
+    operator = await secure.client("operator")
+    try:
+        endpoint = subjects.api(f"probe-{rollout_id}"[:60])
+
+        async def answer(msg: object) -> None:
+            await msg.respond(b"pong")  # type: ignore[attr-defined]
+
+        await engine.subscribe(endpoint, cb=answer)
+        await engine.flush()
+        assert (await operator.request(endpoint, b"ping", timeout=2)).data == b"pong"
+        info = await operator.jetstream().stream_info(subjects.LOG_STREAM)
+        assert info.config.name == subjects.LOG_STREAM
+        kill = subjects.control(rollout_id, "kill_switch")
+        await operator.publish(kill, b"direct kill")
+        await operator.flush()
+        await secure.violation("operator", f'publish to "{kill}"')
+        assert await _last_on(engine.jetstream(), kill) is None
+    finally:
+        await operator.close()
+        await engine.close()
+
+
+async def test_engine_settings_connect_with_their_role_inbox(secure: Secure, rollout_id: str) -> None:
+    """engine.bus.connect sets the role's inbox prefix, without which JetStream acks are refused."""
+    settings = load_settings(env={}, nats_url=secure.server.url, user="producer",
+                             password=secure.passwords["producer"], secure=True)
+    nc = await connect(settings, name="producer-test")
+    try:
+        ack = await nc.jetstream().publish(subjects.event(rollout_id, "metric"), b"m", timeout=2)
+        assert ack.seq > 0
+    finally:
+        await nc.close()
+
+
+async def test_rollout_up_secure_requires_credentials(tmp_path: Path) -> None:
+    """`rollout up --secure` end to end: 0600 files, the operator's settings file works, anonymous fails."""
+    import sys
+
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "--data-dir", str(data), "up", "--secure", "--no-consumers",
+        "--port", "0", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        output = ""
+        while "secure mode" not in output:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, f"rollout up ended early: {output}"
+            output += line.decode()
+        url = (data / "nats.url").read_text().strip()
+        for role in ROLES:
+            assert stat.S_IMODE((data / "secure" / f"{role}.toml").stat().st_mode) == 0o600
+        status = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.cli", "--config", str(data / "secure" / "operator.toml"), "status", "--json",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(status.communicate(), 30)
+        assert status.returncode == 0, err.decode()
+        assert subjects.LOG_STREAM in out.decode()
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
