@@ -121,3 +121,36 @@ async def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
     assert result["dead_letters"] == 0
     progressed = sorted(set(positions))
     assert len(progressed) >= 5 and 0 < progressed[len(progressed) // 2] < last, positions
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_drains_commits_and_exits_cleanly(fresh_server: EmbeddedServer, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(data_dir))
+    nc = await connect(settings, name="test")
+    js = nc.jetstream()
+    await provision(js, settings)
+    rng = random.Random(7)
+    for n in range(300):
+        subject, events = batch_of(n, rng)
+        await js.publish_async(subject, encode_batch(events))
+    await js.publish_async_completed()
+    process = await spawn(fresh_server.url, data_dir)
+    for _ in range(300):
+        await asyncio.sleep(0.05)
+        if committed(data_dir) > 0:
+            break
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    position = committed(data_dir)
+    assert position > 0
+
+    digest_run = await spawn(fresh_server.url, data_dir, "--digest", "--json")
+    out, _ = await digest_run.communicate()
+    stored = json.loads(out)
+    folder = Folder(CanaryStats())
+    for seq in range(1, position + 1):
+        msg = await js.get_msg(subjects.LOG_STREAM, seq)
+        folder.fold_batch([Delivery(seq, msg.subject or "", msg.data or b"")])
+    await nc.close()
+    assert stored == {"consumer": "canary_stats", "seq": position, "digest": folder.projection.digest()}
