@@ -295,7 +295,8 @@ class RollbackProjection:
         variants = (r.control.baseline, r.control.candidate)
         candidate_only = variant is not None and variant != variants[1]
         live = r.live
-        alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, out, only, candidate_only)
+        flags: list[Event] = []  # escalations follow the action that caused them
+        alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, flags, only, candidate_only)
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
             everything = self._results(r, live, evidence, variants, None)
@@ -306,6 +307,7 @@ class RollbackProjection:
                 live.last_step_ms = -1  # recovered: a staged rollback stops where it is
             elif live.policy.progression.enabled:
                 self._progress(rollout, r, unhealthy, cause, out, now)
+        out.extend(flags)
         shadow = r.shadow
         if shadow is not None and shadow.tripped_ms < 0 and self._judge(
             rollout, r, shadow, evidence, variants, cause, out, only, candidate_only
