@@ -5,6 +5,9 @@ compose stack, a cluster) this command is the engine's clock: it creates what is
 missing (streams, KV bucket; idempotent, never overwriting operator tuning) and publishes
 a ``Tick`` on ``ro.tick`` every ``tick_interval_ms`` until SIGTERM or Ctrl-C. Ticks
 carry deterministic ids, so two of these (an HA pair) de-duplicate each other.
+With ``metrics_port`` set (``ROLLOUT_METRICS_PORT``) it also serves the engine's
+log-derived Prometheus metrics (lag, dead letters, kill switches, breaches, re-checks,
+detection latency) on ``http://HOST:PORT/metrics``, as ``rollout up`` does.
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ async def _run(args: argparse.Namespace) -> int:
     if args.provision_only:
         await nc.drain()
         return 0
-    await run_ticks(js, settings.tick_interval_ms, stop)
+    tasks = [asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))]
+    if settings.metrics_port:
+        from engine.metrics import serve_metrics
+
+        tasks.append(asyncio.create_task(serve_metrics(js, settings.metrics_port, stop, host=settings.host)))
+    await asyncio.gather(*tasks)
     await nc.drain()
     return 0
 
