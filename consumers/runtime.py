@@ -331,7 +331,10 @@ class Runner:
 
 async def stored_digest(consumer: Consumer, settings: Settings) -> tuple[int, str]:
     """(position, digest) of a consumer's committed state, read from its store alone."""
-    async with SQLiteConsumerStore.for_consumer(settings.data_dir, consumer.projection.name) as store:
+    store = SQLiteConsumerStore.for_consumer(settings.data_dir, consumer.projection.name)
+    if not store.path.exists():  # nothing committed yet: the empty state (create nothing)
+        return 0, digest_of(consumer.projection.snapshot())
+    async with store:
         stored = await store.load()
     restore_parts(consumer.projection, stored.parts)
     return stored.seq, digest_of(consumer.projection.snapshot())
