@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import msgspec
+
 from engine.api import ApiError, ControlApi, call
 from engine.bus import connect
 from engine.cli.common import CliError, color, print_json, sanitize, settings_from
@@ -18,16 +20,36 @@ from engine.control_log import known_rollouts, read_control
 __all__ = ["rollouts_summary", "show_rollout"]
 
 
-async def rollouts_summary(js: Any) -> list[dict[str, Any]]:
-    """Every rollout in the log with its control state, for the overview."""
+async def rollouts_summary(js: Any, nc: Any = None) -> list[dict[str, Any]]:
+    """Every rollout in the log with its control state, for the overview.
+
+    Asks the API first (an ``operator`` credential may call it but not read the log
+    directly); reads the log itself when no API runs; an empty list when neither works.
+    """
+    items: list[dict[str, Any]] = []
+    try:
+        if nc is None:
+            raise ApiError(503, "no connection for the API")
+        reply = await call(nc, "status", {}, timeout=5)
+        items = [{"rollout": r["rollout"], "control": r["control"], "counts": r.get("counts", {})}
+                 for r in reply.get("rollouts", [])]
+    except ApiError as exc:
+        if exc.code != 503:
+            return []
+        try:
+            for name, counts in (await known_rollouts(js)).items():
+                if not name.startswith("_"):
+                    state = (await read_control(js, name)).state
+                    items.append({"rollout": name, "control": msgspec.to_builtins(state), "counts": counts})
+        except Exception:  # e.g. a read-only credential: the overview goes without rollouts
+            return []
     out = []
-    for name, counts in (await known_rollouts(js)).items():
-        if name.startswith("_"):
-            continue
-        state = (await read_control(js, name)).state
-        flag = "KILLED" if state.kill_switch else f"canary {state.canary_pct:g}%"
-        out.append({"rollout": name, "kill_switch": state.kill_switch, "canary_pct": state.canary_pct,
-                    "counts": counts, "line": f"{sanitize(name)}: {flag}"})
+    for item in items:
+        control = item["control"]
+        flag = "KILLED" if control["kill_switch"] else f"canary {control['canary_pct']:g}%"
+        out.append({"rollout": item["rollout"], "kill_switch": control["kill_switch"],
+                    "canary_pct": control["canary_pct"], "counts": item["counts"],
+                    "line": f"{sanitize(item['rollout'])}: {flag}"})
     return out
 
 

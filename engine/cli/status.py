@@ -65,7 +65,7 @@ async def _run(args: argparse.Namespace) -> int:
         status = await collect_status(nc.jetstream(), nc.connected_url.geturl() if nc.connected_url else "")
         from engine.cli.rollout_status import rollouts_summary
 
-        status["rollouts"] = await rollouts_summary(nc.jetstream())
+        status["rollouts"] = await rollouts_summary(nc.jetstream(), nc)
     finally:
         await nc.close()
     if args.json:
