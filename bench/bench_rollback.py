@@ -128,7 +128,7 @@ async def _wait_runner(runner: Any, seq: int, timeout: float = 10.0) -> None:
 
 
 async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0,
-                       driver: str = "runtime", consumer_batch: int = 8) -> dict[str, Any]:
+                       driver: str = "runtime", consumer_batch: int = 32) -> dict[str, Any]:
     """Measure breach -> KillSwitch latency ``kills`` times under background load.
 
     Returns p50/p99/max in milliseconds, every sample, and the background rate achieved.
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--background-eps", type=int, default=50_000)
     parser.add_argument("--driver", choices=("runtime", "livefold"), default="runtime")
-    parser.add_argument("--consumer-batch", type=int, default=8, help="messages per fetch (100 events each)")
+    parser.add_argument("--consumer-batch", type=int, default=32, help="messages per fetch (100 events each)")
     args = parser.parse_args()
     result = asyncio.run(kill_latency(args.kills, args.background_eps, driver=args.driver,
                                       consumer_batch=args.consumer_batch))
