@@ -253,3 +253,19 @@ def test_status_explains_the_rollout_as_plain_data() -> None:
     assert status["policy"] == {"name": "default", "version": 0}
     assert status["guards"]["quality"]["state"] == "alarm"
     assert msgspec.json.encode(status)
+
+
+def test_dry_run_comparison_lines_up_would_kills_with_kills() -> None:
+    from consumers.rollback.compare import compare_dry_run
+
+    shadow = {"name": "strict", "dry_run": True, "thresholds": {"max_quality_drop": 2.0}}
+    log: list[Event] = [policy_change(R, shadow)]
+    for step, quality in enumerate((95.0, 93.0, 91.0, 89.0, 87.0)):
+        log += runs(R, 200, candidate=Profile(quality=quality), start=200 * step)
+    log += [policy_change("calm", shadow), *runs("calm", 200, candidate=Profile(quality=92.0))]
+    out = fold(RollbackProjection(), log)
+    report = compare_dry_run(out)
+    checkout, calm = report[R], report["calm"]
+    assert (checkout.agreed, checkout.shadow_only, checkout.live_only) == (1, 0, 0)
+    assert checkout.lead_ms[0] > 0 and checkout.shadow_policies == ["strict v1"]  # the shadow was earlier
+    assert (calm.agreed, calm.shadow_only, calm.live_only) == (0, 1, 0)  # strict alone would have killed
