@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
-from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -121,6 +121,7 @@ class Runner:
         self._nc = nc
         self._own_nc = nc is None
         self._kv: Any = None
+        self._sub: Any = None
 
     # --- edges available to hooks ------------------------------------------------------
     @property
@@ -157,12 +158,12 @@ class Runner:
             await self._relay(stored.outbox)
             if self.consumer.on_start is not None:
                 await self.consumer.on_start(self)
-            sub = await self._subscribe()
+            self._sub = await self._subscribe()
             try:
-                await self._loop(sub)
+                await self._loop()
             finally:
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await self._sub.unsubscribe()
             if self.consumer.on_stop is not None:
                 await self.consumer.on_stop(self)
         finally:
@@ -192,25 +193,35 @@ class Runner:
         await js.add_consumer(subjects.LOG_STREAM, config)
         return await js.pull_subscribe_bind(durable=self.name, stream=subjects.LOG_STREAM)
 
-    async def _loop(self, sub: Any) -> None:
+    def _fetch(self) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self._sub.fetch(self.batch, timeout=self.fetch_timeout))
+
+    async def _loop(self) -> None:
         # The next pull request is issued before the current batch is folded, so the
         # server streams it into our buffer while we work (measured: +15-25% events/s).
-        ahead: asyncio.Future[Any] = asyncio.ensure_future(sub.fetch(self.batch, timeout=self.fetch_timeout))
+        ahead = self._fetch()
+        failures = 0
         try:
             while not self.stop_event.is_set():
                 try:
                     msgs = await ahead
                 except TimeoutError:
-                    ahead = asyncio.ensure_future(sub.fetch(self.batch, timeout=self.fetch_timeout))
+                    failures = 0
+                    ahead = self._fetch()
                     if await self._idle():
                         return
                     continue
-                except (ConnectionClosedError, NoRespondersError) as exc:
-                    log.warning("%s: fetch failed (%s); retrying", self.name, exc)
+                except NatsError as exc:  # reconnecting, server restarted, consumer gone...
+                    failures += 1
+                    log.warning("%s: fetch failed (%s: %s); retrying", self.name, type(exc).__name__, exc)
                     await asyncio.sleep(0.25)
-                    ahead = asyncio.ensure_future(sub.fetch(self.batch, timeout=self.fetch_timeout))
+                    if failures % 8 == 0:  # two seconds of errors: re-create the consumer
+                        with contextlib.suppress(Exception):
+                            self._sub = await self._subscribe()
+                    ahead = self._fetch()
                     continue
-                ahead = asyncio.ensure_future(sub.fetch(self.batch, timeout=self.fetch_timeout))
+                failures = 0
+                ahead = self._fetch()
                 deliveries = [Delivery(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
                 await self._process(deliveries)
                 for m in msgs:
