@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.bench_reference import eventsourcing_peer, naive_design, transport_ceiling
+from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["reference"]
+__all__ = ["bandit", "reference", "rollback", "sdk"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -19,6 +19,8 @@ async def reference() -> list[Figure]:
                             lambda: transport_ceiling(200_000), REPEAT)
     naive = await measure("naive design: 1 msg, 1 ack, 1 SQLite commit per event", "events/s",
                           lambda: naive_design(20_000), REPEAT)
+    from bench.peer_eventsourcing import eventsourcing_peer
+
     peer_runs = [await asyncio.to_thread(eventsourcing_peer, 100_000) for _ in range(REPEAT)]
     write = sorted(r["write_events_per_s"] for r in peer_runs)
     read = sorted(r["project_events_per_s"] for r in peer_runs)
@@ -46,3 +48,41 @@ async def replay() -> list[Figure]:
         if ceiling is not None:
             figure.reference, figure.reference_value = ceiling.name, ceiling.median
     return figures
+
+
+async def sdk() -> list[Figure]:
+    """Issue 3: assign() calls/s and JetStream-acked producer events/s (targets 200k each)."""
+    from bench.bench_sdk import assign_rate, publish_rate
+
+    ceiling = cached("transport ceiling")
+    assign = await measure("SDK assign(): hash, choose, build + buffer the Decision", "calls/s",
+                           lambda: assign_rate(500_000), REPEAT, target=">= 200,000")
+    publish = await measure("SDK producer: decisions acked by JetStream (250/batch)", "events/s",
+                            lambda: publish_rate(1_000_000), REPEAT, target=">= 200,000",
+                            reference="transport ceiling" if ceiling else "",
+                            reference_value=ceiling.median if ceiling else None)
+    return [assign, publish]
+
+
+async def bandit() -> list[Figure]:
+    """Issue 6: choose() calls/s and the bandit and verification folds' events/s."""
+    from bench.bench_bandit import (
+        bandit_events_per_s,
+        choose_calls_per_s,
+        verification_events_per_s,
+    )
+
+    return [
+        await measure("bandit choose(): local Thompson draw + Decision", "calls/s",
+                      lambda: choose_calls_per_s(200_000), REPEAT),
+        await measure("bandit projection fold", "events/s", lambda: bandit_events_per_s(200_000), REPEAT),
+        await measure("verification projection fold", "events/s",
+                      lambda: verification_events_per_s(200_000), REPEAT),
+    ]
+
+
+async def rollback() -> list[Figure]:
+    """Issue 5: breach -> kill switch p50/p99 under 50,000 events/s of background load."""
+    from bench.bench_rollback import rollback_figures
+
+    return await rollback_figures(100, 50_000)

@@ -75,14 +75,14 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def render_table(figures: list[Figure]) -> str:
     lines = [
-        "| Figure | Median | Range (min–max) | Unit | Reference (same run) | Ratio | Target |",
+        "| Figure | Median | Range (min-max) | Unit | Reference (same run) | Ratio | Target |",
         "| --- | ---: | ---: | --- | --- | ---: | --- |",
     ]
     for f in figures:
         ref = f"{f.reference}: {_fmt(f.reference_value, f.unit)}" if f.reference else ""
-        ratio = f"{f.ratio:.2f}×" if f.ratio else ""
+        ratio = f"{f.ratio:.2f}x" if f.ratio else ""
         lines.append(
-            f"| {f.name} | {_fmt(f.median, f.unit)} | {_fmt(f.low, f.unit)}–{_fmt(f.high, f.unit)} | {f.unit} "
+            f"| {f.name} | {_fmt(f.median, f.unit)} | {_fmt(f.low, f.unit)}-{_fmt(f.high, f.unit)} | {f.unit} "
             f"| {ref} | {ratio} | {f.target} |"
         )
     return "\n".join(lines)
@@ -124,7 +124,7 @@ async def main(argv: list[str] | None = None) -> int:
             continue
         for figure in got:
             print(f"   {figure.name}: {_fmt(figure.median, figure.unit)} {figure.unit} "
-                  f"({_fmt(figure.low, figure.unit)}–{_fmt(figure.high, figure.unit)})", flush=True)
+                  f"({_fmt(figure.low, figure.unit)}-{_fmt(figure.high, figure.unit)})", flush=True)
         figures.extend(got)
     info = machine()
     print()
