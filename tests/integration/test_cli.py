@@ -155,3 +155,27 @@ async def test_weekly_report_from_the_stream_and_from_an_export(api, settings, r
     assert "weekly report" in text.stdout and "1 rollouts" in text.stdout
     bad = await rollout_cli(settings, "report", "--week", "2026-W99", check=False)
     assert bad.returncode == 2 and "ISO week" in bad.stderr
+
+
+async def test_rollout_api_serves_until_sigterm(bus, settings) -> None:
+    import signal
+
+    from engine.api import ApiError, call
+
+    nc, _js = bus
+    cmd = [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "api"]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert b"serving" in line
+        health = await call(nc, "health")
+        assert health["ok"] is True
+        info = json.loads((await nc.request("$SRV.INFO.rollout-api", b"", timeout=5)).data)
+        assert info["name"] == "rollout-api"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0
+    with pytest.raises(ApiError) as err:
+        await call(nc, "health", timeout=2)
+    assert err.value.code == 503
