@@ -6,8 +6,9 @@ Two formats, chosen by the file name (``.jsonl`` or ``.msgpack``/``.mpk``):
   ``{"seq", "subject", "time_ms", "events": [...]}`` (events as in ``docs/schemas``; items
   a consumer would dead-letter are kept as ``"rejected"`` with their reason and bytes in
   base64), then a footer line with the counts and the checksum.
-* **msgpack** for speed: the same records as msgpack maps, with each message's
-  original payload bytes, so a replay decodes exactly what the live consumers decoded.
+* **msgpack** for speed: the same records as msgpack maps, each framed by a 4-byte
+  big-endian length, with each message's original payload bytes, so a replay decodes
+  exactly what the live consumers decoded.
 
 Both keep every message's stream sequence, because projections receive it; that is what
 makes a replay of an export give the live projections' digests exactly. The footer's
