@@ -25,6 +25,7 @@ deterministic id.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -212,8 +213,14 @@ async def evaluate_rollout(js: Any, rollout: str, body: dict[str, Any]) -> dict[
     from events import encode, subjects
 
     events: list[tuple[int, AnyEvent]] = []
-    async for msg in read_messages(js, [*rollout_subjects(rollout), subjects.TICK]):
-        events.extend((msg.seq, e) for e in msg.events())
+    first = 0
+    async with contextlib.aclosing(read_messages(js, rollout_subjects(rollout), batch=1)) as head:
+        async for msg in head:
+            first = msg.seq  # ticks before the rollout's first message cannot change its state
+            break
+    if first:
+        async for msg in read_messages(js, [*rollout_subjects(rollout), subjects.TICK], start_seq=first):
+            events.extend((msg.seq, e) for e in msg.events())
     projection = RollbackProjection()
     seen = {e.id for _s, e in events if isinstance(e, _COMMANDS)}
     missing: list[KillSwitch] = []
