@@ -120,9 +120,10 @@ def _compose_config(args: argparse.Namespace) -> int:
 
 
 def compose_env_text() -> str:
-    """compose/.env content: a fresh random password per role."""
+    """compose/.env content: a fresh random password per role, and Grafana's admin password."""
     lines = ["# Passwords of the compose stack (docs/compose.md). Private: mode 0600, never commit."]
     lines += [f"{env_reference(role)}={secrets.token_urlsafe(32)}" for role in ROLES]
+    lines.append(f"GRAFANA_ADMIN_PASSWORD={secrets.token_urlsafe(24)}")
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,9 @@ assigned a variant by the live control state, served by the seeded synthetic pla
 ``--degrade-after`` seconds the candidate turns bad (latency x2.6, quality -14), so a
 canary started with ``rollout set ROLLOUT --canary-pct 5 --create`` ends in a kill switch.
 Needs the ``app`` role in secure mode (it records events and follows control state).
+With ``metrics_port`` set it serves ``/metrics`` as a real service would: the SDK's
+``rollout_selection_total`` (traffic split) and this service's own latency and quality
+histograms by variant, which the compose dashboard plots baseline against candidate.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import asyncio
 import contextlib
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from engine.cli.common import handler, settings_from
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 __all__ = ["register"]
 
@@ -33,6 +40,7 @@ async def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     service = SyntheticService(seed=args.seed)
+    latency_h, quality_h = _service_metrics(settings.metrics_port, settings.host)
     start = time.monotonic()
     served = 0
     async with RolloutClient(settings, producer=args.producer, allow_offline=True) as client:
@@ -46,6 +54,8 @@ async def _run(args: argparse.Namespace) -> int:
             for _ in range(max(1, args.rate // 10)):
                 decision = client.decide(args.rollout, f"user-{service.rng.randrange(100_000)}")
                 latency, cost, quality, verdict = service.serve(decision.variant)
+                latency_h.labels(args.rollout, decision.variant).observe(latency / 1000)
+                quality_h.labels(args.rollout, decision.variant).observe(quality)
                 await client.record_metric(args.rollout, decision.variant, "latency_ms", latency, unit="ms",
                                            decision_id=decision.id)
                 await client.record_metric(args.rollout, decision.variant, "cost_cents", cost, unit="cents",
@@ -57,6 +67,19 @@ async def _run(args: argparse.Namespace) -> int:
         await client.flush(10)
     print(f"rollout traffic: served {served} requests", flush=True)
     return 0
+
+
+def _service_metrics(port: int, host: str) -> tuple[Histogram, Histogram]:
+    """The synthetic service's own telemetry; served on ``port`` when it is not 0."""
+    from prometheus_client import Histogram, start_http_server
+
+    latency = Histogram("rollout_traffic_latency_seconds", "Latency of the synthetic service's requests, by variant.",
+                        ["rollout", "variant"], buckets=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0))
+    quality = Histogram("rollout_traffic_quality", "Quality score (0-100) of the synthetic service's answers, by variant.",
+                        ["rollout", "variant"], buckets=(60, 70, 75, 80, 85, 90, 95, 100))
+    if port:
+        start_http_server(port, addr=host)
+    return latency, quality
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
