@@ -27,7 +27,7 @@ import msgspec
 
 from consumers.rollback import evidence
 from consumers.rollback.escalation import EscalationBook
-from consumers.rollback.evidence import StatsEvidence, stats_shape
+from consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
 from consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
 from consumers.rollback.hysteresis import GuardMachine, step
 from consumers.rollback.policy import (
@@ -133,9 +133,13 @@ class RollbackProjection:
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         out: list[Event] = []
         if isinstance(event, Tick):
-            self._dirty.update(self.rollouts)
             for rollout in sorted(self.rollouts):
-                self._stats[rollout].apply(event, seq)
+                r = self.rollouts[rollout]
+                if r.shape[2] > SMALL_TIME_CAP:  # the time window moves with ticks
+                    self._stats[rollout].apply(event, seq)
+                elif not self._needs_tick(r):
+                    continue
+                self._dirty.add(rollout)
                 self._evaluate(rollout, event, out)
             return out
         if isinstance(event, _PRODUCER):
@@ -269,6 +273,25 @@ class RollbackProjection:
             r.killed_ms = r.now_ms
 
     # --- judging ----------------------------------------------------------------------
+    @staticmethod
+    def _needs_tick(r: RolloutState) -> bool:
+        """Whether a tick can change anything for ``r``.
+
+        A rollout whose guards all read ``last_n`` and are all ``ok`` has nothing that
+        time alone moves: no sustain or recovery timer, no staged step, no progression
+        interval, no inconclusive limit, no escalation to expire. Skipping it keeps a
+        tick's cost proportional to the rollouts in motion, not to all rollouts.
+        """
+        if r.escalation.armed:
+            return True
+        if r.control.kill_switch:
+            return False
+        live = r.live
+        policy = live.policy
+        return (policy.progression.enabled or live.last_step_ms >= 0 or policy.hysteresis.inconclusive_limit > 0
+                or r.shadow is not None or any(m.state != "ok" for m in live.machines.values()))
+
+
     def _guards_of(self, policy: Policy) -> list[Guard]:
         cached = self._guards.get(id(policy))
         if cached is None or cached[0] is not policy:
