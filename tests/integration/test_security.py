@@ -289,3 +289,68 @@ async def test_rollout_up_secure_requires_credentials(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_sdk_client_with_the_app_role_obeys_a_kill_switch_and_records(secure: Secure, rollout_id: str,
+                                                                            tmp_path: Path) -> None:
+    """RolloutClient, as shipped, works under the `app` role: follows control, publishes events."""
+    from engine.client import RolloutClient
+    from events import ControlState, KillSwitch, encode
+    from events.ids import new_event_id
+
+    settings = load_settings(env={}, nats_url=secure.server.url, data_dir=str(tmp_path), user="app",
+                             password=secure.passwords["app"], secure=True)
+    engine = await secure.client("engine")
+    try:
+        async with RolloutClient(settings, producer="app-test") as client:
+            kill = KillSwitch(id=new_event_id(), rollout=rollout_id, time_ms=1, producer="engine", actor="test",
+                              reason="forged? no: the engine's", before=ControlState(canary_pct=20.0),
+                              after=ControlState(canary_pct=0.0, kill_switch=True))
+            await engine.jetstream().publish(subjects.control(rollout_id, "kill_switch"), encode(kill))
+            for _ in range(200):
+                if client.state(rollout_id).kill_switch:
+                    break
+                await asyncio.sleep(0.02)
+            assert client.state(rollout_id).kill_switch
+            await client.record_metric(rollout_id, "baseline", "latency_ms", 12.0, unit="ms")
+            await client.flush(5)
+        last = await engine.jetstream().get_last_msg(subjects.LOG_STREAM, subjects.event(rollout_id, "metric"))
+        assert last.data
+    finally:
+        await engine.close()
+    assert not [e for e in secure.errors.get("app", []) if VIOLATION in e]
+
+
+async def test_tls_mode_verifies_the_generated_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    files = write_secure_dir(tmp_path / "secure", tmp_path, tls=True)
+    for path in files.tls.values():  # type: ignore[union-attr]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    server = EmbeddedServer(tmp_path / "nats", extra_config=files.server_include(tmp_path / "nats"))
+    await asyncio.to_thread(server.start)
+    try:
+        assert server.url.startswith("tls://")
+        trusted = ssl.create_default_context(cafile=str(files.tls["ca"]))  # type: ignore[index]
+        nc = await nats.connect(server.url, user="operator", password=files.passwords["operator"], tls=trusted,
+                                inbox_prefix=inbox_prefix("operator"), allow_reconnect=False)
+        assert nc.is_connected
+        await nc.close()
+        stranger = ssl.create_default_context()
+        stranger.load_verify_locations(cadata=_unrelated_ca())
+        with pytest.raises(Exception):  # noqa: B017 - any handshake failure will do, as long as it fails
+            await asyncio.wait_for(nats.connect(server.url, user="operator", password=files.passwords["operator"],
+                                                tls=stranger, allow_reconnect=False, max_reconnect_attempts=0,
+                                                connect_timeout=2), 10)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def _unrelated_ca() -> str:
+    """A CA certificate that did not sign the server's (another generated one)."""
+    import tempfile
+
+    from engine.tls import write_certificates
+
+    with tempfile.TemporaryDirectory() as other:
+        return write_certificates(Path(other))["ca"].read_text()
