@@ -179,3 +179,22 @@ async def test_rollout_api_serves_until_sigterm(bus, settings) -> None:
     with pytest.raises(ApiError) as err:
         await call(nc, "health", timeout=2)
     assert err.value.code == 503
+
+
+async def test_evaluate_through_the_cli(api, settings, rollout_id) -> None:
+    import time as _time
+
+    from consumers.rollback.scenario import Profile, runs
+    from events import encode_batch
+
+    _nc, js = api
+    await rollout_cli(settings, "set", rollout_id, "--canary-pct", "50", "--create")
+    events = runs(rollout_id, 100, canary_pct=50, candidate=Profile(latency_ms=2500.0), t0=int(_time.time() * 1000) + 5_000)
+    await js.publish(subjects.event(rollout_id, "metric"), encode_batch(events))
+    dry = json.loads((await rollout_cli(settings, "evaluate", rollout_id, "--dry-run", "--json")).stdout)
+    assert dry["would_kill"] and not dry["killed_now"] and "latency" in dry["reasons"][0]
+    text = await rollout_cli(settings, "evaluate", rollout_id)
+    assert "killed now: YES" in text.stdout and "latency" in text.stdout
+    status = json.loads((await rollout_cli(settings, "status", rollout_id, "--json")).stdout)
+    assert status["control"]["kill_switch"] and status["last_command"]["actor"] == "rollback"
+    assert status["last_command"]["breaches"][0]["guard"] == "latency"
