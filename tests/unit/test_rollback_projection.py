@@ -269,3 +269,16 @@ def test_dry_run_comparison_lines_up_would_kills_with_kills() -> None:
     assert (checkout.agreed, checkout.shadow_only, checkout.live_only) == (1, 0, 0)
     assert checkout.lead_ms[0] > 0 and checkout.shadow_policies == ["strict v1"]  # the shadow was earlier
     assert (calm.agreed, calm.shadow_only, calm.live_only) == (0, 1, 0)  # strict alone would have killed
+
+
+def test_ticks_touch_only_rollouts_in_motion() -> None:
+    p = RollbackProjection()
+    for i in range(50):
+        fold(p, runs(f"idle-{i}", 10))
+    fold(p, [policy_change(R, {"hysteresis": {"sustain_ms": 5_000}}),
+             *runs(R, 100, candidate=Profile(latency_ms=2_000.0))])  # pending, waiting on sustain
+    p.changed_parts()
+    assert fold(p, [tick(T0 + 2_000)]) == []
+    assert list(p.changed_parts()) == [R]
+    [kill] = kills(fold(p, [tick(T0 + 7_000)]))
+    assert kill.cause_id == f"tick-{T0 + 7_000}"
