@@ -51,6 +51,8 @@ SERVICE_VERSION = "0.1.0"
 ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health")
 RESUME_DEFAULT_PCT = 5.0
 """The runbook's re-enable percentage after a kill (seed 001: "re-enable at 5%")."""
+MAX_REASON = 1000
+"""Reasons are event Text (at most 1024 characters); room is left for the "manual: " prefix."""
 _WRONG_LAST_SEQUENCE = 10071
 _RETRIES = 5
 
@@ -109,8 +111,8 @@ def _reason(body: dict[str, Any], required: bool) -> str:
         raise ApiError(400, f"reason: expected text, got {type(reason).__name__}")
     if required and not reason.strip():
         raise ApiError(400, "reason: say why (it is recorded in the audit trail)")
-    if len(reason) > 1024 or any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in reason):
-        raise ApiError(400, "reason: at most 1024 characters, no control characters")
+    if len(reason) > MAX_REASON or any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in reason):
+        raise ApiError(400, f"reason: at most {MAX_REASON} characters, no control characters")
     return reason
 
 

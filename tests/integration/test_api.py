@@ -78,6 +78,8 @@ async def test_bad_input_is_refused_and_changes_nothing(api, rollout_id) -> None
         ("config", {"rollout": "bad.rollout", "actor": "alice", "canary_pct": 5}, "rollout"),
         ("rollback", {"rollout": rollout_id, "actor": "alice"}, "say why"),
         ("rollback", {"rollout": rollout_id, "reason": "x"}, "operator identity"),
+        ("rollback", {"rollout": rollout_id, "actor": "alice", "reason": "x" * 1001}, "at most 1000"),
+        ("rollback", {"rollout": rollout_id, "actor": "a.b", "reason": "x"}, "actor"),
         ("resume", {"rollout": rollout_id, "actor": "alice"}, "not killed"),
         ("status", {"rollout": "nope-" + rollout_id}, "unknown rollout"),
     ]
