@@ -29,13 +29,13 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
 
-from consumers.projection import digest_of
 from consumers.windows import Series, SeriesState, pack, ring_items, trim_time, unpack
 from events import AnyEvent, Decision, Event, Metric, Outcome, Tick
 
@@ -482,5 +482,22 @@ class CanaryStats:
         self.restore_parts(_parts_decoder.decode(data))
 
     def digest(self) -> str:
-        """Stable hash of the state: equal for two folds of the same log."""
-        return digest_of(self.snapshot())
+        """Stable hash of the state: equal for two folds of the same log.
+
+        Equals ``digest_of(self.snapshot())`` but hashes the snapshot part by part, so
+        10,000 rollouts never sit in memory twice (a whole snapshot is ~13 KB a rollout).
+        """
+        hasher = hashlib.blake2b(digest_size=16)
+        count = len(self._rollouts) + 1
+        if count < 16:
+            hasher.update(bytes((0x80 | count,)))
+        elif count < 1 << 16:
+            hasher.update(b"\xde" + count.to_bytes(2, "big"))
+        else:
+            hasher.update(b"\xdf" + count.to_bytes(4, "big"))
+        hasher.update(_encoder.encode(_META))
+        hasher.update(_encoder.encode(self._meta_part()))
+        for key in sorted(self._rollouts):
+            hasher.update(_encoder.encode(key))
+            hasher.update(_encoder.encode(self._rollout_part(self._rollouts[key])))
+        return hasher.hexdigest()

@@ -48,7 +48,7 @@ from engine.consumer_metrics import ConsumerMetrics, default_metrics
 from engine.settings import Settings
 from events import subjects
 
-__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "stored_digest"]
+__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "digest", "stored_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,10 @@ class Runner:
                 self._nc = await connect(self.settings, name=f"consumer-{self.name}")
             await self._relay(stored.outbox)
             if self.consumer.on_start is not None:
-                await self.consumer.on_start(self)
+                try:
+                    await self.consumer.on_start(self)
+                except Exception:  # publishing is not state: fold anyway
+                    log.exception("%s: on_start hook failed; continuing", self.name)
             self._sub = await self._subscribe()
             try:
                 await self._loop()
@@ -165,14 +168,17 @@ class Runner:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
             if self.consumer.on_stop is not None:
-                await self.consumer.on_stop(self)
+                try:
+                    await self.consumer.on_stop(self)
+                except Exception:
+                    log.exception("%s: on_stop hook failed", self.name)
         finally:
             await self.store.close()
             if self._own_nc and self._nc is not None:
                 with contextlib.suppress(Exception):
                     await self._nc.drain()
         return RunSummary(self.name, self.folder.seq, self.folder.events, self.dead_letters,
-                          digest_of(self.projection.snapshot()))
+                          digest(self.projection))
 
     async def _subscribe(self) -> Any:
         """(Re)create the durable consumer at the committed position + 1 and bind to it."""
@@ -344,8 +350,14 @@ async def stored_digest(consumer: Consumer, settings: Settings) -> tuple[int, st
     """(position, digest) of a consumer's committed state, read from its store alone."""
     store = SQLiteConsumerStore.for_consumer(settings.data_dir, consumer.projection.name)
     if not store.path.exists():  # nothing committed yet: the empty state (create nothing)
-        return 0, digest_of(consumer.projection.snapshot())
+        return 0, digest(consumer.projection)
     async with store:
         stored = await store.load()
     restore_parts(consumer.projection, stored.parts)
-    return stored.seq, digest_of(consumer.projection.snapshot())
+    return stored.seq, digest(consumer.projection)
+
+
+def digest(projection: Projection) -> str:
+    """The projection's digest: its own streaming ``digest()`` when it has one."""
+    own = getattr(projection, "digest", None)
+    return own() if callable(own) else digest_of(projection.snapshot())

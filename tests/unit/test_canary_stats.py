@@ -208,3 +208,13 @@ def test_any_restore_points_give_the_clean_fold(cuts: list[int], seed: int) -> N
         stats.apply(event, seq + 1)
     assert stats.digest() == clean.digest()
     assert not math.isnan(stats.now_ms())
+
+
+@pytest.mark.parametrize("rollouts", [0, 3, 20])
+def test_streaming_digest_equals_the_digest_of_the_snapshot(rollouts: int) -> None:
+    from consumers.projection import digest_of
+
+    stats = CanaryStats()
+    for r in range(rollouts):
+        stats.apply(metric("b", "x", float(r), rollout=f"r{r}"), r)
+    assert stats.digest() == digest_of(stats.snapshot())
