@@ -337,7 +337,11 @@ class ControlApi:
             from engine.backtest import evaluate_rollout
 
             self.evaluator = evaluate_rollout
-        return await self.evaluator(self.js, rollout, body)
+        reply = await self.evaluator(self.js, rollout, body)
+        from engine.metrics import EVALUATIONS
+
+        EVALUATIONS.labels("fail" if reply.get("would_kill") else "pass").inc()
+        return reply
 
 
 def _now() -> int:

@@ -62,7 +62,8 @@ DETECTION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 30
 # events, messages, commits and lag are engine/consumer_metrics.py's) -------------------
 EVALUATIONS = Counter(
     "rollout_evaluations",
-    "Guard evaluations of the rollback consumer, by result (pass, hold, fail, inconclusive).",
+    "Rollout evaluations by result (pass, hold, fail, inconclusive): on demand through the API, "
+    "and by the rollback consumer when it counts them.",
     ["result"],
 )
 BANDIT_ARM_SHARE = Gauge(
