@@ -171,9 +171,12 @@ async def test_control_consumer_puts_each_rollouts_state_in_kv(stack) -> None:  
 async def test_canary_stats_consumer_publishes_summaries_to_kv(stack) -> None:  # type: ignore[no-untyped-def]
     settings, nc, js = stack
     await publish(js, workload(60, rollout="shop"))
+    live = await nc.subscribe(subjects.stats("shop"))
     await Runner(build_stats(settings), settings, nc=nc, until_idle=True).run()
+    pushed = msgspec.json.decode((await live.next_msg(timeout=2)).data)
     kv = await js.key_value(subjects.STATE_BUCKET)
     published = msgspec.json.decode((await kv.get("stats.shop")).value)
+    assert pushed == published
     assert published["rollout"] == "shop"
     assert set(published["windows"]) == {"last_n", "time", "all"}
     assert published["windows"]["all"]["candidate"]["decisions"] + published["windows"]["all"]["baseline"]["decisions"] == 20
