@@ -7,7 +7,7 @@ import asyncio
 from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["bandit", "reference", "rollback", "sdk"]
+__all__ = ["bandit", "consumer", "memory", "reference", "rollback", "sdk"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -86,3 +86,40 @@ async def rollback() -> list[Figure]:
     from bench.bench_rollback import rollback_figures
 
     return await rollback_figures(100, 50_000)
+
+
+async def consumer() -> list[Figure]:
+    """Issue 4/9: one consumer process, stream -> committed canary-stats projection."""
+    from bench.bench_consumer import consumer_vs_ceiling
+
+    runs = [await consumer_vs_ceiling(300_000) for _ in range(REPEAT)]
+    rates = sorted(r[0] for r in runs)
+    ceilings = sorted(r[1] for r in runs)
+    median_ceiling = ceilings[len(ceilings) // 2]
+    naive = cached("naive design")
+    peer = cached("eventsourcing peer: project")
+    figures = [
+        Figure("canary_stats consumer: stream -> committed projection", "events/s", rates[len(rates) // 2],
+               rates[0], rates[-1], rates, target=">= 200,000 and >= 25% of ceiling",
+               reference="transport ceiling, same stream", reference_value=median_ceiling),
+    ]
+    if naive:
+        figures.append(Figure("canary_stats consumer vs naive design", "events/s", rates[len(rates) // 2],
+                              rates[0], rates[-1], rates, target=">= 10x naive",
+                              reference="naive design", reference_value=naive.median))
+    if peer:
+        figures.append(Figure("canary_stats consumer vs eventsourcing peer", "events/s", rates[len(rates) // 2],
+                              rates[0], rates[-1], rates, target="ahead of the peer",
+                              reference="eventsourcing peer projection", reference_value=peer.median))
+    return figures
+
+
+async def memory() -> list[Figure]:
+    """Issue 4/9: resident memory of the canary-stats fold with 10,000 active rollouts."""
+    from bench.bench_consumer import memory_10k_rollouts
+
+    runs = [await memory_10k_rollouts() for _ in range(2)]
+    rss = sorted(r["rss_mb"] for r in runs)
+    return [Figure("canary_stats: peak RSS with 10,000 active rollouts (300 events each)", "MB",
+                   rss[len(rss) // 2], rss[0], rss[-1], rss, target="< 300 MB",
+                   extra={"snapshot_mb": runs[-1]["snapshot_mb"]})]
