@@ -57,7 +57,7 @@ class Evidence(Protocol):
     def samples(self, variant: str, metric: str, window: str) -> Sequence[float]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GuardResult:
     """One evaluation of one guard."""
 
@@ -222,15 +222,17 @@ def evaluate_guard(
     c_value = _aggregate(ev, variants[1], guard, cand)
     b_value = _aggregate(ev, variants[0], guard, base) if guard.relative else None
     observed = _observed(guard, c_value, b_value or 0.0)
-    common = {"threshold": threshold, "candidate": c_value, "baseline": b_value,
-              "candidate_n": cand.n, "baseline_n": base.n}
     if observed is None or not math.isfinite(observed):
-        return GuardResult(guard, "inconclusive", observed=None, why="baseline aggregate is 0", **common)
+        return GuardResult(guard, "inconclusive", None, threshold, c_value, b_value, cand.n, base.n,
+                           why="baseline aggregate is 0")
     if not _crosses(observed, threshold, guard.comparator):
         recovered = not _crosses(observed, guard.recovery + (threshold - guard.threshold), guard.comparator)
-        return GuardResult(guard, "pass" if recovered else "hold", observed=observed, **common)
+        return GuardResult(guard, "pass" if recovered else "hold", observed, threshold, c_value, b_value,
+                           cand.n, base.n)
     if guard.test == "none":
-        return GuardResult(guard, "fail", observed=observed, **common)
+        return GuardResult(guard, "fail", observed, threshold, c_value, b_value, cand.n, base.n)
+    common = {"threshold": threshold, "candidate": c_value, "baseline": b_value,
+              "candidate_n": cand.n, "baseline_n": base.n}
     test = cached if cached is not None else _run_test(guard, policy, ev, variants, cand, base)
     if not test.significant(guard.alpha):
         return GuardResult(guard, "inconclusive", observed=observed, test=test, why="not significant", **common)
