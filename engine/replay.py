@@ -29,6 +29,7 @@ from events import decode_lenient, encode_batch
 __all__ = [
     "Message",
     "ReplayResult",
+    "Replayer",
     "make_projections",
     "messages_from_file",
     "replay_messages",
@@ -133,6 +134,59 @@ def messages_from_file(path: str | Path) -> tuple[dict[str, Any], list[Message]]
     return footer, messages
 
 
+class Replayer:
+    """An incremental replay: :meth:`feed` chunks of messages in stream order, then
+    :meth:`result`. Lets ``replay --stream`` fold a log larger than memory."""
+
+    def __init__(self, projections: list[Projection], *, total: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.projections = projections
+        self.total, self.progress = total, progress
+        self.every = max(1, total // 200) if total else 1000
+        self.messages = self.events = self.rejected = self.last = 0
+        self.emitted = {p.name: 0 for p in projections}
+        self.errors = {p.name: 0 for p in projections}
+        self.appliers = [(p.name, p.apply, _subject_filter(p.name)) for p in projections]
+        self.seconds = 0.0
+
+    def feed(self, messages: Iterable[Message]) -> Replayer:
+        start = time.perf_counter()
+        emitted, errors, progress = self.emitted, self.errors, self.progress
+        for seq, subject, data in messages:
+            if seq <= self.last:
+                continue  # a duplicate delivery: the live runtime skips it too
+            self.last = seq
+            events, rejected = decode_lenient(data)
+            self.rejected += len(rejected)
+            self.messages += 1
+            self.events += len(events)
+            for name, apply, wants in self.appliers:
+                if wants is not None and not wants(subject):
+                    continue
+                for event in events:
+                    try:
+                        out = apply(event, seq)
+                    except Exception:  # the live runtime dead-letters it and goes on
+                        errors[name] += 1
+                        continue
+                    if out:
+                        emitted[name] += len(out)
+            if progress is not None and self.messages % self.every == 0:
+                progress(self.messages, self.total)
+        self.seconds += time.perf_counter() - start
+        return self
+
+    def result(self) -> ReplayResult:
+        if self.progress is not None:
+            self.progress(self.messages, self.total or self.messages)
+        snapshots = {p.name: p.snapshot() for p in self.projections}
+        return ReplayResult(
+            digests={name: digest_of(snap) for name, snap in snapshots.items()},
+            snapshots=snapshots, messages=self.messages, events=self.events, rejected=self.rejected,
+            emitted=self.emitted, errors=self.errors, last_seq=self.last, seconds=self.seconds,
+        )
+
+
 def replay_messages(
     messages: Iterable[Message],
     projections: list[Projection],
@@ -141,41 +195,7 @@ def replay_messages(
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Fold messages (in stream order) into every projection; return digests and counts."""
-    start = time.perf_counter()
-    n_msgs = n_events = n_bad = last = 0
-    emitted = {p.name: 0 for p in projections}
-    errors = {p.name: 0 for p in projections}
-    appliers = [(p.name, p.apply, _subject_filter(p.name)) for p in projections]
-    every = max(1, total // 200) if total else 1000
-    for seq, subject, data in messages:
-        if seq <= last:
-            continue  # a duplicate delivery: the live runtime skips it too
-        last = seq
-        events, rejected = decode_lenient(data)
-        n_bad += len(rejected)
-        n_msgs += 1
-        n_events += len(events)
-        for name, apply, wants in appliers:
-            if wants is not None and not wants(subject):
-                continue
-            for event in events:
-                try:
-                    out = apply(event, seq)
-                except Exception:  # the live runtime dead-letters it and goes on
-                    errors[name] += 1
-                    continue
-                if out:
-                    emitted[name] += len(out)
-        if progress is not None and n_msgs % every == 0:
-            progress(n_msgs, total)
-    if progress is not None:
-        progress(n_msgs, total)
-    snapshots = {p.name: p.snapshot() for p in projections}
-    return ReplayResult(
-        digests={name: digest_of(snap) for name, snap in snapshots.items()},
-        snapshots=snapshots, messages=n_msgs, events=n_events, rejected=n_bad,
-        emitted=emitted, errors=errors, last_seq=last, seconds=time.perf_counter() - start,
-    )
+    return Replayer(projections, total=total, progress=progress).feed(messages).result()
 
 
 def write_store(result: ReplayResult, path: str | Path) -> Path:

@@ -73,16 +73,44 @@ async def _load_messages(args: argparse.Namespace) -> list[tuple[int, str, bytes
         raise CliError(str(exc)) from None
 
 
+async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
+    """Fold the live log in chunks, so a log larger than memory replays too."""
+    from engine.bus import connect
+    from engine.control_log import read_messages
+    from events import subjects
+
+    nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
+    try:
+        js = nc.jetstream()
+        replayer.total = (await js.stream_info(subjects.LOG_STREAM)).state.messages
+        replayer.every = max(1, replayer.total // 200)
+        chunk: list[tuple[int, str, bytes]] = []
+        async for msg in read_messages(js):
+            chunk.append((msg.seq, msg.subject, msg.data))
+            if len(chunk) >= 1000:
+                replayer.feed(chunk)
+                chunk = []
+        replayer.feed(chunk)
+    finally:
+        await nc.close()
+
+
 async def _replay(args: argparse.Namespace) -> int:
-    from engine.replay import make_projections, replay_messages, write_store
+    from engine.replay import Replayer, make_projections, write_store
 
     settings = settings_from(args)
-    messages = await _load_messages(args)
     try:
         projections = make_projections(args.only.split(",") if args.only else None, settings)
     except LookupError as exc:
         raise CliError(str(exc.args[0])) from None
-    result = replay_messages(messages, projections, total=len(messages), progress=_progress_bar("replay"))
+    replayer = Replayer(projections, progress=_progress_bar("replay"))
+    if args.stream:
+        await _replay_stream(args, replayer)
+    else:
+        messages = await _load_messages(args)
+        replayer.total, replayer.every = len(messages), max(1, len(messages) // 200)
+        replayer.feed(messages)
+    result = replayer.result()
     out = Path(args.out) if args.out else settings.data_path / "replay" / f"replay-{int(time.time() * 1000)}.sqlite"
     try:
         store = write_store(result, out)
