@@ -37,8 +37,11 @@ def _progress_bar(label: str) -> Any:
     if not sys.stderr.isatty():
         return None
     started = time.perf_counter()
+    finished: list[bool] = []
 
     def draw(done: int, total: int) -> None:
+        if finished:
+            return
         elapsed = max(time.perf_counter() - started, 1e-9)
         if total:
             filled = int(30 * done / total)
@@ -48,6 +51,7 @@ def _progress_bar(label: str) -> Any:
             sys.stderr.write(f"\r{label} {done} msgs {done / elapsed:,.0f}/s")
         if total and done >= total:
             sys.stderr.write("\n")
+            finished.append(True)
         sys.stderr.flush()
 
     return draw
