@@ -13,7 +13,7 @@ import signal
 
 from engine.api import ENDPOINTS, serve_api
 from engine.bus import connect
-from engine.cli.common import handler, settings_from
+from engine.cli.common import add_json_flag, handler, print_json, settings_from
 
 __all__ = ["register"]
 
@@ -29,7 +29,10 @@ async def _run(args: argparse.Namespace) -> int:
     ready = asyncio.Event()
     task = asyncio.create_task(serve_api(nc, stop, ready))
     await ready.wait()
-    print(f"rollout api: serving {', '.join(ENDPOINTS)} on ro.api.*", flush=True)
+    if args.json:
+        print_json({"service": "rollout-api", "serving": [f"ro.api.{name}" for name in ENDPOINTS]})
+    else:
+        print(f"rollout api: serving {', '.join(ENDPOINTS)} on ro.api.*", flush=True)
     await task
     await nc.drain()
     return 0
@@ -37,4 +40,5 @@ async def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("api", help="run the operator API service", description=__doc__)
+    add_json_flag(parser)
     parser.set_defaults(handler=handler(_run))
