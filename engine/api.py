@@ -181,14 +181,16 @@ class ControlApi:
 
     async def status(self, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("rollout") is None:
-            rollouts = await known_rollouts(self.js)
-            out = []
-            for name, counts in rollouts.items():
-                if name.startswith("_"):
-                    continue
-                view = await read_control(self.js, name)
-                out.append({"rollout": name, "control": _builtins(view.state), "counts": counts})
-            return {"rollouts": out}
+            rollouts = {n: c for n, c in (await known_rollouts(self.js)).items() if not n.startswith("_")}
+            gate = asyncio.Semaphore(32)  # many rollouts: look-ups in parallel, not all at once
+
+            async def one(name: str) -> ControlView:
+                async with gate:
+                    return await read_control(self.js, name)
+
+            views = await asyncio.gather(*(one(name) for name in rollouts))
+            return {"rollouts": [{"rollout": v.rollout, "control": _builtins(v.state), "counts": rollouts[v.rollout]}
+                                 for v in views]}
         rollout = _rollout(body)
         counts = (await known_rollouts(self.js, rollout)).get(rollout)
         if not counts:
