@@ -43,12 +43,12 @@ from nats.js.errors import NotFoundError
 from consumers.deadletter import headers_of
 from consumers.folding import BatchResult, Delivery, Folder, restore_parts, snapshot_parts
 from consumers.projection import Projection, digest_of
-from consumers.store import OutboxRow, SQLiteConsumerStore
+from consumers.store import OutboxRow, SQLiteConsumerStore, fault_of
 from engine.consumer_metrics import ConsumerMetrics, default_metrics
 from engine.settings import Settings
 from events import subjects
 
-__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "digest", "stored_digest"]
+__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "StoreStalled", "digest", "stored_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ class Consumer:
     after_commit: Hook | None = None
     on_start: Callable[[Runner], Awaitable[None]] | None = None
     on_stop: Callable[[Runner], Awaitable[None]] | None = None
+
+
+class StoreStalled(RuntimeError):
+    """Stopped while the store refused a commit: the batch was neither committed nor acked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +259,7 @@ class Runner:
             total.parts = snapshot_parts(self.projection, changed_only=True)
         rows = Folder.outbox_of(total)
         began = time.perf_counter()
-        await self.store.commit(total.seq, total.parts, rows)
+        await self._commit(total.seq, total.parts, rows)
         self._count(total, time.perf_counter() - began)
         await self._relay(rows)
         if self.consumer.after_commit is not None:
@@ -264,6 +268,44 @@ class Runner:
             except Exception:
                 log.exception("%s: after_commit hook failed (state is committed; continuing)", self.name)
         return total
+
+    async def _commit(self, seq: int, parts: dict[str, bytes], rows: list[OutboxRow]) -> None:
+        """Commit, waiting out a store fault (locked, read-only, full disk, I/O error).
+
+        While the store refuses, the consumer takes no further events and acks nothing
+        (the batch's messages stay unacked; redeliveries are skipped once committed).
+        It logs the fault once, counts every failed attempt in
+        ``rollout_consumer_store_errors_total{reason}`` and sets ``rollout_consumer_stalled``
+        to 1; the same commit is retried with backoff until it succeeds. Stopped while
+        stalled, it raises :class:`StoreStalled` (nothing was committed or acked).
+        """
+        delay, since = 0.05, 0.0
+        while True:
+            try:
+                await self.store.commit(seq, parts, rows)
+            except Exception as exc:
+                reason = fault_of(exc)
+                if reason is None:
+                    raise
+                self.metrics.store_errors.labels(self.name, reason).inc()
+                if not since:
+                    since = time.monotonic()
+                    self.metrics.stalled.labels(self.name).set(1)
+                    log.error("%s: store %s refused the commit of sequence %d (%s: %s); taking no events and "
+                              "retrying until the fault clears (free disk space, release the lock, make it writable)",
+                              self.name, self.store.path, seq, reason, exc)
+                if self.stop_event.is_set():
+                    raise StoreStalled(f"consumer {self.name!r} stopped while its store {self.store.path} refused "
+                                       f"the commit of sequence {seq} ({reason}: {exc}); nothing was acked, "
+                                       "the next run folds these events again") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if since:
+                self.metrics.stalled.labels(self.name).set(0)
+                log.warning("%s: store accepts commits again after %.1f s; resuming at sequence %d",
+                            self.name, time.monotonic() - since, seq)
+            return
 
     async def _fill_gap(self, total: BatchResult) -> None:
         """The next sequence is missing from what was delivered: get it directly, or skip it."""
@@ -343,7 +385,12 @@ class Runner:
             log.warning("%s: outbox relay failed (%s); rows stay for the next attempt", self.name, exc)
             return
         acked = [row_id for (row_id, _), result in zip(futures, done, strict=True) if not isinstance(result, BaseException)]
-        await self.store.delete_outbox(acked)
+        try:
+            await self.store.delete_outbox(acked)
+        except Exception as exc:  # a store fault: the rows are relayed again later, JetStream drops the copies
+            if fault_of(exc) is None:
+                raise
+            log.warning("%s: could not delete relayed outbox rows (%s); they will be relayed again", self.name, exc)
 
 
 async def stored_digest(consumer: Consumer, settings: Settings) -> tuple[int, str]:

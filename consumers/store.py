@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiosqlite
 
-__all__ = ["DuplicateCommit", "OutboxRow", "SQLiteConsumerStore", "StoredState"]
+__all__ = ["DuplicateCommit", "OutboxRow", "SQLiteConsumerStore", "StoredState", "fault_of"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracking (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
@@ -36,6 +36,34 @@ CREATE TABLE IF NOT EXISTS outbox (consumer TEXT NOT NULL, id TEXT NOT NULL, sub
 
 class DuplicateCommit(RuntimeError):
     """The tracking row already exists: another process committed this position."""
+
+
+_FAULTS = {"SQLITE_BUSY": "locked", "SQLITE_LOCKED": "locked", "SQLITE_READONLY": "read_only",
+           "SQLITE_FULL": "disk_full", "SQLITE_IOERR": "io_error", "SQLITE_CANTOPEN": "io_error"}
+
+
+def fault_of(exc: BaseException) -> str | None:
+    """The transient store fault ``exc`` reports (``locked``, ``read_only``, ``disk_full``,
+    ``io_error``), or None when it is a bug rather than the environment.
+
+    These clear without touching the data (a lock is released, a disk is remounted
+    read-write or freed), so the runtime waits and retries the same commit instead of
+    dying: see ``consumers.runtime.Runner._commit``.
+    """
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    for prefix, reason in _FAULTS.items():
+        if name.startswith(prefix):
+            return reason
+    text = str(exc).lower()  # errors raised before SQLite answered carry no code
+    if "locked" in text:
+        return "locked"
+    if "readonly" in text or "read-only" in text:
+        return "read_only"
+    if "disk is full" in text:
+        return "disk_full"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +145,7 @@ class SQLiteConsumerStore:
     async def commit(self, seq: int, parts: Mapping[str, bytes], outbox: Iterable[OutboxRow] = ()) -> None:
         """Record position ``seq``, changed parts and outbox rows atomically."""
         db = self.db
-        await db.execute("BEGIN IMMEDIATE")
+        await db.execute("BEGIN IMMEDIATE")  # a locked store raises here, before anything started
         try:
             try:
                 await db.execute("INSERT INTO tracking (consumer, seq) VALUES (?, ?)", (self.consumer, seq))
@@ -139,7 +167,8 @@ class SQLiteConsumerStore:
                 )
             await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL and some I/O errors
+                await db.execute("ROLLBACK")
             raise
 
     async def delete_outbox(self, ids: Iterable[str]) -> None:

@@ -10,7 +10,10 @@ Served on ``/metrics`` when ``rollout consumer NAME --metrics-port PORT`` (or th
   (``payload``, ``$.kind``, ``$.v``, ``$.value``..., ``projection`` for a fold that raised);
 - ``rollout_consumer_commits_total`` and ``rollout_consumer_commit_seconds``: SQLite commits;
 - ``rollout_consumer_position``: last committed stream sequence;
-- ``rollout_consumer_lag``: stream messages not yet folded (at the last idle check).
+- ``rollout_consumer_lag``: stream messages not yet folded (at the last idle check);
+- ``rollout_consumer_store_errors_total{reason}``: failed commits (``locked``, ``read_only``,
+  ``disk_full``, ``io_error``), each retried; ``rollout_consumer_stalled`` is 1 while
+  the consumer waits for its store and takes no events.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ class ConsumerMetrics:
                                         registry=reg, buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0))
         self.position = Gauge("rollout_consumer_position", "Last committed stream sequence", label, registry=reg)
         self.lag = Gauge("rollout_consumer_lag", "Stream messages not yet folded", label, registry=reg)
+        self.store_errors = Counter("rollout_consumer_store_errors_total",
+                                    "Failed SQLite commits by fault (locked, read_only, disk_full, io_error); retried",
+                                    [*label, "reason"], registry=reg)
+        self.stalled = Gauge("rollout_consumer_stalled", "1 while the consumer waits for its store and takes no events",
+                             label, registry=reg)
 
 
 _default: ConsumerMetrics | None = None
