@@ -42,6 +42,9 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     server: EmbeddedServer | EmbeddedCluster
+    if args.cluster and secure is not None:
+        raise CliError("--secure with --cluster is not supported yet (the cluster nodes would run without "
+                       "credentials); run the secure stack on one server, or see docs/security.md")
     if args.cluster:
         # R3 needs three nodes; a 1- or 2-node trial cluster replicates to all it has.
         settings = msgspec.structs.replace(settings, replicas=min(3, args.cluster))
