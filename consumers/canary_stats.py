@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
 
-from consumers.windows import Series, SeriesState, pack, ring_items, trim_time, unpack
+from consumers.windows import Series, SeriesState, pack, trim, unpack
 from events import AnyEvent, Decision, Event, Metric, Outcome, Tick
 
 __all__ = ["WINDOWS", "CanaryStats", "MetricView", "VariantView"]
@@ -49,6 +49,8 @@ MAX_DIMS = 31
 """Shadow-diff dimensions tracked per rollout (more are ignored; seed 001 has 4)."""
 MAX_METRICS = 64
 """Metric names tracked per variant (more are ignored, so a buggy producer cannot exhaust memory)."""
+MAX_VARIANTS = 64
+"""Variants tracked per rollout (events of more are ignored, for the same reason)."""
 _MASK = (1 << 32) - 1
 _NO_SHADOW = -1  # diff code of a decision without a shadow result
 _META = ""  # part key of the engine-wide state; rollout ids are never empty
@@ -83,11 +85,12 @@ class VariantView:
 
 
 class _Variant:
-    __slots__ = ("decisions", "diff_changed", "diff_seen", "metrics", "name", "ocodes", "otimes",
-                 "outcomes", "quality", "shadowed", "verdicts", "vpos", "vring")
+    __slots__ = ("decisions", "diff_changed", "diff_seen", "index", "metrics", "name", "ocodes", "otimes",
+                 "outcomes", "quality", "shadowed", "verdicts")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, index: int) -> None:
         self.name = name
+        self.index = index  # position in the rollout's ``vnames``
         self.decisions = 0
         self.shadowed = 0
         self.diff_seen: dict[str, int] = {}
@@ -96,28 +99,26 @@ class _Variant:
         self.verdicts = [0, 0, 0, 0]
         self.quality: Series | None = None
         self.metrics: dict[str, Series] = {}
-        self.vring = array("b")  # verdict codes of the last N outcomes
-        self.vpos = 0
+        # Outcomes newer than the time cut-off or among the last N: event times, verdict codes.
         self.otimes = array("q")
         self.ocodes = array("b")
 
 
 class _Rollout:
-    __slots__ = ("dcodes", "dims", "dnames", "dpos", "dring_c", "dring_v", "dtimes", "max_ms", "variants")
+    __slots__ = ("dcodes", "dims", "dtimes", "dvar", "max_ms", "variants", "vnames")
 
     def __init__(self) -> None:
         self.variants: dict[str, _Variant] = {}
+        self.vnames: list[str] = []  # variant names by index, in order of first appearance
         self.max_ms = 0
         self.dims: list[str] = []
-        # Decisions as parallel lists of variant names (shared str objects) and diff codes
-        # (present-dims mask << 32 | changed-dims mask, or -1 without a shadow): plain
-        # ints and shared strings copy and encode at C speed in snapshots.
-        self.dring_v: list[str] = []  # last N decisions, a ring
-        self.dring_c = array("q")
-        self.dpos = 0
-        self.dtimes = array("q")  # time window
-        self.dnames: list[str] = []
-        self.dcodes = array("q")
+        # Decisions newer than the time cut-off or among the last N, as parallel typed
+        # arrays: event time, variant index, diff code (present-dims mask << 32 |
+        # changed-dims mask, -1 without a shadow). ``dcodes`` stays None until the
+        # rollout's first shadow result (most rollouts never have one).
+        self.dtimes = array("q")
+        self.dvar = array("h")
+        self.dcodes: array | None = None
 
 
 # --- canonical snapshot encoding -----------------------------------------------------------
@@ -130,7 +131,6 @@ class _VariantState(msgspec.Struct, array_like=True, gc=False):
     verdicts: list[int]
     quality: SeriesState | None
     metrics: dict[str, SeriesState]
-    vring: bytes
     otimes: bytes
     ocodes: bytes
 
@@ -138,12 +138,11 @@ class _VariantState(msgspec.Struct, array_like=True, gc=False):
 class _RolloutState(msgspec.Struct, array_like=True, gc=False):
     max_ms: int
     dims: list[str]
+    vnames: list[str]
     variants: dict[str, _VariantState]
-    dring_v: list[str]
-    dring_c: bytes
     dtimes: bytes
-    dnames: list[str]
-    dcodes: bytes
+    dvar: bytes
+    dcodes: bytes | None
 
 
 class _Meta(msgspec.Struct, array_like=True, gc=False):
@@ -160,6 +159,15 @@ _meta_decoder = msgspec.msgpack.Decoder(_Meta)
 _parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
+def _map_header(count: int) -> bytes:
+    """msgpack header of a map of ``count`` entries (what the encoder writes first)."""
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 1 << 16:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
 class CanaryStats:
     """Projection ``canary_stats``: per-rollout, per-variant stats over three windows."""
 
@@ -167,13 +175,15 @@ class CanaryStats:
 
     def __init__(self, last_n: int = 100, window_ms: int = 300_000, time_cap: int = 5000) -> None:
         """``time_cap`` bounds each series of the time window (memory); beyond it the
-        window holds the most recent ``time_cap`` entries within ``window_ms``."""
+        window holds the most recent entries within ``window_ms``, between 7/8 of
+        ``time_cap`` and ``time_cap`` of them (never fewer than ``last_n``)."""
         if last_n < 1 or window_ms < 1 or time_cap < 8:
             raise ValueError(f"CanaryStats needs last_n >= 1, window_ms >= 1, time_cap >= 8; "
                              f"got {last_n}, {window_ms}, {time_cap}")
         self.last_n = last_n
         self.window_ms = window_ms
         self.time_cap = time_cap
+        self._cap = max(time_cap, last_n)
         self.tick_ms = 0
         self.max_ms = 0
         self._rollouts: dict[str, _Rollout] = {}
@@ -205,14 +215,17 @@ class CanaryStats:
         cutoff = (rs.max_ms if rs.max_ms > tick else tick) - self.window_ms
         vs = rs.variants.get(event.variant)  # type: ignore[union-attr]
         if vs is None:
-            vs = rs.variants[event.variant] = _Variant(event.variant)  # type: ignore[union-attr]
+            if len(rs.vnames) >= MAX_VARIANTS:
+                return []
+            vs = rs.variants[event.variant] = _Variant(event.variant, len(rs.vnames))  # type: ignore[union-attr]
+            rs.vnames.append(vs.name)
         if cls is Metric:
             series = vs.metrics.get(event.name)  # type: ignore[union-attr]
             if series is None:
                 if len(vs.metrics) >= MAX_METRICS:
                     return []
                 series = vs.metrics[event.name] = Series()  # type: ignore[union-attr]
-            series.push(event.value, t, cutoff, self.last_n, self.time_cap)  # type: ignore[union-attr]
+            series.push(event.value, t, cutoff, self.last_n, self._cap)  # type: ignore[union-attr]
         elif cls is Outcome:
             self._outcome(vs, event, t, cutoff)  # type: ignore[arg-type]
         else:
@@ -223,21 +236,16 @@ class CanaryStats:
         code = _VERDICT_CODE[event.verdict]
         vs.outcomes += 1
         vs.verdicts[code] += 1
-        ring, n = vs.vring, self.last_n
-        if len(ring) < n:
-            ring.append(code)
-        else:
-            ring[vs.vpos] = code
-            vs.vpos = (vs.vpos + 1) % n
-        if t > cutoff:
-            if vs.otimes and (vs.otimes[0] <= cutoff or len(vs.otimes) >= self.time_cap):
-                trim_time(vs.otimes, cutoff, self.time_cap, vs.ocodes)
-            vs.otimes.append(t)
-            vs.ocodes.append(code)
+        n, times = self.last_n, vs.otimes
+        size = len(times)
+        if size >= n and (times[0] <= cutoff or size >= self._cap):
+            trim(times, cutoff, n - 1, self._cap, vs.ocodes)
+        times.append(t)
+        vs.ocodes.append(code)
         if event.quality is not None:
             if vs.quality is None:
                 vs.quality = Series()
-            vs.quality.push(event.quality, t, cutoff, n, self.time_cap)
+            vs.quality.push(event.quality, t, cutoff, n, self._cap)
 
     def _decision(self, rs: _Rollout, vs: _Variant, event: Decision, t: int, cutoff: int) -> None:
         vs.decisions += 1
@@ -262,20 +270,18 @@ class CanaryStats:
                     changed |= 1 << idx
                     vs.diff_changed[key] = vs.diff_changed.get(key, 0) + 1
             code = (present << 32) | changed
-        name, n = vs.name, self.last_n
-        if len(rs.dring_v) < n:
-            rs.dring_v.append(name)
-            rs.dring_c.append(code)
-        else:
-            pos = rs.dpos
-            rs.dring_v[pos] = name
-            rs.dring_c[pos] = code
-            rs.dpos = (pos + 1) % n
-        if t > cutoff:
-            if rs.dtimes and (rs.dtimes[0] <= cutoff or len(rs.dtimes) >= self.time_cap):
-                trim_time(rs.dtimes, cutoff, self.time_cap, rs.dnames, rs.dcodes)
-            rs.dtimes.append(t)
-            rs.dnames.append(name)
+            if rs.dcodes is None:
+                rs.dcodes = array("q", [_NO_SHADOW]) * len(rs.dtimes)
+        n, times = self.last_n, rs.dtimes
+        size = len(times)
+        if size >= n and (times[0] <= cutoff or size >= self._cap):
+            if rs.dcodes is None:
+                trim(times, cutoff, n - 1, self._cap, rs.dvar)
+            else:
+                trim(times, cutoff, n - 1, self._cap, rs.dvar, rs.dcodes)
+        times.append(t)
+        rs.dvar.append(vs.index)
+        if rs.dcodes is not None:
             rs.dcodes.append(code)
 
     # --- reads ---------------------------------------------------------------------------
@@ -300,10 +306,15 @@ class CanaryStats:
 
     def _decision_entries(self, rs: _Rollout, window: str) -> Iterable[tuple[str, int]]:
         """(variant, diff code) of the decisions in a bounded window."""
+        names = rs.vnames
         if window == "last_n":
-            return zip(rs.dring_v, rs.dring_c, strict=True)
+            n = self.last_n
+            variants = rs.dvar[-n:]
+            codes = rs.dcodes[-n:] if rs.dcodes is not None else [_NO_SHADOW] * len(variants)
+            return [(names[v], c) for v, c in zip(variants, codes, strict=True)]
         cutoff = self._cutoff(rs)
-        return [(v, c) for t, v, c in zip(rs.dtimes, rs.dnames, rs.dcodes, strict=True) if t > cutoff]
+        codes = rs.dcodes if rs.dcodes is not None else [_NO_SHADOW] * len(rs.dvar)
+        return [(names[v], c) for t, v, c in zip(rs.dtimes, rs.dvar, codes, strict=True) if t > cutoff]
 
     def split(self, rollout: str, window: str) -> dict[str, int]:
         """Decisions per variant in a window: the observed split."""
@@ -355,17 +366,18 @@ class CanaryStats:
         if window == "all":
             counts = vs.verdicts
         else:
-            codes = vs.vring if window == "last_n" else [c for t, c in zip(vs.otimes, vs.ocodes, strict=True) if t > cutoff]
+            codes = vs.ocodes[-self.last_n:] if window == "last_n" else [
+                c for t, c in zip(vs.otimes, vs.ocodes, strict=True) if t > cutoff]
             counts = [0, 0, 0, 0]
             for c in codes:
                 counts[c] += 1
         verdicts = {v: counts[i] for i, v in enumerate(VERDICTS) if counts[i]}
         q_n, q_mean, q_var = 0, None, None
         if vs.quality is not None:
-            q_n, q_mean, q_var, _ = vs.quality.summary(window, cutoff)
+            q_n, q_mean, q_var, _ = vs.quality.summary(window, cutoff, self.last_n)
         metrics: dict[str, MetricView] = {}
         for name in sorted(vs.metrics):
-            n, mean, _, qs = vs.metrics[name].summary(window, cutoff)
+            n, mean, _, qs = vs.metrics[name].summary(window, cutoff, self.last_n)
             if n:
                 p50, p95, p99 = qs if qs else (None, None, None)
                 metrics[name] = MetricView(n, mean, p50, p95, p99)
@@ -393,7 +405,7 @@ class CanaryStats:
         series = vs.quality if metric == QUALITY else vs.metrics.get(metric)
         if series is None:
             return []
-        return series.window_values(window, self._cutoff(rs))  # type: ignore[arg-type]
+        return series.window_values(window, self._cutoff(rs), self.last_n)  # type: ignore[arg-type]
 
     # --- snapshots -----------------------------------------------------------------------
     def _meta_part(self) -> bytes:
@@ -407,11 +419,11 @@ class CanaryStats:
                 dict(sorted(vs.diff_changed.items())), vs.outcomes, list(vs.verdicts),
                 None if vs.quality is None else vs.quality.state(),
                 {m: s.state() for m, s in sorted(vs.metrics.items())},
-                pack(ring_items(vs.vring, vs.vpos)), pack(vs.otimes), pack(vs.ocodes),  # type: ignore[arg-type]
+                pack(vs.otimes), pack(vs.ocodes),
             )
         return _encoder.encode(_RolloutState(
-            rs.max_ms, rs.dims, variants, ring_items(rs.dring_v, rs.dpos),
-            pack(ring_items(rs.dring_c, rs.dpos)), pack(rs.dtimes), rs.dnames, pack(rs.dcodes),  # type: ignore[arg-type]
+            rs.max_ms, rs.dims, rs.vnames, variants, pack(rs.dtimes), pack(rs.dvar),
+            None if rs.dcodes is None else pack(rs.dcodes),
         ))
 
     def changed_parts(self) -> dict[str, bytes]:
@@ -428,10 +440,13 @@ class CanaryStats:
 
     def all_parts(self) -> dict[str, bytes]:
         """Every part, canonically encoded."""
-        parts = {_META: self._meta_part()}
+        return dict(self._iter_parts())
+
+    def _iter_parts(self) -> Iterator[tuple[str, bytes]]:
+        """Every part in key order (the meta part ``""`` first), one at a time."""
+        yield _META, self._meta_part()
         for key in sorted(self._rollouts):
-            parts[key] = self._rollout_part(self._rollouts[key])
-        return parts
+            yield key, self._rollout_part(self._rollouts[key])
 
     def restore_parts(self, parts: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> None:
         """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
@@ -457,26 +472,33 @@ class CanaryStats:
         rs = _Rollout()
         rs.max_ms = state.max_ms
         rs.dims = list(state.dims)
+        rs.vnames = list(state.vnames)
         for name, v in state.variants.items():
-            vs = rs.variants[name] = _Variant(name)
+            vs = rs.variants[name] = _Variant(name, rs.vnames.index(name))
+            rs.vnames[vs.index] = vs.name  # share one str per variant
             vs.decisions, vs.shadowed, vs.outcomes = v.decisions, v.shadowed, v.outcomes
             vs.diff_seen, vs.diff_changed = dict(v.diff_seen), dict(v.diff_changed)
             vs.verdicts = list(v.verdicts)
             vs.quality = None if v.quality is None else Series.from_state(v.quality)
             vs.metrics = {m: Series.from_state(s) for m, s in v.metrics.items()}
-            vs.vring, vs.otimes, vs.ocodes = unpack("b", v.vring), unpack("q", v.otimes), unpack("b", v.ocodes)
-
-        names = {name: vs.name for name, vs in rs.variants.items()}  # share one str per variant
-        rs.dring_v = [names.get(n, n) for n in state.dring_v]
-        rs.dring_c = unpack("q", state.dring_c)
+            vs.otimes, vs.ocodes = unpack("q", v.otimes), unpack("b", v.ocodes)
         rs.dtimes = unpack("q", state.dtimes)
-        rs.dnames = [names.get(n, n) for n in state.dnames]
-        rs.dcodes = unpack("q", state.dcodes)
+        rs.dvar = unpack("h", state.dvar)
+        rs.dcodes = None if state.dcodes is None else unpack("q", state.dcodes)
         return rs
 
     def snapshot(self) -> bytes:
-        """The whole state, canonically encoded (sorted parts)."""
-        return _encoder.encode(self.all_parts())
+        """The whole state, canonically encoded: a msgpack map of the sorted parts.
+
+        Built part by part into one buffer, so the state is never held twice (for
+        10,000 rollouts a snapshot is ~100 MB). Returns that ``bytearray``.
+        """
+        buffer = bytearray(_map_header(len(self._rollouts) + 1))
+        encode_into = _encoder.encode_into
+        for key, part in self._iter_parts():
+            encode_into(key, buffer, -1)
+            encode_into(part, buffer, -1)
+        return buffer  # type: ignore[return-value]
 
     def restore(self, data: bytes) -> None:
         self.restore_parts(_parts_decoder.decode(data))
@@ -488,16 +510,8 @@ class CanaryStats:
         10,000 rollouts never sit in memory twice (a whole snapshot is ~13 KB a rollout).
         """
         hasher = hashlib.blake2b(digest_size=16)
-        count = len(self._rollouts) + 1
-        if count < 16:
-            hasher.update(bytes((0x80 | count,)))
-        elif count < 1 << 16:
-            hasher.update(b"\xde" + count.to_bytes(2, "big"))
-        else:
-            hasher.update(b"\xdf" + count.to_bytes(4, "big"))
-        hasher.update(_encoder.encode(_META))
-        hasher.update(_encoder.encode(self._meta_part()))
-        for key in sorted(self._rollouts):
+        hasher.update(_map_header(len(self._rollouts) + 1))
+        for key, part in self._iter_parts():
             hasher.update(_encoder.encode(key))
-            hasher.update(_encoder.encode(self._rollout_part(self._rollouts[key])))
+            hasher.update(_encoder.encode(part))
         return hasher.hexdigest()

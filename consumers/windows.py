@@ -6,11 +6,12 @@ A :class:`Series` holds the samples of one metric (or of ``quality``) of one var
   created lazily, only once the series outgrows the last-N ring (until then the ring
   *is* every sample and quantiles are exact), so thousands of small rollouts cost
   a few hundred bytes each instead of six sketches each.
-- ``last_n``: a ring of the last N values (an ``array('d')`` and a write position:
-  8 bytes a sample, no per-sample Python objects, no deque blocks).
-- ``time``: parallel arrays of event times and values, capped at ``time_cap`` entries;
-  expired entries are dropped from the head when the series is touched, and readers
-  filter by the cut-off so the window is exact whenever it is read.
+- ``last_n`` and ``time`` share ONE chronological buffer: parallel arrays of event
+  times and values (16 bytes a sample, no per-sample Python objects). ``last_n`` is
+  its last N entries; ``time`` the entries newer than the cut-off. A head entry is
+  dropped once it is neither among the last N nor in the time window (or the buffer
+  reaches ``cap``), when the series is touched; readers filter by the cut-off, so
+  the window is exact whenever it is read.
 
 Everything here is deterministic (no clock, no randomness) and encodes canonically:
 rings are written oldest-first and sketches as sorted sparse bins, so a fold restored
@@ -36,9 +37,7 @@ __all__ = [
     "SketchState",
     "pack",
     "quantile",
-    "ring_items",
-    "ring_push",
-    "trim_time",
+    "trim",
     "unpack",
 ]
 
@@ -87,7 +86,7 @@ def sketch_from(state: SketchState) -> BaseDDSketch:
     return sketch
 
 
-# --- rings and time lists ----------------------------------------------------------------
+# --- buffers -------------------------------------------------------------------------------
 def pack(values: array) -> bytes:
     """An array's bytes, little-endian whatever the machine (canonical snapshots)."""
     if sys.byteorder == "big":  # pragma: no cover - no big-endian CI
@@ -105,34 +104,23 @@ def unpack(typecode: str, data: bytes) -> array:
     return values
 
 
-def ring_push(ring: list | array, pos: int, value: object, size: int) -> tuple[object, int]:
-    """Write ``value`` into a ring of ``size``; return (the value it replaced or None, new pos)."""
-    if len(ring) < size:
-        ring.append(value)
-        return None, pos
-    old = ring[pos]
-    ring[pos] = value
-    pos += 1
-    return old, (0 if pos == size else pos)
-
-
-def ring_items(ring: list | array, pos: int) -> list | array:
-    """The ring's values oldest first (a copy of the same type)."""
-    return ring[pos:] + ring[:pos] if pos else ring[:]
-
-
-def trim_time(times: array, cutoff: int, cap: int, *others: list | array) -> None:
-    """Drop expired head entries (time <= cutoff) and, at the cap, the oldest eighth.
+def trim(times: array, cutoff: int, keep: int, cap: int, *others: array) -> None:
+    """Drop head entries that are expired (time <= cutoff) or over ``cap``, but never
+    any of the newest ``keep`` (the last-N window). ``others`` are parallel arrays.
 
     Only the head is trimmed (arrival order), so an out-of-order early entry behind a
-    later one stays until the later one expires; readers filter by time anyway.
+    later one stays until the later one goes; readers filter by time anyway. At the
+    cap the oldest eighth goes at once, so trimming costs O(1) amortized.
     """
+    size = len(times)
+    limit = size - keep
+    if limit <= 0:
+        return
     k = 0
-    n = len(times)
-    while k < n and times[k] <= cutoff:
+    while k < limit and times[k] <= cutoff:
         k += 1
-    if n - k >= cap:
-        k = max(k, n - cap + max(1, cap // 8))
+    if size - k >= cap:
+        k = max(k, min(limit, size - cap + max(1, cap // 8)))
     if k:
         del times[:k]
         for other in others:
@@ -165,7 +153,6 @@ class SeriesState(msgspec.Struct, array_like=True, gc=False):
     n: int
     mean: float
     m2: float
-    last: bytes
     times: bytes
     values: bytes
     sketch: SketchState | None = None
@@ -174,62 +161,52 @@ class SeriesState(msgspec.Struct, array_like=True, gc=False):
 class Series:
     """One variant's samples of one metric over the all / last-N / time windows."""
 
-    __slots__ = ("last", "lpos", "m2", "mean", "n", "sketch", "times", "values")
+    __slots__ = ("m2", "mean", "n", "sketch", "times", "values")
 
     def __init__(self) -> None:
         self.n = 0
         self.mean = 0.0
         self.m2 = 0.0
         self.sketch: BaseDDSketch | None = None
-        self.last = array("d")
-        self.lpos = 0
         self.times = array("q")
         self.values = array("d")
 
     def push(self, value: float, time_ms: int, cutoff: int, last_n: int, cap: int) -> None:
-        """Add one sample at event time ``time_ms``; ``cutoff`` is now - window."""
+        """Add one sample at event time ``time_ms``; ``cutoff`` is now - window; ``cap`` >= ``last_n``."""
         n = self.n = self.n + 1
         delta = value - self.mean
         self.mean += delta / n
         self.m2 += delta * (value - self.mean)
         sketch = self.sketch
+        times, values = self.times, self.values
         if sketch is not None:
             sketch.add(value)
-        elif n > last_n:  # outgrew the ring: from now on the sketch carries "all"
+        elif n > last_n:  # outgrew the last-N buffer: from now on the sketch carries "all"
             sketch = self.sketch = new_sketch()
-            for old in ring_items(self.last, self.lpos):
+            for old in values[-last_n:]:  # every earlier sample: none was dropped yet
                 sketch.add(old)
             sketch.add(value)
-        last = self.last
-        if len(last) < last_n:
-            last.append(value)
-        else:
-            pos = self.lpos
-            last[pos] = value
-            pos += 1
-            self.lpos = 0 if pos == last_n else pos
-        if time_ms > cutoff:
-            times = self.times
-            if times and (times[0] <= cutoff or len(times) >= cap):
-                trim_time(times, cutoff, cap, self.values)
-            times.append(time_ms)
-            self.values.append(value)
+        size = len(times)
+        if size >= last_n and (times[0] <= cutoff or size >= cap):
+            trim(times, cutoff, last_n - 1, cap, values)
+        times.append(time_ms)
+        values.append(value)
 
     # --- reads -------------------------------------------------------------------------
-    def window_values(self, window: str, cutoff: int) -> list[float]:
-        """Raw values of a bounded window (``all`` gives the last-N ring once it overflowed)."""
+    def window_values(self, window: str, cutoff: int, last_n: int) -> list[float]:
+        """Raw values of a bounded window, oldest first (``all``: the last N)."""
         if window == "time":
             return [v for t, v in zip(self.times, self.values, strict=True) if t > cutoff]
-        return ring_items(self.last, self.lpos).tolist()  # type: ignore[union-attr]
+        return self.values[-last_n:].tolist()
 
-    def summary(self, window: str, cutoff: int) -> tuple[int, float | None, float | None, tuple[float, float, float] | None]:
+    def summary(self, window: str, cutoff: int, last_n: int) -> tuple[int, float | None, float | None, tuple[float, float, float] | None]:
         """(n, mean, variance, (p50, p95, p99)) of one window."""
         if window == "all" and self.sketch is not None:
             var = self.m2 / (self.n - 1) if self.n > 1 else None
             s = self.sketch
             qs = (s.get_quantile_value(0.5), s.get_quantile_value(0.95), s.get_quantile_value(0.99))
             return self.n, self.mean, var, qs  # type: ignore[return-value]
-        values = self.window_values(window, cutoff)
+        values = self.window_values(window, cutoff, last_n)
         if window == "all":
             n, mean = self.n, (self.mean if self.n else None)
             var = self.m2 / (n - 1) if n > 1 else None
@@ -244,14 +221,12 @@ class Series:
     # --- snapshot ----------------------------------------------------------------------
     def state(self) -> SeriesState:
         sketch = None if self.sketch is None else sketch_state(self.sketch)
-        return SeriesState(self.n, self.mean, self.m2, pack(ring_items(self.last, self.lpos)),  # type: ignore[arg-type]
-                           pack(self.times), pack(self.values), sketch)
+        return SeriesState(self.n, self.mean, self.m2, pack(self.times), pack(self.values), sketch)
 
     @classmethod
     def from_state(cls, state: SeriesState) -> Series:
         series = cls()
         series.n, series.mean, series.m2 = state.n, state.mean, state.m2
-        series.last = unpack("d", state.last)
         series.times = unpack("q", state.times)
         series.values = unpack("d", state.values)
         series.sketch = None if state.sketch is None else sketch_from(state.sketch)

@@ -126,7 +126,7 @@ def test_time_window_moves_on_event_time_and_ticks_never_the_wall_clock() -> Non
 
 
 def test_time_window_is_capped_for_memory() -> None:
-    stats = fold(CanaryStats(time_cap=64), [metric("b", "x", float(i), T0 + i) for i in range(1000)])
+    stats = fold(CanaryStats(last_n=10, time_cap=64), [metric("b", "x", float(i), T0 + i) for i in range(1000)])
     kept = stats.samples("r1", "b", "x", "time")
     assert 56 <= len(kept) <= 64 and kept[-1] == 999.0
 
