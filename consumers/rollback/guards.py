@@ -25,7 +25,13 @@ import numpy
 
 from consumers.rollback.hysteresis import Status
 from consumers.rollback.policy import Guard, Policy, SrmConfig
-from consumers.rollback.stats_tests import TestResult, rank_test, sequential_test, srm_test
+from consumers.rollback.stats_tests import (
+    TestResult,
+    rank_test,
+    sequential_test,
+    srm_log_bayes_factor,
+    srm_test,
+)
 from events import Breach
 
 __all__ = ["Evidence", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
@@ -256,4 +262,10 @@ def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: 
     test = srm_test(baseline_n, candidate_n, canary_pct)
     if test.p_value is None:
         return GuardResult(SRM_GUARD, "inconclusive", test=test, why="expected counts under 5", **common)
-    return GuardResult(SRM_GUARD, "fail" if test.p_value < cfg.p_value else "pass", test=test, **common)
+    if test.p_value >= cfg.p_value:
+        return GuardResult(SRM_GUARD, "pass", test=test, **common)
+    if cfg.sequential and srm_log_bayes_factor(baseline_n, candidate_n, canary_pct) < -math.log(cfg.p_value):
+        # chi-squared says mismatch, but looking after every decision inflates its false
+        # alarms; the always-valid Bayes factor has not confirmed it yet
+        return GuardResult(SRM_GUARD, "inconclusive", test=test, why="not yet confirmed sequentially", **common)
+    return GuardResult(SRM_GUARD, "fail", test=test, **common)

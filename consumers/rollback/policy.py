@@ -132,11 +132,13 @@ class Hysteresis(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 class SrmConfig(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Sample-ratio mismatch: chi-squared of the observed split against ``canary_pct``."""
+    """Sample-ratio mismatch: chi-squared of the observed split against ``canary_pct``,
+    confirmed (``sequential``) by an always-valid Bayes factor above ``1/p_value``."""
 
     enabled: bool = True
     p_value: Alpha = 0.001
     min_decisions: PositiveInt = 200
+    sequential: bool = True
 
 
 class Staged(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

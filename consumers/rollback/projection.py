@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from consumers.eventtime import bounded
 from consumers.rollback import evidence
 from consumers.rollback.escalation import EscalationBook
 from consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
@@ -111,7 +112,9 @@ class _Part(msgspec.Struct, array_like=True):
     stats: bytes
 
 
+_CLOCK = ""  # part key of the last engine tick (clock-skew policy); rollout ids are never empty
 _encoder = msgspec.msgpack.Encoder(order="sorted")
+_clock_decoder = msgspec.msgpack.Decoder(int)
 _part_decoder = msgspec.msgpack.Decoder(_Part)
 _parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
@@ -128,11 +131,16 @@ class RollbackProjection:
         self._stats: dict[str, Any] = {}
         self._dirty: set[str] = set()
         self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
+        self.tick_ms = 0
+        """The last engine tick: producer time may run at most a minute past it (consumers/eventtime.py)."""
 
     # --- the Projection protocol ----------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         out: list[Event] = []
         if isinstance(event, Tick):
+            if event.time_ms > self.tick_ms:
+                self.tick_ms = event.time_ms
+                self._dirty.add(_CLOCK)
             for rollout in sorted(self.rollouts):
                 r = self.rollouts[rollout]
                 if r.shape[2] > SMALL_TIME_CAP:  # the time window moves with ticks
@@ -166,6 +174,8 @@ class RollbackProjection:
 
     # --- incremental snapshots (the runtime stores one row per rollout) ----------------
     def _part(self, rollout: str) -> bytes:
+        if rollout == _CLOCK:
+            return _encoder.encode(self.tick_ms)
         return _encoder.encode(_Part(self.rollouts[rollout], self._stats[rollout].snapshot()))
 
     def changed_parts(self) -> dict[str, bytes]:
@@ -175,12 +185,16 @@ class RollbackProjection:
 
     def all_parts(self) -> dict[str, bytes]:
         self._dirty = set()
-        return {name: self._part(name) for name in sorted(self.rollouts)}
+        names = ([_CLOCK] if self.tick_ms else []) + sorted(self.rollouts)
+        return {name: self._part(name) for name in names}
 
     def restore_parts(self, parts: Mapping[str, bytes]) -> None:
         """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
-        self.rollouts, self._stats, self._dirty = {}, {}, set()
+        self.rollouts, self._stats, self._dirty, self.tick_ms = {}, {}, set(), 0
         for name, blob in sorted(parts.items()):
+            if name == _CLOCK:
+                self.tick_ms = _clock_decoder.decode(blob)
+                continue
             part = _part_decoder.decode(blob)
             self.rollouts[name] = part.state
             stats = self._new_stats(tuple(part.state.shape))
@@ -248,7 +262,7 @@ class RollbackProjection:
             r.srm_baseline += 1
 
     def _control(self, r: RolloutState, event: KillSwitch | Resume | ConfigChange) -> None:
-        r.now_ms = max(r.now_ms, event.time_ms)
+        r.now_ms = max(r.now_ms, bounded(event.time_ms, self.tick_ms))
         if isinstance(event, ConfigChange) and event.policy is not None:
             try:
                 policy = load_policy(event.policy, version=event.after.policy_version)
@@ -307,7 +321,7 @@ class RollbackProjection:
         those are left to the next candidate sample or tick. Ticks judge everything.
         """
         r = self.rollouts[rollout]
-        now = r.now_ms = max(r.now_ms, cause.time_ms)
+        now = r.now_ms = max(r.now_ms, bounded(cause.time_ms, self.tick_ms))
         if r.escalation.armed:
             for flag in r.escalation.expire(now):
                 out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,

@@ -24,7 +24,7 @@ from typing import Literal
 import msgspec
 from scipy import special, stats
 
-__all__ = ["TestResult", "rank_test", "sequential_rho", "sequential_test", "srm_test"]
+__all__ = ["TestResult", "rank_test", "sequential_rho", "sequential_test", "srm_log_bayes_factor", "srm_test"]
 
 Direction = Literal["greater", "less"]
 
@@ -109,3 +109,20 @@ def srm_test(baseline_n: int, candidate_n: int, canary_pct: float) -> TestResult
     chi2 = (candidate_n - expected_c) ** 2 / expected_c + (baseline_n - expected_b) ** 2 / expected_b
     p = float(special.chdtrc(1, chi2))
     return TestResult(chi2, p, candidate_n / total - share)
+
+
+def srm_log_bayes_factor(baseline_n: int, candidate_n: int, canary_pct: float, concentration: float = 100.0) -> float:
+    """Log Bayes factor of "the split is not ``canary_pct``" (Beta prior centred on it)
+    against "it is": an always-valid sample-ratio-mismatch check (Lindon & Malek 2020).
+
+    Under a correct split the factor is a nonnegative martingale, so the chance it *ever*
+    exceeds ``1/alpha`` is at most ``alpha`` however often it is looked at (Ville's
+    inequality). A chi-squared test checked after every decision is not: at p < 0.001
+    it flags about 3% of healthy rollouts within 20,000 decisions.
+    """
+    share = canary_pct / 100.0
+    if not 0.0 < share < 1.0:
+        return 0.0
+    a, b = concentration * share, concentration * (1.0 - share)
+    return float(special.betaln(a + candidate_n, b + baseline_n) - special.betaln(a, b)
+                 - candidate_n * math.log(share) - baseline_n * math.log1p(-share))

@@ -64,7 +64,7 @@ async def test_sample_ratio_mismatch_is_its_own_breach(rig: Rig) -> None:
     [srm] = kill.breaches
     assert srm.type == "srm" and srm.threshold == 10.0 and srm.observed > 20.0
     assert srm.p_value is not None and srm.p_value < 0.001
-    assert srm.candidate_n + srm.baseline_n == 200  # decided as soon as the check was conclusive
+    assert 200 <= srm.candidate_n + srm.baseline_n <= 400  # confirmed sequentially within a few hundred
 
 
 def _errors(rate_b: float, rate_c: float, n: int, seed: int = 3) -> list[Event]:

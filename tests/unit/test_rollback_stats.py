@@ -54,3 +54,34 @@ def test_srm_flags_a_skewed_split_and_passes_a_fair_one() -> None:
 def test_srm_with_tiny_expected_counts_is_inconclusive() -> None:
     assert srm_test(60, 1, 5.0).p_value is None
     assert srm_test(100, 0, 0.0).p_value is None
+
+
+def test_srm_bayes_factor_stays_low_on_a_fair_split_watched_continuously() -> None:
+    import math
+    import random
+
+    from consumers.rollback.stats_tests import srm_log_bayes_factor
+
+    rng = random.Random(2)
+    flagged_chi2 = flagged_bf = 0
+    for _ in range(40):  # 40 healthy rollouts, each checked after every one of 5,000 decisions
+        c = b = 0
+        hit_chi2 = hit_bf = False
+        for _ in range(5_000):
+            c, b = (c + 1, b) if rng.random() < 0.2 else (c, b + 1)
+            if c + b >= 200:
+                hit_chi2 = hit_chi2 or srm_test(b, c, 20.0).significant(0.001)
+                hit_bf = hit_bf or srm_log_bayes_factor(b, c, 20.0) > math.log(1_000)
+        flagged_chi2 += hit_chi2
+        flagged_bf += hit_bf
+    assert flagged_bf == 0
+    assert flagged_chi2 >= flagged_bf  # peeking only ever hurts the fixed-horizon test
+
+
+def test_srm_bayes_factor_confirms_a_real_mismatch_quickly() -> None:
+    import math
+
+    from consumers.rollback.stats_tests import srm_log_bayes_factor
+
+    assert srm_log_bayes_factor(320, 80, 10.0) > math.log(1_000)  # 20% observed vs 10% configured
+    assert srm_log_bayes_factor(180, 20, 10.0) < 0  # exactly as configured: evidence for H0
