@@ -395,7 +395,7 @@ class Runner:
 
 async def stored_digest(consumer: Consumer, settings: Settings) -> tuple[int, str]:
     """(position, digest) of a consumer's committed state, read from its store alone."""
-    store = SQLiteConsumerStore.for_consumer(settings.data_dir, consumer.projection.name)
+    store = SQLiteConsumerStore.for_consumer(settings.data_dir, consumer.projection.name, exclusive=False)
     if not store.path.exists():  # nothing committed yet: the empty state (create nothing)
         return 0, digest(consumer.projection)
     async with store:

@@ -17,6 +17,8 @@ transaction: a crash at any instant leaves either the old or the new state, neve
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import aiosqlite
 
-__all__ = ["DuplicateCommit", "OutboxRow", "SQLiteConsumerStore", "StoredState", "fault_of"]
+__all__ = ["ConsumerLocked", "DuplicateCommit", "OutboxRow", "SQLiteConsumerStore", "StoredState", "fault_of"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracking (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
@@ -32,6 +34,10 @@ CREATE TABLE IF NOT EXISTS parts (consumer TEXT NOT NULL, key TEXT NOT NULL, dat
 CREATE TABLE IF NOT EXISTS outbox (consumer TEXT NOT NULL, id TEXT NOT NULL, subject TEXT NOT NULL,
     data BLOB NOT NULL, headers BLOB, PRIMARY KEY (consumer, id));
 """
+
+
+class ConsumerLocked(RuntimeError):
+    """Another process already runs this consumer on this data directory."""
 
 
 class DuplicateCommit(RuntimeError):
@@ -89,17 +95,40 @@ class StoredState:
 class SQLiteConsumerStore:
     """The aiosqlite store of one consumer (see the module docstring for the tables)."""
 
-    def __init__(self, path: str | Path, consumer: str) -> None:
+    def __init__(self, path: str | Path, consumer: str, *, exclusive: bool = True) -> None:
+        """``exclusive`` holds ``<store>.lock`` (flock) while open, so a second process of
+        the same consumer fails at start instead of interleaving its commits with the
+        first's; the kernel drops the lock when the holder dies, even by SIGKILL.
+        Readers (``rollout consumer NAME --digest``) pass ``exclusive=False``."""
         self.path = Path(path)
         self.consumer = consumer
+        self.exclusive = exclusive
         self._db: aiosqlite.Connection | None = None
+        self._lock: int | None = None
 
     @classmethod
-    def for_consumer(cls, data_dir: str | Path, consumer: str) -> SQLiteConsumerStore:
-        return cls(Path(data_dir) / "consumers" / f"{consumer}.sqlite", consumer)
+    def for_consumer(cls, data_dir: str | Path, consumer: str, *, exclusive: bool = True) -> SQLiteConsumerStore:
+        return cls(Path(data_dir) / "consumers" / f"{consumer}.sqlite", consumer, exclusive=exclusive)
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConsumerLocked(
+                f"consumer {self.consumer!r} is already running on {self.path.parent} (pid {holder}); "
+                "stop it first, or give this one another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
 
     async def open(self) -> SQLiteConsumerStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.exclusive and self._lock is None:
+            self._take_lock()
         db = await aiosqlite.connect(self.path, isolation_level=None)
         # WAL + synchronous=NORMAL survives a process crash (SIGKILL) at any instant;
         # a power loss may lose the last commits, which the log then replays.
@@ -119,6 +148,9 @@ class SQLiteConsumerStore:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
     async def __aenter__(self) -> SQLiteConsumerStore:
         return await self.open()

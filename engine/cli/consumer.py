@@ -49,7 +49,12 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, runner.stop)
-    summary = await runner.run()
+    from consumers.store import ConsumerLocked
+
+    try:
+        summary = await runner.run()
+    except ConsumerLocked as exc:
+        raise CliError(str(exc)) from None
     if args.until_idle or args.json:
         _report(args, {"consumer": summary.consumer, "seq": summary.seq, "events": summary.events,
                        "dead_letters": summary.dead_letters, "digest": summary.digest})

@@ -89,7 +89,7 @@ async def _stored(settings) -> CanaryStats:  # type: ignore[no-untyped-def]
     from consumers.folding import restore_parts
     from consumers.store import SQLiteConsumerStore
 
-    async with SQLiteConsumerStore.for_consumer(settings.data_dir, "canary_stats") as store:
+    async with SQLiteConsumerStore.for_consumer(settings.data_dir, "canary_stats", exclusive=False) as store:
         stored = await store.load()
     stats = CanaryStats()
     restore_parts(stats, stored.parts)

@@ -180,3 +180,26 @@ async def test_canary_stats_consumer_publishes_summaries_to_kv(stack) -> None:  
     assert published["rollout"] == "shop"
     assert set(published["windows"]) == {"last_n", "time", "all"}
     assert published["windows"]["all"]["candidate"]["decisions"] + published["windows"]["all"]["baseline"]["decisions"] == 20
+
+
+async def test_a_second_process_of_the_same_consumer_is_refused(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    settings, nc, _ = stack
+    first = Runner(Consumer(CanaryStats()), settings, nc=nc)
+    task = asyncio.create_task(first.run())
+    while first.store._db is None:
+        await asyncio.sleep(0.01)
+    second = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir,
+         "consumer", "canary_stats", "--until-idle"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    first.stop()
+    await task
+    assert second.returncode == 2
+    assert "already running" in second.stderr and str(os.getpid()) in second.stderr
