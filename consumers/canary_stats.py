@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from consumers.eventtime import bounded
 from consumers.windows import Series, SeriesState, pack, trim, unpack
 from events import AnyEvent, Decision, Event, Metric, Outcome, Tick
 
@@ -204,7 +205,7 @@ class CanaryStats:
         rs = self._rollouts.get(rollout)
         if rs is None:
             rs = self._rollouts[rollout] = _Rollout()
-        t = event.time_ms
+        t = bounded(event.time_ms, self.tick_ms)  # clock-skew policy: consumers/eventtime.py
         if t > rs.max_ms:
             rs.max_ms = t
             if t > self.max_ms:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from consumers.eventtime import MAX_AHEAD_MS, bounded
 from events import AnyEvent, Tick
 
 __all__ = ["EventClock"]
@@ -20,15 +21,15 @@ class EventClock(msgspec.Struct, array_like=True, gc=False):
 
     now_ms: int = 0
     last_tick_ms: int = 0
-    skew_ms: int = 60_000
+    skew_ms: int = MAX_AHEAD_MS
 
     def advance(self, event: AnyEvent) -> int:
         """Move time forward with ``event``; return the new time."""
         t = event.time_ms
         if isinstance(event, Tick):
             self.last_tick_ms = max(self.last_tick_ms, t)
-        elif self.last_tick_ms:
-            t = min(t, self.last_tick_ms + self.skew_ms)
+        else:
+            t = bounded(t, self.last_tick_ms, self.skew_ms)  # the shared clock-skew policy
         if t > self.now_ms:
             self.now_ms = t
         return self.now_ms
