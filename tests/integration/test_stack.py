@@ -21,8 +21,11 @@ from events import subjects
 ROLLOUT = [sys.executable, "-m", "engine.cli"]
 
 
-def _server_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "nats-server"], capture_output=True, text=True).stdout
+def _server_pids(config_dir: Path | None = None) -> set[int]:
+    """nats-server processes, or only those started with a config under ``config_dir``
+    (other tests start servers at the same time; only ours matter)."""
+    pattern = f"nats-server -c {config_dir}" if config_dir else "nats-server"
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
@@ -91,7 +94,6 @@ def test_server_child_dies_with_a_killed_parent(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_rollout_up_then_status_lists_streams_and_ctrl_c_leaves_no_server(tmp_path: Path) -> None:
-    before = _server_pids()
     env = {**os.environ, "ROLLOUT_PORT": "0"}
     up = subprocess.Popen(
         [*ROLLOUT, "--data-dir", str(tmp_path), "up"],
@@ -104,6 +106,7 @@ def test_rollout_up_then_status_lists_streams_and_ctrl_c_leaves_no_server(tmp_pa
             line = up.stdout.readline()
             assert line or up.poll() is None, "rollout up exited early"
         assert time.monotonic() - started < 15
+        assert _server_pids(tmp_path), "rollout up runs its nats-server under the data dir"
         status = subprocess.run(
             [*ROLLOUT, "--data-dir", str(tmp_path), "status", "--json"],
             capture_output=True, text=True, timeout=30,
@@ -118,7 +121,7 @@ def test_rollout_up_then_status_lists_streams_and_ctrl_c_leaves_no_server(tmp_pa
         up.send_signal(signal.SIGINT)
         up.wait(timeout=30)
     assert up.returncode == 0
-    assert _server_pids() - before == set()
+    assert _server_pids(tmp_path) == set()
     assert not (tmp_path / "nats.url").exists()
 
 
