@@ -282,3 +282,15 @@ def test_ticks_touch_only_rollouts_in_motion() -> None:
     assert [key for key in p.changed_parts() if key] == [R]  # "" is the engine clock (the last tick)
     [kill] = kills(fold(p, [tick(T0 + 7_000)]))
     assert kill.cause_id == f"tick-{T0 + 7_000}"
+
+
+def test_progression_waits_out_the_hold_down_after_a_kill() -> None:
+    policy = {"progression": {"enabled": True, "interval_ms": 500, "healthy_intervals": 1, "min_samples": 5},
+              "hysteresis": {"hold_down_ms": 10_000}}
+    p = RollbackProjection()
+    [kill] = kills(fold(p, [policy_change(R, policy, canary_pct=50.0), *runs(R, 100, candidate=BAD_QUALITY)]))
+    t = kill.time_ms + 1
+    out = fold(p, [resume(R, kill.after, 5.0, time_ms=t), *runs(R, 3_000, canary_pct=5.0, t0=t + 1)])
+    moves = [e for e in out if isinstance(e, ConfigChange)]
+    assert moves and moves[0].after.canary_pct == 10.0
+    assert moves[0].time_ms - kill.time_ms >= 10_000
