@@ -42,42 +42,54 @@ def summary(stats: CanaryStats, rollout: str) -> bytes:
 
 
 class StatsPublisher:
-    """Throttled publication of touched rollouts' summaries (core NATS + KV)."""
+    """Throttled publication of touched rollouts' summaries (core NATS + KV).
 
-    def __init__(self, stats: CanaryStats, interval_s: float = 1.0, per_round: int = 256) -> None:
+    A round runs at most every ``interval_s`` and spends at most ``budget_s`` (wall
+    clock) computing and sending summaries: a few percent of the consumer's time
+    whatever the number of rollouts. Rollouts wait in first-touched order, so a
+    rollout left over by one round goes first in the next: none starves.
+    """
+
+    def __init__(self, stats: CanaryStats, interval_s: float = 1.0, budget_s: float = 0.04) -> None:
         self.stats = stats
         self.interval_s = interval_s
-        self.per_round = per_round
-        self.touched: set[str] = set()
+        self.budget_s = budget_s
+        self.touched: dict[str, None] = {}  # an ordered set
         self._last = 0.0
 
     async def on_start(self, runner: Runner) -> None:
-        self.touched.update(self.stats.rollouts())  # the last process may have died before publishing
+        for rollout in self.stats.rollouts():  # the last process may have died before publishing
+            self.touched.setdefault(rollout)
 
     async def after_commit(self, runner: Runner, result: BatchResult) -> None:
-        self.touched.update(key for key in result.parts if key)
+        for key in result.parts:
+            if key:
+                self.touched.setdefault(key)
         now = time.monotonic()
         if not self.touched or now - self._last < self.interval_s:
             return
         self._last = now
-        await self.flush(runner)
+        await self.flush(runner, self.budget_s)
 
-    async def flush(self, runner: Runner) -> None:
-        batch = sorted(self.touched)[: self.per_round]
-        self.touched.difference_update(batch)
+    async def flush(self, runner: Runner, budget_s: float) -> None:
+        """Publish touched rollouts, oldest first, until done or ``budget_s`` is spent."""
         kv: Any = await runner.kv()
-        for rollout in batch:
+        deadline = time.perf_counter() + budget_s
+        while self.touched and time.perf_counter() < deadline:
+            rollout = next(iter(self.touched))
+            del self.touched[rollout]
             payload = summary(self.stats, rollout)
             await runner.nc.publish(subjects.stats(rollout), payload)
             try:
                 await kv.put(f"stats.{rollout}", payload)
             except Exception as exc:
                 log.warning("stats of %s not stored in KV: %s", rollout, exc)
-                self.touched.add(rollout)
+                self.touched.setdefault(rollout)
+                return
 
     async def on_stop(self, runner: Runner) -> None:
-        if self.touched:  # one last round; the rest is republished by the next on_start
-            await self.flush(runner)
+        if self.touched:  # one last, longer round; the rest is republished by the next on_start
+            await self.flush(runner, 1.0)
 
 
 def build(settings: Settings) -> Consumer:
