@@ -10,6 +10,7 @@ each touched rollout's :meth:`RollbackProjection.status` goes to KV ``ro_state``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -40,6 +41,7 @@ class StatusPublisher:
         self.per_round = per_round
         self.touched: set[str] = set()
         self._last = 0.0
+        self._task: asyncio.Task[None] | None = None
 
     async def on_start(self, runner: Runner) -> None:
         self.touched.update(self.projection.rollouts)
@@ -47,22 +49,33 @@ class StatusPublisher:
     async def after_commit(self, runner: Runner, result: BatchResult) -> None:
         self.touched.update(key for key in result.parts if key)
         now = time.monotonic()
-        if not self.touched or now - self._last < self.interval_s:
+        if not self.touched or now - self._last < self.interval_s or (self._task and not self._task.done()):
             return
         self._last = now
-        await self.flush(runner)
+        # statuses are taken now (the fold is single-threaded); the KV round trips run
+        # beside the fold so a kill never waits behind them
+        self._task = asyncio.create_task(self._put(runner, self._take()))
 
-    async def flush(self, runner: Runner) -> None:
+    def _take(self) -> list[tuple[str, bytes]]:
         batch = sorted(self.touched)[: self.per_round]
         self.touched.difference_update(batch)
+        return [(rollout, _json.encode(self.projection.status(rollout))) for rollout in batch]
+
+    async def _put(self, runner: Runner, items: list[tuple[str, bytes]]) -> None:
         kv: Any = await runner.kv()
-        for rollout in batch:
-            try:
-                await kv.put(f"rollback.{rollout}", _json.encode(self.projection.status(rollout)))
-            except Exception as exc:  # KV is a cache for people; the log already has the commands
-                log.warning("rollback status of %s not stored in KV: %s", rollout, exc)
+        results = await asyncio.gather(*(kv.put(f"rollback.{rollout}", payload) for rollout, payload in items),
+                                       return_exceptions=True)
+        for (rollout, _), outcome in zip(items, results, strict=True):
+            if isinstance(outcome, BaseException):  # KV is a cache for people; the log has the commands
+                log.warning("rollback status of %s not stored in KV: %s", rollout, outcome)
+                self.touched.add(rollout)
+
+    async def flush(self, runner: Runner) -> None:
+        await self._put(runner, self._take())
 
     async def on_stop(self, runner: Runner) -> None:
+        if self._task is not None:
+            await self._task
         while self.touched:
             await self.flush(runner)
 

@@ -144,3 +144,22 @@ async def test_inconclusive_limit_escalates(rig: Rig) -> None:
     received = {e.id for e in rig.received}
     assert all(f.id in received for f in flags)
     assert subjects.control(R, "escalation").endswith(".escalation")
+
+
+async def test_rollout_status_is_published_to_kv_for_operators(rig: Rig) -> None:
+    import asyncio
+    import json
+
+    await rig.publish(runs(R, 200, canary_pct=50.0, candidate=Profile(cost_cents=5.0)))
+    kv = await rig.js.key_value(subjects.STATE_BUCKET)
+    status = None
+    for _ in range(100):  # published at most once a second, beside the fold
+        try:
+            status = json.loads((await kv.get(f"rollback.{R}")).value)
+        except Exception:
+            status = None
+        if status and status["kill_switch"]:
+            break
+        await asyncio.sleep(0.05)
+    assert status is not None and status["kill_switch"] is True and status["kills"] == 1
+    assert status["guards"]["cost"]["state"] == "alarm" and status["policy"] == {"name": "default", "version": 0}
