@@ -1,6 +1,6 @@
 """Least privilege on NATS: one credential per role, each allowed only its own subjects.
 
-Four roles, and what each may do (everything else is denied by the server):
+Five roles, and what each may do (everything else is denied by the server):
 
 ``producer``
     services recording decisions, outcomes and metrics: publish ``ro.evt.>`` only (into
@@ -14,6 +14,10 @@ Four roles, and what each may do (everything else is denied by the server):
 ``service``
     services reading control state: the KV bucket ``ro_state`` (get and watch) and an
     ordered consumer on ``RO_LOG`` restricted by the server to ``ro.ctl.>``.
+``app``
+    a service using the SDK (``RolloutClient``), which both records events and follows
+    control state on one connection: ``producer`` plus ``service``, and the unfiltered
+    consumer create on ``RO_LOG`` that nats-py's unnamed ordered consumer uses.
 ``operator``
     people and tools: the API ``ro.api.>``, ``$SRV.>`` discovery, read-only JetStream
     info (``rollout status``) and live ``ro.stats.>``.
@@ -54,7 +58,7 @@ __all__ = [
     "write_secure_dir",
 ]
 
-ROLES: tuple[str, ...] = ("producer", "engine", "service", "operator")
+ROLES: tuple[str, ...] = ("producer", "engine", "service", "app", "operator")
 """The roles, in the order the configuration lists them."""
 
 _JS = "$JS.API"
@@ -70,6 +74,7 @@ class Role:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     allow_responses: bool = False
+    deny_publish: tuple[str, ...] = ()
 
 
 def inbox_prefix(user: str) -> str:
@@ -77,6 +82,50 @@ def inbox_prefix(user: str) -> str:
     if not user or not all(c.isalnum() or c in "-_" for c in user):
         raise ValueError(f"user name {user!r} must be letters, digits, '-' or '_' (it becomes a subject token)")
     return f"_INBOX_{user}"
+
+
+def _control_reader() -> tuple[str, ...]:
+    """JetStream API subjects a control-state reader needs, nothing that writes or deletes."""
+    log, ctl = subjects.LOG_STREAM, subjects.CONTROL_ALL
+    return (
+        f"{_JS}.STREAM.NAMES",
+        f"{_JS}.STREAM.INFO.{_KV_STREAM}",
+        f"{_JS}.DIRECT.GET.{_KV_STREAM}",
+        f"{_JS}.DIRECT.GET.{_KV_STREAM}.>",
+        f"{_JS}.STREAM.MSG.GET.{_KV_STREAM}",
+        f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}",
+        f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}.>",
+        f"{_JS}.CONSUMER.INFO.{_KV_STREAM}.*",
+        # The filtered form only: the server checks the filter in the subject against
+        # the consumer config, so no reader of ro.evt.> can be made with it.
+        f"{_JS}.CONSUMER.CREATE.{log}.*.{ctl}",
+        f"{_JS}.CONSUMER.INFO.{log}.*",
+        f"$JS.FC.{_KV_STREAM}.>",
+        f"$JS.FC.{log}.>",
+    )
+
+
+def engine_consumer_names() -> tuple[str, ...]:
+    """Durable consumer names of the engine on RO_LOG: one per registered consumer."""
+    from consumers import registry
+
+    return tuple(sorted(registry.names()))
+
+
+def _protect_engine_durables() -> tuple[str, ...]:
+    """Deny readers the create subjects that name an engine durable.
+
+    JetStream treats a create for an existing consumer name as an update, and an update
+    may change the filter: a reader allowed ``CONSUMER.CREATE.RO_LOG.*.ro.ctl.>`` could
+    otherwise retarget the ``rollback`` consumer to control subjects only and silence
+    every kill switch. Deny wins over allow in nats-server.
+    """
+    log = subjects.LOG_STREAM
+    denied: list[str] = []
+    for name in engine_consumer_names():
+        denied += [f"{_JS}.CONSUMER.CREATE.{log}.{name}", f"{_JS}.CONSUMER.CREATE.{log}.{name}.>",
+                   f"{_JS}.CONSUMER.DURABLE.CREATE.{log}.{name}", f"{_JS}.CONSUMER.INFO.{log}.{name}"]
+    return tuple(denied)
 
 
 def roles() -> dict[str, Role]:
@@ -107,22 +156,23 @@ def roles() -> dict[str, Role]:
         ),
         "service": Role(
             "service",
-            "read control state: KV ro_state and an ordered consumer on ro.ctl.>",
-            publish=(
-                f"{_JS}.STREAM.INFO.{_KV_STREAM}",
-                f"{_JS}.DIRECT.GET.{_KV_STREAM}",
-                f"{_JS}.DIRECT.GET.{_KV_STREAM}.>",
-                f"{_JS}.STREAM.MSG.GET.{_KV_STREAM}",
-                f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}",
-                f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}.>",
-                f"{_JS}.CONSUMER.INFO.{_KV_STREAM}.*",
-                # The filtered form only: the server checks the filter in the subject
-                # against the consumer config, so no ro.evt.> reader can be made.
-                f"{_JS}.CONSUMER.CREATE.{log}.*.{ctl}",
-                f"$JS.FC.{_KV_STREAM}.>",
-                f"$JS.FC.{log}.>",
-            ),
+            "read control state: KV ro_state and an ordered consumer on ro.ctl.> only",
+            publish=_control_reader(),
             subscribe=(f"{inbox_prefix('service')}.>",),
+            deny_publish=_protect_engine_durables(),
+        ),
+        "app": Role(
+            "app",
+            "a service using the SDK (RolloutClient): producer + control reader",
+            publish=(
+                subjects.EVENTS_ALL,
+                *_control_reader(),
+                # The SDK's control follower is an unnamed ordered consumer, which
+                # nats-py creates through the unfiltered subject (docs/security.md).
+                f"{_JS}.CONSUMER.CREATE.{log}",
+            ),
+            subscribe=(f"{inbox_prefix('app')}.>",),
+            deny_publish=_protect_engine_durables(),
         ),
         "operator": Role(
             "operator",
@@ -185,7 +235,8 @@ def render_authorization(passwords: Mapping[str, str], *, env: bool = False) -> 
         lines += [
             f"    # {role.summary}",
             f"    {{user: {json.dumps(name)}, password: {secret}, permissions: {{",
-            f"      publish: {{allow: {_quoted(role.publish)}}}",
+            (f"      publish: {{allow: {_quoted(role.publish)}, deny: {_quoted(role.deny_publish)}}}"
+             if role.deny_publish else f"      publish: {{allow: {_quoted(role.publish)}}}"),
             f"      subscribe: {{allow: {_quoted(role.subscribe)}}}",
         ]
         if role.allow_responses:

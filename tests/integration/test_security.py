@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
 from collections.abc import AsyncIterator, Iterator
@@ -217,6 +218,38 @@ async def test_service_reads_control_state_and_nothing_else(secure: Secure, roll
         with pytest.raises(BadRequestError, match="cycle"):
             await sjs.add_consumer(subjects.LOG_STREAM, ConsumerConfig(
                 name="svc-loop", filter_subject=subjects.CONTROL_ALL, deliver_subject=kill))
+    finally:
+        await service.close()
+        await engine.close()
+
+
+async def test_service_cannot_retarget_an_engine_consumer_to_silence_kill_switches(secure: Secure) -> None:
+    """A create for an existing name is an update in JetStream; the engine's durables are denied to readers."""
+    from nats.js.api import AckPolicy, DeliverPolicy
+
+    from engine.security import engine_consumer_names
+
+    name = "rollback"
+    assert name in engine_consumer_names()
+    engine = await secure.client("engine")
+    service = await secure.client("service")
+    try:
+        ejs = engine.jetstream()
+        with contextlib.suppress(NotFoundError):
+            await ejs.delete_consumer(subjects.LOG_STREAM, name)
+        await ejs.add_consumer(subjects.LOG_STREAM, ConsumerConfig(
+            durable_name=name, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT))
+        body = json.dumps({"stream_name": subjects.LOG_STREAM, "config": {
+            "name": name, "deliver_policy": "all", "ack_policy": "explicit", "filter_subject": subjects.CONTROL_ALL}})
+        attack = f"$JS.API.CONSUMER.CREATE.{subjects.LOG_STREAM}.{name}.{subjects.CONTROL_ALL}"
+        with pytest.raises(nats.errors.TimeoutError):
+            await service.request(attack, body.encode(), timeout=0.5)
+        await secure.violation("service", attack)
+        with pytest.raises(nats.errors.TimeoutError):
+            await service.jetstream(timeout=0.5).consumer_info(subjects.LOG_STREAM, name)
+        info = await ejs.consumer_info(subjects.LOG_STREAM, name)
+        assert not info.config.filter_subject and not info.config.filter_subjects
+        await ejs.delete_consumer(subjects.LOG_STREAM, name)
     finally:
         await service.close()
         await engine.close()
