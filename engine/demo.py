@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import shutil
 import time
@@ -130,7 +131,9 @@ async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoRe
     ready, stop = asyncio.Event(), asyncio.Event()
     args = argparse.Namespace(config=None, nats_url=None, data_dir=str(data_dir), port=0, host=None,
                               no_consumers=False, cluster=0)
-    stack = asyncio.create_task(serve(args, ready=ready, stop=stop))
+    logging.getLogger().setLevel(logging.WARNING)  # the terminal tells the story; processes log to files
+    stack = asyncio.create_task(serve(args, ready=ready, stop=stop, say=lambda _line: None,
+                                      log_dir=data_dir / "logs"))
     try:
         await asyncio.wait_for(ready.wait(), 30)
         settings: Settings = load_settings(env={}, data_dir=str(data_dir))
@@ -227,7 +230,7 @@ async def _report(nc: Any, data_dir: Path) -> tuple[str, str]:
     from engine.report import WeeklyRollup, iso_week, render
 
     now = int(time.time() * 1000)
-    rollup = WeeklyRollup(now - 7 * 86_400_000, now + 60_000)
+    rollup = WeeklyRollup(now - 7 * 86_400_000, now + 60_000, bucket_ms=1000)  # a 20 s story: per-second points
     async for msg in read_messages(nc.jetstream(), [subjects.EVENTS_ALL, subjects.CONTROL_ALL], since_ms=0):
         for event in msg.events():
             rollup.add(event)

@@ -92,8 +92,10 @@ class RolloutWeek:
 class WeeklyRollup:
     """Fold events of one period into per-rollout weeks (events outside are ignored)."""
 
-    def __init__(self, start_ms: int, end_ms: int, baseline: str = "baseline", candidate: str = "candidate") -> None:
+    def __init__(self, start_ms: int, end_ms: int, baseline: str = "baseline", candidate: str = "candidate",
+                 bucket_ms: int = BUCKET_MS) -> None:
         self.start_ms, self.end_ms = start_ms, end_ms
+        self.bucket_ms = bucket_ms
         self.baseline, self.candidate = baseline, candidate
         self.rollouts: dict[str, RolloutWeek] = {}
         self.events = 0
@@ -127,7 +129,7 @@ class WeeklyRollup:
                 slot = week.quality.setdefault(event.variant, [0.0, 0.0])
                 slot[0] += 1
                 slot[1] += event.quality
-                bucket = event.time_ms - event.time_ms % BUCKET_MS
+                bucket = event.time_ms - event.time_ms % self.bucket_ms
                 point = week.series.setdefault((event.variant, bucket), [0.0, 0.0])
                 point[0] += 1
                 point[1] += event.quality
@@ -236,7 +238,7 @@ def render_markdown(rollup: WeeklyRollup, label: str, chart_name: str | None) ->
 
 
 def render_chart(rollup: WeeklyRollup, path: Path, max_panels: int = 8) -> Path:
-    """PNG: per rollout, hourly mean quality of baseline and candidate; kills as red lines."""
+    """PNG: per rollout, mean quality per bucket of baseline and candidate; kills as red lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,12 +265,18 @@ def render_chart(rollup: WeeklyRollup, path: Path, max_panels: int = 8) -> Path:
                        label="kill switch" if index == 0 else None)
         if ax.has_data():
             ax.legend(loc="lower left", fontsize=8)
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     start = dt.datetime.fromtimestamp(rollup.start_ms / 1000, tz=dt.UTC)
     end = dt.datetime.fromtimestamp(rollup.end_ms / 1000, tz=dt.UTC)
-    if not any(ax.has_data() for ax in axes[:, 0]):
-        axes[-1, 0].set_xlim(start, end)
-    fig.suptitle("Baseline vs candidate quality (hourly mean); dashed red: kill switch", fontsize=11)
+    times = [b for week in rollup.rollouts.values() for (_v, b) in week.series]
+    times += [t for week in rollup.rollouts.values() for (t, _a, _r) in week.kills]
+    if times:  # fit the axis to the data, with a bucket of margin, not to the whole week
+        start = dt.datetime.fromtimestamp((min(times) - rollup.bucket_ms) / 1000, tz=dt.UTC)
+        end = dt.datetime.fromtimestamp((max(times) + 2 * rollup.bucket_ms) / 1000, tz=dt.UTC)
+    axes[-1, 0].set_xlim(start, end)
+    short = (end - start) < dt.timedelta(hours=2)
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S" if short else "%m-%d %H:%M"))
+    per = "second" if rollup.bucket_ms == 1000 else ("hour" if rollup.bucket_ms == BUCKET_MS else f"{rollup.bucket_ms} ms")
+    fig.suptitle(f"Baseline vs candidate quality (mean per {per}); dashed red: kill switch", fontsize=11)
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

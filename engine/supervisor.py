@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from engine.server import _die_with_parent
 
@@ -25,20 +26,32 @@ log = logging.getLogger(__name__)
 class Child:
     """One supervised command line."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+                 log_file: Path | None = None) -> None:
         self.name = name
+        self.log_file = log_file
         self.argv = list(argv)
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.argv,
-            env={**os.environ, **(self.env or {})},
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        output = None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                env={**os.environ, **(self.env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        finally:
+            if output is not None:
+                output.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
@@ -55,8 +68,12 @@ class Child:
 class Supervisor:
     """Start children, restart the ones that exit, stop them all on request."""
 
-    def __init__(self, children: Sequence[Child]) -> None:
+    def __init__(self, children: Sequence[Child], log_dir: Path | None = None) -> None:
+        """``log_dir``: write each child's output to ``<log_dir>/<name>.log`` instead of ours."""
         self.children = list(children)
+        if log_dir is not None:
+            for child in self.children:
+                child.log_file = log_dir / f"{child.name}.log"
 
     def start(self) -> None:
         for child in self.children:

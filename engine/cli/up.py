@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 
@@ -27,10 +30,18 @@ from engine.ticks import run_ticks
 
 __all__ = ["register", "serve"]
 
+_say = functools.partial(print, flush=True)
+
 log = logging.getLogger("rollout.up")
 
 
-async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+async def serve(
+    args: argparse.Namespace,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    say: Callable[[str], None] = _say,
+    log_dir: Path | None = None,
+) -> int:
     """Run the stack until ``stop`` is set or SIGINT/SIGTERM arrives."""
     settings = settings_from(args, port=args.port, host=args.host, secure=getattr(args, "secure", None))
     secure = prepare(settings, tls=getattr(args, "tls", False))  # None unless --secure (docs/security.md)
@@ -80,13 +91,14 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
                 for name in names
             ]
             + [Child("api", [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "api"],
-                     env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})]
+                     env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})],
+            log_dir=log_dir,
         )
         supervisor.start()
-        print(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}, R{settings.replicas}); "
-              f"consumers: {', '.join(names) or 'none'}; Ctrl-C stops all", flush=True)
+        say(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}, R{settings.replicas}); "
+            f"consumers: {', '.join(names) or 'none'}; Ctrl-C stops all")
         if secure is not None:
-            print(secure.describe(), flush=True)
+            say(secure.describe())
         if ready is not None:
             ready.set()
         ticks = asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))
@@ -103,7 +115,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
         await asyncio.to_thread(server.stop)
         with contextlib.suppress(FileNotFoundError):
             settings.url_file.unlink()
-        print("rollout up: stopped", flush=True)
+        say("rollout up: stopped")
     return 0
 
 
