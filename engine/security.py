@@ -187,6 +187,10 @@ def roles() -> dict[str, Role]:
                 f"{_JS}.CONSUMER.NAMES.*",
                 f"{_JS}.CONSUMER.LIST.*",
                 f"{_JS}.CONSUMER.INFO.*.*",
+                # Current state in KV (bandit views, stats snapshots): gets only, no watch.
+                f"{_JS}.DIRECT.GET.{_KV_STREAM}",
+                f"{_JS}.DIRECT.GET.{_KV_STREAM}.>",
+                f"{_JS}.STREAM.MSG.GET.{_KV_STREAM}",
             ),
             subscribe=(subjects.STATS_ALL, f"{inbox_prefix('operator')}.>"),
         ),
