@@ -130,6 +130,9 @@ def test_stack_policies_healthchecks_restarts_and_loopback_ports(compose_config:
             assert service["networks"] == {"backend": None} or list(service["networks"]) == ["backend"]
             env = service["environment"]
             assert env["ROLLOUT_SECURE"] == "true" and env["ROLLOUT_USER"] in ROLES, name
+        check_cmd = service.get("healthcheck", {}).get("test") or []
+        if check_cmd[1:2] == ["rollout"]:
+            build_parser().parse_args(check_cmd[2:])  # a real subcommand, or SystemExit fails the test
     published = {name for name, s in services.items() if s.get("ports")}
     assert published == {"nats", "grafana"}
     assert compose_config["networks"]["backend"].get("internal") is True
@@ -257,3 +260,21 @@ async def test_rollout_ticks_provisions_and_ticks_on_an_external_server(fresh_se
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0
+
+
+def test_secure_compose_commands_write_private_env_and_check_freshness(tmp_path: Path) -> None:
+    rollout = [sys.executable, "-m", "engine.cli", "secure"]
+    env_file = tmp_path / ".env"
+    done = subprocess.run([*rollout, "compose-env", "--out", str(env_file)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert set(values) == {env_reference(role) for role in ROLES} | {"GRAFANA_ADMIN_PASSWORD"}
+    again = subprocess.run([*rollout, "compose-env", "--out", str(env_file)], capture_output=True, text=True)
+    assert again.returncode == 2 and "--force" in again.stderr
+    conf = tmp_path / "nats.conf"
+    subprocess.run([*rollout, "compose-config", "--out", str(conf)], check=True, capture_output=True)
+    assert subprocess.run([*rollout, "compose-config", "--out", str(conf), "--check"], capture_output=True).returncode == 0
+    conf.write_text(conf.read_text().replace("ro.evt.>", "ro.>"))
+    stale = subprocess.run([*rollout, "compose-config", "--out", str(conf), "--check"], capture_output=True, text=True)
+    assert stale.returncode == 2 and "stale" in stale.stderr
