@@ -24,7 +24,7 @@ from engine.cli.common import CliError, handler, settings_from
 from engine.cli.secure import add_up_flags, prepare
 from engine.cluster import EmbeddedCluster
 from engine.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
-from engine.server import EmbeddedServer, ServerError
+from engine.server import EmbeddedServer, ServerError, is_loopback
 from engine.supervisor import Child, Supervisor
 from engine.ticks import run_ticks
 
@@ -47,6 +47,9 @@ async def serve(
     secure = prepare(settings, tls=getattr(args, "tls", False))  # None unless --secure (docs/security.md)
     if secure is not None:
         settings = secure.engine_settings(settings)
+    if not settings.secure and not is_loopback(settings.host):
+        raise CliError(f"refusing to bind {settings.host} without credentials: the embedded server binds "
+                       "loopback only unless you run `rollout up --secure` (docs/security.md)")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

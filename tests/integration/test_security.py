@@ -387,3 +387,15 @@ def _unrelated_ca() -> str:
 
     with tempfile.TemporaryDirectory() as other:
         return write_certificates(Path(other))["ca"].read_text()
+
+
+def test_rollout_up_refuses_a_public_bind_without_credentials(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "--data-dir", str(tmp_path), "up", "--host", "0.0.0.0",
+                           "--port", "0", "--no-consumers"], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")})
+    assert done.returncode == 2
+    assert "refusing to bind 0.0.0.0" in done.stderr and "rollout up --secure" in done.stderr
+    assert not (tmp_path / "nats.url").exists()
