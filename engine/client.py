@@ -53,6 +53,7 @@ from events import (
     ShadowResult,
     decode_lenient,
     subjects,
+    validate,
 )
 from events.ids import check_token, new_event_id
 
@@ -569,8 +570,7 @@ _TOKEN_HINT = "ids are 1-64 characters of A-Z a-z 0-9 _ - (they become NATS subj
 def _validated(event: E) -> E:
     """Run a freshly built event through the contract's validation (constructors do not)."""
     try:
-        return msgspec.convert(msgspec.to_builtins(event), type(event))
-    except msgspec.ValidationError as exc:
-        error = EventError.from_msgspec(exc)
+        return validate(event)  # type: ignore[return-value]
+    except EventError as error:
         hint = _HINTS.get(error.field, _TOKEN_HINT if "regex" in error.rule else "")
         raise EventError(error.field, error.rule, hint) from None

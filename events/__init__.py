@@ -19,6 +19,7 @@ from events.codec import (
     encode,
     encode_batch,
     encode_json,
+    validate,
 )
 from events.errors import EventError
 from events.ids import check_token, command_id, is_token, new_event_id
@@ -94,4 +95,5 @@ __all__ = [
     "kind_of",
     "new_event_id",
     "subjects",
+    "validate",
 ]

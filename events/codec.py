@@ -13,13 +13,16 @@ rejected the same way instead of wedging an older consumer (msgspec #691).
 
 from __future__ import annotations
 
+import operator
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
 
 from events.errors import EventError
-from events.schema import KINDS, SCHEMA_VERSION, AnyEvent, Event
+from events.ids import TOKEN_MAX, TOKEN_PATTERN
+from events.schema import EVENT_TYPES, KINDS, SCHEMA_VERSION, AnyEvent, Event, Id
 
 __all__ = [
     "MAX_BATCH",
@@ -33,6 +36,7 @@ __all__ = [
     "encode_batch",
     "encode_json",
     "iter_json_lines",
+    "validate",
 ]
 
 MAX_BATCH = 1000
@@ -58,6 +62,76 @@ class _Envelope(msgspec.Struct):
 
 _envelope = msgspec.msgpack.Decoder(_Envelope)
 _envelope_json = msgspec.json.Decoder(_Envelope)
+
+
+# --- ids: one regex call per message instead of one per field ---------------------------
+def _id_fields(cls: type[Event]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) names of the fields of ``cls`` typed :data:`events.schema.Id`."""
+    required: list[str] = []
+    optional: list[str] = []
+    for field in msgspec.structs.fields(cls):
+        if field.type == Id:
+            required.append(field.name)
+        elif field.type == (Id | None):
+            optional.append(field.name)
+    return tuple(required), tuple(optional)
+
+
+_ID_FIELDS = {cls: _id_fields(cls) for cls in EVENT_TYPES}
+_ID_GETTERS = {cls: (operator.attrgetter(*req) if req else None, opt) for cls, (req, opt) in _ID_FIELDS.items()}
+_ONE_ID = re.compile(TOKEN_PATTERN)
+_MANY_IDS = re.compile(rf"(?:[A-Za-z0-9_-]{{1,{TOKEN_MAX}}}\n)*")
+
+
+def _ids_ok(events: list[AnyEvent]) -> bool:
+    """True when every Id field of every event is a token (one regex over all of them).
+
+    Values are joined with newlines; a value holding a newline itself would fake a
+    boundary, so the number of newlines must also equal the number of values.
+    """
+    values: list[str] = []
+    extend, append = values.extend, values.append
+    for event in events:
+        getter, optional = _ID_GETTERS[type(event)]
+        if getter is not None:
+            got = getter(event)
+            if isinstance(got, str):
+                append(got)
+            else:
+                extend(got)
+        for name in optional:
+            value = getattr(event, name)
+            if value is not None:
+                append(value)
+    joined = "\n".join(values) + "\n"
+    return joined.count("\n") == len(values) and _MANY_IDS.fullmatch(joined) is not None
+
+
+def _check_ids(event: AnyEvent) -> None:
+    """Raise :class:`EventError` naming the first Id field of ``event`` that is not a token."""
+    required, optional = _ID_FIELDS[type(event)]
+    for name in (*required, *optional):
+        value = getattr(event, name)
+        if value is not None and not _ONE_ID.match(value):
+            raise EventError(
+                f"$.{name}",
+                f"Expected `str` matching regex {TOKEN_PATTERN!r}, got {value[:80]!r}",
+                "ids are 1-64 characters of A-Z a-z 0-9 _ - (they become NATS subject tokens)",
+            )
+
+
+def validate(event: AnyEvent) -> AnyEvent:
+    """Check a freshly built event against the whole contract (constructors do not).
+
+    The SDK calls this before anything is buffered, so the producer's caller gets the
+    error, naming the field and the rule.
+    """
+    try:
+        checked = msgspec.convert(msgspec.to_builtins(event), type(event))
+    except msgspec.ValidationError as exc:
+        raise EventError.from_msgspec(exc) from None
+    _check_ids(checked)
+    return checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +209,11 @@ def decode(data: bytes) -> AnyEvent:
     """Decode one msgpack event; raise :class:`EventError` naming the field and rule."""
     _check_size(data)
     try:
-        return _one.decode(data)
+        event = _one.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _explain(data, exc, _envelope) from None
+    _check_ids(event)
+    return event
 
 
 def decode_message(data: bytes) -> list[AnyEvent]:
@@ -164,12 +240,12 @@ def decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
         return [], [Rejected(-1, exc, bytes(data))]
     if not _is_array(data):
         try:
-            return [_one.decode(data)], []
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return [], [Rejected(-1, _explain(data, exc, _envelope), bytes(data))]
+            return [decode(data)], []
+        except EventError as exc:
+            return [], [Rejected(-1, exc, bytes(data))]
     try:
         events = _many.decode(data)
-        if len(events) <= MAX_BATCH:
+        if len(events) <= MAX_BATCH and _ids_ok(events):
             return events, []
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
@@ -185,9 +261,9 @@ def decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
     for index, raw in enumerate(items):
         item = bytes(raw)
         try:
-            good.append(_one.decode(item))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            bad.append(Rejected(index, _explain(item, exc, _envelope), item))
+            good.append(decode(item))
+        except EventError as exc:
+            bad.append(Rejected(index, exc, item))
     return good, bad
 
 
@@ -196,9 +272,11 @@ def decode_json(data: bytes | str) -> AnyEvent:
     raw = data.encode() if isinstance(data, str) else data
     _check_size(raw)
     try:
-        return _one_json.decode(raw)
+        event = _one_json.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _explain(raw, exc, _envelope_json) from None
+    _check_ids(event)
+    return event
 
 
 def iter_json_lines(lines: Iterable[bytes]) -> Iterable[AnyEvent]:

@@ -63,6 +63,19 @@ FLOAT_BOUND = 1e12
 
 # --- constrained field types (the rules a decoder enforces) --------------------------
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="subject-safe id: 1-64 of A-Z a-z 0-9 _ -")]
+Id = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        extra_json_schema={"pattern": TOKEN_PATTERN},
+        description="subject-safe id: 1-64 of A-Z a-z 0-9 _ -",
+    ),
+]
+"""A token on the hot path of producer events. Same rule as :data:`Token`, but checked by
+``events.codec`` for a whole message in one regex call instead of one call per field
+(msgspec's per-field pattern check cost 75% of decoding). Never decode these Structs
+without going through ``events.codec`` or :func:`events.codec.validate`."""
 UnitId = Annotated[
     str,
     Meta(
@@ -96,11 +109,11 @@ class Event(Struct, tag_field="kind", kw_only=True, frozen=True, gc=False):
     JetStream ``Nats-Msg-Id`` of a single-event message.
     """
 
-    id: Token
+    id: Id
     v: Version = SCHEMA_VERSION
-    rollout: Token
+    rollout: Id
     time_ms: TimeMs
-    producer: Token
+    producer: Id
 
 
 # --- producer events ---------------------------------------------------------------
@@ -121,21 +134,21 @@ class Decision(Event, tag="decision"):
     """Which variant served which unit, and why."""
 
     unit: UnitId
-    variant: Token
+    variant: Id
     reason: DecisionReason
     canary_pct: Pct
     config_version: Count
     propensity: Prob
     shadow: ShadowResult | None = None
     dry_run: bool = False
-    context: Token | None = None
+    context: Id | None = None
 
 
 class Outcome(Event, tag="outcome"):
     """How a decision turned out. ``decision_id`` joins it to its :class:`Decision`."""
 
-    decision_id: Token
-    variant: Token
+    decision_id: Id
+    variant: Id
     verdict: Verdict
     quality: Finite | None = None
     reward: Finite | None = None
@@ -145,11 +158,11 @@ class Outcome(Event, tag="outcome"):
 class Metric(Event, tag="metric"):
     """One measurement of a variant: ``latency_ms``, ``cost_cents``, ``error`` (0/1)..."""
 
-    variant: Token
-    name: Token
+    variant: Id
+    name: Id
     value: Finite
-    unit: Token = "1"
-    decision_id: Token | None = None
+    unit: Id = "1"
+    decision_id: Id | None = None
 
 
 # --- control commands (published by the engine only) ---------------------------------
@@ -223,7 +236,7 @@ class Tick(Event, tag="tick"):
     """Engine time as an event: windows, sustain and cooldowns advance on ticks, so they
     move when no traffic arrives and replay reproduces them exactly."""
 
-    rollout: Token = ENGINE_ROLLOUT
+    rollout: Id = ENGINE_ROLLOUT
 
 
 # --- rollback consumer outputs (ro.ctl.<rollout>.escalation | would_kill) --------------
