@@ -212,3 +212,25 @@ def test_unit_ids_may_hold_any_printable_text_but_no_control_characters() -> Non
     assert decode(msgspec.msgpack.encode(raw | {"unit": "user@example.com/é"})).unit == "user@example.com/é"
     with pytest.raises(EventError):
         decode(msgspec.msgpack.encode(raw | {"unit": "a\x1b[31m"}))
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a\nb", "ok\n", "a b", "*", ">", "x" * 65])
+@pytest.mark.parametrize("field", ["id", "rollout", "producer", "variant", "name", "unit", "decision_id"])
+def test_every_id_field_of_a_batch_is_checked_and_only_the_bad_item_is_rejected(field: str, bad: str) -> None:
+    items = [msgspec.to_builtins(_sample("metric")) | {"decision_id": "d1"} for _ in range(5)]
+    items[2] = items[2] | {field: bad}
+    good, rejected = decode_lenient(msgspec.msgpack.encode(items))
+    assert len(good) == 4
+    assert [r.index for r in rejected] == [2]
+    assert rejected[0].error.field == f"$.{field}"
+
+
+def test_validate_refuses_what_constructors_let_through() -> None:
+    from events import validate
+
+    bad = Metric(id=new_event_id(), variant="a.b", name="latency_ms", value=1.0, **BASE)
+    with pytest.raises(EventError) as info:
+        validate(bad)
+    assert info.value.field == "$.variant"
+    good = _sample("metric")
+    assert validate(good) == good
