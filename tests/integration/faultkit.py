@@ -81,7 +81,10 @@ def committed(data_dir: str | Path, name: str) -> int:
     if not path.exists():
         return 0
     with sqlite3.connect(path, timeout=30) as db:
-        row = db.execute("SELECT MAX(seq) FROM tracking").fetchone()
+        try:
+            row = db.execute("SELECT MAX(seq) FROM tracking").fetchone()
+        except sqlite3.OperationalError:  # created, schema not yet written
+            return 0
     return int(row[0] or 0)
 
 
@@ -92,9 +95,11 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> N
         await asyncio.sleep(0.05)
 
 
-def spawn(url: str, data_dir: Path, name: str, *extra: str) -> Any:
-    """``rollout consumer NAME`` as a child process (stdout piped, stderr discarded)."""
+async def spawn(url: str, data_dir: Path, name: str, *extra: str) -> Any:
+    """``rollout consumer NAME`` as a child process (stdout piped, stderr appended to
+    ``DATA_DIR/NAME.stderr`` so a failure can be read)."""
     argv = [sys.executable, "-m", "engine.cli", "--nats-url", url, "--data-dir", str(data_dir), "consumer", name, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                          stderr=asyncio.subprocess.DEVNULL, env=env)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f"{name}.stderr", "ab") as err:
+        return await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=err, env=env)
