@@ -335,7 +335,7 @@ async def test_sdk_client_with_the_app_role_obeys_a_kill_switch_and_records(secu
                              password=secure.passwords["app"], secure=True)
     engine = await secure.client("engine")
     try:
-        async with RolloutClient(settings, producer="app-test") as client:
+        async with RolloutClient(settings, producer="app-test", catch_up_timeout_s=20) as client:
             kill = KillSwitch(id=new_event_id(), rollout=rollout_id, time_ms=1, producer="engine", actor="test",
                               reason="forged? no: the engine's", before=ControlState(canary_pct=20.0),
                               after=ControlState(canary_pct=0.0, kill_switch=True))
