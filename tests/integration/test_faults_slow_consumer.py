@@ -1,0 +1,103 @@
+"""A consumer far behind the stream: its lag is reported (``rollout status --json`` and the
+engine's Prometheus exposition) and it catches up with bounded memory.
+
+The consumer process is frozen with SIGSTOP (a stuck host, a long GC pause, a debugger)
+while the log grows, then resumed. Memory: the runtime pulls ``--batch`` messages at a
+time with at most ``max(4 x batch, 1000)`` unacknowledged, so its peak RSS must not grow
+with the size of the backlog: a four times larger backlog adds at most ``RSS_SLACK``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.bus import connect, provision
+from engine.metrics import LogMetrics
+from engine.server import EmbeddedServer
+from engine.settings import load_settings
+from tests.integration.faultkit import (
+    ROOT,
+    clean_fold,
+    committed,
+    last_seq,
+    publish,
+    spawn,
+    wait_for,
+)
+
+NAME = "canary_stats"
+RSS_SLACK_KB = 24 * 1024
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The process's peak resident set (VmHWM) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+async def status_lag(url: str) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "--nats-url", url, "status", "--json",
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    [log] = [s for s in json.loads(out)["streams"] if s["name"] == "RO_LOG"]
+    [me] = [c for c in log["consumers"] if c["name"] == NAME]
+    return int(me["lag"]) + int(me["ack_pending"])  # pulled but not folded counts as behind
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_consumer_far_behind_reports_lag_and_catches_up_in_bounded_memory(
+    fresh_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(data_dir))
+    nc = await connect(settings, name="test")
+    js = nc.jetstream()
+    await provision(js, settings)
+    rollouts = lambda n: f"slow-{n % 4}"  # noqa: E731
+    published = await publish(js, 0, 500, rollouts)
+    proc = await spawn(fresh_server.url, data_dir, NAME, "--batch", "64")
+    try:
+        await wait_for(lambda: committed(data_dir, NAME) == 500, 30, "the first backlog")
+        peaks = [peak_rss_kb(proc.pid)]
+        first = 500
+        for backlog in (1000, 4000):
+            proc.send_signal(signal.SIGSTOP)
+            published += await publish(js, first, backlog, rollouts)
+            first += backlog
+            # The lag is visible from outside while the consumer is stuck.
+            assert await status_lag(fresh_server.url) >= backlog
+            exporter = LogMetrics()
+            await exporter.refresh(js)
+            behind = sum(s.value for m in exporter.collect() for s in m.samples if s.labels.get("consumer") == NAME
+                         and s.name in ("rollout_consumer_lag_messages", "rollout_consumer_ack_pending_messages"))
+            assert behind >= backlog
+            proc.send_signal(signal.SIGCONT)
+            await wait_for(lambda end=first: committed(data_dir, NAME) == end, 60, f"catching up {backlog} messages")
+            peaks.append(peak_rss_kb(proc.pid))
+        assert await status_lag(fresh_server.url) == 0
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+    last = await last_seq(js)
+    expected, events = await clean_fold(js, NAME, settings, last)
+    out = await spawn(fresh_server.url, data_dir, NAME, "--digest", "--json")
+    stored = json.loads((await out.communicate())[0])
+    await nc.close()
+    assert stored == {"consumer": NAME, "seq": last, "digest": expected}
+    assert events == published
+    print(f"peak RSS after backlogs of 500, +1000, +4000 messages: {[p // 1024 for p in peaks]} MiB")
+    assert peaks[2] - peaks[1] <= RSS_SLACK_KB, f"peak RSS grew with the backlog: {peaks} KiB"
