@@ -61,8 +61,11 @@ def committed(data_dir: Path) -> int:
     path = data_dir / "consumers" / "canary_stats.sqlite"
     if not path.exists():
         return 0
-    with sqlite3.connect(path) as db:
-        row = db.execute("SELECT MAX(seq) FROM tracking").fetchone()
+    try:
+        with sqlite3.connect(path) as db:
+            row = db.execute("SELECT MAX(seq) FROM tracking").fetchone()
+    except sqlite3.OperationalError:  # the process is still creating its tables
+        return 0
     return int(row[0] or 0)
 
 
@@ -95,9 +98,17 @@ async def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
     await publish(1500)  # a backlog, so kills land mid-fold and mid-commit
     flowing = asyncio.create_task(publish(1200, pause=0.02))
     positions = []
-    for _ in range(KILLS):
+    for i in range(KILLS):
         process = await spawn(fresh_server.url, data_dir)
-        await asyncio.sleep(rng.uniform(0.6, 1.8))
+        if i % 2:  # any instant: start-up, restore, fold, commit, ack
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+        else:  # mid-stream: once this process has committed, a few batches later
+            start = committed(data_dir)
+            for _ in range(200):
+                await asyncio.sleep(0.025)
+                if committed(data_dir) != start:
+                    break
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
         process.send_signal(signal.SIGKILL)
         await process.wait()
         positions.append(committed(data_dir))
