@@ -220,7 +220,7 @@ async def test_compose_nats_config_loads_and_enforces_permissions(tmp_path: Path
             kill = subjects.control("compose-check", "kill_switch")
             with pytest.raises(nats.errors.TimeoutError):
                 await pjs.publish(kill, b"forged", timeout=0.5)
-            for _ in range(100):
+            for _ in range(500):
                 if any("permissions violation" in e and kill in e for e in errors):
                     break
                 await asyncio.sleep(0.02)

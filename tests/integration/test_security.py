@@ -50,7 +50,7 @@ class Secure:
             error_cb=on_error, allow_reconnect=False, connect_timeout=3,
         )
 
-    async def violation(self, role: str, fragment: str, timeout: float = 3.0) -> str:
+    async def violation(self, role: str, fragment: str, timeout: float = 10.0) -> str:
         """Wait for the server's permission violation mentioning ``fragment`` (lower-cased by the server)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
@@ -199,7 +199,7 @@ async def test_service_reads_control_state_and_nothing_else(secure: Secure, roll
 
         sub = await sjs.subscribe(subjects.control_filter(rollout_id), stream=subjects.LOG_STREAM, cb=on_control,
                                   ordered_consumer=True, config=ConsumerConfig(name=f"svc-{rollout_id}"[:32]))
-        for _ in range(100):
+        for _ in range(500):
             if seen:
                 break
             await asyncio.sleep(0.02)
