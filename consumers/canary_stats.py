@@ -174,7 +174,7 @@ class CanaryStats:
 
     name = "canary_stats"
 
-    def __init__(self, last_n: int = 100, window_ms: int = 300_000, time_cap: int = 5000) -> None:
+    def __init__(self, last_n: int = 100, window_ms: int = 300_000, time_cap: int = 1000) -> None:
         """``time_cap`` bounds each series of the time window (memory); beyond it the
         window holds the most recent entries within ``window_ms``, between 7/8 of
         ``time_cap`` and ``time_cap`` of them (never fewer than ``last_n``)."""

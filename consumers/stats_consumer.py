@@ -89,7 +89,7 @@ class StatsPublisher:
 
     async def on_stop(self, runner: Runner) -> None:
         if self.touched:  # one last, longer round; the rest is republished by the next on_start
-            await self.flush(runner, 1.0)
+            await self.flush(runner, 0.25)
 
 
 def build(settings: Settings) -> Consumer:
