@@ -184,6 +184,11 @@ def _check_size(data: bytes | memoryview) -> None:
         )
 
 
+def _too_deep() -> EventError:
+    return EventError("payload", "nested too deeply to decode (a hostile or corrupt message)",
+                      "send flat events: an event is a map of scalars, a batch an array of them")
+
+
 def _explain(data: bytes, exc: Exception, envelope: msgspec.msgpack.Decoder | msgspec.json.Decoder) -> EventError:
     """Turn a failed decode into the most useful error: unknown kind, version, or field."""
     try:
@@ -212,6 +217,8 @@ def decode(data: bytes) -> AnyEvent:
         event = _one.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _explain(data, exc, _envelope) from None
+    except RecursionError:  # 200 kB of nested arrays is under the size limit
+        raise _too_deep() from None
     _check_ids(event)
     return event
 
@@ -232,8 +239,16 @@ def decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
     """Decode what can be decoded; return the good events and the rejected items.
 
     The whole-message fast path costs one msgspec call; only a message with a fault
-    falls back to item-by-item decoding.
+    falls back to item-by-item decoding. Never raises: a message nested too deeply
+    for the decoder is one rejected item (a poison message must not crash a consumer).
     """
+    try:
+        return _decode_lenient(data)
+    except RecursionError:
+        return [], [Rejected(-1, _too_deep(), bytes(data))]
+
+
+def _decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
     try:
         _check_size(data)
     except EventError as exc:
@@ -275,6 +290,8 @@ def decode_json(data: bytes | str) -> AnyEvent:
         event = _one_json.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _explain(raw, exc, _envelope_json) from None
+    except RecursionError:
+        raise _too_deep() from None
     _check_ids(event)
     return event
 
