@@ -34,10 +34,20 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-import msgspec
-
+from consumers.canary_state import NO_SHADOW as _NO_SHADOW
+from consumers.canary_state import (
+    MetaState,
+    decode_rollout,
+    encode_rollout,
+    encoder,
+    map_header,
+    meta_decoder,
+    parts_decoder,
+)
+from consumers.canary_state import RolloutStats as _Rollout
+from consumers.canary_state import VariantStats as _Variant
 from consumers.eventtime import bounded
-from consumers.windows import Series, SeriesState, pack, trim, unpack
+from consumers.windows import Series, trim
 from events import AnyEvent, Decision, Event, Metric, Outcome, Tick
 
 __all__ = ["WINDOWS", "CanaryStats", "MetricView", "VariantView"]
@@ -53,7 +63,6 @@ MAX_METRICS = 64
 MAX_VARIANTS = 64
 """Variants tracked per rollout (events of more are ignored, for the same reason)."""
 _MASK = (1 << 32) - 1
-_NO_SHADOW = -1  # diff code of a decision without a shadow result
 _META = ""  # part key of the engine-wide state; rollout ids are never empty
 
 
@@ -83,90 +92,6 @@ class VariantView:
     shadowed: int = 0
     error_rate: float | None = None
     cost_mean: float | None = None
-
-
-class _Variant:
-    __slots__ = ("decisions", "diff_changed", "diff_seen", "index", "metrics", "name", "ocodes", "otimes",
-                 "outcomes", "quality", "shadowed", "verdicts")
-
-    def __init__(self, name: str, index: int) -> None:
-        self.name = name
-        self.index = index  # position in the rollout's ``vnames``
-        self.decisions = 0
-        self.shadowed = 0
-        self.diff_seen: dict[str, int] = {}
-        self.diff_changed: dict[str, int] = {}
-        self.outcomes = 0
-        self.verdicts = [0, 0, 0, 0]
-        self.quality: Series | None = None
-        self.metrics: dict[str, Series] = {}
-        # Outcomes newer than the time cut-off or among the last N: event times, verdict codes.
-        self.otimes = array("q")
-        self.ocodes = array("b")
-
-
-class _Rollout:
-    __slots__ = ("dcodes", "dims", "dtimes", "dvar", "max_ms", "variants", "vnames")
-
-    def __init__(self) -> None:
-        self.variants: dict[str, _Variant] = {}
-        self.vnames: list[str] = []  # variant names by index, in order of first appearance
-        self.max_ms = 0
-        self.dims: list[str] = []
-        # Decisions newer than the time cut-off or among the last N, as parallel typed
-        # arrays: event time, variant index, diff code (present-dims mask << 32 |
-        # changed-dims mask, -1 without a shadow). ``dcodes`` stays None until the
-        # rollout's first shadow result (most rollouts never have one).
-        self.dtimes = array("q")
-        self.dvar = array("h")
-        self.dcodes: array | None = None
-
-
-# --- canonical snapshot encoding -----------------------------------------------------------
-class _VariantState(msgspec.Struct, array_like=True, gc=False):
-    decisions: int
-    shadowed: int
-    diff_seen: dict[str, int]
-    diff_changed: dict[str, int]
-    outcomes: int
-    verdicts: list[int]
-    quality: SeriesState | None
-    metrics: dict[str, SeriesState]
-    otimes: bytes
-    ocodes: bytes
-
-
-class _RolloutState(msgspec.Struct, array_like=True, gc=False):
-    max_ms: int
-    dims: list[str]
-    vnames: list[str]
-    variants: dict[str, _VariantState]
-    dtimes: bytes
-    dvar: bytes
-    dcodes: bytes | None
-
-
-class _Meta(msgspec.Struct, array_like=True, gc=False):
-    last_n: int
-    window_ms: int
-    time_cap: int
-    tick_ms: int
-    max_ms: int
-
-
-_encoder = msgspec.msgpack.Encoder(order="deterministic")
-_rollout_decoder = msgspec.msgpack.Decoder(_RolloutState)
-_meta_decoder = msgspec.msgpack.Decoder(_Meta)
-_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
-
-
-def _map_header(count: int) -> bytes:
-    """msgpack header of a map of ``count`` entries (what the encoder writes first)."""
-    if count < 16:
-        return bytes((0x80 | count,))
-    if count < 1 << 16:
-        return b"\xde" + count.to_bytes(2, "big")
-    return b"\xdf" + count.to_bytes(4, "big")
 
 
 class CanaryStats:
@@ -410,22 +335,7 @@ class CanaryStats:
 
     # --- snapshots -----------------------------------------------------------------------
     def _meta_part(self) -> bytes:
-        return _encoder.encode(_Meta(self.last_n, self.window_ms, self.time_cap, self.tick_ms, self.max_ms))
-
-    def _rollout_part(self, rs: _Rollout) -> bytes:
-        variants = {}
-        for name, vs in sorted(rs.variants.items()):
-            variants[name] = _VariantState(
-                vs.decisions, vs.shadowed, dict(sorted(vs.diff_seen.items())),
-                dict(sorted(vs.diff_changed.items())), vs.outcomes, list(vs.verdicts),
-                None if vs.quality is None else vs.quality.state(),
-                {m: s.state() for m, s in sorted(vs.metrics.items())},
-                pack(vs.otimes), pack(vs.ocodes),
-            )
-        return _encoder.encode(_RolloutState(
-            rs.max_ms, rs.dims, rs.vnames, variants, pack(rs.dtimes), pack(rs.dvar),
-            None if rs.dcodes is None else pack(rs.dcodes),
-        ))
+        return encoder.encode(MetaState(self.last_n, self.window_ms, self.time_cap, self.tick_ms, self.max_ms))
 
     def changed_parts(self) -> dict[str, bytes]:
         """Encoded parts changed since the last call (key ``""`` is the engine-wide part).
@@ -436,7 +346,7 @@ class CanaryStats:
         dirty, self._dirty = self._dirty, set()
         out: dict[str, bytes] = {}
         for key in sorted(dirty):
-            out[key] = self._meta_part() if key == _META else self._rollout_part(self._rollouts[key])
+            out[key] = self._meta_part() if key == _META else encode_rollout(self._rollouts[key])
         return out
 
     def all_parts(self) -> dict[str, bytes]:
@@ -447,7 +357,7 @@ class CanaryStats:
         """Every part in key order (the meta part ``""`` first), one at a time."""
         yield _META, self._meta_part()
         for key in sorted(self._rollouts):
-            yield key, self._rollout_part(self._rollouts[key])
+            yield key, encode_rollout(self._rollouts[key])
 
     def restore_parts(self, parts: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> None:
         """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
@@ -457,7 +367,7 @@ class CanaryStats:
         self.tick_ms = self.max_ms = 0
         for key, blob in items:
             if key == _META:
-                meta = _meta_decoder.decode(blob)
+                meta = meta_decoder.decode(blob)
                 if (meta.last_n, meta.window_ms, meta.time_cap) != (self.last_n, self.window_ms, self.time_cap):
                     raise ValueError(
                         f"canary-stats snapshot was made with last_n={meta.last_n}, window_ms={meta.window_ms}, "
@@ -466,27 +376,7 @@ class CanaryStats:
                     )
                 self.tick_ms, self.max_ms = meta.tick_ms, meta.max_ms
             else:
-                self._rollouts[key] = self._rollout_from(_rollout_decoder.decode(blob))
-
-    @staticmethod
-    def _rollout_from(state: _RolloutState) -> _Rollout:
-        rs = _Rollout()
-        rs.max_ms = state.max_ms
-        rs.dims = list(state.dims)
-        rs.vnames = list(state.vnames)
-        for name, v in state.variants.items():
-            vs = rs.variants[name] = _Variant(name, rs.vnames.index(name))
-            rs.vnames[vs.index] = vs.name  # share one str per variant
-            vs.decisions, vs.shadowed, vs.outcomes = v.decisions, v.shadowed, v.outcomes
-            vs.diff_seen, vs.diff_changed = dict(v.diff_seen), dict(v.diff_changed)
-            vs.verdicts = list(v.verdicts)
-            vs.quality = None if v.quality is None else Series.from_state(v.quality)
-            vs.metrics = {m: Series.from_state(s) for m, s in v.metrics.items()}
-            vs.otimes, vs.ocodes = unpack("q", v.otimes), unpack("b", v.ocodes)
-        rs.dtimes = unpack("q", state.dtimes)
-        rs.dvar = unpack("h", state.dvar)
-        rs.dcodes = None if state.dcodes is None else unpack("q", state.dcodes)
-        return rs
+                self._rollouts[key] = decode_rollout(blob)
 
     def snapshot(self) -> bytes:
         """The whole state, canonically encoded: a msgpack map of the sorted parts.
@@ -494,15 +384,15 @@ class CanaryStats:
         Built part by part into one buffer, so the state is never held twice (for
         10,000 rollouts a snapshot is ~100 MB). Returns that ``bytearray``.
         """
-        buffer = bytearray(_map_header(len(self._rollouts) + 1))
-        encode_into = _encoder.encode_into
+        buffer = bytearray(map_header(len(self._rollouts) + 1))
+        encode_into = encoder.encode_into
         for key, part in self._iter_parts():
             encode_into(key, buffer, -1)
             encode_into(part, buffer, -1)
         return buffer  # type: ignore[return-value]
 
     def restore(self, data: bytes) -> None:
-        self.restore_parts(_parts_decoder.decode(data))
+        self.restore_parts(parts_decoder.decode(data))
 
     def digest(self) -> str:
         """Stable hash of the state: equal for two folds of the same log.
@@ -511,8 +401,8 @@ class CanaryStats:
         10,000 rollouts never sit in memory twice (a whole snapshot is ~13 KB a rollout).
         """
         hasher = hashlib.blake2b(digest_size=16)
-        hasher.update(_map_header(len(self._rollouts) + 1))
+        hasher.update(map_header(len(self._rollouts) + 1))
         for key, part in self._iter_parts():
-            hasher.update(_encoder.encode(key))
-            hasher.update(_encoder.encode(part))
+            hasher.update(encoder.encode(key))
+            hasher.update(encoder.encode(part))
         return hasher.hexdigest()
