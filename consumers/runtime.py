@@ -48,7 +48,7 @@ from engine.consumer_metrics import ConsumerMetrics, default_metrics
 from engine.settings import Settings
 from events import subjects
 
-__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "StoreStalled", "digest", "stored_digest"]
+__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "StoreIncompatible", "StoreStalled", "digest", "stored_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ class Consumer:
     after_commit: Hook | None = None
     on_start: Callable[[Runner], Awaitable[None]] | None = None
     on_stop: Callable[[Runner], Awaitable[None]] | None = None
+
+
+class StoreIncompatible(RuntimeError):
+    """The stored snapshot does not restore into this projection (another version's)."""
 
 
 class StoreStalled(RuntimeError):
@@ -152,7 +156,14 @@ class Runner:
         await self.store.open()
         try:
             stored = await self.store.load()
-            restore_parts(self.projection, stored.parts)
+            try:
+                restore_parts(self.projection, stored.parts)
+            except Exception as exc:
+                raise StoreIncompatible(
+                    f"consumer {self.name!r} cannot restore its state from {self.store.path} "
+                    f"({type(exc).__name__}: {exc}); it was probably written by another version. "
+                    f"Delete that file (and its -wal, -shm) to rebuild the projection from the log"
+                ) from exc
             self.folder.seq = stored.seq
             self.metrics.position.labels(self.name).set(stored.seq)
             if self._nc is None:
@@ -404,7 +415,12 @@ async def stored_digest(consumer: Consumer, settings: Settings) -> tuple[int, st
         return 0, digest(consumer.projection)
     async with store:
         stored = await store.load()
-    restore_parts(consumer.projection, stored.parts)
+    try:
+        restore_parts(consumer.projection, stored.parts)
+    except Exception as exc:
+        raise StoreIncompatible(
+            f"cannot restore {store.path} ({type(exc).__name__}: {exc}); delete it to rebuild from the log"
+        ) from exc
     return stored.seq, digest(consumer.projection)
 
 

@@ -38,7 +38,12 @@ async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args, **overrides)
     consumer = _build(args.name, settings)
     if args.digest:
-        seq, digest = await stored_digest(consumer, settings)  # type: ignore[arg-type]
+        from consumers.runtime import StoreIncompatible
+
+        try:
+            seq, digest = await stored_digest(consumer, settings)  # type: ignore[arg-type]
+        except StoreIncompatible as exc:
+            raise CliError(str(exc)) from None
         _report(args, {"consumer": args.name, "seq": seq, "digest": digest})
         return 0
     port = args.metrics_port if args.metrics_port is not None else 0
@@ -49,11 +54,12 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, runner.stop)
+    from consumers.runtime import StoreIncompatible
     from consumers.store import ConsumerLocked
 
     try:
         summary = await runner.run()
-    except ConsumerLocked as exc:
+    except (ConsumerLocked, StoreIncompatible) as exc:
         raise CliError(str(exc)) from None
     if args.until_idle or args.json:
         _report(args, {"consumer": summary.consumer, "seq": summary.seq, "events": summary.events,

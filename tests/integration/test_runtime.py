@@ -203,3 +203,16 @@ async def test_a_second_process_of_the_same_consumer_is_refused(stack, tmp_path:
     await task
     assert second.returncode == 2
     assert "already running" in second.stderr and str(os.getpid()) in second.stderr
+
+
+async def test_a_store_from_another_version_is_refused_with_what_to_do(stack) -> None:  # type: ignore[no-untyped-def]
+    from consumers.runtime import StoreIncompatible
+    from consumers.store import SQLiteConsumerStore
+
+    settings, nc, _ = stack
+    async with SQLiteConsumerStore.for_consumer(settings.data_dir, "canary_stats") as store:
+        await store.commit(3, {"": b"\x93not a canary-stats part"})
+    with pytest.raises(StoreIncompatible, match="Delete that file"):
+        await Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True).run()
+    with pytest.raises(StoreIncompatible, match="delete it to rebuild"):
+        await stored_digest(Consumer(CanaryStats()), settings)
