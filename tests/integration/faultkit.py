@@ -24,6 +24,8 @@ from events import Decision, Event, Metric, Outcome, encode_batch, subjects
 
 T0 = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parents[2]
+SOAK = max(1, int(os.environ.get("ROLLOUT_SOAK", "1")))
+"""Scale of the fault tests: 1 in ``make test``; ``make soak`` sets ``ROLLOUT_SOAK=10``."""
 
 
 def batch(n: int, rollout: str, size: int = 20, t0: int = T0) -> tuple[str, list[Event]]:

@@ -22,10 +22,11 @@ from engine.cluster import free_ports
 from engine.server import EmbeddedServer
 from engine.settings import load_settings
 from events import decode_message, subjects
-from tests.integration.faultkit import build, clean_fold, committed, last_seq, spawn, wait_for
+from tests.integration.faultkit import SOAK, build, clean_fold, committed, last_seq, spawn, wait_for
 
 CONSUMERS = ("canary_stats", "control", "rollback")
-RECORDS = 3000
+RECORDS = 3000 * SOAK
+OUTAGES = SOAK
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(150 * SOAK)
 async def test_server_restart_mid_stream_loses_and_doubles_nothing(server: EmbeddedServer, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     settings = load_settings(env={}, nats_url=server.url, data_dir=str(data_dir), connect_timeout_s=0.5)
@@ -52,10 +53,11 @@ async def test_server_restart_mid_stream_loses_and_doubles_nothing(server: Embed
         async with RolloutClient(settings, producer="svc", outbox_path=tmp_path / "outbox.sqlite",
                                  batch_size=50) as client:
             for i in range(RECORDS):
-                if i == RECORDS // 3:
+                cycle = RECORDS // OUTAGES  # each cycle: up a third, down a third, up again
+                if i % cycle == cycle // 3:
                     await asyncio.to_thread(server.stop)  # clean stop, JetStream data kept
                     await wait_for(lambda: client._jetstream() is None, 10, "the client to notice the outage")
-                if i == 2 * RECORDS // 3:
+                if i % cycle == 2 * cycle // 3:
                     await asyncio.to_thread(server.start)
                 rollout = rollouts[i % len(rollouts)]
                 variant = "candidate" if i % 3 == 0 else "baseline"

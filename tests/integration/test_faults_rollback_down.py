@@ -23,7 +23,7 @@ from engine.bus import connect, provision
 from engine.server import EmbeddedServer
 from engine.settings import load_settings
 from events import Event, KillSwitch, decode_message, encode, subjects
-from tests.integration.faultkit import committed, last_seq, spawn, wait_for
+from tests.integration.faultkit import SOAK, committed, last_seq, spawn, wait_for
 
 R = "checkout-down"
 NAME = "rollback"
@@ -45,7 +45,7 @@ async def _kills(js: object) -> list[KillSwitch]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SOAK)
 async def test_rollback_consumer_down_during_a_regression_fires_exactly_one_kill(
     fresh_server: EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -74,7 +74,7 @@ async def test_rollback_consumer_down_during_a_regression_fires_exactly_one_kill
     await asyncio.sleep(rng.uniform(0.0, 0.2))
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
-    for _ in range(2):  # and restarted twice more: no second kill
+    for _ in range(2 * SOAK):  # and restarted twice more (soak: twenty times): no second kill
         proc = await spawn(fresh_server.url, data_dir, NAME, "--until-idle", "--json")
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, (data_dir / f"{NAME}.stderr").read_text()[-2000:]

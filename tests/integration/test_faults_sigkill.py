@@ -24,13 +24,13 @@ from engine.server import EmbeddedServer
 from engine.settings import load_settings
 from engine.ticks import make_tick
 from events import encode, encode_batch, subjects
-from tests.integration.faultkit import T0, batch, clean_fold, committed, last_seq, spawn
+from tests.integration.faultkit import SOAK, T0, batch, clean_fold, committed, last_seq, spawn
 
-ROUNDS = 4
+ROUNDS = 4 * SOAK
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(240 * SOAK)
 async def test_every_consumer_killed_at_random_points_loses_and_doubles_nothing(
     fresh_server: EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -62,7 +62,7 @@ async def test_every_consumer_killed_at_random_points_loses_and_doubles_nothing(
         await js.publish_async_completed()
 
     await publish(400)  # a backlog: kills land mid-fold and mid-commit
-    flowing = asyncio.create_task(publish(5000, pause=0.01))  # flows until the kills are over
+    flowing = asyncio.create_task(publish(5000 * SOAK, pause=0.01))  # flows until the kills are over
     positions: dict[str, list[int]] = {name: [] for name in names}
     for _ in range(ROUNDS):
         procs = {name: await spawn(fresh_server.url, data_dir, name, "--batch", "8") for name in names}

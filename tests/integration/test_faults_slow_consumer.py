@@ -24,6 +24,7 @@ from engine.server import EmbeddedServer
 from engine.settings import load_settings
 from tests.integration.faultkit import (
     ROOT,
+    SOAK,
     clean_fold,
     committed,
     last_seq,
@@ -56,7 +57,7 @@ async def status_lag(url: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SOAK)
 async def test_a_consumer_far_behind_reports_lag_and_catches_up_in_bounded_memory(
     fresh_server: EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -72,7 +73,7 @@ async def test_a_consumer_far_behind_reports_lag_and_catches_up_in_bounded_memor
         await wait_for(lambda: committed(data_dir, NAME) == 500, 30, "the first backlog")
         peaks = [peak_rss_kb(proc.pid)]
         first = 500
-        for backlog in (1000, 4000):
+        for backlog in (1000, 4000 * SOAK):
             proc.send_signal(signal.SIGSTOP)
             published += await publish(js, first, backlog, rollouts)
             first += backlog

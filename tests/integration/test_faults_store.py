@@ -31,7 +31,15 @@ from engine.consumer_metrics import ConsumerMetrics
 from engine.server import EmbeddedServer
 from engine.settings import load_settings
 from events import subjects
-from tests.integration.faultkit import build, clean_fold, committed, last_seq, publish, wait_for
+from tests.integration.faultkit import (
+    SOAK,
+    build,
+    clean_fold,
+    committed,
+    last_seq,
+    publish,
+    wait_for,
+)
 
 NAME = "canary_stats"
 
@@ -64,7 +72,7 @@ async def _clear(fault: str, runner: Runner, holder: sqlite3.Connection | None) 
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("fault", ["disk_full", "read_only", "locked"])
+@pytest.mark.parametrize("fault", ["disk_full", "read_only", "locked"] * SOAK)
 async def test_store_fault_stalls_without_acking_then_resumes_with_nothing_lost(
     fault: str, fresh_server: EmbeddedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
