@@ -232,7 +232,8 @@ def evaluate_guard(
         return GuardResult(guard, "inconclusive", None, threshold, c_value, b_value, cand.n, base.n,
                            why="baseline aggregate is 0")
     if not _crosses(observed, threshold, guard.comparator):
-        recovered = not _crosses(observed, guard.recovery + (threshold - guard.threshold), guard.comparator)
+        recovered = guard.recovery_threshold is None or not _crosses(
+            observed, guard.recovery_threshold + (threshold - guard.threshold), guard.comparator)
         return GuardResult(guard, "pass" if recovered else "hold", observed, threshold, c_value, b_value,
                            cand.n, base.n)
     if guard.test == "none":

@@ -73,6 +73,9 @@ def _toggle(m: GuardMachine, now: int, cfg: Hysteresis) -> None:
 
 def step(m: GuardMachine, status: Status, now: int, cfg: Hysteresis) -> Signal | None:
     """Feed one evaluation; return the signal it causes, if any."""
+    if status == "pass" and m.state == "ok":  # the common case on healthy traffic
+        m.inconclusive = 0
+        return None
     if status == "inconclusive":
         if m.inconclusive == 0 or now - m.last_inconclusive_ms >= cfg.check_interval_ms:
             m.inconclusive += 1
