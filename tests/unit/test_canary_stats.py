@@ -218,3 +218,22 @@ def test_streaming_digest_equals_the_digest_of_the_snapshot(rollouts: int) -> No
     for r in range(rollouts):
         stats.apply(metric("b", "x", float(r), rollout=f"r{r}"), r)
     assert stats.digest() == digest_of(stats.snapshot())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1e12, 1e12), st.sampled_from([0.0, -0.0, 1e-320, 5e-324, 1.0])),
+                min_size=1, max_size=300),
+       st.integers(1, 20))
+def test_lazy_sketch_equals_adding_every_value_on_arrival(values: list[float], last_n: int) -> None:
+    from consumers.windows import Series, new_sketch, sketch_state
+
+    series = Series()
+    eager = new_sketch()
+    for i, value in enumerate(values):
+        series.push(value, T0 + i * 1000, T0 + i * 1000 - 5_000, last_n, max(last_n, 8))
+        eager.add(value)
+    state = series.state()
+    if len(values) > last_n:
+        assert state.sketch == sketch_state(eager)
+    else:
+        assert state.sketch is None
