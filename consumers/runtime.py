@@ -248,9 +248,11 @@ class Runner:
                 for m in msgs:
                     with contextlib.suppress(Exception):  # an ack lost is a harmless redelivery
                         await m.ack()
+                pending = msgs[-1].metadata.num_pending
+                self.metrics.lag.labels(self.name).set(pending)
                 # The server says nothing more is pending: check at once rather than after
                 # a fetch timeout (``--until-idle`` ends as soon as it is caught up).
-                if self.until_idle and msgs[-1].metadata.num_pending == 0 and await self._idle():
+                if self.until_idle and pending == 0 and await self._idle():
                     return
         finally:
             # What the pending fetch delivers stays unacked: the next process re-creates

@@ -10,7 +10,7 @@ Served on ``/metrics`` when ``rollout consumer NAME --metrics-port PORT`` (or th
   (``payload``, ``$.kind``, ``$.v``, ``$.value``..., ``projection`` for a fold that raised);
 - ``rollout_consumer_commits_total`` and ``rollout_consumer_commit_seconds``: SQLite commits;
 - ``rollout_consumer_position``: last committed stream sequence;
-- ``rollout_consumer_lag``: stream messages not yet folded (at the last idle check);
+- ``rollout_consumer_lag``: stream messages not yet folded (after each batch and idle check);
 - ``rollout_consumer_store_errors_total{reason}``: failed commits (``locked``, ``read_only``,
   ``disk_full``, ``io_error``), each retried; ``rollout_consumer_stalled`` is 1 while
   the consumer waits for its store and takes no events.
