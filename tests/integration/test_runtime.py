@@ -201,8 +201,8 @@ async def test_a_second_process_of_the_same_consumer_is_refused(stack, tmp_path:
     )
     first.stop()
     await task
-    assert second.returncode == 2
-    assert "already running" in second.stderr and str(os.getpid()) in second.stderr
+    assert second.returncode == 2, (second.returncode, second.stdout, second.stderr)
+    assert "already running" in second.stderr and str(os.getpid()) in second.stderr, second.stderr
 
 
 async def test_a_store_from_another_version_is_refused_with_what_to_do(stack) -> None:  # type: ignore[no-untyped-def]
