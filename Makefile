@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit schemas bench soak clean up
+.PHONY: run test tools lint unit schemas bench soak clean up
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,15 @@ up: $(STAMP)
 	$(BIN)/rollout up
 
 ## test: lint, then the whole suite (unit, integration against a real nats-server, slow fault tests)
-test: $(STAMP) lint
+test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -q
+
+# Two checkers from Debian that some tests run: promtool (prometheus) checks the /metrics
+# exposition, docker-compose validates compose/docker-compose.yml without an engine.
+APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+tools:
+	@command -v promtool >/dev/null || { $(APT_INSTALL) prometheus >/dev/null; } || echo "warning: could not install promtool (Debian package prometheus); the metrics tests will fail" >&2
+	@command -v docker-compose >/dev/null || { $(APT_INSTALL) docker-compose >/dev/null; } || echo "warning: could not install docker-compose; the compose tests will fail" >&2
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine consumers events tests bench
