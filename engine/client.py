@@ -14,6 +14,11 @@
   every kill switch, resume and config change as it is published. Each command carries
   the full state after it, so the latest one per rollout is the state
   (``consumers.control.apply_command``, the same fold the control consumer runs).
+  The follower is a *named* ephemeral consumer (``sdk-<producer>-<random>``), created
+  through the filtered create subject ``$JS.API.CONSUMER.CREATE.RO_LOG.<name>.ro.ctl.>``,
+  so the ``app`` role needs no unfiltered create (which could retarget the engine's
+  durables: docs/security.md). Every (re)subscription and every ordered-consumer reset
+  takes a fresh name; old ones expire after ``FOLLOWER_INACTIVE_S``.
 * Events go through ``engine.publisher`` (batches, acks, dedupe ids, SQLite outbox).
 """
 
@@ -24,6 +29,7 @@ import contextlib
 import inspect
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,7 +39,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from consumers.control import apply_command
 from engine import client_metrics as m
@@ -69,6 +75,8 @@ _DEFAULT_SPLIT = split_of(_DEFAULT_STATE)
 _FAILED = object()
 """Marks a served variant that raised (its exception went to the caller)."""
 METRICS_INTERVAL_S = 1.0
+FOLLOWER_INACTIVE_S = 10.0
+"""A control follower the SDK left (reset, reconnect, exit) is deleted by the server after this."""
 
 
 class RolloutClient:
@@ -260,6 +268,8 @@ class RolloutClient:
                 caught_up.set()
 
         try:
+            # A named consumer: nats-py creates it through the filtered create subject,
+            # the only one the `app` role may use (engine/security.py).
             self._sub = await self._js.subscribe(
                 subjects.CONTROL_ALL,
                 stream=subjects.LOG_STREAM,
@@ -267,7 +277,9 @@ class RolloutClient:
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                 idle_heartbeat=2.0,
+                config=ConsumerConfig(name=self._follower_name(), inactive_threshold=FOLLOWER_INACTIVE_S),
             )
+            _fresh_name_on_reset(self._sub, self._follower_name)
             info = await self._sub.consumer_info()
         except Exception as exc:
             if not wait:
@@ -287,6 +299,10 @@ class RolloutClient:
                     f"control state not read within {self.catch_up_timeout_s}s "
                     f"({info.num_pending} commands pending); the server may be overloaded"
                 ) from None
+
+    def _follower_name(self) -> str:
+        """A consumer name no one else uses: ``sdk-<producer>-<48 random bits>``."""
+        return f"sdk-{self.producer}-{secrets.token_hex(6)}"
 
     def _fold(self, data: bytes, seq: int) -> None:
         events, rejected = decode_lenient(data)
@@ -552,6 +568,31 @@ class RolloutClient:
                 return True
             await asyncio.sleep(0.05)
         return False
+
+
+def _fresh_name_on_reset(sub: Any, fresh_name: Callable[[], str]) -> None:
+    """Make nats-py re-create a reset ordered consumer under a new name.
+
+    After a gap or missed heartbeats nats-py 2.16 re-creates an ordered consumer from
+    its saved request, under the *same* name. The old consumer usually still exists, so
+    the server takes the request as an update and refuses it ("deliver policy can not be
+    updated"), and the follower would stop until the next reconnect. Renaming the saved
+    request first makes the re-create a plain create (resuming after the last stream
+    sequence seen), through the same filtered subject. The old consumer has no
+    subscriber left and expires after ``FOLLOWER_INACTIVE_S``.
+    """
+    jsi = getattr(getattr(sub, "_sub", None), "_jsi", None)
+    recreate = getattr(jsi, "recreate_consumer", None)
+    if jsi is None or recreate is None or not hasattr(jsi, "_ccreq"):
+        log.warning("rollout SDK: this nats-py has no ordered-consumer reset hook; after a gap the "
+                    "control follower resumes only at the next reconnect")
+        return
+
+    async def recreate_under_a_fresh_name() -> None:
+        jsi._ccreq.name = fresh_name()
+        await recreate()
+
+    jsi.recreate_consumer = recreate_under_a_fresh_name
 
 
 E = TypeVar("E", bound=Event)

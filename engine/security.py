@@ -16,8 +16,9 @@ Five roles, and what each may do (everything else is denied by the server):
     ordered consumer on ``RO_LOG`` restricted by the server to ``ro.ctl.>``.
 ``app``
     a service using the SDK (``RolloutClient``), which both records events and follows
-    control state on one connection: ``producer`` plus ``service``, and the unfiltered
-    consumer create on ``RO_LOG`` that nats-py's unnamed ordered consumer uses.
+    control state on one connection: exactly ``producer`` plus ``service``. The SDK names
+    its control follower, so it needs no unfiltered consumer create (whose consumer name
+    sits in the request body, where no permission can see it).
 ``operator``
     people and tools: the API ``ro.api.>``, ``$SRV.>`` discovery, read-only JetStream
     info (``rollout status``) and live ``ro.stats.>``.
@@ -130,7 +131,7 @@ def _protect_engine_durables() -> tuple[str, ...]:
 
 def roles() -> dict[str, Role]:
     """The permission table, built from the subject map (events.subjects) only."""
-    log, ctl = subjects.LOG_STREAM, subjects.CONTROL_ALL
+    ctl = subjects.CONTROL_ALL
     return {
         "producer": Role(
             "producer",
@@ -164,13 +165,9 @@ def roles() -> dict[str, Role]:
         "app": Role(
             "app",
             "a service using the SDK (RolloutClient): producer + control reader",
-            publish=(
-                subjects.EVENTS_ALL,
-                *_control_reader(),
-                # The SDK's control follower is an unnamed ordered consumer, which
-                # nats-py creates through the unfiltered subject (docs/security.md).
-                f"{_JS}.CONSUMER.CREATE.{log}",
-            ),
+            # No unfiltered `CONSUMER.CREATE.RO_LOG`: the SDK's follower is a named
+            # consumer created through the filtered subject (docs/security.md).
+            publish=(subjects.EVENTS_ALL, *_control_reader()),
             subscribe=(f"{inbox_prefix('app')}.>",),
             deny_publish=_protect_engine_durables(),
         ),

@@ -159,9 +159,13 @@ def test_prometheus_scrapes_every_metrics_service_and_the_dashboard_uses_real_me
     assert not missing, f"dashboard queries metrics nobody exports: {missing}"
 
 
-def test_ci_installs_docker_compose() -> None:
+def test_make_test_installs_docker_compose() -> None:
+    """CI runs `make test`, whose `tools` step installs docker-compose when it is missing."""
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "docker-compose" in ci and "apt-get install -y -qq docker-compose" in ci
+    makefile = (ROOT / "Makefile").read_text()
+    assert "make test" in ci
+    assert "test: $(STAMP) tools" in makefile
+    assert "apt-get install -y -qq" in makefile and "$(APT_INSTALL) docker-compose" in makefile
 
 
 def _runnable_copy(tmp_path: Path) -> Path:

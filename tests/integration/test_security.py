@@ -223,36 +223,77 @@ async def test_service_reads_control_state_and_nothing_else(secure: Secure, roll
         await engine.close()
 
 
-async def test_service_cannot_retarget_an_engine_consumer_to_silence_kill_switches(secure: Secure) -> None:
-    """A create for an existing name is an update in JetStream; the engine's durables are denied to readers."""
+@pytest.mark.parametrize("role", ["service", "app"])
+async def test_readers_cannot_retarget_an_engine_consumer_to_silence_kill_switches(secure: Secure, role: str) -> None:
+    """A create for an existing name is an update in JetStream; no reader can send one for an engine durable.
+
+    Every create path is tried: the named filtered subject (denied for engine names), the
+    legacy durable create and the unfiltered create whose name sits in the body (neither
+    allowed), and a body naming ``rollback`` under another subject name (the server uses
+    the subject's name). The rollback durable keeps seeing the whole log.
+    """
     from nats.js.api import AckPolicy, DeliverPolicy
 
     from engine.security import engine_consumer_names
 
-    name = "rollback"
+    name, log = "rollback", subjects.LOG_STREAM
     assert name in engine_consumer_names()
     engine = await secure.client("engine")
-    service = await secure.client("service")
+    reader = await secure.client(role)
     try:
         ejs = engine.jetstream()
         with contextlib.suppress(NotFoundError):
-            await ejs.delete_consumer(subjects.LOG_STREAM, name)
-        await ejs.add_consumer(subjects.LOG_STREAM, ConsumerConfig(
+            await ejs.delete_consumer(log, name)
+        await ejs.add_consumer(log, ConsumerConfig(
             durable_name=name, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT))
-        body = json.dumps({"stream_name": subjects.LOG_STREAM, "config": {
-            "name": name, "deliver_policy": "all", "ack_policy": "explicit", "filter_subject": subjects.CONTROL_ALL}})
-        attack = f"$JS.API.CONSUMER.CREATE.{subjects.LOG_STREAM}.{name}.{subjects.CONTROL_ALL}"
+        retarget = {"name": name, "deliver_policy": "all", "ack_policy": "explicit",
+                    "filter_subject": subjects.CONTROL_ALL}
+        refused = {
+            f"$JS.API.CONSUMER.CREATE.{log}.{name}.{subjects.CONTROL_ALL}": retarget,
+            f"$JS.API.CONSUMER.CREATE.{log}": retarget,
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{log}.{name}": {**retarget, "durable_name": name},
+        }
+        for attack, config in refused.items():
+            body = json.dumps({"stream_name": log, "config": config}).encode()
+            with pytest.raises(nats.errors.TimeoutError):
+                await reader.request(attack, body, timeout=0.5)
+            await secure.violation(role, attack)
+        # Allowed subject, engine name in the body only: the server answers for the subject's name.
+        decoy = f"{role}-decoy"
+        body = json.dumps({"stream_name": log, "config": {**retarget, "durable_name": name}}).encode()
+        reply = json.loads((await reader.request(
+            f"$JS.API.CONSUMER.CREATE.{log}.{decoy}.{subjects.CONTROL_ALL}", body, timeout=2)).data)
+        assert "does not match" in reply["error"]["description"]
+        body = json.dumps({"stream_name": log, "config": retarget}).encode()
+        reply = json.loads((await reader.request(
+            f"$JS.API.CONSUMER.CREATE.{log}.{decoy}.{subjects.CONTROL_ALL}", body, timeout=2)).data)
+        assert reply["name"] == decoy
         with pytest.raises(nats.errors.TimeoutError):
-            await service.request(attack, body.encode(), timeout=0.5)
-        await secure.violation("service", attack)
-        with pytest.raises(nats.errors.TimeoutError):
-            await service.jetstream(timeout=0.5).consumer_info(subjects.LOG_STREAM, name)
-        info = await ejs.consumer_info(subjects.LOG_STREAM, name)
+            await reader.jetstream(timeout=0.5).consumer_info(log, name)
+        info = await ejs.consumer_info(log, name)
         assert not info.config.filter_subject and not info.config.filter_subjects
-        await ejs.delete_consumer(subjects.LOG_STREAM, name)
+        assert info.config.deliver_policy == DeliverPolicy.ALL
+        await ejs.delete_consumer(log, name)
+        await ejs.delete_consumer(log, decoy)
     finally:
-        await service.close()
+        await reader.close()
         await engine.close()
+
+
+async def test_app_cannot_create_a_consumer_of_producer_events(secure: Secure) -> None:
+    """The `app` role has no unfiltered create: it cannot read other services' events."""
+    app = await secure.client("app")
+    try:
+        js = app.jetstream(timeout=0.5)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.subscribe(subjects.EVENTS_ALL, stream=subjects.LOG_STREAM, ordered_consumer=True)
+        await secure.violation("app", f'publish to "$JS.API.CONSUMER.CREATE.{subjects.LOG_STREAM}"')
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.subscribe(subjects.EVENTS_ALL, stream=subjects.LOG_STREAM, ordered_consumer=True,
+                               config=ConsumerConfig(name="app-evt"))
+        await secure.violation("app", f"$JS.API.CONSUMER.CREATE.{subjects.LOG_STREAM}.app-evt.ro.evt.>")
+    finally:
+        await app.close()
 
 
 async def test_operator_reaches_the_api_but_not_the_control_subjects(secure: Secure, rollout_id: str) -> None:
@@ -324,31 +365,109 @@ async def test_rollout_up_secure_requires_credentials(tmp_path: Path) -> None:
         await asyncio.wait_for(proc.wait(), 30)
 
 
-async def test_sdk_client_with_the_app_role_obeys_a_kill_switch_and_records(secure: Secure, rollout_id: str,
-                                                                            tmp_path: Path) -> None:
-    """RolloutClient, as shipped, works under the `app` role: follows control, publishes events."""
-    from engine.client import RolloutClient
-    from events import ControlState, KillSwitch, encode
+def _app_settings(secure: Secure, tmp_path: Path) -> object:
+    return load_settings(env={}, nats_url=secure.server.url, data_dir=str(tmp_path), user="app",
+                         password=secure.passwords["app"], secure=True)
+
+
+async def _publish_control(js: object, rollout: str, kind: str, after: object) -> None:
+    """Publish a control command as the engine does (only the engine role may)."""
+    from events import ControlState, KillSwitch, Resume, encode
     from events.ids import new_event_id
 
-    settings = load_settings(env={}, nats_url=secure.server.url, data_dir=str(tmp_path), user="app",
-                             password=secure.passwords["app"], secure=True)
+    cls = {"kill_switch": KillSwitch, "resume": Resume}[kind]
+    event = cls(id=new_event_id(), rollout=rollout, time_ms=1, producer="engine", actor="test",
+                reason="the engine's", before=ControlState(canary_pct=20.0), after=after)
+    await js.publish(subjects.control(rollout, kind), encode(event))  # type: ignore[attr-defined]
+
+
+async def _followers(js: object, prefix: str) -> set[str]:
+    infos = await js.consumers_info(subjects.LOG_STREAM)  # type: ignore[attr-defined]
+    return {info.name for info in infos if info.name.startswith(prefix)}
+
+
+async def _until(condition: object, timeout: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.001)
+    return bool(condition())  # type: ignore[operator]
+
+
+async def test_sdk_client_with_the_app_role_obeys_a_kill_switch_and_records(secure: Secure, rollout_id: str,
+                                                                            tmp_path: Path) -> None:
+    """RolloutClient, as shipped, works under the `app` role: a named control follower, kill
+    switches within 100 ms, events published, and no permission violation on the way."""
+    import time
+
+    from engine.client import RolloutClient
+    from events import ControlState
+
     engine = await secure.client("engine")
+    ejs = engine.jetstream()
+    killed, resumed = ControlState(canary_pct=0.0, kill_switch=True), ControlState(canary_pct=20.0)
     try:
-        async with RolloutClient(settings, producer="app-test", catch_up_timeout_s=20) as client:
-            kill = KillSwitch(id=new_event_id(), rollout=rollout_id, time_ms=1, producer="engine", actor="test",
-                              reason="forged? no: the engine's", before=ControlState(canary_pct=20.0),
-                              after=ControlState(canary_pct=0.0, kill_switch=True))
-            await engine.jetstream().publish(subjects.control(rollout_id, "kill_switch"), encode(kill))
-            for _ in range(750):  # generous: the machine is shared; this is not a speed test
-                if client.state(rollout_id).kill_switch:
-                    break
-                await asyncio.sleep(0.02)
-            assert client.state(rollout_id).kill_switch
+        async with RolloutClient(_app_settings(secure, tmp_path), producer="app-test", catch_up_timeout_s=20) as client:
+            assert len(await _followers(ejs, "sdk-app-test-")) == 1  # named: the filtered create
+            latencies: list[float] = []
+            for _ in range(3):  # the best of three: the machine is shared, the follower must be push-fast
+                for after in (killed, resumed):
+                    kind = "kill_switch" if after.kill_switch else "resume"
+                    start = time.perf_counter()
+                    await _publish_control(ejs, rollout_id, kind, after)
+                    assert await _until(lambda a=after: client.state(rollout_id) == a, 15), kind
+                    if after.kill_switch:
+                        latencies.append((time.perf_counter() - start) * 1000)
+            assert min(latencies) < 100, f"kill switch reached the SDK in {sorted(latencies)} ms"
             await client.record_metric(rollout_id, "baseline", "latency_ms", 12.0, unit="ms")
             await client.flush(30)
-        last = await engine.jetstream().get_last_msg(subjects.LOG_STREAM, subjects.event(rollout_id, "metric"))
+        last = await ejs.get_last_msg(subjects.LOG_STREAM, subjects.event(rollout_id, "metric"))
         assert last.data
+    finally:
+        await engine.close()
+    assert not [e for e in secure.errors.get("app", []) if VIOLATION in e]
+
+
+async def test_sdk_follower_resets_under_a_new_name_and_keeps_following(
+        secure: Secure, rollout_id: str, tmp_path: Path) -> None:
+    """nats-py resets an ordered consumer after a sequence gap or missed heartbeats, re-creating
+    it from its saved request. Under the old name that is an update the server refuses
+    while the old consumer exists; the SDK renames it, and keeps following kill switches."""
+    from engine.client import RolloutClient
+    from events import ControlState
+
+    engine = await secure.client("engine")
+    ejs = engine.jetstream()
+    prefix = "sdk-app-reset-"
+    try:
+        async with RolloutClient(_app_settings(secure, tmp_path), producer="app-reset", catch_up_timeout_s=20) as client:
+            (first,) = await _followers(ejs, prefix)
+            # 1. A gap, as nats-py handles one (the old consumer still exists).
+            jsi = client._sub._sub._jsi
+            await jsi.reset_ordered_consumer(jsi._sseq + 1)
+            second: set[str] = set()
+            for _ in range(150):  # the re-create runs in a background task
+                second = await _followers(ejs, prefix) - {first}
+                if second:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(second) == 1, "the follower was not re-created under a new name"
+            killed = ControlState(canary_pct=0.0, kill_switch=True)
+            await _publish_control(ejs, rollout_id, "kill_switch", killed)
+            assert await _until(lambda: client.state(rollout_id) == killed, 15)
+            # 2. The consumer vanishes (server-side delete): heartbeats stop, nats-py resets.
+            await ejs.delete_consumer(subjects.LOG_STREAM, second.pop())
+            followers: set[str] = set()
+            for _ in range(300):  # heartbeats every 2 s: nats-py notices two missed ones
+                followers = await _followers(ejs, prefix) - {first}
+                if followers:
+                    break
+                await asyncio.sleep(0.1)
+            assert followers, "no follower after the consumer was deleted"
+            resumed = ControlState(canary_pct=20.0)
+            await _publish_control(ejs, rollout_id, "resume", resumed)
+            assert await _until(lambda: client.state(rollout_id) == resumed, 15)
     finally:
         await engine.close()
     assert not [e for e in secure.errors.get("app", []) if VIOLATION in e]
