@@ -243,6 +243,8 @@ class Runner:
                     continue
                 failures = 0
                 ahead = self._fetch()
+                if not msgs:  # an empty fetch (a status reply): nothing to fold or ack
+                    continue
                 deliveries = [Delivery(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
                 await self._process(deliveries)
                 for m in msgs:
