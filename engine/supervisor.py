@@ -10,13 +10,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.server import _die_with_parent
+from engine.processes import child_preexec, terminate
 
 __all__ = ["Child", "Supervisor"]
 
@@ -47,7 +45,7 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=child_preexec(),
             )
         finally:
             if output is not None:
@@ -55,14 +53,7 @@ class Child:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, timeout)
 
 
 class Supervisor:

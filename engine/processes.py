@@ -1,0 +1,40 @@
+"""Child processes that never outlive us and stop politely: shared by the embedded
+server and the supervisor of consumer processes."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+__all__ = ["child_preexec", "terminate"]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGTERM this child when its parent dies, then leave Ctrl-C's group."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    os.setpgrp()
+
+
+def child_preexec() -> Callable[[], None] | None:
+    """The ``preexec_fn`` for children: PR_SET_PDEATHSIG on Linux (no orphans, even after
+    a SIGKILL of the parent), nothing elsewhere."""
+    return _die_with_parent if sys.platform.startswith("linux") else None
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM (the child drains and commits), then SIGKILL if it lingers past ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
