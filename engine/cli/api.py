@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 
 from engine.api import ENDPOINTS, serve_api
 from engine.bus import connect
-from engine.cli.common import add_json_flag, handler, print_json, settings_from
+from engine.cli.common import add_json_flag, handler, print_json, settings_from, stop_on_signals
 
 __all__ = ["register"]
 
@@ -21,10 +19,7 @@ __all__ = ["register"]
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop.set)
     nc = await connect(settings, name="rollout-api")
     ready = asyncio.Event()
     task = asyncio.create_task(serve_api(nc, stop, ready))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ __all__ = [
     "run",
     "sanitize",
     "settings_from",
+    "stop_on_signals",
 ]
 
 T = TypeVar("T")
@@ -59,6 +62,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(coro)
+
+
+def stop_on_signals(stop: Callable[[], object]) -> None:
+    """Call ``stop`` on SIGINT or SIGTERM, so a long-running command drains and commits."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop)
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

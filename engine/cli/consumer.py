@@ -9,13 +9,17 @@ connecting to NATS. Two runs over the same log print the same digest.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import importlib
-import signal
 import sys
 
-from engine.cli.common import CliError, add_json_flag, handler, print_json, settings_from
+from engine.cli.common import (
+    CliError,
+    add_json_flag,
+    handler,
+    print_json,
+    settings_from,
+    stop_on_signals,
+)
 
 __all__ = ["register"]
 
@@ -50,10 +54,7 @@ async def _run(args: argparse.Namespace) -> int:
     if port:
         serve_metrics(port, settings.host)
     runner = Runner(consumer, settings, until_idle=args.until_idle)  # type: ignore[arg-type]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, runner.stop)
+    stop_on_signals(runner.stop)
     from consumers.runtime import StoreIncompatible
     from consumers.store import ConsumerLocked
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 
 from engine.bus import connect, provision
-from engine.cli.common import handler, settings_from
+from engine.cli.common import handler, settings_from, stop_on_signals
 from engine.ticks import run_ticks
 
 __all__ = ["register"]
@@ -30,10 +28,7 @@ log = logging.getLogger("rollout.ticks")
 async def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop.set)
     nc = await connect(settings, name="rollout-ticks")
     js = nc.jetstream()
     for action in await provision(js, settings):

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import time
 from typing import TYPE_CHECKING
 
-from engine.cli.common import handler, settings_from
+from engine.cli.common import handler, settings_from, stop_on_signals
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -35,10 +34,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop.set)
     service = SyntheticService(seed=args.seed)
     latency_h, quality_h = _service_metrics(settings.metrics_port, settings.host)
     start = time.monotonic()

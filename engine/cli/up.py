@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from engine.bus import connect, provision
-from engine.cli.common import CliError, handler, settings_from
+from engine.cli.common import CliError, handler, settings_from, stop_on_signals
 from engine.cli.secure import add_up_flags, prepare
 from engine.cluster import EmbeddedCluster
 from engine.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
@@ -51,10 +50,7 @@ async def serve(
         raise CliError(f"refusing to bind {settings.host} without credentials: the embedded server binds "
                        "loopback only unless you run `rollout up --secure` (docs/security.md)")
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop.set)
     server: EmbeddedServer | EmbeddedCluster
     if args.cluster and secure is not None:
         raise CliError("--secure with --cluster is not supported yet (the cluster nodes would run without "
