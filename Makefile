@@ -43,9 +43,11 @@ schemas: $(STAMP)
 
 ## bench: every benchmark; prints a table, writes bench/results/latest.json and docs/benchmarks.md
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet 'eventsourcing==9.5.6'
+	$(BIN)/python -m pip install --quiet 'eventsourcing==9.5.6' py-spy pyinstrument
 	$(BIN)/python -m bench.run
 
+## soak: 10 minutes of canary_stats + rollback at 80% of measured capacity (memory and lag
+## sampled, bench/results/soak.json), then the fault tests at scale 10 (not part of make test)
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
 
