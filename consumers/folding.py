@@ -92,11 +92,16 @@ def restore_parts(projection: Projection, parts: dict[str, bytes]) -> None:
 class Folder:
     """Fold batches of deliveries into ``projection``, tracking the committed position."""
 
-    def __init__(self, projection: Projection, seq: int = 0, consumer: str | None = None) -> None:
+    def __init__(self, projection: Projection, seq: int = 0, consumer: str | None = None,
+                 contiguous: bool = True) -> None:
         self.projection = projection
         self.consumer = consumer or projection.name
         self.seq = seq
         self.events = 0
+        # A partition's consumer reads a filtered log: its stream sequences have holes
+        # by design, so order is checked on the consumer's delivery sequence instead
+        # (the runtime rewinds on a hole there) and the folder only skips what is committed.
+        self.contiguous = contiguous
 
     def skip_to(self, seq: int) -> None:
         """Declare sequences up to ``seq`` gone from the stream (deleted or aged out)."""
@@ -113,7 +118,7 @@ class Folder:
             if seq <= self.seq:
                 result.skipped += 1
                 continue
-            if seq != self.seq + 1:
+            if self.contiguous and seq != self.seq + 1:
                 result.held = [d for d in ordered[index:] if d.seq > self.seq]
                 break
             self._fold_one(delivery, result)

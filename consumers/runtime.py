@@ -20,6 +20,15 @@ On start the durable JetStream consumer is re-created at the committed sequence 
 the SQLite position is the truth, the JetStream consumer only a cursor, so nothing
 pending from a previous process can arrive out of order.
 
+Partitioned (``Runner(..., partition=k)``, docs/scaling.md): the log stores every
+rollout's subjects with its partition number, and the runner's durable consumer
+(``<name>_p<k>``, its own SQLite store ``<name>_p<k>.sqlite``) filters partition ``k``
+and the ticks. Stream sequences then have holes by design, so order is checked on the
+consumer's delivery sequence, which JetStream numbers 1, 2, 3... for every delivery
+(redeliveries included) from the consumer's creation: a hole or step back there means
+a delivery was lost (a dropped pull, a leader change) and the runner rewinds, i.e.
+re-creates the consumer at the committed position + 1, exactly as on start.
+
 A consumer module registers a :class:`consumers.registry.ConsumerSpec` and exposes
 ``build(settings) -> Consumer``; see ``consumers/stats_consumer.py`` for an example.
 """
@@ -48,7 +57,8 @@ from engine.consumer_metrics import ConsumerMetrics, default_metrics
 from engine.settings import Settings
 from events import subjects
 
-__all__ = ["Consumer", "Hook", "RunSummary", "Runner", "StoreIncompatible", "StoreStalled", "digest", "stored_digest"]
+__all__ = ["Consumer", "Hook", "PartitionMismatch", "RunSummary", "Runner", "StoreIncompatible", "StoreStalled",
+           "digest", "store_name", "stored_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +78,15 @@ class Consumer:
     after_commit: Hook | None = None
     on_start: Callable[[Runner], Awaitable[None]] | None = None
     on_stop: Callable[[Runner], Awaitable[None]] | None = None
+
+
+class PartitionMismatch(RuntimeError):
+    """The runner asks for a partition the log does not have."""
+
+
+def store_name(consumer: str, partition: int | None) -> str:
+    """Durable consumer and store name: ``<consumer>`` or ``<consumer>_p<partition>``."""
+    return consumer if partition is None else f"{consumer}_p{partition}"
 
 
 class StoreIncompatible(RuntimeError):
@@ -113,17 +132,21 @@ class Runner:
         until_idle: bool = False,
         fetch_timeout: float = 0.5,
         metrics: ConsumerMetrics | None = None,
+        partition: int | None = None,
     ) -> None:
         self.consumer = consumer
         self.projection = consumer.projection
-        self.name = consumer.projection.name
+        self.partition = partition
+        self.name = store_name(consumer.projection.name, partition)
         self.settings = settings
         self.batch = batch or settings.consumer_batch
         self.until_idle = until_idle
         self.fetch_timeout = fetch_timeout
         self.metrics = metrics or default_metrics()
         self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
-        self.folder = Folder(self.projection)
+        self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None)
+        self._next_delivery = 1  # partitioned: the consumer sequence expected next
+        self._stuck = 0  # partitioned: idle checks in a row that saw undelivered messages
         self.stop_event = asyncio.Event()
         self.dead_letters = 0
         self._nc = nc
@@ -201,6 +224,8 @@ class Runner:
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(subjects.LOG_STREAM, self.name)
         start = self.folder.seq + 1
+        filters = await self._partition_filters(js)
+        self._next_delivery = 1
         config = ConsumerConfig(
             durable_name=self.name,
             description=f"rollout-engine consumer {self.name} (position kept in its SQLite store)",
@@ -210,9 +235,46 @@ class Runner:
             ack_wait=self.settings.ack_wait_s,
             max_deliver=self.settings.consumer_max_deliver,
             max_ack_pending=max(4 * self.batch, 1000),
+            filter_subjects=filters,
         )
         await js.add_consumer(subjects.LOG_STREAM, config)
         return await js.pull_subscribe_bind(durable=self.name, stream=subjects.LOG_STREAM)
+
+    async def _partition_filters(self, js: JetStreamContext) -> list[str] | None:
+        """Filter subjects of this runner's partition (None: the whole log)."""
+        if self.partition is None:
+            return None
+        info = await js.stream_info(subjects.LOG_STREAM)
+        transform = info.config.subject_transform
+        count = subjects.partition_count(transform.dest if transform else None)
+        if self.partition >= count:
+            raise PartitionMismatch(
+                f"consumer {self.name!r} asks for partition {self.partition} but stream {subjects.LOG_STREAM} has "
+                f"{count or 'no'} partitions; create the log with `partitions` set (docs/scaling.md) or pick "
+                f"partitions 0..{max(count - 1, 0)}"
+            )
+        return subjects.partition_filters(self.partition)
+
+    async def _rewind(self, ahead: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Drop the current pull and re-create the consumer at the committed position + 1."""
+        ahead.cancel()
+        with contextlib.suppress(BaseException):
+            await ahead
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+        self._stuck = 0
+        self._sub = await self._subscribe()
+        return self._fetch()
+
+    def _in_order(self, msgs: list[Any]) -> int:
+        """How many of ``msgs`` continue the consumer's delivery sequence without a hole."""
+        for index, msg in enumerate(msgs):
+            if msg.metadata.sequence.consumer != self._next_delivery:
+                log.warning("%s: delivery %d arrived where %d was expected; rewinding to sequence %d",
+                            self.name, msg.metadata.sequence.consumer, self._next_delivery, self.folder.seq + 1)
+                return index
+            self._next_delivery += 1
+        return len(msgs)
 
     def _fetch(self) -> asyncio.Future[Any]:
         return asyncio.ensure_future(self._sub.fetch(self.batch, timeout=self.fetch_timeout))
@@ -231,6 +293,8 @@ class Runner:
                     ahead = self._fetch()
                     if await self._idle():
                         return
+                    if self._stuck >= 2:  # partitioned: messages pending but none delivered
+                        ahead = await self._rewind(ahead)
                     continue
                 except NatsError as exc:  # reconnecting, server restarted, consumer gone...
                     failures += 1
@@ -245,11 +309,21 @@ class Runner:
                 ahead = self._fetch()
                 if not msgs:  # an empty fetch (a status reply): nothing to fold or ack
                     continue
+                self._stuck = 0
+                whole = len(msgs)
+                if self.partition is not None:
+                    msgs = msgs[: self._in_order(msgs)]
+                if not msgs:
+                    ahead = await self._rewind(ahead)
+                    continue
                 deliveries = [Delivery(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
                 await self._process(deliveries)
                 for m in msgs:
                     with contextlib.suppress(Exception):  # an ack lost is a harmless redelivery
                         await m.ack()
+                if len(msgs) < whole:
+                    ahead = await self._rewind(ahead)
+                    continue
                 pending = msgs[-1].metadata.num_pending
                 self.metrics.lag.labels(self.name).set(pending)
                 # The server says nothing more is pending: check at once rather than after
@@ -355,6 +429,8 @@ class Runner:
         if self.consumer.after_commit is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.after_commit(self, BatchResult(self.folder.seq))
+        if self.partition is not None:
+            return await self._idle_partition()
         try:
             info = await self.js.stream_info(subjects.LOG_STREAM)
         except Exception as exc:
@@ -376,6 +452,30 @@ class Runner:
             else:
                 self.folder.skip_to(min(last, self.folder.seq + 64))
             return False
+        return self.until_idle and not await self.store.pending()
+
+    async def _idle_partition(self) -> bool:
+        """Idle check of a partition: the consumer's own counts say whether it is caught up.
+
+        Undelivered (``num_pending``) or unacked (``num_ack_pending``) messages while no
+        fetch returns anything, twice in a row, mean a lost pull: the loop rewinds.
+        """
+        try:
+            info = await self.js.consumer_info(subjects.LOG_STREAM, self.name)
+            stream = await self.js.stream_info(subjects.LOG_STREAM)
+        except Exception as exc:
+            log.warning("%s: consumer info failed: %s", self.name, exc)
+            return False
+        if int(stream.state.last_seq) < self.folder.seq:
+            raise RuntimeError(
+                f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at "
+                f"{stream.state.last_seq}: the stream was recreated. Delete {self.store.path} to rebuild the projection"
+            )
+        self.metrics.lag.labels(self.name).set(info.num_pending)
+        if info.num_pending or info.num_ack_pending:
+            self._stuck += 1
+            return False
+        self._stuck = 0
         return self.until_idle and not await self.store.pending()
 
     def _count(self, total: BatchResult, seconds: float) -> None:
@@ -412,9 +512,10 @@ class Runner:
             log.warning("%s: could not delete relayed outbox rows (%s); they will be relayed again", self.name, exc)
 
 
-async def stored_digest(consumer: Consumer, settings: Settings) -> tuple[int, str]:
-    """(position, digest) of a consumer's committed state, read from its store alone."""
-    store = SQLiteConsumerStore.for_consumer(settings.data_dir, consumer.projection.name, exclusive=False)
+async def stored_digest(consumer: Consumer, settings: Settings, partition: int | None = None) -> tuple[int, str]:
+    """(position, digest) of a consumer's (or one partition's) committed state, from its store alone."""
+    name = store_name(consumer.projection.name, partition)
+    store = SQLiteConsumerStore.for_consumer(settings.data_dir, name, exclusive=False)
     if not store.path.exists():  # nothing committed yet: the empty state (create nothing)
         return 0, digest(consumer.projection)
     async with store:

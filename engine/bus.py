@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, NoServersError
+from nats.errors import AuthorizationError, NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from engine.settings import Settings
@@ -27,7 +29,11 @@ log = logging.getLogger(__name__)
 
 
 class BusUnavailable(ConnectionError):
-    """No NATS server answered; the message says where we looked and what to do."""
+    """No NATS server answered, or it refused us; the message says where, why and what to do."""
+
+
+CLOSE_GRACE_S = 0.5
+"""How long a failed first connect may take to close (nats-py's close can hang: see connect)."""
 
 
 async def connect(
@@ -42,6 +48,15 @@ async def connect(
 
     ``on_event`` receives ``"disconnected"`` / ``"reconnected"`` / ``"closed"`` (the SDK
     switches to its outbox on those).
+
+    The first connection has a deadline (``connect_timeout_s`` per server, plus 1 s), and
+    a failure that retrying cannot fix ends it at once: a TLS handshake the client
+    refuses (no trusted CA, wrong host name) or refused credentials. nats-py reports
+    those only to its error callback and then retries, and after a failed TLS upgrade
+    its close never returns (it waits on the plain socket's writer, whose transport the
+    failed upgrade took over: nats-io/nats.py#718). So the attempt runs as a task this
+    function cancels, and closing the half-open client gets ``CLOSE_GRACE_S``; the
+    socket itself is already closed by then.
     """
     target = url or settings.resolved_url()
     servers = [s.strip() for s in target.split(",") if s.strip()]
@@ -59,8 +74,15 @@ async def connect(
     async def closed() -> None:
         await _cb("closed")
 
+    fatal: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+    errors: list[Exception] = []
+
     async def error(exc: Exception) -> None:
         log.debug("nats error: %s", exc)
+        if not client.is_connected:
+            errors.append(exc)
+            if _is_fatal(exc) and not fatal.done():
+                fatal.set_result(exc)
 
     options: dict[str, object] = {}
     if settings.creds_file:
@@ -74,32 +96,82 @@ async def connect(
     # nats-py retries the initial connect forever whatever max_reconnect_attempts says,
     # so the first connection gets a deadline of its own.
     deadline = settings.connect_timeout_s * max(1, len(servers)) + 1.0
-    try:
-        await asyncio.wait_for(
-            client.connect(
-                servers=servers,
-                name=name,
-                connect_timeout=settings.connect_timeout_s,
-                allow_reconnect=reconnect,
-                max_reconnect_attempts=-1 if reconnect else 0,
-                reconnect_time_wait=0.25,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                closed_cb=closed,
-                error_cb=error,
-                pending_size=64 * 1024 * 1024,
-                **options,  # type: ignore[arg-type]
-            ),
-            deadline,
+    attempt = asyncio.ensure_future(
+        client.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=settings.connect_timeout_s,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=-1 if reconnect else 0,
+            reconnect_time_wait=0.25,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            closed_cb=closed,
+            error_cb=error,
+            pending_size=64 * 1024 * 1024,
+            **options,  # type: ignore[arg-type]
         )
+    )
+    try:
+        await asyncio.wait({attempt, fatal}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        attempt.cancel()
+        raise
+    if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
         return client
-    except (NoServersError, OSError, TimeoutError) as exc:
-        with contextlib.suppress(Exception):
-            await client.close()
-        raise BusUnavailable(
-            f"no NATS server answered at {', '.join(servers)} ({type(exc).__name__}: {exc}); "
-            "start one with `rollout up`, or point ROLLOUT_NATS_URL at yours"
-        ) from None
+    failure: BaseException | None = None
+    if fatal.done():
+        failure = fatal.result()
+    elif attempt.done() and not attempt.cancelled():
+        failure = attempt.exception()
+    attempt.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(asyncio.shield(_close_quietly(client, attempt)), CLOSE_GRACE_S)
+    raise BusUnavailable(_connect_failure(settings, servers, failure, errors[-1] if errors else None, deadline))
+
+
+async def _close_quietly(client: Client, attempt: asyncio.Future[None]) -> None:
+    with contextlib.suppress(BaseException):
+        await attempt
+    with contextlib.suppress(Exception):
+        await client.close()
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """A first-connect error that retrying cannot fix: TLS trust, or refused credentials."""
+    return isinstance(exc, ssl.SSLError | AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+def _connect_failure(settings: Settings, servers: list[str], failure: BaseException | None,
+                     last_error: Exception | None, deadline: float) -> str:
+    """The message of a failed first connect: what failed, where, and what to do."""
+    where = ", ".join(servers)
+    cause = failure if failure is not None and _is_fatal(failure) else last_error
+    if isinstance(cause, ssl.SSLError):
+        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+        ca = settings.data_path / "secure" / "tls" / "ca.pem"
+        trust = f"SSL_CERT_FILE={ca}" if ca.exists() else "SSL_CERT_FILE=DATA_DIR/secure/tls/ca.pem"
+        return (
+            f"TLS handshake with {where} failed: {reason} ({type(cause).__name__}). "
+            f"This client does not trust the server's certificate: set {trust} (the CA that "
+            "`rollout up --secure --tls` generated), and connect by a host name the certificate "
+            "lists (docs/security.md)"
+            + (f"; SSL_CERT_FILE is set to {os.environ['SSL_CERT_FILE']}" if os.environ.get("SSL_CERT_FILE") else "")
+        )
+    if cause is not None and _is_fatal(cause):
+        who = f"user {settings.user!r}" if settings.user else "no credentials"
+        return (
+            f"the NATS server at {where} refused {who} (authorization violation): use the role's "
+            "settings file (`rollout --config DATA_DIR/secure/<role>.toml ...`) or set "
+            "ROLLOUT_USER and ROLLOUT_PASSWORD (docs/security.md)"
+        )
+    detail = f"{type(failure).__name__}: {failure}" if failure is not None else f"no answer within {deadline:.1f}s"
+    if last_error is not None and failure is None:
+        detail += f"; last error: {type(last_error).__name__}: {last_error}"
+    return (
+        f"no NATS server answered at {where} ({detail}); "
+        "start one with `rollout up`, or point ROLLOUT_NATS_URL at yours"
+    )
 
 
 def stream_config(settings: Settings) -> list[StreamConfig]:
@@ -116,6 +188,7 @@ def stream_config(settings: Settings) -> list[StreamConfig]:
             max_bytes=settings.log_max_bytes,
             discard=DiscardPolicy.OLD,
             max_msg_size=settings.max_payload_bytes,
+            subject_transform=_partitioning(settings),
         ),
         StreamConfig(
             name=subjects.DLQ_STREAM,
@@ -128,6 +201,27 @@ def stream_config(settings: Settings) -> list[StreamConfig]:
             max_msg_size=settings.max_payload_bytes,
         ),
     ]
+
+
+def _partitioning(settings: Settings) -> SubjectTransform | None:
+    """The log's subject transform that appends the rollout's partition (docs/scaling.md)."""
+    if not settings.partitions:
+        return None
+    src, dest = subjects.partition_transform(settings.partitions)
+    return SubjectTransform(src=src, dest=dest)
+
+
+def _check_partitioning(info_transform: SubjectTransform | None, settings: Settings) -> None:
+    """A partition count differs from the existing log's: refuse rather than remap keys."""
+    if not settings.partitions:
+        return  # unpartitioned clients (status, SDK, tools) work with either log
+    have = subjects.partition_count(info_transform.dest if info_transform else None)
+    if have != settings.partitions:
+        raise BusUnavailable(
+            f"stream {subjects.LOG_STREAM} exists with {have or 'no'} partitions but partitions = {settings.partitions} "
+            "was asked: the partition count is fixed when the log is created (changing it would move rollouts "
+            "between partitions mid-stream). Use the existing count, or create a new log (docs/scaling.md)"
+        )
 
 
 async def provision(js: JetStreamContext, settings: Settings, wait_s: float = 30.0) -> list[str]:
@@ -155,6 +249,8 @@ async def _provision_once(js: JetStreamContext, settings: Settings) -> list[str]
             await js.add_stream(config)
             actions.append(f"created stream {config.name}")
             continue
+        if config.name == subjects.LOG_STREAM:
+            _check_partitioning(info.config.subject_transform, settings)
         have = set(info.config.subjects or [])
         missing = [s for s in config.subjects or [] if s not in have]
         if missing:

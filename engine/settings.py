@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     creds_file: str = ""
     user: str = ""
     password: str = ""
+    partitions: Annotated[int, Meta(ge=0, le=1024)] = 0
 
     @property
     def data_path(self) -> Path:
@@ -88,6 +89,7 @@ SETTINGS_DOC: dict[str, str] = {
     "creds_file": "NATS credentials file for this process (secure mode).",
     "user": "NATS user name for this process (secure mode).",
     "password": "NATS password for this process (secure mode).",
+    "partitions": "Partitions of the log by rollout, fixed when the log stream is created (0: one unpartitioned log). Consumers then run per partition (`rollout consumer NAME --partitions 0,1`); see docs/scaling.md.",
 }
 
 

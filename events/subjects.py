@@ -28,6 +28,7 @@ __all__ = [
     "EVENTS_ALL",
     "LOG_STREAM",
     "LOG_SUBJECTS",
+    "PARTITION_SOURCE",
     "PRODUCER_KINDS",
     "ROOT",
     "STATE_BUCKET",
@@ -39,6 +40,10 @@ __all__ = [
     "event",
     "events_filter",
     "parse",
+    "partition_count",
+    "partition_filters",
+    "partition_of",
+    "partition_transform",
     "stats",
 ]
 
@@ -122,8 +127,15 @@ def api(endpoint: str) -> str:
 
 
 def parse(subject: str) -> ParsedSubject:
-    """Split a subject of this map into its parts; raise ValueError for a foreign one."""
+    """Split a subject of this map into its parts; raise ValueError for a foreign one.
+
+    A subject stored by a partitioned log carries a trailing partition number
+    (``ro.evt.<rollout>.<kind>.<partition>``, see :func:`partition_transform`); it
+    parses to the same parts as the subject the producer published.
+    """
     parts = subject.split(".")
+    if len(parts) == 5 and parts[1] in ("evt", "ctl") and parts[4].isdigit():
+        parts = parts[:4]
     if len(parts) >= 2 and parts[0] == ROOT:
         family = parts[1]
         if family in ("evt", "ctl") and len(parts) == 4:
@@ -133,3 +145,53 @@ def parse(subject: str) -> ParsedSubject:
         if family == "tick" and len(parts) == 2:
             return ParsedSubject(family, None, None)
     raise ValueError(f"{subject!r} is not a rollout-engine subject (see events.subjects)")
+
+
+# --- partitions (docs/scaling.md) ------------------------------------------------------
+# A partitioned log stores ``ro.evt.<rollout>.<kind>`` as ``ro.evt.<rollout>.<kind>.<p>``
+# and ``ro.ctl.<rollout>.<command>`` as ``ro.ctl.<rollout>.<command>.<p>``, where ``p``
+# is the server's deterministic ``partition(n, rollout)``: the stream's own subject
+# transform adds it, so producers, permissions and every subject builder above stay
+# unchanged. ``ro.tick`` keeps no partition: every partition's consumer reads it.
+PARTITION_SOURCE = f"{ROOT}.*.*.*"
+"""What the stream's subject transform matches: evt and ctl subjects (4 tokens), not the tick."""
+
+
+def partition_transform(count: int) -> tuple[str, str]:
+    """(source, destination) of the log stream's subject transform for ``count`` partitions.
+
+    The partition number is NATS's ``{{partition(count, 2)}}`` of the rollout token,
+    appended as a last token so ``ro.evt.>`` and ``ro.ctl.>`` still match everything.
+    """
+    if count < 1:
+        raise ValueError(f"a partitioned log needs at least 1 partition, got {count}")
+    return PARTITION_SOURCE, f"{ROOT}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}.{{{{partition({count},2)}}}}"
+
+
+def partition_count(transform_dest: str | None) -> int:
+    """The partition count a stream's transform destination encodes; 0 when unpartitioned."""
+    if not transform_dest or "{{partition(" not in transform_dest:
+        return 0
+    inner = transform_dest.split("{{partition(", 1)[1]
+    return int(inner.split(",", 1)[0])
+
+
+def partition_filters(partition: int) -> list[str]:
+    """Consumer filter subjects of one partition: its rollouts' events and control, and every tick."""
+    if partition < 0:
+        raise ValueError(f"a partition number is >= 0, got {partition}")
+    return [f"{ROOT}.evt.*.*.{partition}", f"{ROOT}.ctl.*.*.{partition}", TICK]
+
+
+def partition_of(rollout: str, count: int) -> int:
+    """The partition of ``rollout`` among ``count``: the same function as the server's mapping.
+
+    nats-server's ``partition(n, ...)`` is FNV-1a (32 bit) of the token, modulo ``n``;
+    this lets tools say which process owns a rollout without asking the server.
+    """
+    if count < 1:
+        raise ValueError(f"a partitioned log needs at least 1 partition, got {count}")
+    h = 0x811C9DC5
+    for byte in check_token(rollout, "rollout").encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % count
