@@ -46,6 +46,15 @@ async def test_server_restart_mid_stream_loses_and_doubles_nothing(server: Embed
     await provision(nc.jetstream(), settings)
     await nc.close()
     procs = [await spawn(server.url, data_dir, name, "--batch", "16") for name in CONSUMERS]
+    nc = await connect(settings, name="test-wait")
+    for name in CONSUMERS:  # connected and subscribed before the outage (imports are slow on a busy machine)
+        for _ in range(600):
+            try:
+                await nc.jetstream().consumer_info(subjects.LOG_STREAM, name)
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+    await nc.close()
     rollouts = [f"restart-{i}" for i in range(4)]
     recorded: set[str] = set()
     deepest = 0
@@ -77,7 +86,7 @@ async def test_server_restart_mid_stream_loses_and_doubles_nothing(server: Embed
         nc = await connect(settings, name="test-check")
         js = nc.jetstream()
         last = await last_seq(js)
-        await wait_for(lambda: all(committed(data_dir, n) == last for n in CONSUMERS), 60, "consumers to catch up")
+        await wait_for(lambda: all(committed(data_dir, n) == last for n in CONSUMERS), 120, "consumers to catch up")
         assert all(p.returncode is None for p in procs), "a consumer process died during the outage"
     finally:
         for p in procs:

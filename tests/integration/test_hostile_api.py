@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -144,14 +146,14 @@ def test_the_log_holds_only_well_formed_subjects_and_the_api_still_serves(backgr
     assert code is None and msgspec.json.decode(payload)
 
 
-ID_COMMANDS = [["kill", "{id}", "--reason", "fuzz", "--actor", "alice", "--timeout", "2"],
-               ["resume", "{id}", "--actor", "alice", "--timeout", "2"],
-               ["set", "{id}", "--canary-pct", "5", "--actor", "alice", "--create", "--timeout", "2"],
-               ["evaluate", "{id}", "--dry-run", "--timeout", "2"],
+ID_COMMANDS = [["kill", "{id}", "--reason", "fuzz", "--actor", "alice", "--timeout", "15"],
+               ["resume", "{id}", "--actor", "alice", "--timeout", "15"],
+               ["set", "{id}", "--canary-pct", "5", "--actor", "alice", "--create", "--timeout", "15"],
+               ["evaluate", "{id}", "--dry-run", "--timeout", "15"],
                ["events", "{id}", "--limit", "1"],
                ["status", "{id}"],
                ["consumer", "{id}", "--digest"],
-               ["kill", "hostile-cli", "--reason", "fuzz", "--actor", "{id}", "--timeout", "2"]]
+               ["kill", "hostile-cli", "--reason", "fuzz", "--actor", "{id}", "--timeout", "15"]]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
@@ -162,7 +164,8 @@ def test_cli_refuses_injected_ids_with_a_message(background: Background, command
     argv = ["--nats-url", background.settings.nats_url, "--data-dir", background.settings.data_dir,
             *[part.replace("{id}", bad) for part in command]]
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    patient = {"ROLLOUT_CONNECT_TIMEOUT_S": "15"}  # a loaded machine must not turn a refusal into a timeout
+    with mock.patch.dict(os.environ, patient), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = cli_main(argv)
         except SystemExit as exc:  # argparse refused it
