@@ -47,6 +47,37 @@ SKETCH_ACCURACY = 0.01
 _MAPPING = LogarithmicMapping(SKETCH_ACCURACY)  # immutable, shared by every sketch
 
 
+_MIN_POSITIVE = _MAPPING.min_possible
+_MULTIPLIER = _MAPPING._multiplier
+_KEY_OFFSET = _MAPPING._offset
+_log = math.log
+_ceil = math.ceil
+
+
+def sketch_add(sketch: BaseDDSketch, value: float) -> None:
+    """``sketch.add(value)``, with the common case inlined (profiled: ddsketch's add goes
+    through four Python calls, ~1 us; a push of a positive value into an existing bin
+    range is a third of that). The arithmetic is ddsketch's own, in its order, so the
+    sketch -- and every snapshot -- is bit-identical; anything else takes ddsketch's path.
+    """
+    if value > _MIN_POSITIVE:
+        store = sketch._store
+        key = int(_ceil(_log(value, 2) * _MULTIPLIER) + _KEY_OFFSET)
+        if store.min_key <= key <= store.max_key:
+            store.bins[key - store.offset] += 1.0
+            store.count += 1.0
+        else:
+            store.add(key, 1.0)
+        sketch._count += 1.0
+        sketch._sum += value * 1.0
+        if value < sketch._min:
+            sketch._min = value
+        if value > sketch._max:
+            sketch._max = value
+    else:
+        sketch.add(value)
+
+
 def new_sketch() -> BaseDDSketch:
     """An empty DDSketch sharing the one mapping object (saves ~1 KB per sketch)."""
     return BaseDDSketch(mapping=_MAPPING, store=DenseStore(), negative_store=DenseStore(), zero_count=0.0)
@@ -180,7 +211,7 @@ class Series:
         sketch = self.sketch
         times, values = self.times, self.values
         if sketch is not None:
-            sketch.add(value)
+            sketch_add(sketch, value)
         elif n > last_n:  # outgrew the last-N buffer: from now on the sketch carries "all"
             sketch = self.sketch = new_sketch()
             for old in values[-last_n:]:  # every earlier sample: none was dropped yet
