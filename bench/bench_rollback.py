@@ -7,9 +7,11 @@ KillSwitch on ``ro.ctl.<rollout>.kill_switch``, while healthy background traffic
 the same stream and the same rollback consumer. Each kill is a fresh rollout: its first
 29 bad samples are published and folded first, then the clock starts on the trigger.
 
-The rollback consumer runs as the engine runs it when ``consumers.runtime`` provides a
-driver; until then :class:`LiveFold` folds the log in-process through an ordered push
-consumer and publishes what ``apply()`` returns with ``Nats-Msg-Id`` (the same contract).
+The rollback consumer runs as the engine runs it: ``consumers.runtime.Runner`` with the
+default settings (durable pull consumer, one SQLite commit per batch, outbox relay).
+:class:`LiveFold` (``--driver livefold``) folds the log in-process through an ordered
+push consumer and publishes what ``apply()`` returns with ``Nats-Msg-Id``, with no
+commit: its p99 is the reference, the floor the runtime's batching adds to.
 
 Run alone: ``.venv/bin/python -m bench.bench_rollback --kills 50``.
 """
