@@ -45,9 +45,11 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from consumers.deadletter import headers_of
 from consumers.folding import BatchResult, Delivery, Folder, restore_parts, snapshot_parts
@@ -199,7 +201,7 @@ class Runner:
                     await self.consumer.on_start(self)
                 except Exception:  # publishing is not state: fold anyway
                     log.exception("%s: on_start hook failed; continuing", self.name)
-            self._sub = await self._subscribe()
+            self._sub = await self._subscribe_retrying()
             try:
                 await self._loop()
             finally:
@@ -263,8 +265,25 @@ class Runner:
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
         self._stuck = 0
-        self._sub = await self._subscribe()
+        self._sub = await self._subscribe_retrying()
         return self._fetch()
+
+    async def _subscribe_retrying(self, wait_s: float = 60.0) -> Any:
+        """:meth:`_subscribe`, waiting out a cluster that does not answer yet.
+
+        A JetStream cluster electing a leader (a node lost, or just started) times out
+        API requests for a few seconds; anything else (no stream, a bad partition) is
+        raised at once.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return await self._subscribe()
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                if self.stop_event.is_set() or time.monotonic() > deadline:
+                    raise
+                log.warning("%s: could not create the consumer (%s); retrying", self.name, type(exc).__name__)
+                await asyncio.sleep(0.5)
 
     def _in_order(self, msgs: list[Any]) -> int:
         """How many of ``msgs`` continue the consumer's delivery sequence without a hole."""

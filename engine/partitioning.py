@@ -16,8 +16,10 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from consumers.runtime import Consumer, Runner, RunSummary
 from engine.settings import Settings
@@ -60,12 +62,22 @@ def assign(count: int, process: int, of: int) -> list[int]:
     return [p for p in range(count) if p % of == process]
 
 
-async def log_partitions(js: JetStreamContext) -> int:
-    """The partition count of the log stream (0: unpartitioned)."""
-    try:
-        info = await js.stream_info(subjects.LOG_STREAM)
-    except NotFoundError:
-        return 0
+async def log_partitions(js: JetStreamContext, wait_s: float = 30.0) -> int:
+    """The partition count of the log stream (0: unpartitioned or absent).
+
+    Waits out a cluster that does not answer yet (a leader election times requests out).
+    """
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            info = await js.stream_info(subjects.LOG_STREAM)
+            break
+        except NotFoundError:
+            return 0
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     transform = info.config.subject_transform
     return subjects.partition_count(transform.dest if transform else None)
 
