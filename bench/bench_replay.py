@@ -1,7 +1,8 @@
 """Replay speed: events per second from an export file through every registered projection.
 
 ``rollout replay FILE`` reads a verified export (checksum included in the timing), decodes
-each message once and folds it into every projection. The workload is the shared
+each message and folds it into every projection, the projections split over one process
+per CPU (``Replayer.feed_parallel``); the one-process figure is measured beside it. The workload is the shared
 synthetic one (``bench.workload``), 100-event msgpack batches as the SDK publishes them.
 Target: at least 250,000 events/s.
 """
@@ -9,16 +10,17 @@ Target: at least 250,000 events/s.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from bench.harness import Figure, measure
 from bench.workload import make_batches
 from engine.control_log import LogMessage
 from engine.export import write_export
-from engine.replay import make_projections, messages_from_file, replay_messages
+from engine.replay import make_projections, messages_from_file, replay_messages, replay_parallel
 from events import encode_batch, subjects
 
 __all__ = ["replay_events_per_s", "replay_figures"]
@@ -31,28 +33,46 @@ async def _messages(total: int) -> AsyncIterator[LogMessage]:
         yield LogMessage(seq, subjects.event(rollout, kind), encode_batch(events), events[0].time_ms)
 
 
-def replay_events_per_s(path: Path, names: list[str] | None = None) -> tuple[float, dict[str, str]]:
-    """Read, verify and replay ``path`` through the projections; (events/s, digests)."""
+def replay_events_per_s(path: Path, names: list[str] | None = None, parallel: bool = True) -> tuple[float, dict[str, str]]:
+    """Read, verify and replay ``path`` through the projections; (events/s, digests).
+
+    ``parallel`` folds the projections in one process per CPU as ``rollout replay FILE``
+    does (engine/replay.py ``Replayer.feed_parallel``); otherwise in this process only."""
     start = time.perf_counter()
     _footer, messages = messages_from_file(path)
-    result = replay_messages(messages, make_projections(names))
+    projections = make_projections(names)
+    result = replay_parallel(messages, projections) if parallel else replay_messages(messages, projections)
     return result.events / (time.perf_counter() - start), result.digests
 
 
 async def replay_figures(total: int = 200_000, repeat: int = 3) -> list[Figure]:
-    """``make bench`` group: replay speed from a file through all projections."""
+    """``make bench`` group: replay speed from a file through all projections, as
+    ``rollout replay`` runs it (one process per CPU) and in one process, with the digests
+    of both checked equal."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "workload.msgpack"
         await write_export(_messages(total), path)
         names = [p.name for p in make_projections()]
+        digests: list[dict[str, str]] = []
 
-        async def once() -> float:
-            return (await asyncio.to_thread(replay_events_per_s, path))[0]
+        def runner(parallel: bool) -> Callable[[], Awaitable[float]]:
+            async def once() -> float:
+                rate, got = await asyncio.to_thread(replay_events_per_s, path, None, parallel)
+                digests.append(got)
+                return rate
+            return once
 
-        figure = await measure(f"replay from a file through all projections ({', '.join(names)})", "events/s",
-                               once, repeat, target=TARGET,
-                               note=f"{total:,} events in 100-event batches; checksum verified; one decode per message")
-        return [figure]
+        note = f"{total:,} events in 100-event batches; checksum verified; one decode per message per process"
+        figures = [
+            await measure(f"replay from a file through all projections ({', '.join(names)}), "
+                          f"{os.cpu_count()} processes as rollout replay runs it", "events/s",
+                          runner(True), repeat, target=TARGET, note=note),
+            await measure("replay from a file through all projections, one process", "events/s",
+                          runner(False), repeat, note=note),
+        ]
+        if any(d != digests[0] for d in digests):
+            raise AssertionError(f"replay digests differ between runs: {digests}")
+        return figures
 
 
 if __name__ == "__main__":

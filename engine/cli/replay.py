@@ -113,7 +113,7 @@ async def _replay(args: argparse.Namespace) -> int:
     else:
         messages = await _load_messages(args)
         replayer.total, replayer.every = len(messages), max(1, len(messages) // 200)
-        replayer.feed(messages)
+        replayer.feed_parallel(messages)  # projections side by side, one process per CPU
     result = replayer.result()
     out = Path(args.out) if args.out else settings.data_path / "replay" / f"replay-{int(time.time() * 1000)}.sqlite"
     try:
