@@ -27,12 +27,11 @@ import msgspec
 
 from consumers.eventtime import bounded
 from consumers.rollback import evidence
-from consumers.rollback.escalation import EscalationBook
+from consumers.rollback.commands import ACTOR, escalation, kill_switch, would_kill
 from consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
 from consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
 from consumers.rollback.hysteresis import GuardMachine, step
 from consumers.rollback.policy import (
-    DEFAULT_POLICY,
     QUALITY,
     Guard,
     Policy,
@@ -40,11 +39,10 @@ from consumers.rollback.policy import (
     load_policy,
 )
 from consumers.rollback.progression import Progress, canary_move, next_down, next_up, tick_progress
-from consumers.rollback.stats_tests import TestResult
+from consumers.rollback.state import CachedTest, PolicyRun, RolloutState
 from events import (
     AnyEvent,
     ConfigChange,
-    ControlState,
     Decision,
     Escalation,
     Event,
@@ -53,56 +51,12 @@ from events import (
     Outcome,
     Resume,
     Tick,
-    WouldKill,
-    command_id,
 )
 
 __all__ = ["ACTOR", "RollbackProjection"]
 
-ACTOR = "rollback"
 _COMMANDS = (KillSwitch, Resume, ConfigChange)
 _PRODUCER = (Decision, Outcome, Metric)
-
-
-def _reason(why: str, suffix: str) -> str:
-    """Seed 001's breach lines joined, then the policy; always within the 1024-char limit."""
-    return why[: 1024 - len(suffix)] + suffix
-
-
-class CachedTest(msgspec.Struct, array_like=True, gc=False, frozen=True):
-    at_ms: int
-    result: TestResult
-
-
-class PolicyRun(msgspec.Struct, array_like=True, gc=False):
-    """One policy judging one rollout: its machines, cached tests and staged position."""
-
-    policy: Policy
-    machines: dict[str, GuardMachine] = msgspec.field(default_factory=dict)
-    tests: dict[str, CachedTest] = msgspec.field(default_factory=dict)
-    tripped_ms: int = -1
-    last_step_ms: int = -1
-
-
-class RolloutState(msgspec.Struct, array_like=True, gc=False):
-    """Everything the consumer knows about one rollout (plus its canary-stats fold)."""
-
-    control: ControlState = ControlState()
-    live: PolicyRun = msgspec.field(default_factory=lambda: PolicyRun(DEFAULT_POLICY))
-    shadow: PolicyRun | None = None
-    now_ms: int = 0
-    epoch: int = 0
-    killed_ms: int = -1
-    srm_pct: float = -1.0
-    srm_baseline: int = 0
-    srm_candidate: int = 0
-    candidate_total: int = 0
-    progress: Progress = msgspec.field(default_factory=Progress)
-    escalation: EscalationBook = msgspec.field(default_factory=EscalationBook)
-    kills: int = 0
-    would_kills: int = 0
-    policy_error: str = ""
-    shape: list[int] = msgspec.field(default_factory=list)  # (last_n, window_ms, time_cap) of the evidence
 
 
 class _Part(msgspec.Struct, array_like=True):
@@ -413,53 +367,24 @@ class RollbackProjection:
 
     # --- actions --------------------------------------------------------------------
     def _act(self, rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
-        policy = r.live.policy
-        target = next_down(policy, r.control.canary_pct)
-        why = "; ".join(res.describe() for res in failing)
+        target = next_down(r.live.policy, r.control.canary_pct)
         if target is not None and target > 0:
+            why = "; ".join(res.describe() for res in failing)
             move = canary_move(rollout, r.control, target, why=why, action="staged_rollback",
                                cause_id=cause.id, time_ms=now)
             r.control, r.live.last_step_ms, r.progress = move.after, now, Progress()
             return move
-        before = r.control
-        after = msgspec.structs.replace(before, canary_pct=0.0, kill_switch=True)
-        kill = KillSwitch(
-            id=command_id("kill", rollout, cause.id),
-            rollout=rollout,
-            time_ms=now,
-            producer=ACTOR,
-            actor=ACTOR,
-            reason=_reason(why, f" [policy {policy.name} v{policy.version}]"),
-            before=before,
-            after=after,
-            breaches=[res.breach() for res in failing][:32],
-            cause_id=cause.id,
-        )
-        r.control, r.killed_ms, r.kills = after, now, r.kills + 1
+        kill = kill_switch(rollout, r.control, r.live.policy, failing, cause.id, now)
+        r.control, r.killed_ms, r.kills = kill.after, now, r.kills + 1
         r.live.last_step_ms = -1
         return kill
 
     def _would_kill(self, rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
         run = r.shadow
         assert run is not None
-        policy = run.policy
         run.tripped_ms = now
         r.would_kills += 1
-        why = "; ".join(res.describe() for res in failing)
-        return WouldKill(
-            id=command_id("would_kill", rollout, policy.name, policy.version, cause.id),
-            rollout=rollout,
-            time_ms=now,
-            producer=ACTOR,
-            actor=ACTOR,
-            reason=_reason(why, f" [dry-run policy {policy.name} v{policy.version}]"),
-            policy_name=policy.name,
-            policy_version=policy.version,
-            before=r.control,
-            after=msgspec.structs.replace(r.control, canary_pct=0.0, kill_switch=True),
-            breaches=[res.breach() for res in failing][:32],
-            cause_id=cause.id,
-        )
+        return would_kill(rollout, r.control, run.policy, failing, cause.id, now)
 
     def _progress(self, rollout: str, r: RolloutState, unhealthy: bool, cause: Event, out: list[Event], now: int) -> None:
         policy = r.live.policy
@@ -480,17 +405,4 @@ class RollbackProjection:
 
     def _escalation(self, rollout: str, r: RolloutState, trigger: str, state: str, count: int,
                     expires_ms: int, reason: str, cause_id: str, now: int) -> Escalation:
-        return Escalation(
-            id=command_id("escalation", rollout, trigger, state, cause_id),
-            rollout=rollout,
-            time_ms=now,
-            producer=ACTOR,
-            actor=ACTOR,
-            reason=reason[:1024],
-            trigger=trigger,
-            state=state,  # type: ignore[arg-type]
-            count=count,
-            expires_ms=expires_ms,
-            policy_version=r.live.policy.version,
-            cause_id=cause_id,
-        )
+        return escalation(rollout, trigger, state, count, expires_ms, reason, cause_id, now, r.live.policy.version)

@@ -1,0 +1,81 @@
+"""The events the rollback consumer emits, built from what caused them.
+
+Each id derives from the cause (``command_id("kill", rollout, cause_id)``), so a refold
+of the same log emits the same bytes and JetStream's ``Nats-Msg-Id`` drops repeats; each
+reason is seed 001's breach lines joined, then the policy, within the contract's
+1,024 characters (a command a service cannot decode would be no command at all).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from consumers.rollback.guards import GuardResult
+from consumers.rollback.policy import Policy
+from events import ControlState, Escalation, KillSwitch, WouldKill, command_id
+from events.schema import MAX_BREACHES
+
+__all__ = ["ACTOR", "escalation", "kill_switch", "reason", "would_kill"]
+
+ACTOR = "rollback"
+
+
+def reason(failing: list[GuardResult], suffix: str) -> str:
+    """``quality (baseline: 95.0, candidate: 82.0, drop: 13.0); ... [policy NAME vN]``."""
+    why = "; ".join(res.describe() for res in failing)
+    return why[: 1024 - len(suffix)] + suffix
+
+
+def kill_switch(rollout: str, before: ControlState, policy: Policy, failing: list[GuardResult],
+                cause_id: str, now: int) -> KillSwitch:
+    """Canary to 0 and kill switch on, with the breaches that caused it."""
+    return KillSwitch(
+        id=command_id("kill", rollout, cause_id),
+        rollout=rollout,
+        time_ms=now,
+        producer=ACTOR,
+        actor=ACTOR,
+        reason=reason(failing, f" [policy {policy.name} v{policy.version}]"),
+        before=before,
+        after=msgspec.structs.replace(before, canary_pct=0.0, kill_switch=True),
+        breaches=[res.breach() for res in failing][:MAX_BREACHES],
+        cause_id=cause_id,
+    )
+
+
+def would_kill(rollout: str, control: ControlState, policy: Policy, failing: list[GuardResult],
+               cause_id: str, now: int) -> WouldKill:
+    """What a dry-run policy would have done here; nothing obeys it."""
+    return WouldKill(
+        id=command_id("would_kill", rollout, policy.name, policy.version, cause_id),
+        rollout=rollout,
+        time_ms=now,
+        producer=ACTOR,
+        actor=ACTOR,
+        reason=reason(failing, f" [dry-run policy {policy.name} v{policy.version}]"),
+        policy_name=policy.name,
+        policy_version=policy.version,
+        before=control,
+        after=msgspec.structs.replace(control, canary_pct=0.0, kill_switch=True),
+        breaches=[res.breach() for res in failing][:MAX_BREACHES],
+        cause_id=cause_id,
+    )
+
+
+def escalation(rollout: str, trigger: str, state: str, count: int, expires_ms: int, text: str,
+               cause_id: str, now: int, policy_version: int) -> Escalation:
+    """An escalation flag armed or expired (seed 004), or an inconclusive-limit notice."""
+    return Escalation(
+        id=command_id("escalation", rollout, trigger, state, cause_id),
+        rollout=rollout,
+        time_ms=now,
+        producer=ACTOR,
+        actor=ACTOR,
+        reason=text[:1024],
+        trigger=trigger,
+        state=state,  # type: ignore[arg-type]
+        count=count,
+        expires_ms=expires_ms,
+        policy_version=policy_version,
+        cause_id=cause_id,
+    )
