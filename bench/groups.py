@@ -7,7 +7,7 @@ import asyncio
 from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["bandit", "consumer", "memory", "reference", "rollback", "sdk"]
+__all__ = ["bandit", "consumer", "memory", "reference", "rollback", "scale", "sdk"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -123,3 +123,10 @@ async def memory() -> list[Figure]:
     return [Figure("canary_stats: peak RSS with 10,000 active rollouts (300 events each)", "MB",
                    rss[len(rss) // 2], rss[0], rss[-1], rss, target="< 300 MB",
                    extra={"snapshot_mb": runs[-1]["snapshot_mb"]})]
+
+
+async def scale() -> list[Figure]:
+    """Issue 11: 1, 2 and 4 partitioned consumer processes; R1 against R3 producers."""
+    from bench.bench_scale import scale_figures
+
+    return await scale_figures(REPEAT)

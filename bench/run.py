@@ -35,6 +35,7 @@ GROUPS: dict[str, str] = {
     "bandit": "bench.groups:bandit",
     "replay": "bench.groups:replay",
     "memory": "bench.groups:memory",
+    "scale": "bench.groups:scale",
 }
 
 
