@@ -75,7 +75,7 @@ def _covered_by(command: str) -> str | None:
     if DOCKER in command:
         return "marked: needs docker"
     for prefix, reason in COVERED.items():
-        if bare == prefix or bare.startswith(prefix + " ") and prefix in ("rollout up",):
+        if bare == prefix or (bare.startswith(prefix + " ") and prefix in ("rollout up",)):
             return reason
     if " --follow" in bare:
         return "follows forever: tests/integration/test_cli.py covers --follow"
