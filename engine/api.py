@@ -237,7 +237,7 @@ class ControlApi:
             headers = {
                 "Nats-Msg-Id": event.id,
                 "Nats-Expected-Last-Subject-Sequence": str(view.control_seq),
-                "Nats-Expected-Last-Subject-Sequence-Subject": subjects.control_filter(rollout),
+                "Nats-Expected-Last-Subject-Sequence-Subject": subjects.log_filter(rollout, "ctl"),
             }
             kind = type(event).__struct_config__.tag
             try:

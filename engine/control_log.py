@@ -71,7 +71,13 @@ async def _last(js: JetStreamContext, subject: str) -> tuple[int, bytes] | None:
     try:
         msg = await js.get_last_msg(subjects.LOG_STREAM, subject)
     except NotFoundError:
-        return None
+        if subject.endswith(">"):
+            return None
+        # A partitioned log stores the subject with its partition appended (docs/scaling.md).
+        try:
+            msg = await js.get_last_msg(subjects.LOG_STREAM, f"{subject}.*")
+        except NotFoundError:
+            return None
     return int(msg.seq or 0), bytes(msg.data or b"")
 
 
@@ -79,7 +85,7 @@ async def read_control(js: JetStreamContext, rollout: str) -> ControlView:
     """The rollout's current control state: the ``after`` of its latest command."""
     found = await asyncio.gather(*(_last(js, subjects.control(rollout, c)) for c in STATE_COMMANDS))
     latest = max((f for f in found if f is not None), default=None, key=lambda f: f[0])
-    any_ctl = await _last(js, subjects.control_filter(rollout))
+    any_ctl = await _last(js, subjects.log_filter(rollout, "ctl"))
     control_seq = any_ctl[0] if any_ctl else 0
     if latest is None:
         return ControlView(rollout, ControlState(), None, 0, control_seq)
@@ -93,7 +99,7 @@ async def read_control(js: JetStreamContext, rollout: str) -> ControlView:
 
 def rollout_subjects(rollout: str) -> list[str]:
     """Every log subject of one rollout: its producer events and its control subjects."""
-    return [subjects.events_filter(rollout), subjects.control_filter(rollout)]
+    return [subjects.log_filter(rollout, "evt"), subjects.log_filter(rollout, "ctl")]
 
 
 async def known_rollouts(js: JetStreamContext, rollout: str | None = None) -> dict[str, dict[str, int]]:
@@ -103,7 +109,7 @@ async def known_rollouts(js: JetStreamContext, rollout: str | None = None) -> di
     """
     token = "*" if rollout is None else rollout
     found: dict[str, dict[str, int]] = {}
-    for pattern in (f"{subjects.ROOT}.evt.{token}.*", f"{subjects.ROOT}.ctl.{token}.*"):
+    for pattern in (f"{subjects.ROOT}.evt.{token}.>", f"{subjects.ROOT}.ctl.{token}.>"):
         try:
             info = await js.stream_info(subjects.LOG_STREAM, subjects_filter=pattern)
         except NotFoundError:

@@ -39,6 +39,7 @@ __all__ = [
     "dlq",
     "event",
     "events_filter",
+    "log_filter",
     "parse",
     "partition_count",
     "partition_filters",
@@ -109,6 +110,18 @@ def events_filter(rollout: str | None = None) -> str:
 def control_filter(rollout: str | None = None) -> str:
     """Filter for every control subject, or those of one rollout."""
     return CONTROL_ALL if rollout is None else f"{ROOT}.ctl.{check_token(rollout, 'rollout')}.*"
+
+
+def log_filter(rollout: str, family: str) -> str:
+    """Every stored ``evt`` or ``ctl`` subject of one rollout, partitioned log or not.
+
+    ``ro.<family>.<rollout>.>`` matches ``ro.ctl.r1.kill_switch`` and the partitioned
+    ``ro.ctl.r1.kill_switch.3`` alike: use it for stream queries (last message, expected
+    last subject sequence, rollout reads), not for permissions.
+    """
+    if family not in ("evt", "ctl"):
+        raise ValueError(f"log_filter family is 'evt' or 'ctl', got {family!r}")
+    return f"{ROOT}.{family}.{check_token(rollout, 'rollout')}.>"
 
 
 def stats(rollout: str) -> str:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from consumers.folding import subject_for
+from consumers.rollback.scenario import policy_change
 from consumers.runtime import PartitionMismatch, Runner
 from engine.bus import BusUnavailable, connect, provision
+from engine.control_log import known_rollouts, read_control
 from engine.partitioning import run_partitions
 from engine.server import EmbeddedServer
 from engine.settings import Settings, load_settings
@@ -57,6 +60,13 @@ async def test_the_partition_of_a_rollout_is_the_servers_mapping(fresh_server: E
         assert f"{subjects.event(rollout, 'metric')}.{subjects.partition_of(rollout, N)}" in stored
     assert {subjects.partition_of(r, N) for r in rollouts} == set(range(N))
     assert subjects.parse(f"{subjects.control('r1', 'kill_switch')}.3") == ("ctl", "r1", "kill_switch")
+
+    # Rollout-scoped reads (status, the operator API) find a rollout's subjects in either layout.
+    change = policy_change("r7", None, canary_pct=25.0, time_ms=5)
+    await js.publish(subject_for(change), encode(change))
+    view = await read_control(js, "r7")
+    assert view.state.canary_pct == 25.0 and view.control_seq == view.command_seq > 0
+    assert (await known_rollouts(js, "r7")) == {"r7": {"config": 1, "metric": 1}}
 
     with pytest.raises(BusUnavailable, match="partition count is fixed"):
         await provision(js, _settings(fresh_server, tmp_path, partitions=8))
