@@ -42,7 +42,8 @@ async def serve(
     log_dir: Path | None = None,
 ) -> int:
     """Run the stack until ``stop`` is set or SIGINT/SIGTERM arrives."""
-    settings = settings_from(args, port=args.port, host=args.host, secure=getattr(args, "secure", None))
+    settings = settings_from(args, port=args.port, host=args.host, secure=getattr(args, "secure", None),
+                             partitions=getattr(args, "partitions", None))
     secure = prepare(settings, tls=getattr(args, "tls", False))  # None unless --secure (docs/security.md)
     if secure is not None:
         settings = secure.engine_settings(settings)
@@ -85,7 +86,7 @@ async def serve(
         metrics_env = multiprocess_env(settings.data_dir) if settings.metrics_port else {}
         supervisor = Supervisor(
             [
-                Child(name, [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "consumer", name],
+                Child(name, [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "consumer", name, *_owned(settings.partitions)],
                       env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})
                 for name in names
             ]
@@ -118,6 +119,12 @@ async def serve(
     return 0
 
 
+def _owned(partitions: int) -> list[str]:
+    """On a partitioned log each consumer process of ``rollout up`` owns every partition
+    (docs/scaling.md shows how to spread them over processes instead)."""
+    return ["--partitions", f"0-{partitions - 1}"] if partitions else []
+
+
 def _consumer_names() -> list[str]:
     from consumers import registry
 
@@ -132,4 +139,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_up_flags(parser)
     parser.add_argument("--cluster", type=int, metavar="N", default=0,
                         help="start an N-node JetStream cluster on loopback instead of one server (R3 streams when N >= 3)")
+    parser.add_argument("--partitions", type=int, metavar="P",
+                        help="partition the log by rollout into P partitions when it is created (docs/scaling.md)")
     parser.set_defaults(handler=handler(serve))
