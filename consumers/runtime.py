@@ -259,6 +259,7 @@ class Runner:
 
     async def _rewind(self, ahead: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """Drop the current pull and re-create the consumer at the committed position + 1."""
+        log.warning("%s: a delivery was lost; rewinding to sequence %d", self.name, self.folder.seq + 1)
         ahead.cancel()
         with contextlib.suppress(BaseException):
             await ahead
@@ -289,8 +290,8 @@ class Runner:
         """How many of ``msgs`` continue the consumer's delivery sequence without a hole."""
         for index, msg in enumerate(msgs):
             if msg.metadata.sequence.consumer != self._next_delivery:
-                log.warning("%s: delivery %d arrived where %d was expected; rewinding to sequence %d",
-                            self.name, msg.metadata.sequence.consumer, self._next_delivery, self.folder.seq + 1)
+                log.warning("%s: delivery %d arrived where %d was expected", self.name,
+                            msg.metadata.sequence.consumer, self._next_delivery)
                 return index
             self._next_delivery += 1
         return len(msgs)

@@ -19,7 +19,7 @@ from engine.partitioning import run_partitions
 from engine.server import EmbeddedServer
 from engine.settings import Settings, load_settings
 from events import Metric, encode, new_event_id, subjects
-from tests.integration.faultkit import ROOT, build, publish
+from tests.integration.faultkit import ROOT, build, publish, wait_for
 
 N = 4
 ROLLOUTS = [f"svc-{i}" for i in range(8)]
@@ -137,4 +137,37 @@ async def test_moving_a_partition_to_another_process_moves_its_checkpoint(
         _, digest_clean = await stored_digest(build("canary_stats", clean), clean, partition)
         assert moved[partition] == digest_clean, partition
         assert set(clean_parts[partition]) - {""} == {r for r in ROLLOUTS if subjects.partition_of(r, N) == partition}
+    await nc.close()
+
+
+async def test_a_delivery_lost_to_another_pull_makes_the_partition_rewind_and_fold_it(
+    fresh_server: EmbeddedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(fresh_server, tmp_path / "data")
+    nc = await connect(settings)
+    js = nc.jetstream()
+    await provision(js, settings)
+    rollout = next(r for r in ROLLOUTS if subjects.partition_of(r, N) == 0)
+    await publish(js, 0, 3, lambda n: rollout)
+    runner = Runner(build("canary_stats", settings), settings, nc=nc, partition=0, fetch_timeout=0.2)
+    task = asyncio.create_task(runner.run())
+    await wait_for(lambda: runner.folder.events == 60, 10, "the first batches to be folded")
+
+    # Another pull on the same durable takes one delivery and never acks it: the runner
+    # sees a hole in the delivery sequence (or, if it was the last one, an unacked message).
+    thief = await js.pull_subscribe_bind(durable=runner.name, stream=subjects.LOG_STREAM)
+    stolen = asyncio.ensure_future(thief.fetch(1, timeout=5))
+    for n in range(3, 8):
+        await publish(js, n, 1, lambda _: rollout)
+        await asyncio.sleep(0.05)
+    assert len(await stolen) == 1
+    await wait_for(lambda: runner.folder.events == 8 * 20, 15, "every event, the stolen one included")
+    runner.stop()
+    summary = await task
+    assert summary.events == 8 * 20, "each event folded once"
+    assert "rewinding" in caplog.text
+
+    clean = _settings(fresh_server, tmp_path / "clean")
+    clean_run = await Runner(build("canary_stats", clean), clean, nc=nc, partition=0, until_idle=True).run()
+    assert summary.digest == clean_run.digest
     await nc.close()
