@@ -41,7 +41,9 @@ async def _run(args: argparse.Namespace) -> int:
     overrides = {"consumer_batch": args.batch} if args.batch else {}
     settings = settings_from(args, **overrides)
     if args.partitions is not None or args.process is not None:
-        return await _run_partitioned(args, settings)
+        from engine.cli.consumer_partitions import run_partitioned
+
+        return await run_partitioned(args, settings)
     consumer = _build(args.name, settings)
     if args.digest:
         from consumers.runtime import StoreIncompatible
@@ -68,67 +70,6 @@ async def _run(args: argparse.Namespace) -> int:
         _report(args, {"consumer": summary.consumer, "seq": summary.seq, "events": summary.events,
                        "dead_letters": summary.dead_letters, "digest": summary.digest})
     return 0
-
-
-async def _run_partitioned(args: argparse.Namespace, settings: object) -> int:
-    """``--partitions``/``--process K --of M``: one runner per owned partition (docs/scaling.md)."""
-    from consumers.runtime import PartitionMismatch, StoreIncompatible, stored_digest
-    from consumers.store import ConsumerLocked
-    from engine.consumer_metrics import serve_metrics
-    from engine.partitioning import assign, log_partitions, parse_partitions, run_partitions
-
-    if args.process is not None and args.of is None:
-        raise CliError("--process K needs --of M (the number of processes sharing the partitions)")
-    try:
-        if args.partitions is not None:
-            owned = parse_partitions(args.partitions)
-        else:
-            from engine.bus import connect
-
-            nc = await connect(settings, name="consumer-assignment")  # type: ignore[arg-type]
-            try:
-                count = await log_partitions(nc.jetstream())
-            finally:
-                await nc.close()
-            if not count:
-                raise CliError("the log is not partitioned (setting `partitions` is 0 when it was created); "
-                               "run the consumer without --process, or see docs/scaling.md")
-            owned = assign(count, args.process, args.of)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    if args.digest:
-        rows: list[dict[str, object]] = []
-        try:
-            for partition in owned:
-                seq, digest = await stored_digest(_build(args.name, settings), settings, partition)  # type: ignore[arg-type]
-                rows.append({"partition": partition, "seq": seq, "digest": digest})
-        except StoreIncompatible as exc:
-            raise CliError(str(exc)) from None
-        _report_partitions(args, rows)
-        return 0
-    if args.metrics_port:
-        serve_metrics(args.metrics_port, settings.host)  # type: ignore[attr-defined]
-    runners: list = []  # type: ignore[type-arg]
-    stop_on_signals(lambda: [r.stop() for r in runners])
-    try:
-        summaries = await run_partitions(lambda: _build(args.name, settings), settings, owned,  # type: ignore[arg-type,return-value]
-                                         until_idle=args.until_idle, on_runners=runners.extend)
-    except (ConsumerLocked, StoreIncompatible, PartitionMismatch) as exc:
-        raise CliError(str(exc)) from None
-    if args.until_idle or args.json:
-        _report_partitions(args, [{"partition": partition, "seq": s.seq, "events": s.events,
-                                   "dead_letters": s.dead_letters, "digest": s.digest}
-                                  for partition, s in zip(owned, summaries, strict=True)])
-    return 0
-
-
-def _report_partitions(args: argparse.Namespace, rows: list[dict[str, object]]) -> None:
-    """``--json``: one object with a row per partition; text: a line per partition."""
-    if args.json:
-        print_json({"consumer": args.name, "partitions": rows})
-        return
-    for row in rows:
-        _report(args, {"consumer": args.name, **row})
 
 
 def _report(args: argparse.Namespace, data: dict[str, object]) -> None:

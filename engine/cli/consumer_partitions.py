@@ -1,0 +1,100 @@
+"""``rollout consumer NAME --partitions LIST | --process K --of M``: one runner per owned
+partition of a partitioned log, in this process (docs/scaling.md).
+
+Kept apart from ``engine/cli/consumer.py`` so the unpartitioned command reads exactly as
+before; output is one line per partition, or with ``--json`` one object with a row each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from consumers.runtime import Consumer, PartitionMismatch, Runner, StoreIncompatible, stored_digest
+from consumers.store import ConsumerLocked
+from engine.cli.common import CliError, print_json, stop_on_signals
+from engine.settings import Settings
+
+__all__ = ["run_partitioned"]
+
+
+def _build(name: str, settings: Settings) -> Consumer:
+    from consumers import registry
+
+    try:
+        spec = registry.get(name)
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    consumer: Consumer = importlib.import_module(spec.module).build(settings)
+    return consumer
+
+
+async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
+    """The partitions this process owns: ``--partitions`` as given, or ``K of M`` of the log's."""
+    from engine.partitioning import assign, log_partitions, parse_partitions
+
+    if args.process is not None and args.of is None:
+        raise CliError("--process K needs --of M (the number of processes sharing the partitions)")
+    try:
+        if args.partitions is not None:
+            return parse_partitions(args.partitions)
+        from engine.bus import connect
+
+        nc = await connect(settings, name="consumer-assignment")
+        try:
+            count = await log_partitions(nc.jetstream())
+        finally:
+            await nc.close()
+        if not count:
+            raise CliError("the log is not partitioned (setting `partitions` was 0 when it was created); "
+                           "run the consumer without --process, or see docs/scaling.md")
+        return assign(count, args.process, args.of)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
+    """Run (or, with ``--digest``, read) the owned partitions of consumer ``args.name``."""
+    from engine.consumer_metrics import serve_metrics
+    from engine.partitioning import run_partitions
+
+    owned = await _owned(args, settings)
+    if args.digest:
+        rows: list[dict[str, object]] = []
+        try:
+            for partition in owned:
+                seq, digest = await stored_digest(_build(args.name, settings), settings, partition)
+                rows.append({"partition": partition, "seq": seq, "digest": digest})
+        except StoreIncompatible as exc:
+            raise CliError(str(exc)) from None
+        _report(args, rows)
+        return 0
+    if args.metrics_port:
+        serve_metrics(args.metrics_port, settings.host)
+    runners: list[Runner] = []
+
+    def stop() -> None:
+        for runner in runners:
+            runner.stop()
+
+    stop_on_signals(stop)
+    try:
+        summaries = await run_partitions(lambda: _build(args.name, settings), settings, owned,
+                                         until_idle=args.until_idle, on_runners=runners.extend)
+    except (ConsumerLocked, StoreIncompatible, PartitionMismatch) as exc:
+        raise CliError(str(exc)) from None
+    if args.until_idle or args.json:
+        _report(args, [{"partition": partition, "seq": s.seq, "events": s.events,
+                        "dead_letters": s.dead_letters, "digest": s.digest}
+                       for partition, s in zip(owned, summaries, strict=True)])
+    return 0
+
+
+def _report(args: argparse.Namespace, rows: list[dict[str, object]]) -> None:
+    if args.json:
+        print_json({"consumer": args.name, "partitions": rows})
+        return
+    for row in rows:
+        sys.stdout.write(" ".join(f"{k}={v}" for k, v in {"consumer": args.name, **row}.items()) + "\n")
+    sys.stdout.flush()
