@@ -12,12 +12,13 @@ nats-server, and:
    250 ms, as ``rollout up`` would;
 3. samples every ``every`` seconds each consumer's resident memory (``/proc/PID/status``)
    and lag (``num_pending + num_ack_pending`` of its durable JetStream consumer);
-4. reports start / end (means of the first and last 10% of samples after a warm-up)
+4. reports start / end (medians of the first and last 10% of samples after a warm-up)
    and the least-squares slope of each, and calls the run flat when memory grows less
    than ``max_rss_growth_mb`` and the lag ends below one second of traffic (lag is counted in messages: 100-event
    batches and ticks).
 
-Results go to ``bench/results/soak.json``; ``bench/NOTES.md`` quotes them.
+Results go to ``bench/results/soak.json`` (shorter trial runs: ``soak-trial.json``);
+``bench/NOTES.md`` quotes them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from bench.harness import bench_server
 from bench.workload import make_batches
 from events import Tick, encode, encode_batch, new_event_id, subjects
 
-__all__ = ["SoakResult", "run_soak"]
+__all__ = ["SoakResult", "run_soak", "score"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "soak.json"
@@ -112,8 +113,12 @@ async def _tick(js: Any, now: int) -> None:
 
 
 def _start(names: list[str], settings: Any) -> list[subprocess.Popen[bytes]]:
+    """One ``rollout consumer NAME`` process each; stderr to a file (a pipe nobody reads
+    would fill up and stall the consumer during a long run)."""
     cmd = [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir]
-    return [subprocess.Popen([*cmd, "consumer", name], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([*cmd, "consumer", name], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=open(Path(settings.data_dir) / f"{name}.log", "wb"))
             for name in names]
 
 
@@ -129,15 +134,33 @@ async def _caught_up(js: Any, names: list[str], timeout: float) -> float:
 
 
 def _series(points: list[tuple[float, float]]) -> Series:
-    """Start / end as means of the first and last 10% of points; least-squares slope per minute."""
+    """Start / end as medians of the first and last 10% of points (a shared machine's
+    transient stall is one sample, not a trend); least-squares slope per minute."""
     values = [v for _, v in points]
     k = max(1, len(points) // 10)
     if len(points) >= 2:
         slope = statistics.linear_regression([t for t, _ in points], values).slope * 60
     else:
         slope = 0.0
-    return Series(round(statistics.fmean(values[:k]), 1), round(statistics.fmean(values[-k:]), 1),
+    return Series(round(statistics.median(values[:k]), 1), round(statistics.median(values[-k:]), 1),
                   round(max(values), 1), round(slope, 2))
+
+
+def score(result: SoakResult, warmup: float, max_rss_growth_mb: float) -> SoakResult:
+    """Fill in start / end / slope of every consumer's memory and lag from the samples, and the verdict."""
+    growth: list[str] = []
+    for name in result.consumers:
+        rows = [(row["t_s"], row[name]) for row in result.samples if row["t_s"] >= warmup]
+        rss = _series([(t, float(v["rss_mb"])) for t, v in rows])
+        lag = _series([(t, float(v["lag"])) for t, v in rows])
+        result.rss_mb[name], result.lag_messages[name] = rss, lag
+        if rss.end - rss.start > max_rss_growth_mb:
+            growth.append(f"{name} memory grew {rss.start} -> {rss.end} MB")
+        if lag.end > result.target_events_per_s / 100:
+            growth.append(f"{name} lag ended at {lag.end:,.0f} messages (> 1 s of traffic)")
+    result.flat = not growth
+    result.verdict = "flat" if result.flat else "; ".join(growth)
+    return result
 
 
 async def run_soak(minutes: float = 10.0, names: list[str] | None = None, fraction: float = 0.8,
@@ -164,7 +187,6 @@ async def run_soak(minutes: float = 10.0, names: list[str] | None = None, fracti
             print(f"soak: capacity {capacity:,.0f} events/s ({', '.join(names)} together); "
                   f"producing {target:,.0f} events/s for {minutes:g} min", flush=True)
             result = SoakResult(names, round(capacity), round(target), 0.0, minutes, 0)
-            points: dict[str, dict[str, list[tuple[float, float]]]] = {n: {"rss": [], "lag": []} for n in names}
             start = time.perf_counter()
             last_tick = last_sample = 0.0
             produced, i = 0, backlog // 100
@@ -183,29 +205,17 @@ async def run_soak(minutes: float = 10.0, names: list[str] | None = None, fracti
                     row: dict[str, Any] = {"t_s": round(t, 1)}
                     for name, proc in zip(names, procs, strict=True):
                         if proc.poll() is not None:
-                            raise RuntimeError(f"consumer {name} exited with {proc.returncode}: "
-                                               f"{proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+                            log = (Path(settings.data_dir) / f"{name}.log").read_text(errors="replace")
+                            raise RuntimeError(f"consumer {name} exited with {proc.returncode}: {log[-2000:]}")
                         rss, lag = _rss_mb(proc.pid), await _lag(js, name)
                         row[name] = {"rss_mb": round(rss, 1), "lag": lag}
-                        if t >= warmup:
-                            points[name]["rss"].append((t, rss))
-                            points[name]["lag"].append((t, float(lag)))
                     result.samples.append(row)
                     print(f"soak: {row}", flush=True)
                 await asyncio.sleep(0.01)
             await js.publish_async_completed()
             seconds = time.perf_counter() - start
             result.events, result.produced_events_per_s = produced, round(produced / seconds)
-            growth: list[str] = []
-            for name in names:
-                rss, lag = _series(points[name]["rss"]), _series(points[name]["lag"])
-                result.rss_mb[name], result.lag_messages[name] = rss, lag
-                if rss.end - rss.start > max_rss_growth_mb:
-                    growth.append(f"{name} memory grew {rss.start} -> {rss.end} MB")
-                if lag.end > target / 100:
-                    growth.append(f"{name} lag ended at {lag.end:,.0f} messages (> 1 s of traffic)")
-            result.flat = not growth
-            result.verdict = "flat" if result.flat else "; ".join(growth)
+            score(result, warmup, max_rss_growth_mb)
             return result
         finally:
             for proc in procs:
@@ -215,9 +225,12 @@ async def run_soak(minutes: float = 10.0, names: list[str] | None = None, fracti
                     proc.wait(10)
 
 
-def write(result: SoakResult) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(asdict(result), indent=2) + "\n")
+def write(result: SoakResult) -> Path:
+    """``bench/results/soak.json`` for a full run (10 minutes or more); ``soak-trial.json`` otherwise."""
+    path = RESULTS if result.minutes >= 10 else RESULTS.with_name("soak-trial.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return path
 
 
 def summary(result: SoakResult) -> str:
@@ -239,8 +252,8 @@ def main(minutes: float, names: list[str] | None, fraction: float) -> int:
         result = uvloop.run(run_soak(minutes, names, fraction))
     except ImportError:
         result = asyncio.run(run_soak(minutes, names, fraction))
-    write(result)
-    print(summary(result), flush=True)
+    path = write(result)
+    print(summary(result), f"(written to {path.relative_to(ROOT)})", sep="\n", flush=True)
     return 0 if result.flat else 1
 
 
