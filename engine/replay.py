@@ -13,9 +13,11 @@ store (one row per projection: position, digest, snapshot) that nothing else use
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -212,9 +214,9 @@ class Replayer:
         groups = _balance(costs, workers)
         children = [self._fork([a for a in everything if a[0] in group], rest) for group in groups[1:]]
         self.appliers = [a for a in everything if a[0] in groups[0]]
-        self.feed(rest)
         by_name = {p.name: p for p in self.projections}
         try:
+            self.feed(rest)
             for pid, fd, group in children:
                 with os.fdopen(fd, "rb") as pipe:
                     data = pipe.read()
@@ -227,6 +229,12 @@ class Replayer:
                     by_name[name].restore(snapshot)
                 self.emitted.update(got.emitted)
                 self.errors.update(got.errors)
+        except BaseException:
+            for pid, _fd, _group in children:  # no orphan folding on after a failure here
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+            raise
         finally:
             self.appliers = everything
         self.seconds = seconds + time.perf_counter() - start
