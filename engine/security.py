@@ -52,6 +52,7 @@ __all__ = [
     "env_reference",
     "hash_password",
     "inbox_prefix",
+    "new_password",
     "render_authorization",
     "render_compose_config",
     "roles",
@@ -199,6 +200,17 @@ def env_reference(role: str) -> str:
     return f"RO_{role.upper()}_PASSWORD"
 
 
+def new_password() -> str:
+    """A fresh 192-bit password that survives NATS config variable expansion.
+
+    nats-server parses a ``$VAR`` reference's value as a config token, so a
+    ``token_urlsafe`` value that happened to start with digits and a dash ("2024-...")
+    was read as a date and the server refused to start. A letter followed by hex digits
+    is always a plain string.
+    """
+    return "r" + secrets.token_hex(24)
+
+
 def hash_password(password: str, rounds: int = 10) -> str:
     """bcrypt hash as nats-server verifies it (``$2a$`` prefix, which every version accepts)."""
     import bcrypt
@@ -336,7 +348,7 @@ def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, host
     settings_files: dict[str, Path] = {}
     for role in ROLES:
         path = directory / f"{role}.toml"
-        password = _read_password(path) or secrets.token_urlsafe(32)
+        password = _read_password(path) or new_password()
         passwords[role] = password
         settings_files[role] = write_private(
             path,

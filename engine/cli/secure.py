@@ -30,6 +30,7 @@ from engine.security import (
     ROLES,
     SecureFiles,
     env_reference,
+    new_password,
     render_compose_config,
     write_private,
     write_secure_dir,
@@ -122,7 +123,7 @@ def _compose_config(args: argparse.Namespace) -> int:
 def compose_env_text() -> str:
     """compose/.env content: a fresh random password per role, and Grafana's admin password."""
     lines = ["# Passwords of the compose stack (docs/compose.md). Private: mode 0600, never commit."]
-    lines += [f"{env_reference(role)}={secrets.token_urlsafe(32)}" for role in ROLES]
+    lines += [f"{env_reference(role)}={new_password()}" for role in ROLES]
     lines.append(f"GRAFANA_ADMIN_PASSWORD={secrets.token_urlsafe(24)}")
     return "\n".join(lines) + "\n"
 

@@ -66,3 +66,4 @@ def test_configuration_reference_lists_every_setting_with_its_default() -> None:
     for field in msgspec.structs.fields(Settings):
         assert f"| `{field.name}` | `ROLLOUT_{field.name.upper()}` |" in text, field.name
         assert f"`{getattr(defaults, field.name)!r}`" in text, field.name
+
