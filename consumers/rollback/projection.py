@@ -85,6 +85,7 @@ class RollbackProjection:
         self._stats: dict[str, Any] = {}
         self._dirty: set[str] = set()
         self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
+        self._metrics: dict[int, tuple[Policy, frozenset[str], frozenset[str]]] = {}
         self.tick_ms = 0
         """The last engine tick: producer time may run at most a minute past it (consumers/eventtime.py)."""
 
@@ -266,6 +267,23 @@ class RollbackProjection:
             cached = self._guards[id(policy)] = (policy, policy.all_guards())
         return cached[1]
 
+    def _judges(self, policy: Policy, only: str, relative_only: bool, r: RolloutState) -> bool:
+        """Whether :meth:`_results` would evaluate anything for a sample of metric ``only``.
+
+        Profiled (bench workload, seed-001 policy): 43% of producer events are samples no
+        guard reads (``error`` metrics; baseline samples of absolute guards), and each
+        paid ~1 us of judging that could not change anything. Skipping them is exact:
+        with no results, no machine steps and no command or flag is emitted.
+        """
+        if only == "srm":
+            return policy.srm.enabled and r.srm_pct > 0
+        cached = self._metrics.get(id(policy))
+        if cached is None or cached[0] is not policy:
+            guards = self._guards_of(policy)
+            cached = self._metrics[id(policy)] = (policy, frozenset(g.metric for g in guards),
+                                                  frozenset(g.metric for g in guards if g.relative))
+        return only in cached[2 if relative_only else 1]
+
     def _evaluate(self, rollout: str, cause: Event, out: list[Event], only: str | None = None,
                   variant: str | None = None) -> None:
         """Judge ``rollout`` after ``cause``.
@@ -282,10 +300,13 @@ class RollbackProjection:
                                             f"{flag.trigger} escalation expired", cause.id, now))
         if r.control.kill_switch:
             return
+        live = r.live
+        candidate_only = variant is not None and variant != r.control.candidate
+        if (only is not None and r.shadow is None and live.last_step_ms < 0 and not live.policy.progression.enabled
+                and not self._judges(live.policy, only, candidate_only, r)):
+            return  # no guard reads this sample and nothing else moves: judging would change nothing
         evidence = StatsEvidence(self._stats[rollout], rollout)
         variants = (r.control.baseline, r.control.candidate)
-        candidate_only = variant is not None and variant != variants[1]
-        live = r.live
         flags: list[Event] = []  # escalations follow the action that caused them
         alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, flags, only, candidate_only)
         staged = live.last_step_ms >= 0
