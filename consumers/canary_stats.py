@@ -165,7 +165,10 @@ class CanaryStats:
         n, times = self.last_n, vs.otimes
         size = len(times)
         if size >= n and (times[0] <= cutoff or size >= self._cap):
-            trim(times, cutoff, n - 1, self._cap, vs.ocodes)
+            if size == n:  # trim() would drop exactly the oldest (windows.Series.push)
+                del times[0], vs.ocodes[0]
+            else:
+                trim(times, cutoff, n - 1, self._cap, vs.ocodes)
         times.append(t)
         vs.ocodes.append(code)
         if event.quality is not None:
@@ -200,7 +203,11 @@ class CanaryStats:
                 rs.dcodes = array("q", [_NO_SHADOW]) * len(rs.dtimes)
         n, times = self.last_n, rs.dtimes
         size = len(times)
-        if size >= n and (times[0] <= cutoff or size >= self._cap):
+        if size == n and (times[0] <= cutoff or size >= self._cap):  # trim() would drop exactly the oldest
+            del times[0], rs.dvar[0]
+            if rs.dcodes is not None:
+                del rs.dcodes[0]
+        elif size >= n and (times[0] <= cutoff or size >= self._cap):
             if rs.dcodes is None:
                 trim(times, cutoff, n - 1, self._cap, rs.dvar)
             else:

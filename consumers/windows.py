@@ -219,7 +219,10 @@ class Series:
             sketch.add(value)
         size = len(times)
         if size >= last_n and (times[0] <= cutoff or size >= cap):
-            trim(times, cutoff, last_n - 1, cap, values)
+            if size == last_n:  # trim() would drop exactly the oldest: skip the call (hot when cap == last_n)
+                del times[0], values[0]
+            else:
+                trim(times, cutoff, last_n - 1, cap, values)
         times.append(time_ms)
         values.append(value)
 
