@@ -37,7 +37,7 @@ async def consumer_vs_ceiling(total: int = 300_000, name: str = "canary_stats", 
 
 
 _MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
 from bench.workload import make_batches
 from consumers.canary_stats import CanaryStats
 stats = CanaryStats()
@@ -47,7 +47,10 @@ for _, _, batch in make_batches(int(sys.argv[1]), rollouts=int(sys.argv[2])):
         seq += 1
         stats.apply(event, seq)
 snapshot = stats.snapshot()
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big bench
+# process would report its parent's peak (measured: 343 MB here vs 195 MB alone)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rss_mb": hwm / 1024,
                   "rollouts": len(stats.rollouts()), "snapshot_mb": len(snapshot) / 1e6}))
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -109,7 +110,15 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--only", help="comma-separated groups: " + ",".join(GROUPS))
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--doc-only", action="store_true",
+                        help="measure nothing: re-render docs/benchmarks.md from latest.json and bench/NOTES.md")
     args = parser.parse_args(argv)
+    if args.doc_only:
+        saved = json.loads(RESULTS.read_text())
+        fields = {f.name for f in dataclasses.fields(Figure)}
+        figures = [Figure(**{k: v for k, v in f.items() if k in fields}) for f in saved["figures"]]
+        DOC.write_text(render_doc(figures, saved["machine"], NOTES_FILE.read_text() if NOTES_FILE.exists() else ""))
+        return 0
     wanted = args.only.split(",") if args.only else list(GROUPS)
     figures: list[Figure] = []
     failures: list[str] = []
