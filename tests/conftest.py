@@ -4,13 +4,16 @@
 server (about 40 ms to start) when it needs to stop, restart or fill one.
 ``bus`` connects to the session server and provisions the engine's streams; tests keep
 out of each other's way by using their own rollout ids (``rollout_id`` fixture).
+``stack`` is the same on a test's own server; ``api`` serves the operator API.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +54,31 @@ async def bus(settings: Settings) -> AsyncIterator[tuple[object, object]]:
     await provision(js, settings)
     yield nc, js
     await nc.close()
+
+
+@pytest.fixture
+async def stack(fresh_server: EmbeddedServer, tmp_path: Path) -> AsyncIterator[tuple[Settings, Any, Any]]:
+    """(settings, nc, js) on a server of this test's own, streams and KV provisioned."""
+    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(tmp_path / "data"))
+    nc = await connect(settings, name="test")
+    js = nc.jetstream()
+    await provision(js, settings)
+    yield settings, nc, js
+    await nc.close()
+
+
+@pytest.fixture
+async def api(bus: tuple[Any, Any]) -> AsyncIterator[tuple[Any, Any]]:
+    """The operator API (nats.micro) served in-process on the session server."""
+    from engine.api import serve_api
+
+    nc, js = bus
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve_api(nc, stop, ready))
+    await ready.wait()
+    yield nc, js
+    stop.set()
+    await task
 
 
 @pytest.fixture

@@ -5,25 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
-from engine.api import ApiError, call, serve_api
+from engine.api import ApiError, call
 from engine.control_log import known_rollouts, read_control
 from events import ConfigChange, KillSwitch, Metric, Resume, decode, encode, subjects
 from events.ids import new_event_id
-
-
-@pytest.fixture
-async def api(bus: tuple) -> AsyncIterator[tuple]:
-    nc, js = bus
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve_api(nc, stop, ready))
-    await ready.wait()
-    yield nc, js
-    stop.set()
-    await task
 
 
 async def _control_messages(js, rollout: str) -> list:

@@ -6,30 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from consumers.bandit.consumer import build as build_bandit
 from consumers.runtime import Runner
-from engine.bus import connect, provision
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
 from events import Decision, Outcome, encode_batch, subjects
 
 T0 = 1_700_000_000_000
 R = "bandit-cli"
 
 
-@pytest.fixture
-async def stack(fresh_server: EmbeddedServer, tmp_path: Path):  # type: ignore[no-untyped-def]
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(tmp_path / "data"))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
-    yield settings, nc, js
-    await nc.close()
 
 
 def rollout(settings: object, *args: str) -> subprocess.CompletedProcess[str]:

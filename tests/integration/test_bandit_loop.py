@@ -12,10 +12,7 @@ import pytest
 
 from consumers.bandit.consumer import build as build_bandit
 from consumers.runtime import Runner
-from engine.bus import connect, provision
 from engine.choice import BanditChooser
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
 from events import (
     BanditConfig,
     Event,
@@ -33,14 +30,6 @@ R = "bandit-loop"
 PROBS = {"a": 0.2, "b": 0.4, "c": 0.8}
 
 
-@pytest.fixture
-async def stack(fresh_server: EmbeddedServer, tmp_path: Path):  # type: ignore[no-untyped-def]
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(tmp_path / "data"))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
-    yield settings, nc, js
-    await nc.close()
 
 
 async def publish(js: object, events: list[Event], kind: str) -> None:

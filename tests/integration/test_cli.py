@@ -8,11 +8,9 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
-from engine.api import serve_api
 from engine.export import read_export
 from events import Metric, Outcome, encode, subjects
 from events.ids import new_event_id
@@ -20,15 +18,6 @@ from events.ids import new_event_id
 _ESC = re.compile(r"\x1b")
 
 
-@pytest.fixture
-async def api(bus: tuple) -> AsyncIterator[tuple]:
-    nc, js = bus
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve_api(nc, stop, ready))
-    await ready.wait()
-    yield nc, js
-    stop.set()
-    await task
 
 
 async def rollout_cli(settings, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from prometheus_client import REGISTRY
 
 from consumers.runtime import Runner
 from consumers.verification_consumer import build as build_verification
-from engine.bus import connect, provision
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
 from events import Outcome, RecheckClosed, RecheckRequest, Tick, decode, encode, subjects
 
 T0 = 1_700_000_000_000
@@ -21,14 +17,6 @@ S = 1_000
 R = "verify-loop"
 
 
-@pytest.fixture
-async def stack(fresh_server: EmbeddedServer, tmp_path: Path):  # type: ignore[no-untyped-def]
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(tmp_path / "data"))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
-    yield settings, nc, js
-    await nc.close()
 
 
 def outcome(decision: str, t: int, verdict: str = "inconclusive", confidence: float | None = None) -> Outcome:
