@@ -27,8 +27,7 @@ async def consumer_vs_ceiling(total: int = 300_000, name: str = "canary_stats", 
     async with bench_server(consumer_batch=batch) as (_, settings, nc, js):
         await publish_batches(js, list(make_batches(total)))
         ceiling = await drain_raw(js, total, "ceiling")
-        module = __import__(registry.get(name).module, fromlist=["build"])
-        runner = Runner(module.build(settings), settings, nc=nc, until_idle=True)
+        runner = Runner(registry.build(name, settings), settings, nc=nc, until_idle=True)
         start = time.perf_counter()
         summary = await runner.run()
         elapsed = time.perf_counter() - start

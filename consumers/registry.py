@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["ConsumerSpec", "get", "names", "specs"]
+if TYPE_CHECKING:
+    from consumers.runtime import Consumer
+    from engine.settings import Settings
+
+__all__ = ["ConsumerSpec", "build", "get", "names", "specs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,12 @@ def specs() -> list[ConsumerSpec]:
 
 def names() -> list[str]:
     return [spec.name for spec in specs()]
+
+
+def build(name: str, settings: Settings) -> Consumer:
+    """The consumer ``name`` built for ``settings`` (its module's ``build``); KeyError if unknown."""
+    consumer: Consumer = importlib.import_module(get(name).module).build(settings)
+    return consumer
 
 
 def get(name: str) -> ConsumerSpec:

@@ -9,8 +9,8 @@ connecting to NATS. Two runs over the same log print the same digest.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from typing import TYPE_CHECKING
 
 from engine.cli.common import (
     CliError,
@@ -21,17 +21,20 @@ from engine.cli.common import (
     stop_on_signals,
 )
 
+if TYPE_CHECKING:
+    from consumers.runtime import Consumer
+    from engine.settings import Settings
+
 __all__ = ["register"]
 
 
-def _build(name: str, settings: object) -> object:
+def _build(name: str, settings: Settings) -> Consumer:
     from consumers import registry
 
     try:
-        spec = registry.get(name)
+        return registry.build(name, settings)
     except KeyError as exc:
         raise CliError(str(exc.args[0])) from None
-    return importlib.import_module(spec.module).build(settings)
 
 
 async def _run(args: argparse.Namespace) -> int:

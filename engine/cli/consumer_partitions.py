@@ -8,7 +8,6 @@ before; output is one line per partition, or with ``--json`` one object with a r
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from consumers.runtime import Consumer, PartitionMismatch, Runner, StoreIncompatible, stored_digest
@@ -23,11 +22,9 @@ def _build(name: str, settings: Settings) -> Consumer:
     from consumers import registry
 
     try:
-        spec = registry.get(name)
+        return registry.build(name, settings)
     except KeyError as exc:
         raise CliError(str(exc.args[0])) from None
-    consumer: Consumer = importlib.import_module(spec.module).build(settings)
-    return consumer
 
 
 async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:

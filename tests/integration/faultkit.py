@@ -8,7 +8,6 @@ and the number of events folded must equal the number published.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import sqlite3
 import sys
@@ -61,7 +60,7 @@ async def publish(js: Any, first: int, count: int, rollouts: Callable[[int], str
 
 def build(name: str, settings: Settings) -> Any:
     """A fresh registered consumer (projection + hooks) by name."""
-    return importlib.import_module(registry.get(name).module).build(settings)
+    return registry.build(name, settings)
 
 
 async def clean_fold(js: Any, name: str, settings: Settings, last: int) -> tuple[str, int]:

@@ -23,13 +23,11 @@ from events import encode_batch, subjects
 
 async def _live_digests(settings, js) -> dict[str, tuple[int, str]]:
     """Run every registered consumer until it has folded the whole log (emitted events too)."""
-    import importlib
-
     digests: dict[str, tuple[int, str]] = {}
     for _round in range(5):
         last = (await js.stream_info(subjects.LOG_STREAM)).state.last_seq
         for spec in registry.specs():
-            consumer = importlib.import_module(spec.module).build(settings)
+            consumer = registry.build(spec.name, settings)
             summary = await Runner(consumer, settings, until_idle=True, fetch_timeout=0.2).run()
             digests[spec.name] = (summary.seq, summary.digest)
         if all(seq == last for seq, _ in digests.values()) and \
