@@ -14,14 +14,14 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from consumers.canary_stats import CanaryStats
 from consumers.folding import Delivery, Folder
-from engine.bus import connect, provision
 from engine.server import EmbeddedServer
-from engine.settings import load_settings
+from engine.settings import Settings
 from engine.ticks import make_tick
 from events import Decision, Event, Metric, Outcome, encode, encode_batch, subjects
 
@@ -72,13 +72,10 @@ def committed(data_dir: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
-    fresh_server: EmbeddedServer, tmp_path: Path
+    fresh_server: EmbeddedServer, stack: tuple[Settings, Any, Any]
 ) -> None:
-    data_dir = tmp_path / "data"
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(data_dir))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
+    settings, _nc, js = stack  # own server, provisioned; closed by the fixture
+    data_dir = Path(settings.data_dir)
     rng = random.Random(2026)
     made = 0
 
@@ -125,7 +122,6 @@ async def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
     for seq in range(1, last + 1):
         msg = await js.get_msg(subjects.LOG_STREAM, seq)
         folder.fold_batch([Delivery(seq, msg.subject or "", msg.data or b"")])
-    await nc.close()
 
     assert result["seq"] == last
     assert result["digest"] == folder.projection.digest()
@@ -135,12 +131,9 @@ async def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
 
 
 @pytest.mark.timeout(120)
-async def test_sigterm_drains_commits_and_exits_cleanly(fresh_server: EmbeddedServer, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(data_dir))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
+async def test_sigterm_drains_commits_and_exits_cleanly(fresh_server: EmbeddedServer, stack: tuple[Settings, Any, Any]) -> None:
+    settings, _nc, js = stack  # own server, provisioned; closed by the fixture
+    data_dir = Path(settings.data_dir)
     rng = random.Random(7)
     for n in range(300):
         subject, events = batch_of(n, rng)
@@ -163,5 +156,4 @@ async def test_sigterm_drains_commits_and_exits_cleanly(fresh_server: EmbeddedSe
     for seq in range(1, position + 1):
         msg = await js.get_msg(subjects.LOG_STREAM, seq)
         folder.fold_batch([Delivery(seq, msg.subject or "", msg.data or b"")])
-    await nc.close()
     assert stored == {"consumer": "canary_stats", "seq": position, "digest": folder.projection.digest()}

@@ -14,14 +14,14 @@ import json
 import random
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from consumers.folding import subject_for
 from consumers.rollback.scenario import Profile, policy_change, runs
-from engine.bus import connect, provision
 from engine.server import EmbeddedServer
-from engine.settings import load_settings
+from engine.settings import Settings
 from events import Event, KillSwitch, decode_message, encode, subjects
 from tests.integration.faultkit import SOAK, committed, last_seq, spawn, wait_for
 
@@ -47,13 +47,10 @@ async def _kills(js: object) -> list[KillSwitch]:
 @pytest.mark.slow
 @pytest.mark.timeout(120 * SOAK)
 async def test_rollback_consumer_down_during_a_regression_fires_exactly_one_kill(
-    fresh_server: EmbeddedServer, tmp_path: Path
+    fresh_server: EmbeddedServer, stack: tuple[Settings, Any, Any]
 ) -> None:
-    data_dir = tmp_path / "data"
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(data_dir))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
+    settings, _nc, js = stack  # own server, provisioned; closed by the fixture
+    data_dir = Path(settings.data_dir)
 
     start = policy_change(R, None, canary_pct=50.0)
     await _publish(js, [start, *runs(R, 60, canary_pct=50.0)])  # healthy
@@ -81,7 +78,6 @@ async def test_rollback_consumer_down_during_a_regression_fires_exactly_one_kill
         result = json.loads(out)
     kills = await _kills(js)
     last = await last_seq(js)
-    await nc.close()
     assert len(kills) == 1, [k.id for k in kills]
     [kill] = kills
     assert kill.after.kill_switch and kill.reason.startswith("quality (")

@@ -15,13 +15,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engine.bus import connect, provision
 from engine.metrics import LogMetrics
 from engine.server import EmbeddedServer
-from engine.settings import load_settings
+from engine.settings import Settings
 from tests.integration.faultkit import (
     ROOT,
     SOAK,
@@ -59,13 +59,10 @@ async def status_lag(url: str) -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(120 * SOAK)
 async def test_a_consumer_far_behind_reports_lag_and_catches_up_in_bounded_memory(
-    fresh_server: EmbeddedServer, tmp_path: Path
+    fresh_server: EmbeddedServer, stack: tuple[Settings, Any, Any]
 ) -> None:
-    data_dir = tmp_path / "data"
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(data_dir))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
+    settings, _nc, js = stack  # own server, provisioned; closed by the fixture
+    data_dir = Path(settings.data_dir)
     rollouts = lambda n: f"slow-{n % 4}"  # noqa: E731
     published = await publish(js, 0, 500, rollouts)
     proc = await spawn(fresh_server.url, data_dir, NAME, "--batch", "64")
@@ -97,7 +94,6 @@ async def test_a_consumer_far_behind_reports_lag_and_catches_up_in_bounded_memor
     expected, events = await clean_fold(js, NAME, settings, last)
     out = await spawn(fresh_server.url, data_dir, NAME, "--digest", "--json")
     stored = json.loads((await out.communicate())[0])
-    await nc.close()
     assert stored == {"consumer": NAME, "seq": last, "digest": expected}
     assert events == published
     print(f"peak RSS after backlogs of 500, +1000, +4000 messages: {[p // 1024 for p in peaks]} MiB")

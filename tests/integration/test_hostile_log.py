@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from consumers import registry
-from engine.bus import connect, provision
 from engine.server import EmbeddedServer
-from engine.settings import load_settings
+from engine.settings import Settings
 from events import encode_batch, subjects
 from events.codec import MAX_MESSAGE_BYTES
 from tests.integration.faultkit import batch, clean_fold, last_seq, spawn
@@ -35,13 +35,10 @@ HOSTILE = [
 
 @pytest.mark.timeout(120)
 async def test_every_consumer_dead_letters_hostile_messages_and_folds_the_rest(
-    fresh_server: EmbeddedServer, tmp_path: Path
+    fresh_server: EmbeddedServer, stack: tuple[Settings, Any, Any]
 ) -> None:
-    data_dir = tmp_path / "data"
-    settings = load_settings(env={}, nats_url=fresh_server.url, data_dir=str(data_dir))
-    nc = await connect(settings, name="test")
-    js = nc.jetstream()
-    await provision(js, settings)
+    settings, _nc, js = stack  # own server, provisioned; closed by the fixture
+    data_dir = Path(settings.data_dir)
     good = 0
     for n, payload in enumerate(HOSTILE):
         subject, events = batch(n, "victim")
@@ -61,6 +58,5 @@ async def test_every_consumer_dead_letters_hostile_messages_and_folds_the_rest(
         expected, folded = await clean_fold(js, name, settings, last)
         assert result["digest"] == expected
     dlq = await js.stream_info(subjects.DLQ_STREAM)
-    await nc.close()
     assert dlq.state.messages == len(HOSTILE) * len(registry.names())
     assert folded == good + len(events)
