@@ -44,12 +44,16 @@ def _rollout(args: argparse.Namespace) -> str:
     return args.rollout  # type: ignore[no-any-return]
 
 
-async def _read_view(js: Any, rollout: str) -> BanditView | None:
+async def _read_view(args: argparse.Namespace, rollout: str) -> BanditView | None:
+    """The rollout's published bandit view (KV), or None when there is none yet."""
+    nc = await connect(settings_from(args), name="rollout-bandit", reconnect=False)
     try:
-        kv = await js.key_value(subjects.STATE_BUCKET)
+        kv = await nc.jetstream().key_value(subjects.STATE_BUCKET)
         entry = await kv.get(kv_key(rollout))
     except (KeyNotFoundError, BucketNotFoundError, NotFoundError):
         return None
+    finally:
+        await nc.close()
     return msgspec.msgpack.decode(entry.value, type=BanditView) if entry.value else None
 
 
@@ -101,11 +105,7 @@ def _switch(value: str | None) -> bool | None:
 
 async def _guardrail(args: argparse.Namespace) -> int:
     rollout = _rollout(args)
-    nc = await connect(settings_from(args), name="rollout-bandit", reconnect=False)
-    try:
-        view = await _read_view(nc.jetstream(), rollout)
-    finally:
-        await nc.close()
+    view = await _read_view(args, rollout)
     before = view.guardrail if view is not None else GuardrailState()
     changes: dict[str, Any] = {}
     for flag, field in (("bandit", "bandit_enabled"), ("executor", "executor_enabled"),
@@ -146,11 +146,7 @@ async def _guardrail(args: argparse.Namespace) -> int:
 
 async def _show(args: argparse.Namespace) -> int:
     rollout = _rollout(args)
-    nc = await connect(settings_from(args), name="rollout-bandit", reconnect=False)
-    try:
-        view = await _read_view(nc.jetstream(), rollout)
-    finally:
-        await nc.close()
+    view = await _read_view(args, rollout)
     if view is None:
         raise CliError(f"no bandit view for {sanitize(rollout)}: configure it with `rollout bandit config` "
                        "and run the bandit consumer")
