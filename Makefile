@@ -4,12 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test tools lint unit schemas bench soak clean up
+.PHONY: run test test-latest lock tools lint unit schemas bench soak clean up
 
-$(STAMP): pyproject.toml
+# Installs come from requirements.lock: every direct and transitive dependency pinned with
+# hashes, so a fresh clone installs exactly what passed CI. Upgrading is a deliberate commit:
+# `make lock` (see docs/operations.md, "Upgrading dependencies").
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## run: start the embedded stack and the demo (a candidate that degrades and is killed)
@@ -43,7 +46,6 @@ schemas: $(STAMP)
 
 ## bench: every benchmark; prints a table, writes bench/results/latest.json and docs/benchmarks.md
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet 'eventsourcing==9.5.6' py-spy pyinstrument
 	$(BIN)/python -m bench.run
 
 ## soak: 10 minutes of canary_stats + rollback at 80% of measured capacity (memory and lag
@@ -51,5 +53,26 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
 
+## test-latest: the suite on the NEWEST versions pyproject.toml allows (not the lock), in
+## .venv-latest. It may fail when an upstream release breaks something: that is its job.
+LATEST := .venv-latest
+test-latest: tools
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --group build --group test -e '.[all]'
+	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/ruff check engine consumers events tests bench
+	$(LATEST)/bin/python -m pytest -q
+
+## lock: re-resolve requirements.lock to the newest allowed versions (then run make test
+## and commit the lock on its own, with what changed in the message)
+UV_VERSION := 0.13.9
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --all-extras --group build --group test --group bench \
+		--generate-hashes --universal --python-version 3.11 --upgrade -o requirements.lock
+	rm -f $(STAMP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache data
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache data

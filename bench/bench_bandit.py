@@ -11,10 +11,10 @@ from __future__ import annotations
 import msgspec
 
 from bench.harness import timed
-from consumers.bandit import BanditProjection
-from consumers.verification import VerificationProjection
-from engine.choice import BanditChooser
-from events import BanditConfig, Decision, Outcome, Tick
+from rollout_engine.consumers.bandit import BanditProjection
+from rollout_engine.consumers.verification import VerificationProjection
+from rollout_engine.engine.choice import BanditChooser
+from rollout_engine.events import BanditConfig, Decision, Outcome, Tick
 
 __all__ = ["bandit_events_per_s", "bandit_view_per_s", "choose_calls_per_s", "verification_events_per_s"]
 

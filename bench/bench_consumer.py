@@ -21,8 +21,8 @@ __all__ = ["consumer_vs_ceiling", "memory_10k_rollouts"]
 
 async def consumer_vs_ceiling(total: int = 300_000, name: str = "canary_stats", batch: int = 64) -> tuple[float, float]:
     """(consumer events/s to committed state, ceiling events/s) over one stream."""
-    from consumers import registry
-    from consumers.runtime import Runner
+    from rollout_engine.consumers import registry
+    from rollout_engine.consumers.runtime import Runner
 
     async with bench_server(consumer_batch=batch) as (_, settings, nc, js):
         await publish_batches(js, list(make_batches(total)))
@@ -38,7 +38,7 @@ async def consumer_vs_ceiling(total: int = 300_000, name: str = "canary_stats", 
 _MEMORY_SCRIPT = """
 import json, sys
 from bench.workload import make_batches
-from consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.canary_stats import CanaryStats
 stats = CanaryStats()
 seq = 0
 for _, _, batch in make_batches(int(sys.argv[1]), rollouts=int(sys.argv[2])):

@@ -16,14 +16,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.harness import bench_server, timed
 from bench.workload import make_batches, publish_batches
-from events import AnyEvent, decode_message, encode, subjects
+from rollout_engine.events import AnyEvent, decode_message, encode, subjects
 
 __all__ = ["naive_design", "transport_ceiling"]
 
 
 def _projection() -> Any:
     """The canary-stats reducer when it exists; the benchmark compares like with like."""
-    from consumers.canary_stats import CanaryStats
+    from rollout_engine.consumers.canary_stats import CanaryStats
 
     return CanaryStats()
 
@@ -86,7 +86,7 @@ async def naive_design(total: int = 20_000) -> float:
 
 
 def _kind(event: AnyEvent) -> str:
-    from events import kind_of
+    from rollout_engine.events import kind_of
 
     return kind_of(event)
 

@@ -18,10 +18,15 @@ from pathlib import Path
 
 from bench.harness import Figure, measure
 from bench.workload import make_batches
-from engine.control_log import LogMessage
-from engine.export import write_export
-from engine.replay import make_projections, messages_from_file, replay_messages, replay_parallel
-from events import encode_batch, subjects
+from rollout_engine.engine.control_log import LogMessage
+from rollout_engine.engine.export import write_export
+from rollout_engine.engine.replay import (
+    make_projections,
+    messages_from_file,
+    replay_messages,
+    replay_parallel,
+)
+from rollout_engine.events import encode_batch, subjects
 
 __all__ = ["replay_events_per_s", "replay_figures"]
 

@@ -32,11 +32,11 @@ from nats.js.api import DeliverPolicy
 
 from bench.harness import Figure, bench_server
 from bench.workload import make_batches
-from consumers.projection import Projection
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import Profile, runs
-from engine.bus import connect
-from events import Event, decode_lenient, encode, encode_batch, kind_of, subjects
+from rollout_engine.consumers.projection import Projection
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import Profile, runs
+from rollout_engine.engine.bus import connect
+from rollout_engine.events import Event, decode_lenient, encode, encode_batch, kind_of, subjects
 
 __all__ = ["LiveFold", "kill_latency", "rollback_figures", "subject_of"]
 
@@ -142,8 +142,8 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         fold = LiveFold(js, RollbackProjection())
         runner, task = None, None
         if driver == "runtime":
-            from consumers.rollback.consumer import build
-            from consumers.runtime import Runner
+            from rollout_engine.consumers.rollback.consumer import build
+            from rollout_engine.consumers.runtime import Runner
 
             options = {} if fetch_timeout is None else {"fetch_timeout": fetch_timeout}
             runner = Runner(build(settings), settings, nc=await connect(settings, name="bench-rollback"), **options)

@@ -24,11 +24,11 @@ from nats.js.errors import NotFoundError
 
 from bench.harness import Figure, bench_server
 from bench.workload import make_batches, publish_batches
-from consumers.runtime import store_name
-from engine.bus import connect, provision
-from engine.cluster import EmbeddedCluster
-from engine.settings import load_settings
-from events import subjects
+from rollout_engine.consumers.runtime import store_name
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.cluster import EmbeddedCluster
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import subjects
 
 __all__ = ["consumer_processes", "producer_replicas", "scale_figures"]
 
@@ -50,7 +50,7 @@ async def consumer_processes(processes: int, total: int = 300_000, batch: int = 
         owners = [["--process", str(k), "--of", str(processes)] for k in range(processes)] or [[]]
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "engine.cli", "--nats-url", server.url or "", "--data-dir", settings.data_dir,
+                sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", server.url or "", "--data-dir", settings.data_dir,
                 "consumer", "canary_stats", *owner, "--batch", str(batch),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
             for owner in owners

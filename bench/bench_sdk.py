@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from bench.harness import bench_server
-from engine.client import RolloutClient
-from events import ConfigChange, ControlState, encode, new_event_id, subjects
+from rollout_engine.engine.client import RolloutClient
+from rollout_engine.events import ConfigChange, ControlState, encode, new_event_id, subjects
 
 __all__ = ["assign_rate", "publish_rate"]
 

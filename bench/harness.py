@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.bus import connect, provision
-from engine.server import EmbeddedServer
-from engine.settings import Settings, load_settings
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings, load_settings
 
 __all__ = ["Figure", "bench_server", "measure", "timed"]
 

@@ -18,7 +18,7 @@ from eventsourcing.domain import Aggregate, event
 
 from bench.harness import timed
 from bench.workload import make_batches
-from events import AnyEvent
+from rollout_engine.events import AnyEvent
 
 __all__ = ["eventsourcing_peer"]
 
@@ -33,7 +33,7 @@ class RolloutLog(Aggregate):
 
 def eventsourcing_peer(total: int = 100_000) -> dict[str, float]:
     """Record ``total`` events, then project them; events/s of each step."""
-    from consumers.canary_stats import CanaryStats
+    from rollout_engine.consumers.canary_stats import CanaryStats
 
     with tempfile.TemporaryDirectory(prefix="rollout-bench-es-") as tmp:
         env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": f"{tmp}/es.db"}

@@ -39,7 +39,7 @@ import msgspec
 
 from bench.harness import bench_server
 from bench.workload import make_batches
-from events import Tick, encode, encode_batch, new_event_id, subjects
+from rollout_engine.events import Tick, encode, encode_batch, new_event_id, subjects
 
 __all__ = ["SoakResult", "run_soak", "score"]
 
@@ -115,7 +115,7 @@ async def _tick(js: Any, now: int) -> None:
 def _start(names: list[str], settings: Any) -> list[subprocess.Popen[bytes]]:
     """One ``rollout consumer NAME`` process each; stderr to a file (a pipe nobody reads
     would fill up and stall the consumer during a long run)."""
-    cmd = [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir]
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir]
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     return [subprocess.Popen([*cmd, "consumer", name], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=open(Path(settings.data_dir) / f"{name}.log", "wb"))

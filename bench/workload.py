@@ -11,7 +11,15 @@ from collections.abc import Iterator
 
 from nats.js import JetStreamContext
 
-from events import Decision, Event, Metric, Outcome, encode_batch, new_event_id, subjects
+from rollout_engine.events import (
+    Decision,
+    Event,
+    Metric,
+    Outcome,
+    encode_batch,
+    new_event_id,
+    subjects,
+)
 
 __all__ = ["BATCH", "make_batches", "publish_batches"]
 

@@ -12,7 +12,7 @@ from array import array
 
 import msgspec
 
-from consumers.windows import Series, SeriesState, pack, unpack
+from rollout_engine.consumers.windows import Series, SeriesState, pack, unpack
 
 __all__ = [
     "NO_SHADOW",

@@ -34,8 +34,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from consumers.canary_state import NO_SHADOW as _NO_SHADOW
-from consumers.canary_state import (
+from rollout_engine.consumers.canary_state import NO_SHADOW as _NO_SHADOW
+from rollout_engine.consumers.canary_state import (
     MetaState,
     decode_rollout,
     encode_rollout,
@@ -44,11 +44,11 @@ from consumers.canary_state import (
     meta_decoder,
     parts_decoder,
 )
-from consumers.canary_state import RolloutStats as _Rollout
-from consumers.canary_state import VariantStats as _Variant
-from consumers.eventtime import bounded
-from consumers.windows import Series, trim
-from events import AnyEvent, Decision, Event, Metric, Outcome, Tick
+from rollout_engine.consumers.canary_state import RolloutStats as _Rollout
+from rollout_engine.consumers.canary_state import VariantStats as _Variant
+from rollout_engine.consumers.eventtime import bounded
+from rollout_engine.consumers.windows import Series, trim
+from rollout_engine.events import AnyEvent, Decision, Event, Metric, Outcome, Tick
 
 __all__ = ["WINDOWS", "CanaryStats", "MetricView", "VariantView"]
 

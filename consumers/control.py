@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from events import AnyEvent, ConfigChange, ControlState, Event, KillSwitch, Resume
+from rollout_engine.events import AnyEvent, ConfigChange, ControlState, Event, KillSwitch, Resume
 
 __all__ = ["ControlProjection", "apply_command"]
 

@@ -15,12 +15,12 @@ import logging
 
 import msgspec
 
-from consumers.control import ControlProjection
-from consumers.folding import BatchResult
-from consumers.registry import ConsumerSpec, register
-from consumers.runtime import Consumer, Runner
-from engine.settings import Settings
-from events import ControlState, check_token
+from rollout_engine.consumers.control import ControlProjection
+from rollout_engine.consumers.folding import BatchResult
+from rollout_engine.consumers.registry import ConsumerSpec, register
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.engine.settings import Settings
+from rollout_engine.events import ControlState, check_token
 
 __all__ = ["CanonicalControl", "build", "kv_key"]
 

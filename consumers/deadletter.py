@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import msgspec
 
-from consumers.store import OutboxRow
-from events import subjects
+from rollout_engine.consumers.store import OutboxRow
+from rollout_engine.events import subjects
 
 __all__ = ["DeadLetter", "dead_letter_row", "decode_dead_letter", "headers_of"]
 

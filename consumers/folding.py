@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumers.deadletter import DeadLetter, dead_letter_row
-from consumers.projection import Projection, digest_of
-from consumers.store import OutboxRow
-from events import AnyEvent, Event, decode_lenient, encode, kind_of, subjects
+from rollout_engine.consumers.deadletter import DeadLetter, dead_letter_row
+from rollout_engine.consumers.projection import Projection, digest_of
+from rollout_engine.consumers.store import OutboxRow
+from rollout_engine.events import AnyEvent, Event, decode_lenient, encode, kind_of, subjects
 
 __all__ = ["BatchResult", "Delivery", "Folder", "fold", "snapshot_parts", "subject_for"]
 

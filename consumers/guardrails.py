@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from events import Guardrail, GuardrailState, command_id
+from rollout_engine.events import Guardrail, GuardrailState, command_id
 
 __all__ = [
     "HOUR_MS",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol, runtime_checkable
 
-from events import AnyEvent, Event
+from rollout_engine.events import AnyEvent, Event
 
 __all__ = ["Projection", "digest_of"]
 

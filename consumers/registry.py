@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from consumers.runtime import Consumer
-    from engine.settings import Settings
+    from rollout_engine.consumers.runtime import Consumer
+    from rollout_engine.engine.settings import Settings
 
 __all__ = ["ConsumerSpec", "build", "get", "names", "specs"]
 
@@ -40,8 +40,8 @@ def _load() -> None:
         importlib.import_module(module)
 
 
-_MODULES: list[str] = ["consumers.control_consumer", "consumers.stats_consumer", "consumers.bandit.consumer",
-                       "consumers.verification_consumer", "consumers.rollback.consumer"]
+_MODULES: list[str] = ["rollout_engine.consumers.control_consumer", "rollout_engine.consumers.stats_consumer", "rollout_engine.consumers.bandit.consumer",
+                       "rollout_engine.consumers.verification_consumer", "rollout_engine.consumers.rollback.consumer"]
 
 
 def specs() -> list[ConsumerSpec]:

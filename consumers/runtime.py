@@ -51,13 +51,19 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from consumers.deadletter import headers_of
-from consumers.folding import BatchResult, Delivery, Folder, restore_parts, snapshot_parts
-from consumers.projection import Projection, digest_of
-from consumers.store import OutboxRow, SQLiteConsumerStore, fault_of
-from engine.consumer_metrics import ConsumerMetrics, default_metrics
-from engine.settings import Settings
-from events import subjects
+from rollout_engine.consumers.deadletter import headers_of
+from rollout_engine.consumers.folding import (
+    BatchResult,
+    Delivery,
+    Folder,
+    restore_parts,
+    snapshot_parts,
+)
+from rollout_engine.consumers.projection import Projection, digest_of
+from rollout_engine.consumers.store import OutboxRow, SQLiteConsumerStore, fault_of
+from rollout_engine.engine.consumer_metrics import ConsumerMetrics, default_metrics
+from rollout_engine.engine.settings import Settings
+from rollout_engine.events import subjects
 
 __all__ = ["Consumer", "Hook", "PartitionMismatch", "RunSummary", "Runner", "StoreIncompatible", "StoreStalled",
            "digest", "store_name", "stored_digest"]
@@ -192,7 +198,7 @@ class Runner:
             self.folder.seq = stored.seq
             self.metrics.position.labels(self.name).set(stored.seq)
             if self._nc is None:
-                from engine.bus import connect
+                from rollout_engine.engine.bus import connect
 
                 self._nc = await connect(self.settings, name=f"consumer-{self.name}")
             await self._relay(stored.outbox)

@@ -19,12 +19,12 @@ from typing import Any
 
 import msgspec
 
-from consumers.canary_stats import WINDOWS, CanaryStats
-from consumers.folding import BatchResult
-from consumers.registry import ConsumerSpec, register
-from consumers.runtime import Consumer, Runner
-from engine.settings import Settings
-from events import subjects
+from rollout_engine.consumers.canary_stats import WINDOWS, CanaryStats
+from rollout_engine.consumers.folding import BatchResult
+from rollout_engine.consumers.registry import ConsumerSpec, register
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.engine.settings import Settings
+from rollout_engine.events import subjects
 
 __all__ = ["StatsPublisher", "build", "summary"]
 

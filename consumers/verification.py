@@ -28,8 +28,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from consumers.bandit.clock import EventClock
-from events import (
+from rollout_engine.consumers.bandit.clock import EventClock
+from rollout_engine.events import (
     AnyEvent,
     BanditConfig,
     Event,

@@ -8,11 +8,11 @@ this module refreshes the ``rollout_recheck_pending`` and
 
 from __future__ import annotations
 
-from consumers.folding import BatchResult
-from consumers.registry import ConsumerSpec, register
-from consumers.runtime import Consumer, Runner
-from consumers.verification import RecheckGauges, VerificationProjection
-from engine.settings import Settings
+from rollout_engine.consumers.folding import BatchResult
+from rollout_engine.consumers.registry import ConsumerSpec, register
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.consumers.verification import RecheckGauges, VerificationProjection
+from rollout_engine.engine.settings import Settings
 
 __all__ = ["build"]
 

@@ -37,10 +37,10 @@ from nats.js.errors import BadRequestError
 from nats.micro import add_service
 from nats.micro.request import Request
 
-from engine.control_log import ControlView, known_rollouts, read_control
-from events import ConfigChange, ControlState, KillSwitch, Resume, encode, subjects
-from events.errors import EventError
-from events.ids import command_id, is_token, new_event_id
+from rollout_engine.engine.control_log import ControlView, known_rollouts, read_control
+from rollout_engine.events import ConfigChange, ControlState, KillSwitch, Resume, encode, subjects
+from rollout_engine.events.errors import EventError
+from rollout_engine.events.ids import command_id, is_token, new_event_id
 
 __all__ = ["ENDPOINTS", "SERVICE_NAME", "ApiError", "ControlApi", "call", "serve_api"]
 
@@ -141,7 +141,7 @@ def _policy(body: dict[str, Any], version: int) -> dict[str, Any] | None:
     if not isinstance(policy, dict):
         raise ApiError(400, "policy: expected a policy document (the TOML tables as a JSON object)")
     try:
-        from consumers.rollback.policy import load_policy
+        from rollout_engine.consumers.rollback.policy import load_policy
     except ImportError:  # pragma: no cover - the rollback consumer ships with the engine
         return policy
     try:
@@ -336,11 +336,11 @@ class ControlApi:
         rollout = _rollout(body)
         await self._require_known(rollout)
         if self.evaluator is None:
-            from engine.backtest import evaluate_rollout
+            from rollout_engine.engine.backtest import evaluate_rollout
 
             self.evaluator = evaluate_rollout
         reply = await self.evaluator(self.js, rollout, body)
-        from engine.metrics import EVALUATIONS
+        from rollout_engine.engine.metrics import EVALUATIONS
 
         EVALUATIONS.labels("fail" if reply.get("would_kill") else "pass").inc()
         return reply
@@ -381,7 +381,7 @@ def _command_summary(view: ControlView) -> dict[str, Any] | None:
 def _thresholds(view: ControlView) -> Any:
     """The guards in force: the latest policy in the log, else the default policy."""
     try:
-        from consumers.rollback.policy import DEFAULT_POLICY, policy_document
+        from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY, policy_document
     except ImportError:  # pragma: no cover
         return None
     doc = getattr(view.command, "policy", None)

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 
 import mmh3
 
-from events import ControlState
+from rollout_engine.events import ControlState
 
 __all__ = ["BUCKETS", "SEED", "Choice", "Split", "bucket", "choose", "clamp_pct", "split_of", "threshold"]
 

@@ -34,9 +34,14 @@ from typing import Any
 import msgspec
 from scipy.stats import norm
 
-from consumers.rollback.policy import Policy, load_policy, load_policy_file, policy_document
-from consumers.rollback.projection import ACTOR, RollbackProjection
-from events import (
+from rollout_engine.consumers.rollback.policy import (
+    Policy,
+    load_policy,
+    load_policy_file,
+    policy_document,
+)
+from rollout_engine.consumers.rollback.projection import ACTOR, RollbackProjection
+from rollout_engine.events import (
     AnyEvent,
     ConfigChange,
     ControlState,
@@ -209,8 +214,8 @@ def backtest(messages: Iterable[tuple[int, str, bytes]], candidate: Policy, *, c
 
 async def evaluate_rollout(js: Any, rollout: str, body: dict[str, Any]) -> dict[str, Any]:
     """The API's ``evaluate``: fold the rollout's log now; publish a kill the log lacks."""
-    from engine.control_log import read_control, read_messages, rollout_subjects
-    from events import encode, subjects
+    from rollout_engine.engine.control_log import read_control, read_messages, rollout_subjects
+    from rollout_engine.events import encode, subjects
 
     events: list[tuple[int, AnyEvent]] = []
     first = 0

@@ -20,8 +20,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
-from engine.settings import Settings
-from events import subjects
+from rollout_engine.engine.settings import Settings
+from rollout_engine.events import subjects
 
 __all__ = ["BusUnavailable", "connect", "provision", "stream_config"]
 

@@ -33,9 +33,9 @@ import msgspec
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
-from consumers.bandit.state import KV_PREFIX, BanditView, kv_key
-from consumers.guardrails import decide_mode, prune_normal_times
-from events import Decision, new_event_id, subjects
+from rollout_engine.consumers.bandit.state import KV_PREFIX, BanditView, kv_key
+from rollout_engine.consumers.guardrails import decide_mode, prune_normal_times
+from rollout_engine.events import Decision, new_event_id, subjects
 
 __all__ = ["BanditChooser", "Choice", "NoBanditState", "uniform_from"]
 

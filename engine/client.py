@@ -41,15 +41,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from consumers.control import apply_command
-from engine import client_metrics as m
-from engine.assignment import Split, bucket, split_of
-from engine.bus import BusUnavailable, connect
-from engine.outbox import Outbox
-from engine.publisher import BatchPublisher, BufferFull
-from engine.settings import Settings, load_settings
-from engine.shadow import Differ, Observed, compare, invoke, observe
-from events import (
+from rollout_engine.consumers.control import apply_command
+from rollout_engine.engine import client_metrics as m
+from rollout_engine.engine.assignment import Split, bucket, split_of
+from rollout_engine.engine.bus import BusUnavailable, connect
+from rollout_engine.engine.outbox import Outbox
+from rollout_engine.engine.publisher import BatchPublisher, BufferFull
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.shadow import Differ, Observed, compare, invoke, observe
+from rollout_engine.events import (
     ControlState,
     Decision,
     Event,
@@ -61,7 +61,7 @@ from events import (
     subjects,
     validate,
 )
-from events.ids import check_token, new_event_id
+from rollout_engine.events.ids import check_token, new_event_id
 
 __all__ = ["BufferFull", "RolloutClient"]
 
@@ -398,7 +398,7 @@ class RolloutClient:
         of ``bandit.<rollout>``; later calls do no I/O. Raises ``NoBanditState`` until the
         bandit consumer has published the rollout (docs/bandit.md).
         """
-        from engine.choice import BanditChooser
+        from rollout_engine.engine.choice import BanditChooser
 
         chooser = self.__dict__.setdefault("_bandit", BanditChooser())
         watched = self.__dict__.setdefault("_bandit_watched", set())

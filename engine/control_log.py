@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from events import AnyEvent, ControlState, decode_lenient, subjects
+from rollout_engine.events import AnyEvent, ControlState, decode_lenient, subjects
 
 __all__ = [
     "ControlView",

@@ -29,11 +29,11 @@ from typing import Any
 
 import msgspec
 
-from engine.api import call
-from engine.bus import connect
-from engine.client import RolloutClient
-from engine.settings import Settings, load_settings
-from events import KillSwitch, decode, subjects
+from rollout_engine.engine.api import call
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.client import RolloutClient
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.events import KillSwitch, decode, subjects
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -122,7 +122,7 @@ async def _traffic(client: RolloutClient, service: SyntheticService, result: Dem
 
 async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoResult:
     """Run the whole story against a fresh embedded stack in ``data_dir``."""
-    from engine.cli.up import serve
+    from rollout_engine.engine.cli.up import serve
 
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -226,8 +226,8 @@ async def _last_kill(nc: Any) -> KillSwitch | None:
 
 async def _report(nc: Any, data_dir: Path) -> tuple[str, str]:
     """The weekly report of this week's log, as `rollout report --week` writes it."""
-    from engine.control_log import read_messages
-    from engine.report import WeeklyRollup, iso_week, render
+    from rollout_engine.engine.control_log import read_messages
+    from rollout_engine.engine.report import WeeklyRollup, iso_week, render
 
     now = int(time.time() * 1000)
     rollup = WeeklyRollup(now - 7 * 86_400_000, now + 60_000, bucket_ms=1000)  # a 20 s story: per-second points

@@ -30,8 +30,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from engine.control_log import LogMessage
-from events import decode_lenient, encode_json, subjects
+from rollout_engine.engine.control_log import LogMessage
+from rollout_engine.events import decode_lenient, encode_json, subjects
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -201,7 +201,7 @@ def read_export(path: str | Path, *, verify: bool = True) -> tuple[dict[str, Any
         except (msgspec.DecodeError, IndexError):
             raise ExportError(f"{path}: not a rollout export (no header/footer line); was it truncated?") from None
         _check(path, header, footer, body, verify)
-        from events import decode_json
+        from rollout_engine.events import decode_json
 
         for line in lines[1:]:
             item = msgspec.json.decode(line)

@@ -40,8 +40,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from engine.control_log import read_messages
-from events import Escalation, KillSwitch, RecheckClosed, RecheckRequest, WouldKill, subjects
+from rollout_engine.engine.control_log import read_messages
+from rollout_engine.events import (
+    Escalation,
+    KillSwitch,
+    RecheckClosed,
+    RecheckRequest,
+    WouldKill,
+    subjects,
+)
 
 __all__ = [
     "BANDIT_ARM_SHARE",

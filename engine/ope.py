@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from events import AnyEvent, Decision, Outcome
+from rollout_engine.events import AnyEvent, Decision, Outcome
 
 __all__ = ["Estimate", "LoggedRound", "TargetPolicy", "estimate", "join_rounds", "parse_policy_text"]
 

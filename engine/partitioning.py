@@ -21,9 +21,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from consumers.runtime import Consumer, Runner, RunSummary
-from engine.settings import Settings
-from events import subjects
+from rollout_engine.consumers.runtime import Consumer, Runner, RunSummary
+from rollout_engine.engine.settings import Settings
+from rollout_engine.events import subjects
 
 __all__ = ["assign", "log_partitions", "parse_partitions", "run_partitions"]
 
@@ -95,7 +95,7 @@ async def run_partitions(
     ``build`` makes a fresh consumer (projection and hooks) per partition. When one
     runner fails, the others are stopped (they commit their batch) and the error is raised.
     """
-    from engine.bus import connect
+    from rollout_engine.engine.bus import connect
 
     nc = await connect(settings, name=f"consumer-partitions-{','.join(map(str, partitions))}")
     runners = [Runner(build(), settings, nc=nc, until_idle=until_idle, partition=p) for p in partitions]

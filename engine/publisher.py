@@ -29,9 +29,9 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
-from engine import client_metrics as m
-from engine.outbox import Batch, Outbox
-from events import MAX_BATCH, Event, encode_batch
+from rollout_engine.engine import client_metrics as m
+from rollout_engine.engine.outbox import Batch, Outbox
+from rollout_engine.events import MAX_BATCH, Event, encode_batch
 
 __all__ = ["BatchPublisher", "BufferFull"]
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import msgspec
 
-from consumers.projection import Projection, digest_of
-from engine.export import read_export
-from events import decode_lenient, encode_batch
+from rollout_engine.consumers.projection import Projection, digest_of
+from rollout_engine.engine.export import read_export
+from rollout_engine.events import decode_lenient, encode_batch
 
 __all__ = [
     "Message",
@@ -100,7 +100,7 @@ def _matches(pattern: str, subject: str) -> bool:
 def _subject_filter(name: str) -> Callable[[str], bool] | None:
     """The subjects a registered consumer reads (None: the whole log)."""
     try:
-        from consumers import registry
+        from rollout_engine.consumers import registry
 
         spec = registry.get(name)
     except (KeyError, ImportError):
@@ -114,8 +114,8 @@ def _subject_filter(name: str) -> Callable[[str], bool] | None:
 
 def make_projections(names: Iterable[str] | None = None, settings: Any = None) -> list[Projection]:
     """A fresh instance of every registered projection (or of the named ones)."""
-    from consumers import registry
-    from engine.settings import load_settings
+    from rollout_engine.consumers import registry
+    from rollout_engine.engine.settings import load_settings
 
     settings = settings if settings is not None else load_settings(env={})
     wanted = set(names) if names is not None else None

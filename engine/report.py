@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from events import AnyEvent, Decision, KillSwitch, Outcome, Resume
+from rollout_engine.events import AnyEvent, Decision, KillSwitch, Outcome, Resume
 
 __all__ = ["RolloutWeek", "WeeklyRollup", "iso_week", "recommendations", "render", "week_bounds"]
 

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from events import subjects
+from rollout_engine.events import subjects
 
 __all__ = [
     "ROLES",
@@ -109,7 +109,7 @@ def _control_reader() -> tuple[str, ...]:
 
 def engine_consumer_names() -> tuple[str, ...]:
     """Durable consumer names of the engine on RO_LOG: one per registered consumer."""
-    from consumers import registry
+    from rollout_engine.consumers import registry
 
     return tuple(sorted(registry.names()))
 
@@ -364,7 +364,7 @@ def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, host
     auth = write_private(directory / "auth.conf", render_authorization(hashes))
     tls_files = None
     if tls:
-        from engine.tls import write_certificates
+        from rollout_engine.engine.tls import write_certificates
 
         tls_files = write_certificates(directory / "tls", hosts)
     return SecureFiles(directory, auth, settings_files, passwords, tls_files)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from events import ShadowResult
-from events.ids import is_token
-from events.schema import MAX_DIMENSIONS, MAX_TEXT
+from rollout_engine.events import ShadowResult
+from rollout_engine.events.ids import is_token
+from rollout_engine.events.schema import MAX_DIMENSIONS, MAX_TEXT
 
 __all__ = ["SEED_DIMENSIONS", "Differ", "Observed", "compare", "default_differ", "invoke", "observe"]
 

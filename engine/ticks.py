@@ -15,7 +15,7 @@ import time
 
 from nats.js import JetStreamContext
 
-from events import Tick, encode, subjects
+from rollout_engine.events import Tick, encode, subjects
 
 __all__ = ["make_tick", "run_ticks"]
 

@@ -2,13 +2,13 @@
 
 Import from here::
 
-    from events import Decision, Outcome, Metric, encode_batch, decode_message, subjects
+    from rollout_engine.events import Decision, Outcome, Metric, encode_batch, decode_message, subjects
 """
 
 from __future__ import annotations
 
-from events import subjects
-from events.codec import (
+from rollout_engine.events import subjects
+from rollout_engine.events.codec import (
     MAX_BATCH,
     MAX_MESSAGE_BYTES,
     Rejected,
@@ -21,9 +21,9 @@ from events.codec import (
     encode_json,
     validate,
 )
-from events.errors import EventError
-from events.ids import check_token, command_id, is_token, new_event_id
-from events.schema import (
+from rollout_engine.events.errors import EventError
+from rollout_engine.events.ids import check_token, command_id, is_token, new_event_id
+from rollout_engine.events.schema import (
     COMMAND_TYPES,
     ENGINE_ROLLOUT,
     EVENT_TYPES,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from events.errors import EventError
-from events.ids import TOKEN_MAX, TOKEN_PATTERN
-from events.schema import EVENT_TYPES, KINDS, SCHEMA_VERSION, AnyEvent, Event, Id
+from rollout_engine.events.errors import EventError
+from rollout_engine.events.ids import TOKEN_MAX, TOKEN_PATTERN
+from rollout_engine.events.schema import EVENT_TYPES, KINDS, SCHEMA_VERSION, AnyEvent, Event, Id
 
 __all__ = [
     "MAX_BATCH",

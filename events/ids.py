@@ -18,7 +18,7 @@ import os
 import re
 import time
 
-from events.errors import EventError
+from rollout_engine.events.errors import EventError
 
 __all__ = [
     "TOKEN_MAX",

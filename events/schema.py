@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from events.ids import TOKEN_PATTERN
+from rollout_engine.events.ids import TOKEN_PATTERN
 
 __all__ = [
     "COMMAND_TYPES",

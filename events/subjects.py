@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from events.ids import check_token
+from rollout_engine.events.ids import check_token
 
 __all__ = [
     "CONTROL_ALL",

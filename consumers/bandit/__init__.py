@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from consumers.bandit.projection import BanditProjection
-from consumers.bandit.state import BanditPolicy, BanditView, kv_key, parse_policy
+from rollout_engine.consumers.bandit.projection import BanditProjection
+from rollout_engine.consumers.bandit.state import BanditPolicy, BanditView, kv_key, parse_policy
 
 __all__ = ["BanditPolicy", "BanditProjection", "BanditView", "kv_key", "parse_policy"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
-from consumers.eventtime import MAX_AHEAD_MS, bounded
-from events import AnyEvent, Tick
+from rollout_engine.consumers.eventtime import MAX_AHEAD_MS, bounded
+from rollout_engine.events import AnyEvent, Tick
 
 __all__ = ["EventClock"]
 

@@ -16,12 +16,12 @@ import time
 
 import msgspec
 
-from consumers.bandit.projection import BanditProjection
-from consumers.bandit.state import kv_key
-from consumers.folding import BatchResult
-from consumers.registry import ConsumerSpec, register
-from consumers.runtime import Consumer, Runner
-from engine.settings import Settings
+from rollout_engine.consumers.bandit.projection import BanditProjection
+from rollout_engine.consumers.bandit.state import kv_key
+from rollout_engine.consumers.folding import BatchResult
+from rollout_engine.consumers.registry import ConsumerSpec, register
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.engine.settings import Settings
 
 __all__ = ["ViewPublisher", "build"]
 
@@ -54,7 +54,7 @@ class ViewPublisher:
             await self.flush(runner)
 
     async def flush(self, runner: Runner) -> None:
-        from engine.metrics import BANDIT_ARM_SHARE
+        from rollout_engine.engine.metrics import BANDIT_ARM_SHARE
 
         kv = await runner.kv()
         for rollout in sorted(self.pending):

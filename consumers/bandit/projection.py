@@ -25,11 +25,19 @@ from typing import Literal
 
 import msgspec
 
-from consumers.bandit import posterior
-from consumers.bandit.clock import EventClock
-from consumers.bandit.state import BanditPolicy, BanditView, parse_policy
-from consumers.guardrails import cooldown_event, prune_normal_times, start_cooldown
-from events import AnyEvent, BanditConfig, Decision, Event, Guardrail, GuardrailState, Outcome
+from rollout_engine.consumers.bandit import posterior
+from rollout_engine.consumers.bandit.clock import EventClock
+from rollout_engine.consumers.bandit.state import BanditPolicy, BanditView, parse_policy
+from rollout_engine.consumers.guardrails import cooldown_event, prune_normal_times, start_cooldown
+from rollout_engine.events import (
+    AnyEvent,
+    BanditConfig,
+    Decision,
+    Event,
+    Guardrail,
+    GuardrailState,
+    Outcome,
+)
 
 __all__ = ["BanditProjection", "RolloutBandit"]
 

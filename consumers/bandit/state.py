@@ -12,9 +12,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from consumers.bandit.posterior import RewardKind
-from events import GuardrailState, check_token
-from events.schema import Finite, Token
+from rollout_engine.consumers.bandit.posterior import RewardKind
+from rollout_engine.events import GuardrailState, check_token
+from rollout_engine.events.schema import Finite, Token
 
 __all__ = ["BanditPolicy", "BanditView", "kv_key", "parse_policy", "rollout_of_key"]
 

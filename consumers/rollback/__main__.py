@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from consumers.rollback.policy import PolicyError, load_policy_file, policy_document
+from rollout_engine.consumers.rollback.policy import PolicyError, load_policy_file, policy_document
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import msgspec
 
-from consumers.rollback.guards import GuardResult
-from consumers.rollback.policy import Policy
-from events import ControlState, Escalation, KillSwitch, WouldKill, command_id
-from events.schema import MAX_BREACHES
+from rollout_engine.consumers.rollback.guards import GuardResult
+from rollout_engine.consumers.rollback.policy import Policy
+from rollout_engine.events import ControlState, Escalation, KillSwitch, WouldKill, command_id
+from rollout_engine.events.schema import MAX_BREACHES
 
 __all__ = ["ACTOR", "escalation", "kill_switch", "reason", "would_kill"]
 

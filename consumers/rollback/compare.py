@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from events import Event, KillSwitch, WouldKill
+from rollout_engine.events import Event, KillSwitch, WouldKill
 
 __all__ = ["DryRunComparison", "compare_dry_run"]
 

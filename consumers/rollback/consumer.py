@@ -17,11 +17,11 @@ from typing import Any
 
 import msgspec
 
-from consumers.folding import BatchResult
-from consumers.registry import ConsumerSpec, register
-from consumers.rollback.projection import RollbackProjection
-from consumers.runtime import Consumer, Runner
-from engine.settings import Settings
+from rollout_engine.consumers.folding import BatchResult
+from rollout_engine.consumers.registry import ConsumerSpec, register
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.engine.settings import Settings
 
 __all__ = ["StatusPublisher", "build"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import msgspec
 
-from consumers.rollback.policy import EscalationConfig
+from rollout_engine.consumers.rollback.policy import EscalationConfig
 
 __all__ = ["EscalationBook", "Flag"]
 

@@ -16,9 +16,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from consumers.rollback.guards import EMPTY, Summary
-from consumers.rollback.policy import QUALITY, Policy
-from consumers.windows import quantile
+from rollout_engine.consumers.rollback.guards import EMPTY, Summary
+from rollout_engine.consumers.rollback.policy import QUALITY, Policy
+from rollout_engine.consumers.windows import quantile
 
 __all__ = ["SMALL_TIME_CAP", "StatsEvidence", "new_stats", "stats_shape"]
 
@@ -39,7 +39,7 @@ def stats_shape(live: Policy, shadow: Policy | None = None) -> tuple[int, int, i
 
 def new_stats(shape: tuple[int, int, int]) -> Any:
     """A fresh canary-stats fold of the given shape."""
-    from consumers.canary_stats import CanaryStats
+    from rollout_engine.consumers.canary_stats import CanaryStats
 
     last_n, window_ms, time_cap = shape
     return CanaryStats(last_n=last_n, window_ms=window_ms, time_cap=time_cap)

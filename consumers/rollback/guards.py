@@ -23,16 +23,16 @@ from typing import Protocol
 
 import numpy
 
-from consumers.rollback.hysteresis import Status
-from consumers.rollback.policy import Guard, Policy, SrmConfig
-from consumers.rollback.stats_tests import (
+from rollout_engine.consumers.rollback.hysteresis import Status
+from rollout_engine.consumers.rollback.policy import Guard, Policy, SrmConfig
+from rollout_engine.consumers.rollback.stats_tests import (
     TestResult,
     rank_test,
     sequential_test,
     srm_log_bayes_factor,
     srm_test,
 )
-from events import Breach
+from rollout_engine.events import Breach
 
 __all__ = ["Evidence", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 import msgspec
 
-from consumers.rollback.policy import Hysteresis
+from rollout_engine.consumers.rollback.policy import Hysteresis
 
 __all__ = ["GuardMachine", "Signal", "Status", "step"]
 

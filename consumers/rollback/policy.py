@@ -26,8 +26,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from events.errors import EventError
-from events.ids import TOKEN_PATTERN
+from rollout_engine.events.errors import EventError
+from rollout_engine.events.ids import TOKEN_PATTERN
 
 __all__ = [
     "DEFAULT_POLICY",

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import msgspec
 
-from consumers.rollback.policy import Policy, Progression
-from events import ConfigChange, ControlState, command_id
+from rollout_engine.consumers.rollback.policy import Policy, Progression
+from rollout_engine.events import ConfigChange, ControlState, command_id
 
 __all__ = ["Progress", "canary_move", "next_down", "next_up", "tick_progress"]
 

@@ -25,22 +25,28 @@ from typing import Any
 
 import msgspec
 
-from consumers.eventtime import bounded
-from consumers.rollback import evidence
-from consumers.rollback.commands import ACTOR, escalation, kill_switch, would_kill
-from consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
-from consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
-from consumers.rollback.hysteresis import GuardMachine, step
-from consumers.rollback.policy import (
+from rollout_engine.consumers.eventtime import bounded
+from rollout_engine.consumers.rollback import evidence
+from rollout_engine.consumers.rollback.commands import ACTOR, escalation, kill_switch, would_kill
+from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
+from rollout_engine.consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
+from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
+from rollout_engine.consumers.rollback.policy import (
     QUALITY,
     Guard,
     Policy,
     PolicyError,
     load_policy,
 )
-from consumers.rollback.progression import Progress, canary_move, next_down, next_up, tick_progress
-from consumers.rollback.state import CachedTest, PolicyRun, RolloutState
-from events import (
+from rollout_engine.consumers.rollback.progression import (
+    Progress,
+    canary_move,
+    next_down,
+    next_up,
+    tick_progress,
+)
+from rollout_engine.consumers.rollback.state import CachedTest, PolicyRun, RolloutState
+from rollout_engine.events import (
     AnyEvent,
     ConfigChange,
     Decision,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from events import (
+from rollout_engine.events import (
     ConfigChange,
     ControlState,
     Decision,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import msgspec
 
-from consumers.rollback.escalation import EscalationBook
-from consumers.rollback.hysteresis import GuardMachine
-from consumers.rollback.policy import DEFAULT_POLICY, Policy
-from consumers.rollback.progression import Progress
-from consumers.rollback.stats_tests import TestResult
-from events import ControlState
+from rollout_engine.consumers.rollback.escalation import EscalationBook
+from rollout_engine.consumers.rollback.hysteresis import GuardMachine
+from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY, Policy
+from rollout_engine.consumers.rollback.progression import Progress
+from rollout_engine.consumers.rollback.stats_tests import TestResult
+from rollout_engine.events import ControlState
 
 __all__ = ["CachedTest", "PolicyRun", "RolloutState"]
 

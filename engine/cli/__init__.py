@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from engine.cli import common
+from rollout_engine.engine.cli import common
 
 __all__ = ["main"]
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for name in _COMMAND_MODULES:
-        module = importlib.import_module(f"engine.cli.{name}")
+        module = importlib.import_module(f"rollout_engine.engine.cli.{name}")
         module.register(sub)
     return parser
 

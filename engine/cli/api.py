@@ -9,9 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from engine.api import ENDPOINTS, serve_api
-from engine.bus import connect
-from engine.cli.common import add_json_flag, handler, print_json, settings_from, stop_on_signals
+from rollout_engine.engine.api import ENDPOINTS, serve_api
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.cli.common import (
+    add_json_flag,
+    handler,
+    print_json,
+    settings_from,
+    stop_on_signals,
+)
 
 __all__ = ["register"]
 

@@ -19,18 +19,33 @@ from typing import Any
 import msgspec
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
-from consumers.bandit.state import BanditView, kv_key, parse_policy
-from consumers.verification import parse_verification_policy
-from engine.bus import connect
-from engine.cli.common import CliError, add_json_flag, handler, print_json, sanitize, settings_from
-from events import BanditConfig, Event, Guardrail, GuardrailState, encode, new_event_id, subjects
-from events.ids import is_token
+from rollout_engine.consumers.bandit.state import BanditView, kv_key, parse_policy
+from rollout_engine.consumers.verification import parse_verification_policy
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.cli.common import (
+    CliError,
+    add_json_flag,
+    handler,
+    print_json,
+    sanitize,
+    settings_from,
+)
+from rollout_engine.events import (
+    BanditConfig,
+    Event,
+    Guardrail,
+    GuardrailState,
+    encode,
+    new_event_id,
+    subjects,
+)
+from rollout_engine.events.ids import is_token
 
 __all__ = ["register"]
 
 
 def _actor(args: argparse.Namespace) -> str:
-    from engine.cli.control import default_actor
+    from rollout_engine.engine.cli.control import default_actor
 
     actor = args.actor or default_actor()
     if not is_token(actor):

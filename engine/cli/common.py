@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from engine.settings import Settings, SettingsError, load_settings
+from rollout_engine.engine.settings import Settings, SettingsError, load_settings
 
 __all__ = [
     "CliError",
@@ -105,7 +105,7 @@ def handler(func: Callable[[argparse.Namespace], Coroutine[Any, Any, int | None]
     """Adapt an async command to argparse's ``handler``; map bus errors to CliError."""
 
     def wrapper(args: argparse.Namespace) -> int:
-        from engine.bus import BusUnavailable
+        from rollout_engine.engine.bus import BusUnavailable
 
         try:
             return int(run(func(args)) or 0)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from engine.cli.common import (
+from rollout_engine.engine.cli.common import (
     CliError,
     add_json_flag,
     handler,
@@ -22,14 +22,14 @@ from engine.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from consumers.runtime import Consumer
-    from engine.settings import Settings
+    from rollout_engine.consumers.runtime import Consumer
+    from rollout_engine.engine.settings import Settings
 
 __all__ = ["register"]
 
 
 def _build(name: str, settings: Settings) -> Consumer:
-    from consumers import registry
+    from rollout_engine.consumers import registry
 
     try:
         return registry.build(name, settings)
@@ -38,18 +38,18 @@ def _build(name: str, settings: Settings) -> Consumer:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from consumers.runtime import Runner, stored_digest
-    from engine.consumer_metrics import serve_metrics
+    from rollout_engine.consumers.runtime import Runner, stored_digest
+    from rollout_engine.engine.consumer_metrics import serve_metrics
 
     overrides = {"consumer_batch": args.batch} if args.batch else {}
     settings = settings_from(args, **overrides)
     if args.partitions is not None or args.process is not None:
-        from engine.cli.consumer_partitions import run_partitioned
+        from rollout_engine.engine.cli.consumer_partitions import run_partitioned
 
         return await run_partitioned(args, settings)
     consumer = _build(args.name, settings)
     if args.digest:
-        from consumers.runtime import StoreIncompatible
+        from rollout_engine.consumers.runtime import StoreIncompatible
 
         try:
             seq, digest = await stored_digest(consumer, settings)  # type: ignore[arg-type]
@@ -62,8 +62,8 @@ async def _run(args: argparse.Namespace) -> int:
         serve_metrics(port, settings.host)
     runner = Runner(consumer, settings, until_idle=args.until_idle)  # type: ignore[arg-type]
     stop_on_signals(runner.stop)
-    from consumers.runtime import StoreIncompatible
-    from consumers.store import ConsumerLocked
+    from rollout_engine.consumers.runtime import StoreIncompatible
+    from rollout_engine.consumers.store import ConsumerLocked
 
     try:
         summary = await runner.run()

@@ -10,16 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from consumers.runtime import Consumer, PartitionMismatch, Runner, StoreIncompatible, stored_digest
-from consumers.store import ConsumerLocked
-from engine.cli.common import CliError, print_json, stop_on_signals
-from engine.settings import Settings
+from rollout_engine.consumers.runtime import (
+    Consumer,
+    PartitionMismatch,
+    Runner,
+    StoreIncompatible,
+    stored_digest,
+)
+from rollout_engine.consumers.store import ConsumerLocked
+from rollout_engine.engine.cli.common import CliError, print_json, stop_on_signals
+from rollout_engine.engine.settings import Settings
 
 __all__ = ["run_partitioned"]
 
 
 def _build(name: str, settings: Settings) -> Consumer:
-    from consumers import registry
+    from rollout_engine.consumers import registry
 
     try:
         return registry.build(name, settings)
@@ -29,14 +35,14 @@ def _build(name: str, settings: Settings) -> Consumer:
 
 async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
     """The partitions this process owns: ``--partitions`` as given, or ``K of M`` of the log's."""
-    from engine.partitioning import assign, log_partitions, parse_partitions
+    from rollout_engine.engine.partitioning import assign, log_partitions, parse_partitions
 
     if args.process is not None and args.of is None:
         raise CliError("--process K needs --of M (the number of processes sharing the partitions)")
     try:
         if args.partitions is not None:
             return parse_partitions(args.partitions)
-        from engine.bus import connect
+        from rollout_engine.engine.bus import connect
 
         nc = await connect(settings, name="consumer-assignment")
         try:
@@ -53,8 +59,8 @@ async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
 
 async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
     """Run (or, with ``--digest``, read) the owned partitions of consumer ``args.name``."""
-    from engine.consumer_metrics import serve_metrics
-    from engine.partitioning import run_partitions
+    from rollout_engine.engine.consumer_metrics import serve_metrics
+    from rollout_engine.engine.partitioning import run_partitions
 
     owned = await _owned(args, settings)
     if args.digest:

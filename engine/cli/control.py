@@ -13,9 +13,9 @@ import os
 import re
 from typing import Any
 
-from engine.api import ApiError, call
-from engine.bus import connect
-from engine.cli.common import (
+from rollout_engine.engine.api import ApiError, call
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.cli.common import (
     CliError,
     add_json_flag,
     color,
@@ -24,7 +24,7 @@ from engine.cli.common import (
     sanitize,
     settings_from,
 )
-from events.ids import new_event_id
+from rollout_engine.events.ids import new_event_id
 
 __all__ = ["default_actor", "register", "request"]
 

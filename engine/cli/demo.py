@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.common import color, handler, print_json, settings_from
+from rollout_engine.engine.cli.common import color, handler, print_json, settings_from
 
 __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from engine.demo import run_demo
+    from rollout_engine.engine.demo import run_demo
 
     settings = settings_from(args)
     data_dir = settings.data_path / "demo"

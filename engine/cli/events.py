@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from engine.bus import connect
-from engine.cli.common import (
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.cli.common import (
     CliError,
     add_json_flag,
     color,
@@ -25,10 +25,10 @@ from engine.cli.common import (
     sanitize,
     settings_from,
 )
-from engine.control_log import read_messages, rollout_subjects
-from engine.export import ExportError, parse_time, write_export
-from events import kind_of
-from events.ids import is_token
+from rollout_engine.engine.control_log import read_messages, rollout_subjects
+from rollout_engine.engine.export import ExportError, parse_time, write_export
+from rollout_engine.events import kind_of
+from rollout_engine.events.ids import is_token
 
 __all__ = ["describe_event", "register"]
 

@@ -14,12 +14,19 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.bus import connect
-from engine.cli.common import CliError, add_json_flag, handler, print_json, sanitize, settings_from
-from engine.export import ExportError, read_export
-from engine.ope import check_policy, estimate, join_rounds, parse_policy_text
-from events import AnyEvent, decode_lenient, subjects
-from events.ids import is_token
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.cli.common import (
+    CliError,
+    add_json_flag,
+    handler,
+    print_json,
+    sanitize,
+    settings_from,
+)
+from rollout_engine.engine.export import ExportError, read_export
+from rollout_engine.engine.ope import check_policy, estimate, join_rounds, parse_policy_text
+from rollout_engine.events import AnyEvent, decode_lenient, subjects
+from rollout_engine.events.ids import is_token
 
 __all__ = ["register"]
 
@@ -37,7 +44,7 @@ async def _load_events(args: argparse.Namespace) -> list[AnyEvent]:
             elif record.data is not None:
                 events.extend(decode_lenient(record.data)[0])
         return events
-    from engine.control_log import read_messages
+    from rollout_engine.engine.control_log import read_messages
 
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-ope", reconnect=False)

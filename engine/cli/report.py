@@ -11,15 +11,21 @@ import argparse
 import time
 from pathlib import Path
 
-from engine.cli.common import CliError, add_json_flag, handler, print_json, settings_from
-from engine.export import ExportError
+from rollout_engine.engine.cli.common import (
+    CliError,
+    add_json_flag,
+    handler,
+    print_json,
+    settings_from,
+)
+from rollout_engine.engine.export import ExportError
 
 __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from engine.report import WeeklyRollup, render, week_bounds
-    from events import decode_lenient
+    from rollout_engine.engine.report import WeeklyRollup, render, week_bounds
+    from rollout_engine.events import decode_lenient
 
     try:
         start, end, label = week_bounds(args.week, int(time.time() * 1000))
@@ -28,7 +34,7 @@ async def _run(args: argparse.Namespace) -> int:
     rollup = WeeklyRollup(start, end)
     settings = settings_from(args)
     if args.file:
-        from engine.replay import messages_from_file
+        from rollout_engine.engine.replay import messages_from_file
 
         try:
             messages = messages_from_file(args.file)[1]
@@ -38,9 +44,9 @@ async def _run(args: argparse.Namespace) -> int:
             for event in decode_lenient(data)[0]:
                 rollup.add(event)
     else:
-        from engine.bus import connect
-        from engine.control_log import read_messages
-        from events import subjects
+        from rollout_engine.engine.bus import connect
+        from rollout_engine.engine.control_log import read_messages
+        from rollout_engine.events import subjects
 
         nc = await connect(settings, name="rollout-report", reconnect=False)
         try:

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 
-from engine.api import ApiError, ControlApi, call
-from engine.bus import connect
-from engine.cli.common import CliError, color, print_json, sanitize, settings_from
-from engine.control_log import known_rollouts, read_control
+from rollout_engine.engine.api import ApiError, ControlApi, call
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.cli.common import CliError, color, print_json, sanitize, settings_from
+from rollout_engine.engine.control_log import known_rollouts, read_control
 
 __all__ = ["rollouts_summary", "show_rollout"]
 

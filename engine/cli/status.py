@@ -11,9 +11,15 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from engine.bus import connect
-from engine.cli.common import add_json_flag, color, handler, print_json, settings_from
-from events import subjects
+from rollout_engine.engine.bus import connect
+from rollout_engine.engine.cli.common import (
+    add_json_flag,
+    color,
+    handler,
+    print_json,
+    settings_from,
+)
+from rollout_engine.events import subjects
 
 __all__ = ["collect_status", "register"]
 
@@ -56,14 +62,14 @@ async def collect_status(js: Any, url: str) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace) -> int:
     if getattr(args, "rollout", None):
-        from engine.cli.rollout_status import show_rollout
+        from rollout_engine.engine.cli.rollout_status import show_rollout
 
         return await show_rollout(args)
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-status", reconnect=False)
     try:
         status = await collect_status(nc.jetstream(), nc.connected_url.geturl() if nc.connected_url else "")
-        from engine.cli.rollout_status import rollouts_summary
+        from rollout_engine.engine.cli.rollout_status import rollouts_summary
 
         status["rollouts"] = await rollouts_summary(nc.jetstream(), nc)
     finally:

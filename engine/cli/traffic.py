@@ -20,7 +20,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from engine.cli.common import handler, settings_from, stop_on_signals
+from rollout_engine.engine.cli.common import handler, settings_from, stop_on_signals
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -29,8 +29,8 @@ __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from engine.client import RolloutClient
-    from engine.demo import SyntheticService
+    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.engine.demo import SyntheticService
 
     settings = settings_from(args)
     stop = asyncio.Event()

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import msgspec
 
-from engine.bus import connect, provision
-from engine.cli.common import CliError, handler, settings_from, stop_on_signals
-from engine.cli.secure import add_up_flags, prepare
-from engine.cluster import EmbeddedCluster
-from engine.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
-from engine.server import EmbeddedServer, ServerError, is_loopback
-from engine.supervisor import Child, Supervisor
-from engine.ticks import run_ticks
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.cli.common import CliError, handler, settings_from, stop_on_signals
+from rollout_engine.engine.cli.secure import add_up_flags, prepare
+from rollout_engine.engine.cluster import EmbeddedCluster
+from rollout_engine.engine.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
+from rollout_engine.engine.server import EmbeddedServer, ServerError, is_loopback
+from rollout_engine.engine.supervisor import Child, Supervisor
+from rollout_engine.engine.ticks import run_ticks
 
 __all__ = ["register", "serve"]
 
@@ -86,11 +86,11 @@ async def serve(
         metrics_env = multiprocess_env(settings.data_dir) if settings.metrics_port else {}
         supervisor = Supervisor(
             [
-                Child(name, [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "consumer", name, *_owned(settings.partitions)],
+                Child(name, [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(settings.data_dir), "consumer", name, *_owned(settings.partitions)],
                       env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})
                 for name in names
             ]
-            + [Child("api", [sys.executable, "-m", "engine.cli", "--data-dir", str(settings.data_dir), "api"],
+            + [Child("api", [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(settings.data_dir), "api"],
                      env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})],
             log_dir=log_dir,
         )
@@ -126,7 +126,7 @@ def _owned(partitions: int) -> list[str]:
 
 
 def _consumer_names() -> list[str]:
-    from consumers import registry
+    from rollout_engine.consumers import registry
 
     return registry.names()
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from consumers import registry
-from consumers.folding import Delivery, Folder
-from consumers.runtime import digest
-from engine.settings import Settings
-from events import Decision, Event, Metric, Outcome, encode_batch, subjects
+from rollout_engine.consumers import registry
+from rollout_engine.consumers.folding import Delivery, Folder
+from rollout_engine.consumers.runtime import digest
+from rollout_engine.engine.settings import Settings
+from rollout_engine.events import Decision, Event, Metric, Outcome, encode_batch, subjects
 
 T0 = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> N
 async def spawn(url: str, data_dir: Path, name: str, *extra: str) -> Any:
     """``rollout consumer NAME`` as a child process (stdout piped, stderr appended to
     ``DATA_DIR/NAME.stderr`` so a failure can be read)."""
-    argv = [sys.executable, "-m", "engine.cli", "--nats-url", url, "--data-dir", str(data_dir), "consumer", name, *extra]
+    argv = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", url, "--data-dir", str(data_dir), "consumer", name, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / f"{name}.stderr", "ab") as err:

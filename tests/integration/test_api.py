@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from engine.api import ApiError, call
-from engine.control_log import known_rollouts, read_control
-from events import ConfigChange, KillSwitch, Metric, Resume, decode, encode, subjects
-from events.ids import new_event_id
+from rollout_engine.engine.api import ApiError, call
+from rollout_engine.engine.control_log import known_rollouts, read_control
+from rollout_engine.events import ConfigChange, KillSwitch, Metric, Resume, decode, encode, subjects
+from rollout_engine.events.ids import new_event_id
 
 
 async def _control_messages(js, rollout: str) -> list:
@@ -127,8 +127,8 @@ async def test_status_health_and_discovery(api, rollout_id) -> None:
 async def test_evaluate_judges_now_and_kills_what_the_log_lacks(api, rollout_id) -> None:
     import time as _time
 
-    from consumers.rollback.scenario import Profile, runs
-    from events import encode_batch
+    from rollout_engine.consumers.rollback.scenario import Profile, runs
+    from rollout_engine.events import encode_batch
 
     nc, js = api
     await call(nc, "config", {"rollout": rollout_id, "actor": "alice", "canary_pct": 50, "create": True})

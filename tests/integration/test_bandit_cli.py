@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 
-from consumers.bandit.consumer import build as build_bandit
-from consumers.runtime import Runner
-from events import Decision, Outcome, encode_batch, subjects
+from rollout_engine.consumers.bandit.consumer import build as build_bandit
+from rollout_engine.consumers.runtime import Runner
+from rollout_engine.events import Decision, Outcome, encode_batch, subjects
 
 T0 = 1_700_000_000_000
 R = "bandit-cli"
@@ -22,7 +22,7 @@ R = "bandit-cli"
 def rollout(settings: object, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1", "ROLLOUT_ACTOR": "tester"}
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir, *args],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir, *args],  # type: ignore[attr-defined]
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )
 

@@ -20,16 +20,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from consumers import control_consumer
-from consumers.rollback import consumer as rollback_consumer
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
-from consumers.runtime import Runner
-from engine.bus import connect, provision
-from engine.server import EmbeddedServer
-from engine.settings import Settings, load_settings
-from engine.ticks import make_tick
-from events import (
+from rollout_engine.consumers import control_consumer
+from rollout_engine.consumers.rollback import consumer as rollback_consumer
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
+from rollout_engine.consumers.runtime import Runner
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.ticks import make_tick
+from rollout_engine.events import (
     ControlState,
     Event,
     KillSwitch,

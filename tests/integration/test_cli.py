@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from engine.export import read_export
-from events import Metric, Outcome, encode, subjects
-from events.ids import new_event_id
+from rollout_engine.engine.export import read_export
+from rollout_engine.events import Metric, Outcome, encode, subjects
+from rollout_engine.events.ids import new_event_id
 
 _ESC = re.compile(r"\x1b")
 
@@ -24,7 +24,7 @@ async def rollout_cli(settings, *argv: str, check: bool = True) -> subprocess.Co
     """Run `rollout ARGV` as a child process (off the event loop) with a pipe for stdout."""
     env = {**os.environ, "ROLLOUT_ACTOR": "cli-test"}
     env.pop("NO_COLOR", None)
-    cmd = [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir, *argv]
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir, *argv]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, env=env, timeout=60)
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -109,7 +109,7 @@ async def test_follow_prints_new_events(api, settings, rollout_id) -> None:
     _nc, js = api
     await _seed(js, rollout_id, n=1)
     env = {**os.environ}
-    cmd = [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "events", rollout_id, "--follow",
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "events", rollout_id, "--follow",
            "--json", "--limit", "3"]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=env)
     first = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -124,8 +124,8 @@ async def test_follow_prints_new_events(api, settings, rollout_id) -> None:
 async def test_weekly_report_from_the_stream_and_from_an_export(api, settings, rollout_id, tmp_path) -> None:
     import time as _time
 
-    from consumers.rollback.scenario import Profile, runs
-    from events import encode_batch
+    from rollout_engine.consumers.rollback.scenario import Profile, runs
+    from rollout_engine.events import encode_batch
 
     _nc, js = api
     events = runs(rollout_id, 60, canary_pct=50, candidate=Profile(quality=80.0), t0=int(_time.time() * 1000) - 3_600_000)
@@ -149,10 +149,10 @@ async def test_weekly_report_from_the_stream_and_from_an_export(api, settings, r
 async def test_rollout_api_serves_until_sigterm(bus, settings) -> None:
     import signal
 
-    from engine.api import ApiError, call
+    from rollout_engine.engine.api import ApiError, call
 
     nc, _js = bus
-    cmd = [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "api"]
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "api"]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -173,8 +173,8 @@ async def test_rollout_api_serves_until_sigterm(bus, settings) -> None:
 async def test_evaluate_through_the_cli(api, settings, rollout_id) -> None:
     import time as _time
 
-    from consumers.rollback.scenario import Profile, runs
-    from events import encode_batch
+    from rollout_engine.consumers.rollback.scenario import Profile, runs
+    from rollout_engine.events import encode_batch
 
     _nc, js = api
     await rollout_cli(settings, "set", rollout_id, "--canary-pct", "50", "--create")

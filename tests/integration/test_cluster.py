@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.bus import connect, provision
-from engine.cluster import EmbeddedCluster
-from engine.settings import load_settings
-from events import Metric, encode_batch, new_event_id, subjects
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.cluster import EmbeddedCluster
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import Metric, encode_batch, new_event_id, subjects
 
 
 def _batch(rollout: str, n: int, start: int) -> bytes:

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from consumers.folding import subject_for
-from consumers.rollback.scenario import policy_change
-from engine.bus import connect, provision
-from engine.client import RolloutClient
-from engine.cluster import EmbeddedCluster
-from engine.partitioning import run_partitions
-from engine.settings import Settings, load_settings
-from events import encode, subjects
+from rollout_engine.consumers.folding import subject_for
+from rollout_engine.consumers.rollback.scenario import policy_change
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.client import RolloutClient
+from rollout_engine.engine.cluster import EmbeddedCluster
+from rollout_engine.engine.partitioning import run_partitions
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.events import encode, subjects
 from tests.integration.faultkit import build, spawn
 
 N = 4

@@ -22,12 +22,12 @@ import nats
 import pytest
 import yaml
 
-from consumers import registry
-from engine.cli import build_parser
-from engine.cli.secure import compose_env_text
-from engine.security import ROLES, env_reference, inbox_prefix, render_compose_config
-from engine.server import find_nats_server
-from events import subjects
+from rollout_engine.consumers import registry
+from rollout_engine.engine.cli import build_parser
+from rollout_engine.engine.cli.secure import compose_env_text
+from rollout_engine.engine.security import ROLES, env_reference, inbox_prefix, render_compose_config
+from rollout_engine.engine.server import find_nats_server
+from rollout_engine.events import subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -216,8 +216,8 @@ async def test_compose_nats_config_loads_and_enforces_permissions(tmp_path: Path
             await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
         engine, producer = await client("engine"), await client("producer")
         try:
-            from engine.bus import provision
-            from engine.settings import load_settings
+            from rollout_engine.engine.bus import provision
+            from rollout_engine.engine.settings import load_settings
 
             ejs, pjs = engine.jetstream(), producer.jetstream()
             await provision(ejs, load_settings(env={}))
@@ -244,11 +244,11 @@ async def test_rollout_ticks_provisions_and_ticks_on_an_external_server(fresh_se
     """The compose stack's clock against an external server: streams, then ticks."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")}
     env.update(ROLLOUT_NATS_URL=fresh_server.url, ROLLOUT_TICK_INTERVAL_MS="50", ROLLOUT_METRICS_PORT="0")
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "--data-dir", str(tmp_path), "ticks", "--provision-only"],
+    done = subprocess.run([sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(tmp_path), "ticks", "--provision-only"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--data-dir", str(tmp_path), "ticks", env=env,
+        sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(tmp_path), "ticks", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     nc = await nats.connect(fresh_server.url)
     try:
@@ -267,7 +267,7 @@ async def test_rollout_ticks_provisions_and_ticks_on_an_external_server(fresh_se
 
 
 def test_secure_compose_commands_write_private_env_and_check_freshness(tmp_path: Path) -> None:
-    rollout = [sys.executable, "-m", "engine.cli", "secure"]
+    rollout = [sys.executable, "-m", "rollout_engine.engine.cli", "secure"]
     env_file = tmp_path / ".env"
     done = subprocess.run([*rollout, "compose-env", "--out", str(env_file)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from consumers.canary_stats import CanaryStats
-from consumers.folding import Delivery, Folder
-from engine.server import EmbeddedServer
-from engine.settings import Settings
-from engine.ticks import make_tick
-from events import Decision, Event, Metric, Outcome, encode, encode_batch, subjects
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.folding import Delivery, Folder
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.ticks import make_tick
+from rollout_engine.events import Decision, Event, Metric, Outcome, encode, encode_batch, subjects
 
 T0 = 1_700_000_000_000
 KILLS = 20
@@ -50,7 +50,7 @@ def batch_of(n: int, rng: random.Random) -> tuple[str, list[Event]]:
 
 
 def spawn(url: str, data_dir: Path, *extra: str) -> asyncio.subprocess.Process:
-    argv = [sys.executable, "-m", "engine.cli", "--nats-url", url, "--data-dir", str(data_dir),
+    argv = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", url, "--data-dir", str(data_dir),
             "consumer", "canary_stats", "--batch", "8", *extra]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,  # type: ignore[return-value]

@@ -9,14 +9,14 @@ import msgspec
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from consumers.canary_stats import CanaryStats
-from consumers.deadletter import decode_dead_letter
-from consumers.runtime import Consumer, Runner
-from engine.bus import connect, provision
-from engine.consumer_metrics import default_metrics
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
-from events import Metric, encode, encode_batch, subjects
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.deadletter import decode_dead_letter
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.consumer_metrics import default_metrics
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import Metric, encode, encode_batch, subjects
 
 T0 = 1_700_000_000_000
 
@@ -86,8 +86,8 @@ async def test_bad_messages_are_dead_lettered_with_their_reason_and_valid_ones_p
 
 async def _stored(settings) -> CanaryStats:  # type: ignore[no-untyped-def]
     """The committed state, read back from the consumer's SQLite store."""
-    from consumers.folding import restore_parts
-    from consumers.store import SQLiteConsumerStore
+    from rollout_engine.consumers.folding import restore_parts
+    from rollout_engine.consumers.store import SQLiteConsumerStore
 
     async with SQLiteConsumerStore.for_consumer(settings.data_dir, "canary_stats", exclusive=False) as store:
         stored = await store.load()
@@ -98,7 +98,7 @@ async def _stored(settings) -> CanaryStats:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_each_bad_payload_is_rejected_by_the_codec(name: str) -> None:
-    from events import decode_lenient
+    from rollout_engine.events import decode_lenient
 
     payload, field = BAD[name]
     good, rejected = decode_lenient(payload)

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.slow
 def test_demo_ends_with_a_kill_switch_a_detection_latency_and_a_report(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--data-dir", str(tmp_path), "demo", "--json"],
+        [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(tmp_path), "demo", "--json"],
         capture_output=True, text=True, timeout=90,
     )
     assert result.returncode == 0, result.stderr[-3000:]

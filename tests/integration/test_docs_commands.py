@@ -104,7 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "NO_COLOR": "1",
     }
     env.pop("ROLLOUT_NATS_URL", None)
-    up = subprocess.Popen([sys.executable, "-m", "engine.cli", "up"], cwd=work, env=env,
+    up = subprocess.Popen([sys.executable, "-m", "rollout_engine.engine.cli", "up"], cwd=work, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = ""
     deadline = time.monotonic() + 30

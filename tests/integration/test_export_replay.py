@@ -9,16 +9,21 @@ import sys
 
 import pytest
 
-from consumers import registry
-from consumers.rollback.scenario import Profile, runs
-from consumers.runtime import Runner
-from engine.api import ControlApi
-from engine.bus import connect, provision
-from engine.control_log import read_messages
-from engine.export import ExportError, read_export, write_export
-from engine.replay import make_projections, messages_from_file, replay_messages, write_store
-from engine.settings import load_settings
-from events import encode_batch, subjects
+from rollout_engine.consumers import registry
+from rollout_engine.consumers.rollback.scenario import Profile, runs
+from rollout_engine.consumers.runtime import Runner
+from rollout_engine.engine.api import ControlApi
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.control_log import read_messages
+from rollout_engine.engine.export import ExportError, read_export, write_export
+from rollout_engine.engine.replay import (
+    make_projections,
+    messages_from_file,
+    replay_messages,
+    write_store,
+)
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import encode_batch, subjects
 
 
 async def _live_digests(settings, js) -> dict[str, tuple[int, str]]:
@@ -69,14 +74,14 @@ async def test_replay_of_an_export_gives_the_live_digests(recorded, tmp_path) ->
         with pytest.raises(FileExistsError):
             write_store(result, store)
 
-    cmd = [sys.executable, "-m", "engine.cli", "--data-dir", settings.data_dir, "replay",
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", settings.data_dir, "replay",
            str(tmp_path / "log.msgpack"), "--json", "--out", str(tmp_path / "cli.sqlite")]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "\x1b" not in proc.stdout + proc.stderr  # no progress bar or colour on a pipe
     assert json.loads(proc.stdout)["digests"] == {n: d for n, (_s, d) in live.items()}
 
-    cmd = [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir,
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir,
            "replay", "--stream", "--json"]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -98,6 +103,6 @@ async def test_an_edited_export_is_refused(recorded, tmp_path) -> None:
     truncated.write_bytes((tmp_path / "log.msgpack").read_bytes()[:-10])
     with pytest.raises(ExportError):
         read_export(truncated)
-    cmd = [sys.executable, "-m", "engine.cli", "replay", str(tmp_path / "log.jsonl")]
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "replay", str(tmp_path / "log.jsonl")]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "checksum mismatch" in proc.stderr

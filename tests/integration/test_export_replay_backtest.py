@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import Profile, runs
-from consumers.runtime import Consumer, Runner
-from engine.api import ControlApi
-from engine.bus import connect, provision
-from engine.control_log import read_messages
-from engine.export import write_export
-from engine.settings import load_settings
-from events import KillSwitch, decode_lenient, encode_batch, subjects
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import Profile, runs
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.engine.api import ControlApi
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.control_log import read_messages
+from rollout_engine.engine.export import write_export
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import KillSwitch, decode_lenient, encode_batch, subjects
 
 STRICT = """
 [policy]
@@ -66,7 +66,7 @@ async def incident(fresh_server, tmp_path):
 async def _backtest(settings, path, policy_text: str, tmp_path) -> dict:
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text)
-    cmd = [sys.executable, "-m", "engine.cli", "--data-dir", settings.data_dir, "backtest", str(path),
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", settings.data_dir, "backtest", str(path),
            "--policy", str(policy), "--json"]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -99,6 +99,6 @@ async def test_a_malformed_policy_is_refused(incident, tmp_path) -> None:
     _settings, path, _kills = incident
     bad = tmp_path / "bad.toml"
     bad.write_text('[policy]\nmin_samples = "many"\n')
-    cmd = [sys.executable, "-m", "engine.cli", "backtest", str(path), "--policy", str(bad)]
+    cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "backtest", str(path), "--policy", str(bad)]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "min_samples" in proc.stderr

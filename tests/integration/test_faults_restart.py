@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from consumers.runtime import stored_digest
-from engine.bus import connect, provision
-from engine.client import RolloutClient
-from engine.cluster import free_ports
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
-from events import decode_message, subjects
+from rollout_engine.consumers.runtime import stored_digest
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.client import RolloutClient
+from rollout_engine.engine.cluster import free_ports
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import decode_message, subjects
 from tests.integration.faultkit import SOAK, build, clean_fold, committed, last_seq, spawn, wait_for
 
 CONSUMERS = ("canary_stats", "control", "rollback")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from consumers import registry
-from engine.bus import connect, provision
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
-from engine.ticks import make_tick
-from events import encode, encode_batch, subjects
+from rollout_engine.consumers import registry
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.ticks import make_tick
+from rollout_engine.events import encode, encode_batch, subjects
 from tests.integration.faultkit import SOAK, T0, batch, clean_fold, committed, last_seq, spawn
 
 ROUNDS = 4 * SOAK

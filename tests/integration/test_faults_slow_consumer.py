@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from engine.metrics import LogMetrics
-from engine.server import EmbeddedServer
-from engine.settings import Settings
+from rollout_engine.engine.metrics import LogMetrics
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings
 from tests.integration.faultkit import (
     ROOT,
     SOAK,
@@ -47,7 +47,7 @@ def peak_rss_kb(pid: int) -> int:
 
 async def status_lag(url: str) -> int:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--nats-url", url, "status", "--json",
+        sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", url, "status", "--json",
         stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.runtime import Runner
-from engine.bus import connect, provision
-from engine.consumer_metrics import ConsumerMetrics
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
-from events import subjects
+from rollout_engine.consumers.runtime import Runner
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.consumer_metrics import ConsumerMetrics
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import subjects
 from tests.integration.faultkit import (
     SOAK,
     build,
@@ -91,7 +91,7 @@ async def test_store_fault_stalls_without_acking_then_resumes_with_nothing_lost(
     def sample(metric: str, **labels: str) -> float:
         return registry.get_sample_value(metric, {"consumer": NAME, **labels}) or 0.0
 
-    caplog.set_level(logging.ERROR, logger="consumers.runtime")
+    caplog.set_level(logging.ERROR, logger="rollout_engine.consumers.runtime")
     holder = await _inject(fault, runner, runner.store.path)
     try:
         # New rollouts: new snapshot parts, so a commit must grow the file.

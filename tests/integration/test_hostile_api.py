@@ -30,13 +30,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.api import ENDPOINTS, serve_api
-from engine.bus import connect, provision
-from engine.cli import main as cli_main
-from engine.server import EmbeddedServer
-from engine.settings import Settings, load_settings
-from events import decode_message, subjects
-from events.ids import is_token
+from rollout_engine.engine.api import ENDPOINTS, serve_api
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.cli import main as cli_main
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.events import decode_message, subjects
+from rollout_engine.events.ids import is_token
 
 INJECTIONS = ["a.b", "*", ">", "ro.ctl.victim.kill_switch", "victim.kill_switch", "x y", "x\ny", "x\r\n", "\x00",
               "a*", "a>", "..", ".", "", " ", "é", "🚀", "a" * 65, "a" * 5000, "$SRV.PING", "_INBOX.x", "-", "_x",

@@ -11,9 +11,9 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import metrics as engine_metrics
-from engine.metrics import BANDIT_ARM_SHARE, EVALUATIONS, serve_metrics
-from events import (
+from rollout_engine.engine import metrics as engine_metrics
+from rollout_engine.engine.metrics import BANDIT_ARM_SHARE, EVALUATIONS, serve_metrics
+from rollout_engine.events import (
     Breach,
     ControlState,
     Escalation,
@@ -24,7 +24,7 @@ from events import (
     encode,
     subjects,
 )
-from events.ids import new_event_id
+from rollout_engine.events.ids import new_event_id
 
 
 def _scrape(port: int) -> str:
@@ -60,7 +60,7 @@ async def _publish_control(js, rollout: str) -> None:
         RecheckClosed(id=new_event_id(), rollout=rollout, time_ms=now, producer="verification",
                       decision_id="d1", variant="candidate", status="resolved", attempts=1, first_seen_ms=now),
     ]
-    from events import kind_of
+    from rollout_engine.events import kind_of
 
     for event in events:
         kind = kind_of(event)

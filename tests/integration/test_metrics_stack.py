@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-ROLLOUT = [sys.executable, "-m", "engine.cli"]
+ROLLOUT = [sys.executable, "-m", "rollout_engine.engine.cli"]
 
 
 def _free_port() -> int:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.bus import connect, provision
-from engine.client import RolloutClient
-from engine.client_metrics import OUTBOX_DEPTH
-from engine.server import EmbeddedServer
-from engine.settings import Settings, load_settings
-from events import ControlState, Metric, subjects
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.client import RolloutClient
+from rollout_engine.engine.client_metrics import OUTBOX_DEPTH
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.events import ControlState, Metric, subjects
 from tests.integration.test_sdk import publish_command, read_events
 
 N = 10_000
@@ -91,8 +91,8 @@ async def test_outage_goes_to_the_outbox_and_arrives_exactly_once(server, provis
 PRODUCER = textwrap.dedent(
     """
     import asyncio, sys
-    from engine.client import RolloutClient
-    from engine.settings import load_settings
+    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.engine.settings import load_settings
 
     async def main() -> None:
         url, data_dir, outbox, rollout, n = sys.argv[1:6]

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from consumers.folding import subject_for
-from consumers.rollback.scenario import policy_change
-from consumers.runtime import PartitionMismatch, Runner
-from engine.bus import BusUnavailable, connect, provision
-from engine.control_log import known_rollouts, read_control
-from engine.partitioning import run_partitions
-from engine.server import EmbeddedServer
-from engine.settings import Settings, load_settings
-from events import Metric, encode, new_event_id, subjects
+from rollout_engine.consumers.folding import subject_for
+from rollout_engine.consumers.rollback.scenario import policy_change
+from rollout_engine.consumers.runtime import PartitionMismatch, Runner
+from rollout_engine.engine.bus import BusUnavailable, connect, provision
+from rollout_engine.engine.control_log import known_rollouts, read_control
+from rollout_engine.engine.partitioning import run_partitions
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.events import Metric, encode, new_event_id, subjects
 from tests.integration.faultkit import ROOT, build, publish, wait_for
 
 N = 4
@@ -115,7 +115,7 @@ async def test_moving_a_partition_to_another_process_moves_its_checkpoint(
     outputs = []
     for process in (0, 1):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "--nats-url", fresh_server.url, "--data-dir", str(data_dir),
+            sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", fresh_server.url, "--data-dir", str(data_dir),
             "consumer", "canary_stats", "--process", str(process), "--of", "2", "--until-idle", "--json",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -131,7 +131,7 @@ async def test_moving_a_partition_to_another_process_moves_its_checkpoint(
     clean = _settings(fresh_server, tmp_path / "clean")
     clean_parts = await _parts(clean, [0, 1, 2, 3])
     moved = {o["partition"]: o["digest"] for o in outputs}
-    from consumers.runtime import stored_digest
+    from rollout_engine.consumers.runtime import stored_digest
 
     for partition in range(N):
         _, digest_clean = await stored_digest(build("canary_stats", clean), clean, partition)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from consumers.rollback.scenario import T0, Profile, policy_change, runs
-from engine.server import EmbeddedServer
-from engine.ticks import make_tick
-from events import ConfigChange, Event, KillSwitch
+from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, runs
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.ticks import make_tick
+from rollout_engine.events import ConfigChange, Event, KillSwitch
 from tests.integration.test_canary_sim import Rig, make_rig
 
 R = "steering"

@@ -16,12 +16,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumers.folding import Delivery, fold_deliveries
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
-from engine.server import EmbeddedServer
-from engine.ticks import make_tick
-from events import ControlState, Escalation, Event, KillSwitch, WouldKill, encode, subjects
+from rollout_engine.consumers.folding import Delivery, fold_deliveries
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.ticks import make_tick
+from rollout_engine.events import (
+    ControlState,
+    Escalation,
+    Event,
+    KillSwitch,
+    WouldKill,
+    encode,
+    subjects,
+)
 from tests.integration.test_canary_sim import Rig, make_rig
 
 R = "checkout"

@@ -7,15 +7,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from consumers.canary_stats import CanaryStats
-from consumers.control_consumer import build as build_control
-from consumers.folding import Delivery, fold
-from consumers.runtime import Consumer, Runner, stored_digest
-from consumers.stats_consumer import build as build_stats
-from engine.bus import connect, provision
-from engine.server import EmbeddedServer
-from engine.settings import Settings, load_settings
-from events import (
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.control_consumer import build as build_control
+from rollout_engine.consumers.folding import Delivery, fold
+from rollout_engine.consumers.runtime import Consumer, Runner, stored_digest
+from rollout_engine.consumers.stats_consumer import build as build_stats
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.events import (
     ConfigChange,
     ControlState,
     Decision,
@@ -195,7 +195,7 @@ async def test_a_second_process_of_the_same_consumer_is_refused(stack, tmp_path:
         await asyncio.sleep(0.01)
     second = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir,
+        [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "--data-dir", settings.data_dir,
          "consumer", "canary_stats", "--until-idle"],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
@@ -206,8 +206,8 @@ async def test_a_second_process_of_the_same_consumer_is_refused(stack, tmp_path:
 
 
 async def test_a_store_from_another_version_is_refused_with_what_to_do(stack) -> None:  # type: ignore[no-untyped-def]
-    from consumers.runtime import StoreIncompatible
-    from consumers.store import SQLiteConsumerStore
+    from rollout_engine.consumers.runtime import StoreIncompatible
+    from rollout_engine.consumers.store import SQLiteConsumerStore
 
     settings, nc, _ = stack
     async with SQLiteConsumerStore.for_consumer(settings.data_dir, "canary_stats") as store:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from consumers.canary_stats import CanaryStats
-from consumers.folding import Delivery, Folder
-from consumers.runtime import Consumer, Runner
-from engine.bus import connect, provision
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
-from events import encode_batch, subjects
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.folding import Delivery, Folder
+from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import encode_batch, subjects
 from tests.integration.test_consumer_crash import batch_of
 
 

@@ -13,9 +13,9 @@ import pytest
 from nats.js.api import DeliverPolicy
 from prometheus_client import REGISTRY
 
-from engine.client import BufferFull, RolloutClient
-from engine.outbox import Batch
-from events import (
+from rollout_engine.engine.client import BufferFull, RolloutClient
+from rollout_engine.engine.outbox import Batch
+from rollout_engine.events import (
     ConfigChange,
     ControlState,
     Decision,
@@ -240,8 +240,8 @@ async def test_full_buffer_raises_for_sync_calls_and_waits_for_async_ones(bus, s
 
 
 async def test_start_fails_clearly_without_a_server_unless_offline_is_allowed(tmp_path) -> None:
-    from engine.bus import BusUnavailable
-    from engine.settings import load_settings
+    from rollout_engine.engine.bus import BusUnavailable
+    from rollout_engine.engine.settings import load_settings
 
     dead = load_settings(env={}, nats_url="nats://127.0.0.1:1", data_dir=str(tmp_path), connect_timeout_s=0.2)
     with pytest.raises(BusUnavailable, match="no NATS server answered"):

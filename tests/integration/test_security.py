@@ -21,11 +21,11 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from engine.bus import connect, provision
-from engine.security import ROLES, inbox_prefix, write_secure_dir
-from engine.server import EmbeddedServer
-from engine.settings import load_settings
-from events import subjects
+from rollout_engine.engine.bus import connect, provision
+from rollout_engine.engine.security import ROLES, inbox_prefix, write_secure_dir
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import load_settings
+from rollout_engine.events import subjects
 
 VIOLATION = "permissions violation"
 
@@ -234,7 +234,7 @@ async def test_readers_cannot_retarget_an_engine_consumer_to_silence_kill_switch
     """
     from nats.js.api import AckPolicy, DeliverPolicy
 
-    from engine.security import engine_consumer_names
+    from rollout_engine.engine.security import engine_consumer_names
 
     name, log = "rollback", subjects.LOG_STREAM
     assert name in engine_consumer_names()
@@ -339,7 +339,7 @@ async def test_rollout_up_secure_requires_credentials(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--data-dir", str(data), "up", "--secure", "--no-consumers",
+        sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(data), "up", "--secure", "--no-consumers",
         "--port", "0", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         assert proc.stdout is not None
@@ -352,7 +352,7 @@ async def test_rollout_up_secure_requires_credentials(tmp_path: Path) -> None:
         for role in ROLES:
             assert stat.S_IMODE((data / "secure" / f"{role}.toml").stat().st_mode) == 0o600
         status = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "--config", str(data / "secure" / "operator.toml"), "status", "--json",
+            sys.executable, "-m", "rollout_engine.engine.cli", "--config", str(data / "secure" / "operator.toml"), "status", "--json",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(status.communicate(), 30)
         assert status.returncode == 0, err.decode()
@@ -372,8 +372,8 @@ def _app_settings(secure: Secure, tmp_path: Path) -> object:
 
 async def _publish_control(js: object, rollout: str, kind: str, after: object) -> None:
     """Publish a control command as the engine does (only the engine role may)."""
-    from events import ControlState, KillSwitch, Resume, encode
-    from events.ids import new_event_id
+    from rollout_engine.events import ControlState, KillSwitch, Resume, encode
+    from rollout_engine.events.ids import new_event_id
 
     cls = {"kill_switch": KillSwitch, "resume": Resume}[kind]
     event = cls(id=new_event_id(), rollout=rollout, time_ms=1, producer="engine", actor="test",
@@ -401,8 +401,8 @@ async def test_sdk_client_with_the_app_role_obeys_a_kill_switch_and_records(secu
     switches within 100 ms, events published, and no permission violation on the way."""
     import time
 
-    from engine.client import RolloutClient
-    from events import ControlState
+    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.events import ControlState
 
     engine = await secure.client("engine")
     ejs = engine.jetstream()
@@ -434,8 +434,8 @@ async def test_sdk_follower_resets_under_a_new_name_and_keeps_following(
     """nats-py resets an ordered consumer after a sequence gap or missed heartbeats, re-creating
     it from its saved request. Under the old name that is an update the server refuses
     while the old consumer exists; the SDK renames it, and keeps following kill switches."""
-    from engine.client import RolloutClient
-    from events import ControlState
+    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.events import ControlState
 
     engine = await secure.client("engine")
     ejs = engine.jetstream()
@@ -502,7 +502,7 @@ def _unrelated_ca() -> str:
     """A CA certificate that did not sign the server's (another generated one)."""
     import tempfile
 
-    from engine.tls import write_certificates
+    from rollout_engine.engine.tls import write_certificates
 
     with tempfile.TemporaryDirectory() as other:
         return write_certificates(Path(other))["ca"].read_text()
@@ -512,7 +512,7 @@ def test_rollout_up_refuses_a_public_bind_without_credentials(tmp_path: Path) ->
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "--data-dir", str(tmp_path), "up", "--host", "0.0.0.0",
+    done = subprocess.run([sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(tmp_path), "up", "--host", "0.0.0.0",
                            "--port", "0", "--no-consumers"], capture_output=True, text=True, timeout=60,
                           env={k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")})
     assert done.returncode == 2

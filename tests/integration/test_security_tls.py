@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.bus import BusUnavailable, connect
-from engine.security import SecureFiles, write_secure_dir
-from engine.server import EmbeddedServer
-from engine.settings import Settings, load_settings
+from rollout_engine.engine.bus import BusUnavailable, connect
+from rollout_engine.engine.security import SecureFiles, write_secure_dir
+from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.settings import Settings, load_settings
 
 HANG_GUARD_S = 30.0
 """Far above the connect deadline (3 s): only a hang reaches it."""
@@ -71,7 +71,7 @@ async def test_rollout_status_without_the_ca_exits_with_the_tls_problem(
     server, files = tls_server
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_") and k != "SSL_CERT_FILE"}
     env["ROLLOUT_NATS_URL"] = server.url
-    command = [sys.executable, "-m", "engine.cli", "--config", str(files.role_settings["operator"]), "status"]
+    command = [sys.executable, "-m", "rollout_engine.engine.cli", "--config", str(files.role_settings["operator"]), "status"]
 
     async def run(extra: dict[str, str]) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(*command, env={**env, **extra}, stdout=asyncio.subprocess.PIPE,

@@ -8,9 +8,17 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from consumers.runtime import Runner
-from consumers.verification_consumer import build as build_verification
-from events import Outcome, RecheckClosed, RecheckRequest, Tick, decode, encode, subjects
+from rollout_engine.consumers.runtime import Runner
+from rollout_engine.consumers.verification_consumer import build as build_verification
+from rollout_engine.events import (
+    Outcome,
+    RecheckClosed,
+    RecheckRequest,
+    Tick,
+    decode,
+    encode,
+    subjects,
+)
 
 T0 = 1_700_000_000_000
 S = 1_000

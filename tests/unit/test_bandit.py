@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy import special
 
-from consumers.bandit import BanditProjection, parse_policy
-from consumers.bandit.posterior import ArmStats, apply_floor, thompson_weights
-from engine.choice import BanditChooser, NoBanditState
-from events import (
+from rollout_engine.consumers.bandit import BanditProjection, parse_policy
+from rollout_engine.consumers.bandit.posterior import ArmStats, apply_floor, thompson_weights
+from rollout_engine.engine.choice import BanditChooser, NoBanditState
+from rollout_engine.events import (
     BanditConfig,
     Decision,
     Guardrail,

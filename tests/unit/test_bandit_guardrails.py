@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import msgspec
 
-from consumers.bandit import BanditProjection
-from consumers.guardrails import decide_mode
-from engine.choice import BanditChooser
-from events import Guardrail, GuardrailState, command_id
+from rollout_engine.consumers.bandit import BanditProjection
+from rollout_engine.consumers.guardrails import decide_mode
+from rollout_engine.engine.choice import BanditChooser
+from rollout_engine.events import Guardrail, GuardrailState, command_id
 from tests.unit.test_bandit import T0, Log, R, config, decision, outcome, tick
 
 MIN = 60_000

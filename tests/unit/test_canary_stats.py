@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.canary_stats import CanaryStats
-from events import Decision, Metric, Outcome, ShadowResult, Tick
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.events import Decision, Metric, Outcome, ShadowResult, Tick
 
 T0 = 1_700_000_000_000
 _n = iter(range(10**9))
@@ -212,7 +212,7 @@ def test_any_restore_points_give_the_clean_fold(cuts: list[int], seed: int) -> N
 
 @pytest.mark.parametrize("rollouts", [0, 3, 20])
 def test_streaming_digest_equals_the_digest_of_the_snapshot(rollouts: int) -> None:
-    from consumers.projection import digest_of
+    from rollout_engine.consumers.projection import digest_of
 
     stats = CanaryStats()
     for r in range(rollouts):
@@ -225,7 +225,7 @@ def test_streaming_digest_equals_the_digest_of_the_snapshot(rollouts: int) -> No
                 min_size=1, max_size=300),
        st.integers(1, 20))
 def test_lazy_sketch_equals_adding_every_value_on_arrival(values: list[float], last_n: int) -> None:
-    from consumers.windows import Series, new_sketch, sketch_state
+    from rollout_engine.consumers.windows import Series, new_sketch, sketch_state
 
     series = Series()
     eager = new_sketch()

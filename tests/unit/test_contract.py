@@ -7,7 +7,7 @@ import math
 import msgspec
 import pytest
 
-from events import (
+from rollout_engine.events import (
     MAX_BATCH,
     MAX_MESSAGE_BYTES,
     BanditConfig,
@@ -39,7 +39,7 @@ from events import (
     kind_of,
     new_event_id,
 )
-from events.schema import EVENT_TYPES
+from rollout_engine.events.schema import EVENT_TYPES
 
 BASE = {"rollout": "checkout-v2", "time_ms": 1_700_000_000_000, "producer": "svc-1"}
 
@@ -226,7 +226,7 @@ def test_every_id_field_of_a_batch_is_checked_and_only_the_bad_item_is_rejected(
 
 
 def test_validate_refuses_what_constructors_let_through() -> None:
-    from events import validate
+    from rollout_engine.events import validate
 
     bad = Metric(id=new_event_id(), variant="a.b", name="latency_ms", value=1.0, **BASE)
     with pytest.raises(EventError) as info:

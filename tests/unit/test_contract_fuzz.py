@@ -6,7 +6,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events import Event, EventError, decode_json, decode_lenient, decode_message
+from rollout_engine.events import Event, EventError, decode_json, decode_lenient, decode_message
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.floats(allow_nan=True) | st.text(max_size=20),

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.canary_stats import CanaryStats
-from consumers.eventtime import MAX_AHEAD_MS, bounded
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import T0, Profile, policy_change, runs
-from events import Event, KillSwitch, Metric, Tick
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.eventtime import MAX_AHEAD_MS, bounded
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, runs
+from rollout_engine.events import Event, KillSwitch, Metric, Tick
 
 Y2099 = 4_070_908_800_000
 R = "skewed"

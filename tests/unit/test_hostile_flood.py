@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import random
 
-from consumers.canary_stats import MAX_METRICS, MAX_VARIANTS, CanaryStats
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import T0, Profile, runs
-from events import Event, KillSwitch, Metric
+from rollout_engine.consumers.canary_stats import MAX_METRICS, MAX_VARIANTS, CanaryStats
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import T0, Profile, runs
+from rollout_engine.events import Event, KillSwitch, Metric
 
 VICTIM, FLOODER = "victim", "flooder"
 FLOOD = 30_000

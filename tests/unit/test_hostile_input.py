@@ -16,9 +16,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import EventError, decode, decode_json, decode_lenient, decode_message, subjects
-from events.codec import MAX_BATCH, MAX_MESSAGE_BYTES
-from events.ids import is_token
+from rollout_engine.events import (
+    EventError,
+    decode,
+    decode_json,
+    decode_lenient,
+    decode_message,
+    subjects,
+)
+from rollout_engine.events.codec import MAX_BATCH, MAX_MESSAGE_BYTES
+from rollout_engine.events.ids import is_token
 
 INJECTIONS = ["a.b", "*", ">", "ro.ctl.victim.kill_switch", "x y", "x\ny", "ok\n", "\x00", "a*", "a>", "", ".",
               "é", "a" * 65, "$SRV", "x\t", "\u202e", "a/b"]

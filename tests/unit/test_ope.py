@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.ope import LoggedRound, check_policy, estimate, join_rounds, parse_policy_text
-from events import Decision, Outcome
+from rollout_engine.engine.ope import (
+    LoggedRound,
+    check_policy,
+    estimate,
+    join_rounds,
+    parse_policy_text,
+)
+from rollout_engine.events import Decision, Outcome
 
 ARMS = ["a", "b", "c"]
 TRUE_P = np.array([0.3, 0.5, 0.7])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.partitioning import assign, parse_partitions
-from events import subjects
+from rollout_engine.engine.partitioning import assign, parse_partitions
+from rollout_engine.events import subjects
 
 
 def test_partition_of_is_fnv1a_modulo_n_like_the_server() -> None:

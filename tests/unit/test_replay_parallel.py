@@ -8,8 +8,14 @@ the counts and the emitted commands must add up the same way.
 from __future__ import annotations
 
 from bench.workload import make_batches
-from engine.replay import WARMUP, Replayer, make_projections, replay_messages, replay_parallel
-from events import Metric, Tick, encode, encode_batch, subjects
+from rollout_engine.engine.replay import (
+    WARMUP,
+    Replayer,
+    make_projections,
+    replay_messages,
+    replay_parallel,
+)
+from rollout_engine.events import Metric, Tick, encode, encode_batch, subjects
 
 
 def _log() -> list[tuple[int, str, bytes]]:

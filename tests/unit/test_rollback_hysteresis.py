@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from consumers.rollback.escalation import EscalationBook
-from consumers.rollback.hysteresis import GuardMachine, step
-from consumers.rollback.policy import EscalationConfig, Hysteresis
+from rollout_engine.consumers.rollback.escalation import EscalationBook
+from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
+from rollout_engine.consumers.rollback.policy import EscalationConfig, Hysteresis
 
 CFG = Hysteresis(sustain_ms=2_000, recovery_sustain_ms=3_000, hold_down_ms=30_000, check_interval_ms=0,
                  flap_window_ms=300_000, max_toggles=4, penalty_ms=60_000)

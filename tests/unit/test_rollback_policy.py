@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.rollback.policy import (
+from rollout_engine.consumers.rollback.policy import (
     DEFAULT_POLICY,
     PolicyError,
     load_policy,

@@ -6,10 +6,19 @@ from collections.abc import Iterable
 
 import msgspec
 
-from consumers.projection import Projection, digest_of
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
-from events import ConfigChange, Escalation, Event, KillSwitch, Tick, WouldKill, command_id, encode
+from rollout_engine.consumers.projection import Projection, digest_of
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
+from rollout_engine.events import (
+    ConfigChange,
+    Escalation,
+    Event,
+    KillSwitch,
+    Tick,
+    WouldKill,
+    command_id,
+    encode,
+)
 
 R = "checkout-v2"
 BAD_QUALITY = Profile(quality=82.0)
@@ -138,7 +147,7 @@ def test_dry_run_policy_records_would_kill_and_leaves_control_alone() -> None:
 
 
 def test_srm_is_its_own_breach_type() -> None:
-    from events import Decision
+    from rollout_engine.events import Decision
 
     p = RollbackProjection()
     skewed = [Decision(id=f"d{i}", rollout=R, time_ms=T0 + i, producer="sim", unit=f"u{i}",
@@ -198,7 +207,7 @@ def test_bad_policy_is_rejected_and_the_last_good_one_stays() -> None:
 def test_sequential_guard_needs_significance() -> None:
     guard = {"name": "errors", "metric": "error", "aggregate": "rate", "mode": "increase", "threshold": 0.05,
              "test": "sequential", "min_samples": 30}
-    from events import Metric
+    from rollout_engine.events import Metric
 
     def errors(rate_b: float, rate_c: float, n: int) -> list[Event]:
         out: list[Event] = []
@@ -256,7 +265,7 @@ def test_status_explains_the_rollout_as_plain_data() -> None:
 
 
 def test_dry_run_comparison_lines_up_would_kills_with_kills() -> None:
-    from consumers.rollback.compare import compare_dry_run
+    from rollout_engine.consumers.rollback.compare import compare_dry_run
 
     shadow = {"name": "strict", "dry_run": True, "thresholds": {"max_quality_drop": 2.0}}
     log: list[Event] = [policy_change(R, shadow)]

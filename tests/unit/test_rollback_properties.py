@@ -6,10 +6,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.rollback.projection import RollbackProjection
-from consumers.rollback.scenario import T0, Profile, policy_change, runs
-from engine.ticks import make_tick
-from events import Event, decode, encode
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, runs
+from rollout_engine.engine.ticks import make_tick
+from rollout_engine.events import Event, decode, encode
 
 profiles = st.builds(
     Profile,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from consumers.rollback.stats_tests import rank_test, sequential_test, srm_test
+from rollout_engine.consumers.rollback.stats_tests import rank_test, sequential_test, srm_test
 
 
 def test_sequential_test_is_significant_for_a_clear_harm_and_not_for_noise() -> None:
@@ -60,7 +60,7 @@ def test_srm_bayes_factor_stays_low_on_a_fair_split_watched_continuously() -> No
     import math
     import random
 
-    from consumers.rollback.stats_tests import srm_log_bayes_factor
+    from rollout_engine.consumers.rollback.stats_tests import srm_log_bayes_factor
 
     rng = random.Random(2)
     flagged_chi2 = flagged_bf = 0
@@ -81,7 +81,7 @@ def test_srm_bayes_factor_stays_low_on_a_fair_split_watched_continuously() -> No
 def test_srm_bayes_factor_confirms_a_real_mismatch_quickly() -> None:
     import math
 
-    from consumers.rollback.stats_tests import srm_log_bayes_factor
+    from rollout_engine.consumers.rollback.stats_tests import srm_log_bayes_factor
 
     assert srm_log_bayes_factor(320, 80, 10.0) > math.log(1_000)  # 20% observed vs 10% configured
     assert srm_log_bayes_factor(180, 20, 10.0) < 0  # exactly as configured: evidence for H0

@@ -7,10 +7,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.canary_stats import CanaryStats
-from consumers.control_consumer import CanonicalControl
-from consumers.folding import Delivery, Folder, fold, restore_parts, subject_for
-from events import (
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.control_consumer import CanonicalControl
+from rollout_engine.consumers.folding import Delivery, Folder, fold, restore_parts, subject_for
+from rollout_engine.events import (
     ControlState,
     Decision,
     KillSwitch,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import SETTINGS_DOC, Settings, SettingsError, load_settings
+from rollout_engine.engine.settings import SETTINGS_DOC, Settings, SettingsError, load_settings
 
 
 def test_defaults_then_file_then_environment_then_overrides(tmp_path: Path) -> None:

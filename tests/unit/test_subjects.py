@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from events import EventError, check_token, command_id, subjects
+from rollout_engine.events import EventError, check_token, command_id, subjects
 
 INJECTIONS = ["a.b", "*", ">", "a b", "a\tb", "a\nb", "", "x" * 65, "ro.ctl.>", "a\x00", "é"]
 

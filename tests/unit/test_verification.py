@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from consumers.verification import RecheckGauges, VerificationProjection
-from events import (
+from rollout_engine.consumers.verification import RecheckGauges, VerificationProjection
+from rollout_engine.events import (
     BanditConfig,
     Outcome,
     RecheckClosed,
