@@ -1,17 +1,50 @@
-"""``rollout schemas``: write (or check) the JSON Schema of every event type."""
+"""``rollout schemas``: write (or check) the JSON Schema of every event type.
+
+Descriptions come from the Structs' docstrings. How a docstring's indentation reaches
+the schema is a detail of msgspec that changed in 0.23 (it began to dedent continuation
+lines), so every description is rewritten here to one canonical form: paragraphs of
+single spaces, separated by a blank line. ``--check`` compares what the schemas *mean*
+(parsed JSON, descriptions in that form), never the bytes of another renderer.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import msgspec
 
-from engine.cli.common import CliError
-from events.schema import EVENT_TYPES, kind_of
+from rollout_engine.engine.cli.common import CliError
+from rollout_engine.events.schema import EVENT_TYPES, kind_of
 
-__all__ = ["register", "render_schemas"]
+__all__ = ["canonical_text", "register", "render_schemas", "stale_schemas"]
+
+
+def canonical_text(text: str) -> str:
+    """A docstring as paragraphs of single spaces: the same text whatever its indentation.
+
+    >>> canonical_text("Engine time: windows\\n    move on ticks.\\n\\n  Replay too.")
+    'Engine time: windows move on ticks.\\n\\nReplay too.'
+    """
+    paragraphs: list[list[str]] = [[]]
+    for line in text.strip().splitlines():
+        if line.strip():
+            paragraphs[-1].append(line.strip())
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return "\n\n".join(" ".join(words) for words in paragraphs if words)
+
+
+def _canonical(node: object) -> object:
+    """``node`` with every ``description`` in :func:`canonical_text` form."""
+    if isinstance(node, dict):
+        return {k: canonical_text(v) if k == "description" and isinstance(v, str) else _canonical(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_canonical(v) for v in node]
+    return node
 
 
 def render_schemas() -> dict[str, bytes]:
@@ -26,18 +59,33 @@ def render_schemas() -> dict[str, bytes]:
             "$defs": {k: v for k, v in components.items() if k != event_type.__name__},
         }
         name = f"{kind_of(event_type)}.schema.json"  # type: ignore[arg-type]
-        out[name] = msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+        out[name] = msgspec.json.format(msgspec.json.encode(_canonical(document)), indent=2) + b"\n"
     return out
+
+
+def stale_schemas(target: Path) -> list[str]:
+    """Files of ``target`` whose meaning differs from the Structs, plus missing and extra ones."""
+    rendered = render_schemas()
+    stale: list[str] = []
+    for name, body in rendered.items():
+        path = target / name
+        try:
+            committed = _canonical(json.loads(path.read_bytes()))
+        except (OSError, ValueError):
+            stale.append(name)
+            continue
+        if committed != json.loads(body):
+            stale.append(name)
+    return stale + sorted(p.name for p in target.glob("*.schema.json") if p.name not in rendered)
 
 
 def _run(args: argparse.Namespace) -> int:
     target = Path(args.out)
     rendered = render_schemas()
     if args.check:
-        stale = [n for n, body in rendered.items() if not (target / n).exists() or (target / n).read_bytes() != body]
-        extra = sorted(p.name for p in target.glob("*.schema.json") if p.name not in rendered)
-        if stale or extra:
-            raise CliError(f"schemas in {target} are stale: {stale + extra}; run `make schemas`")
+        stale = stale_schemas(target)
+        if stale:
+            raise CliError(f"schemas in {target} are stale: {stale}; run `make schemas`")
         print(f"{len(rendered)} schemas in {target} are up to date")
         return 0
     target.mkdir(parents=True, exist_ok=True)
