@@ -13,7 +13,7 @@ import msgspec
 from bench.harness import timed
 from rollout_engine.consumers.bandit import BanditProjection
 from rollout_engine.consumers.verification import VerificationProjection
-from rollout_engine.engine.choice import BanditChooser
+from rollout_engine.engine.sdk.choice import BanditChooser
 from rollout_engine.events import BanditConfig, Decision, Outcome, Tick
 
 __all__ = ["bandit_events_per_s", "bandit_view_per_s", "choose_calls_per_s", "verification_events_per_s"]

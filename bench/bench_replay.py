@@ -18,9 +18,9 @@ from pathlib import Path
 
 from bench.harness import Figure, measure
 from bench.workload import make_batches
-from rollout_engine.engine.control_log import LogMessage
-from rollout_engine.engine.export import write_export
-from rollout_engine.engine.replay import (
+from rollout_engine.engine.api.control_log import LogMessage
+from rollout_engine.engine.logtools.export import write_export
+from rollout_engine.engine.logtools.replay import (
     make_projections,
     messages_from_file,
     replay_messages,
@@ -42,7 +42,7 @@ def replay_events_per_s(path: Path, names: list[str] | None = None, parallel: bo
     """Read, verify and replay ``path`` through the projections; (events/s, digests).
 
     ``parallel`` folds the projections in one process per CPU as ``rollout replay FILE``
-    does (engine/replay.py ``Replayer.feed_parallel``); otherwise in this process only."""
+    does (engine/logtools/replay.py ``Replayer.feed_parallel``); otherwise in this process only."""
     start = time.perf_counter()
     _footer, messages = messages_from_file(path)
     projections = make_projections(names)

@@ -26,8 +26,8 @@ from bench.harness import Figure, bench_server
 from bench.workload import make_batches, publish_batches
 from rollout_engine.consumers.runtime import store_name
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.cluster import EmbeddedCluster
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.cluster import EmbeddedCluster
 from rollout_engine.events import subjects
 
 __all__ = ["consumer_processes", "producer_replicas", "scale_figures"]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.harness import bench_server
-from rollout_engine.engine.client import RolloutClient
+from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.events import ConfigChange, ControlState, encode, new_event_id, subjects
 
 __all__ = ["assign_rate", "publish_rate"]

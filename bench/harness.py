@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 
 __all__ = ["Figure", "bench_server", "measure", "timed"]
 

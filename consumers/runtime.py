@@ -61,8 +61,8 @@ from rollout_engine.consumers.folding import (
 )
 from rollout_engine.consumers.projection import Projection, digest_of
 from rollout_engine.consumers.store import OutboxRow, SQLiteConsumerStore, fault_of
-from rollout_engine.engine.consumer_metrics import ConsumerMetrics, default_metrics
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.consumer_metrics import ConsumerMetrics, default_metrics
 from rollout_engine.events import subjects
 
 __all__ = ["Consumer", "Hook", "PartitionMismatch", "RunSummary", "Runner", "StoreIncompatible", "StoreStalled",

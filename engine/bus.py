@@ -90,7 +90,7 @@ async def connect(
     if settings.user:
         options["user"] = settings.user
         options["password"] = settings.password
-        # Secure mode: each role may subscribe only to its own inboxes (engine/security.py).
+        # Secure mode: each role may subscribe only to its own inboxes (engine/stack/security.py).
         options["inbox_prefix"] = f"_INBOX_{settings.user}"
     client = Client()
     # nats-py retries the initial connect forever whatever max_reconnect_attempts says,

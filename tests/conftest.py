@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 
 _ids = itertools.count(1)
 
@@ -70,7 +70,7 @@ async def stack(fresh_server: EmbeddedServer, tmp_path: Path) -> AsyncIterator[t
 @pytest.fixture
 async def api(bus: tuple[Any, Any]) -> AsyncIterator[tuple[Any, Any]]:
     """The operator API (nats.micro) served in-process on the session server."""
-    from rollout_engine.engine.api import serve_api
+    from rollout_engine.engine.api.service import serve_api
 
     nc, js = bus
     stop, ready = asyncio.Event(), asyncio.Event()

@@ -54,7 +54,7 @@ class ViewPublisher:
             await self.flush(runner)
 
     async def flush(self, runner: Runner) -> None:
-        from rollout_engine.engine.metrics import BANDIT_ARM_SHARE
+        from rollout_engine.engine.stack.metrics import BANDIT_ARM_SHARE
 
         kv = await runner.kv()
         for rollout in sorted(self.pending):

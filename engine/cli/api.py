@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from rollout_engine.engine.api import ENDPOINTS, serve_api
+from rollout_engine.engine.api.service import ENDPOINTS, serve_api
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     add_json_flag,

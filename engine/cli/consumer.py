@@ -39,7 +39,7 @@ def _build(name: str, settings: Settings) -> Consumer:
 
 async def _run(args: argparse.Namespace) -> int:
     from rollout_engine.consumers.runtime import Runner, stored_digest
-    from rollout_engine.engine.consumer_metrics import serve_metrics
+    from rollout_engine.engine.stack.consumer_metrics import serve_metrics
 
     overrides = {"consumer_batch": args.batch} if args.batch else {}
     settings = settings_from(args, **overrides)

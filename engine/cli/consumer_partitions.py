@@ -35,7 +35,7 @@ def _build(name: str, settings: Settings) -> Consumer:
 
 async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
     """The partitions this process owns: ``--partitions`` as given, or ``K of M`` of the log's."""
-    from rollout_engine.engine.partitioning import assign, log_partitions, parse_partitions
+    from rollout_engine.engine.stack.partitioning import assign, log_partitions, parse_partitions
 
     if args.process is not None and args.of is None:
         raise CliError("--process K needs --of M (the number of processes sharing the partitions)")
@@ -59,8 +59,8 @@ async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
 
 async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
     """Run (or, with ``--digest``, read) the owned partitions of consumer ``args.name``."""
-    from rollout_engine.engine.consumer_metrics import serve_metrics
-    from rollout_engine.engine.partitioning import run_partitions
+    from rollout_engine.engine.stack.consumer_metrics import serve_metrics
+    from rollout_engine.engine.stack.partitioning import run_partitions
 
     owned = await _owned(args, settings)
     if args.digest:

@@ -10,7 +10,7 @@ __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.demo import run_demo
+    from rollout_engine.engine.stack.demo import run_demo
 
     settings = settings_from(args)
     data_dir = settings.data_path / "demo"

@@ -3,7 +3,7 @@
 ``events`` prints one rollout's events and control commands in log order (``--follow``
 keeps printing new ones); with ``--json`` one JSON object per line, so it pipes into
 ``jq``. ``export`` writes the log, or a time range, as JSONL or msgpack with a checksum
-(see ``engine/export.py``). Untrusted text from events is sanitized before printing.
+(see ``engine/logtools/export.py``). Untrusted text from events is sanitized before printing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from rollout_engine.engine.api.control_log import read_messages, rollout_subjects
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -25,8 +26,7 @@ from rollout_engine.engine.cli.common import (
     sanitize,
     settings_from,
 )
-from rollout_engine.engine.control_log import read_messages, rollout_subjects
-from rollout_engine.engine.export import ExportError, parse_time, write_export
+from rollout_engine.engine.logtools.export import ExportError, parse_time, write_export
 from rollout_engine.events import kind_of
 from rollout_engine.events.ids import is_token
 

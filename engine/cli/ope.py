@@ -2,7 +2,7 @@
 
 Reads a rollout's logged decisions (with propensities) and outcomes, from the live log
 or from a ``rollout export`` file, and prints the candidate's IPS and self-normalised
-IPS estimates with confidence intervals (see ``engine/ope.py`` and docs/bandit.md).
+IPS estimates with confidence intervals (see ``engine/logtools/ope.py`` and docs/bandit.md).
 
     rollout ope checkout-v2 --policy a=0.1,b=0.1,c=0.8
     rollout ope checkout-v2 --policy-file candidate.json --from audit.jsonl --json
@@ -23,8 +23,13 @@ from rollout_engine.engine.cli.common import (
     sanitize,
     settings_from,
 )
-from rollout_engine.engine.export import ExportError, read_export
-from rollout_engine.engine.ope import check_policy, estimate, join_rounds, parse_policy_text
+from rollout_engine.engine.logtools.export import ExportError, read_export
+from rollout_engine.engine.logtools.ope import (
+    check_policy,
+    estimate,
+    join_rounds,
+    parse_policy_text,
+)
 from rollout_engine.events import AnyEvent, decode_lenient, subjects
 from rollout_engine.events.ids import is_token
 
@@ -44,7 +49,7 @@ async def _load_events(args: argparse.Namespace) -> list[AnyEvent]:
             elif record.data is not None:
                 events.extend(decode_lenient(record.data)[0])
         return events
-    from rollout_engine.engine.control_log import read_messages
+    from rollout_engine.engine.api.control_log import read_messages
 
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-ope", reconnect=False)

@@ -7,7 +7,7 @@ says. A progress bar is drawn on a terminal only.
 
 ``backtest`` folds a recorded log with a candidate rollback policy and reports, per
 rollout, when it would have killed beside when the live policy did, with false-kill
-and missed-regression counts where outcomes tell (see ``engine/backtest.py``).
+and missed-regression counts where outcomes tell (see ``engine/logtools/backtest.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from rollout_engine.engine.cli.common import (
     sanitize,
     settings_from,
 )
-from rollout_engine.engine.export import ExportError
+from rollout_engine.engine.logtools.export import ExportError
 
 __all__ = ["register"]
 
@@ -58,11 +58,11 @@ def _progress_bar(label: str) -> Any:
 
 
 async def _load_messages(args: argparse.Namespace) -> list[tuple[int, str, bytes]]:
-    from rollout_engine.engine.replay import iter_pairs, messages_from_file
+    from rollout_engine.engine.logtools.replay import iter_pairs, messages_from_file
 
     if args.stream:
+        from rollout_engine.engine.api.control_log import read_messages
         from rollout_engine.engine.bus import connect
-        from rollout_engine.engine.control_log import read_messages
 
         nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
         try:
@@ -79,8 +79,8 @@ async def _load_messages(args: argparse.Namespace) -> list[tuple[int, str, bytes
 
 async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
     """Fold the live log in chunks, so a log larger than memory replays too."""
+    from rollout_engine.engine.api.control_log import read_messages
     from rollout_engine.engine.bus import connect
-    from rollout_engine.engine.control_log import read_messages
     from rollout_engine.events import subjects
 
     nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
@@ -100,7 +100,7 @@ async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
 
 
 async def _replay(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.replay import Replayer, make_projections, write_store
+    from rollout_engine.engine.logtools.replay import Replayer, make_projections, write_store
 
     settings = settings_from(args)
     try:
@@ -139,7 +139,7 @@ def _ms(value: int | None, origin: int | None) -> str:
 
 
 async def _backtest(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.backtest import backtest, load_candidate
+    from rollout_engine.engine.logtools.backtest import backtest, load_candidate
 
     try:
         candidate = load_candidate(args.policy)

@@ -18,13 +18,13 @@ from rollout_engine.engine.cli.common import (
     print_json,
     settings_from,
 )
-from rollout_engine.engine.export import ExportError
+from rollout_engine.engine.logtools.export import ExportError
 
 __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.report import WeeklyRollup, render, week_bounds
+    from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
     from rollout_engine.events import decode_lenient
 
     try:
@@ -34,7 +34,7 @@ async def _run(args: argparse.Namespace) -> int:
     rollup = WeeklyRollup(start, end)
     settings = settings_from(args)
     if args.file:
-        from rollout_engine.engine.replay import messages_from_file
+        from rollout_engine.engine.logtools.replay import messages_from_file
 
         try:
             messages = messages_from_file(args.file)[1]
@@ -44,8 +44,8 @@ async def _run(args: argparse.Namespace) -> int:
             for event in decode_lenient(data)[0]:
                 rollup.add(event)
     else:
+        from rollout_engine.engine.api.control_log import read_messages
         from rollout_engine.engine.bus import connect
-        from rollout_engine.engine.control_log import read_messages
         from rollout_engine.events import subjects
 
         nc = await connect(settings, name="rollout-report", reconnect=False)

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 
-from rollout_engine.engine.api import ApiError, ControlApi, call
+from rollout_engine.engine.api.control_log import known_rollouts, read_control
+from rollout_engine.engine.api.service import ApiError, ControlApi, call
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import CliError, color, print_json, sanitize, settings_from
-from rollout_engine.engine.control_log import known_rollouts, read_control
 
 __all__ = ["rollouts_summary", "show_rollout"]
 

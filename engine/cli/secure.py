@@ -26,7 +26,8 @@ from pathlib import Path
 import msgspec
 
 from rollout_engine.engine.cli.common import CliError, settings_from
-from rollout_engine.engine.security import (
+from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.security import (
     ROLES,
     SecureFiles,
     env_reference,
@@ -35,7 +36,6 @@ from rollout_engine.engine.security import (
     write_private,
     write_secure_dir,
 )
-from rollout_engine.engine.settings import Settings
 
 __all__ = ["SecureMode", "add_up_flags", "prepare", "register"]
 

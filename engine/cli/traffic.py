@@ -29,8 +29,8 @@ __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.client import RolloutClient
-    from rollout_engine.engine.demo import SyntheticService
+    from rollout_engine.engine.sdk.client import RolloutClient
+    from rollout_engine.engine.stack.demo import SyntheticService
 
     settings = settings_from(args)
     stop = asyncio.Event()

@@ -21,11 +21,11 @@ import msgspec
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.cli.common import CliError, handler, settings_from, stop_on_signals
 from rollout_engine.engine.cli.secure import add_up_flags, prepare
-from rollout_engine.engine.cluster import EmbeddedCluster
-from rollout_engine.engine.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
-from rollout_engine.engine.server import EmbeddedServer, ServerError, is_loopback
-from rollout_engine.engine.supervisor import Child, Supervisor
-from rollout_engine.engine.ticks import run_ticks
+from rollout_engine.engine.stack.cluster import EmbeddedCluster
+from rollout_engine.engine.stack.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
+from rollout_engine.engine.stack.server import EmbeddedServer, ServerError, is_loopback
+from rollout_engine.engine.stack.supervisor import Child, Supervisor
+from rollout_engine.engine.stack.ticks import run_ticks
 
 __all__ = ["register", "serve"]
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from rollout_engine.engine.api import ApiError, call
-from rollout_engine.engine.control_log import known_rollouts, read_control
+from rollout_engine.engine.api.control_log import known_rollouts, read_control
+from rollout_engine.engine.api.service import ApiError, call
 from rollout_engine.events import ConfigChange, KillSwitch, Metric, Resume, decode, encode, subjects
 from rollout_engine.events.ids import new_event_id
 

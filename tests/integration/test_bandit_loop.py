@@ -12,7 +12,7 @@ import pytest
 
 from rollout_engine.consumers.bandit.consumer import build as build_bandit
 from rollout_engine.consumers.runtime import Runner
-from rollout_engine.engine.choice import BanditChooser
+from rollout_engine.engine.sdk.choice import BanditChooser
 from rollout_engine.events import (
     BanditConfig,
     Event,
@@ -121,8 +121,8 @@ async def test_a_normal_mode_loss_publishes_one_cooldown_even_when_refolded(stac
 
 
 async def test_rollout_client_choose_logs_the_decision_with_reason_and_propensity(stack) -> None:  # type: ignore[no-untyped-def]
-    from rollout_engine.engine.choice import NoBanditState
-    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.engine.sdk.choice import NoBanditState
+    from rollout_engine.engine.sdk.client import RolloutClient
 
     settings, nc, js = stack
     async with RolloutClient(settings, producer="svc") as client:

@@ -26,9 +26,9 @@ from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
 from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings, load_settings
-from rollout_engine.engine.ticks import make_tick
+from rollout_engine.engine.stack.server import EmbeddedServer
+from rollout_engine.engine.stack.ticks import make_tick
 from rollout_engine.events import (
     ControlState,
     Event,

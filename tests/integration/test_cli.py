@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from rollout_engine.engine.export import read_export
+from rollout_engine.engine.logtools.export import read_export
 from rollout_engine.events import Metric, Outcome, encode, subjects
 from rollout_engine.events.ids import new_event_id
 
@@ -149,7 +149,7 @@ async def test_weekly_report_from_the_stream_and_from_an_export(api, settings, r
 async def test_rollout_api_serves_until_sigterm(bus, settings) -> None:
     import signal
 
-    from rollout_engine.engine.api import ApiError, call
+    from rollout_engine.engine.api.service import ApiError, call
 
     nc, _js = bus
     cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "api"]

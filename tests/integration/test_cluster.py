@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.cluster import EmbeddedCluster
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.cluster import EmbeddedCluster
 from rollout_engine.events import Metric, encode_batch, new_event_id, subjects
 
 

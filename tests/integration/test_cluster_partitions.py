@@ -17,10 +17,10 @@ import pytest
 from rollout_engine.consumers.folding import subject_for
 from rollout_engine.consumers.rollback.scenario import policy_change
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.client import RolloutClient
-from rollout_engine.engine.cluster import EmbeddedCluster
-from rollout_engine.engine.partitioning import run_partitions
+from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.cluster import EmbeddedCluster
+from rollout_engine.engine.stack.partitioning import run_partitions
 from rollout_engine.events import encode, subjects
 from tests.integration.faultkit import build, spawn
 

@@ -25,8 +25,13 @@ import yaml
 from rollout_engine.consumers import registry
 from rollout_engine.engine.cli import build_parser
 from rollout_engine.engine.cli.secure import compose_env_text
-from rollout_engine.engine.security import ROLES, env_reference, inbox_prefix, render_compose_config
-from rollout_engine.engine.server import find_nats_server
+from rollout_engine.engine.stack.security import (
+    ROLES,
+    env_reference,
+    inbox_prefix,
+    render_compose_config,
+)
+from rollout_engine.engine.stack.server import find_nats_server
 from rollout_engine.events import subjects
 
 ROOT = Path(__file__).resolve().parents[2]

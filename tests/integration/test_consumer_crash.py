@@ -20,9 +20,9 @@ import pytest
 
 from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.folding import Delivery, Folder
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings
-from rollout_engine.engine.ticks import make_tick
+from rollout_engine.engine.stack.server import EmbeddedServer
+from rollout_engine.engine.stack.ticks import make_tick
 from rollout_engine.events import Decision, Event, Metric, Outcome, encode, encode_batch, subjects
 
 T0 = 1_700_000_000_000

@@ -13,9 +13,9 @@ from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.deadletter import decode_dead_letter
 from rollout_engine.consumers.runtime import Consumer, Runner
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.consumer_metrics import default_metrics
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.consumer_metrics import default_metrics
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import Metric, encode, encode_batch, subjects
 
 T0 = 1_700_000_000_000

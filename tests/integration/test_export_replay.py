@@ -12,11 +12,11 @@ import pytest
 from rollout_engine.consumers import registry
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.consumers.runtime import Runner
-from rollout_engine.engine.api import ControlApi
+from rollout_engine.engine.api.control_log import read_messages
+from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.control_log import read_messages
-from rollout_engine.engine.export import ExportError, read_export, write_export
-from rollout_engine.engine.replay import (
+from rollout_engine.engine.logtools.export import ExportError, read_export, write_export
+from rollout_engine.engine.logtools.replay import (
     make_projections,
     messages_from_file,
     replay_messages,

@@ -14,10 +14,10 @@ import pytest
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.consumers.runtime import Consumer, Runner
-from rollout_engine.engine.api import ControlApi
+from rollout_engine.engine.api.control_log import read_messages
+from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.control_log import read_messages
-from rollout_engine.engine.export import write_export
+from rollout_engine.engine.logtools.export import write_export
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.events import KillSwitch, decode_lenient, encode_batch, subjects
 

@@ -17,10 +17,10 @@ import pytest
 
 from rollout_engine.consumers.runtime import stored_digest
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.client import RolloutClient
-from rollout_engine.engine.cluster import free_ports
-from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.cluster import free_ports
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import decode_message, subjects
 from tests.integration.faultkit import SOAK, build, clean_fold, committed, last_seq, spawn, wait_for
 

@@ -20,8 +20,8 @@ import pytest
 
 from rollout_engine.consumers.folding import subject_for
 from rollout_engine.consumers.rollback.scenario import Profile, policy_change, runs
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import Event, KillSwitch, decode_message, encode, subjects
 from tests.integration.faultkit import SOAK, committed, last_seq, spawn, wait_for
 

@@ -20,9 +20,9 @@ import pytest
 
 from rollout_engine.consumers import registry
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import load_settings
-from rollout_engine.engine.ticks import make_tick
+from rollout_engine.engine.stack.server import EmbeddedServer
+from rollout_engine.engine.stack.ticks import make_tick
 from rollout_engine.events import encode, encode_batch, subjects
 from tests.integration.faultkit import SOAK, T0, batch, clean_fold, committed, last_seq, spawn
 

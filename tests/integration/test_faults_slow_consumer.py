@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from rollout_engine.engine.metrics import LogMetrics
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.metrics import LogMetrics
+from rollout_engine.engine.stack.server import EmbeddedServer
 from tests.integration.faultkit import (
     ROOT,
     SOAK,

@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry
 
 from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.consumer_metrics import ConsumerMetrics
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.consumer_metrics import ConsumerMetrics
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import subjects
 from tests.integration.faultkit import (
     SOAK,

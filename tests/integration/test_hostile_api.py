@@ -30,11 +30,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollout_engine.engine.api import ENDPOINTS, serve_api
+from rollout_engine.engine.api.service import ENDPOINTS, serve_api
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.cli import main as cli_main
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import decode_message, subjects
 from rollout_engine.events.ids import is_token
 

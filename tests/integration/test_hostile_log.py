@@ -17,8 +17,8 @@ import msgspec
 import pytest
 
 from rollout_engine.consumers import registry
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import encode_batch, subjects
 from rollout_engine.events.codec import MAX_MESSAGE_BYTES
 from tests.integration.faultkit import batch, clean_fold, last_seq, spawn

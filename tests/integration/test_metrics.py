@@ -11,8 +11,8 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client.parser import text_string_to_metric_families
 
-from rollout_engine.engine import metrics as engine_metrics
-from rollout_engine.engine.metrics import BANDIT_ARM_SHARE, EVALUATIONS, serve_metrics
+from rollout_engine.engine.stack import metrics as engine_metrics
+from rollout_engine.engine.stack.metrics import BANDIT_ARM_SHARE, EVALUATIONS, serve_metrics
 from rollout_engine.events import (
     Breach,
     ControlState,

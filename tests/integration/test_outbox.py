@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.client import RolloutClient
-from rollout_engine.engine.client_metrics import OUTBOX_DEPTH
-from rollout_engine.engine.server import EmbeddedServer
+from rollout_engine.engine.sdk.client import RolloutClient
+from rollout_engine.engine.sdk.client_metrics import OUTBOX_DEPTH
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import ControlState, Metric, subjects
 from tests.integration.test_sdk import publish_command, read_events
 
@@ -91,7 +91,7 @@ async def test_outage_goes_to_the_outbox_and_arrives_exactly_once(server, provis
 PRODUCER = textwrap.dedent(
     """
     import asyncio, sys
-    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.engine.sdk.client import RolloutClient
     from rollout_engine.engine.settings import load_settings
 
     async def main() -> None:

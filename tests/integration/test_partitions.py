@@ -13,11 +13,11 @@ import pytest
 from rollout_engine.consumers.folding import subject_for
 from rollout_engine.consumers.rollback.scenario import policy_change
 from rollout_engine.consumers.runtime import PartitionMismatch, Runner
+from rollout_engine.engine.api.control_log import known_rollouts, read_control
 from rollout_engine.engine.bus import BusUnavailable, connect, provision
-from rollout_engine.engine.control_log import known_rollouts, read_control
-from rollout_engine.engine.partitioning import run_partitions
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.partitioning import run_partitions
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import Metric, encode, new_event_id, subjects
 from tests.integration.faultkit import ROOT, build, publish, wait_for
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, runs
-from rollout_engine.engine.server import EmbeddedServer
-from rollout_engine.engine.ticks import make_tick
+from rollout_engine.engine.stack.server import EmbeddedServer
+from rollout_engine.engine.stack.ticks import make_tick
 from rollout_engine.events import ConfigChange, Event, KillSwitch
 from tests.integration.test_canary_sim import Rig, make_rig
 

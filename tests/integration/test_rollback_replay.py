@@ -19,8 +19,8 @@ from pathlib import Path
 from rollout_engine.consumers.folding import Delivery, fold_deliveries
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
-from rollout_engine.engine.server import EmbeddedServer
-from rollout_engine.engine.ticks import make_tick
+from rollout_engine.engine.stack.server import EmbeddedServer
+from rollout_engine.engine.stack.ticks import make_tick
 from rollout_engine.events import (
     ControlState,
     Escalation,

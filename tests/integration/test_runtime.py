@@ -13,8 +13,8 @@ from rollout_engine.consumers.folding import Delivery, fold
 from rollout_engine.consumers.runtime import Consumer, Runner, stored_digest
 from rollout_engine.consumers.stats_consumer import build as build_stats
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import (
     ConfigChange,
     ControlState,

@@ -12,8 +12,8 @@ from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.folding import Delivery, Folder
 from rollout_engine.consumers.runtime import Consumer, Runner
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import encode_batch, subjects
 from tests.integration.test_consumer_crash import batch_of
 

@@ -13,8 +13,8 @@ import pytest
 from nats.js.api import DeliverPolicy
 from prometheus_client import REGISTRY
 
-from rollout_engine.engine.client import BufferFull, RolloutClient
-from rollout_engine.engine.outbox import Batch
+from rollout_engine.engine.sdk.client import BufferFull, RolloutClient
+from rollout_engine.engine.sdk.outbox import Batch
 from rollout_engine.events import (
     ConfigChange,
     ControlState,

@@ -1,6 +1,6 @@
 """Least privilege, enforced by a real nats-server: each role can do its job and nothing else.
 
-One server with the per-role users of ``rollout up --secure`` (engine/security.py) serves
+One server with the per-role users of ``rollout up --secure`` (engine/stack/security.py) serves
 the module. Every refusal is observed twice: the server's permission violation reaches
 the client's error callback, and the effect is absent (no kill switch in the log).
 """
@@ -22,9 +22,9 @@ from nats.js.api import ConsumerConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from rollout_engine.engine.bus import connect, provision
-from rollout_engine.engine.security import ROLES, inbox_prefix, write_secure_dir
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.security import ROLES, inbox_prefix, write_secure_dir
+from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import subjects
 
 VIOLATION = "permissions violation"
@@ -234,7 +234,7 @@ async def test_readers_cannot_retarget_an_engine_consumer_to_silence_kill_switch
     """
     from nats.js.api import AckPolicy, DeliverPolicy
 
-    from rollout_engine.engine.security import engine_consumer_names
+    from rollout_engine.engine.stack.security import engine_consumer_names
 
     name, log = "rollback", subjects.LOG_STREAM
     assert name in engine_consumer_names()
@@ -401,7 +401,7 @@ async def test_sdk_client_with_the_app_role_obeys_a_kill_switch_and_records(secu
     switches within 100 ms, events published, and no permission violation on the way."""
     import time
 
-    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.engine.sdk.client import RolloutClient
     from rollout_engine.events import ControlState
 
     engine = await secure.client("engine")
@@ -434,7 +434,7 @@ async def test_sdk_follower_resets_under_a_new_name_and_keeps_following(
     """nats-py resets an ordered consumer after a sequence gap or missed heartbeats, re-creating
     it from its saved request. Under the old name that is an update the server refuses
     while the old consumer exists; the SDK renames it, and keeps following kill switches."""
-    from rollout_engine.engine.client import RolloutClient
+    from rollout_engine.engine.sdk.client import RolloutClient
     from rollout_engine.events import ControlState
 
     engine = await secure.client("engine")
@@ -502,7 +502,7 @@ def _unrelated_ca() -> str:
     """A CA certificate that did not sign the server's (another generated one)."""
     import tempfile
 
-    from rollout_engine.engine.tls import write_certificates
+    from rollout_engine.engine.stack.tls import write_certificates
 
     with tempfile.TemporaryDirectory() as other:
         return write_certificates(Path(other))["ca"].read_text()

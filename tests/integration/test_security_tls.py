@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from rollout_engine.engine.bus import BusUnavailable, connect
-from rollout_engine.engine.security import SecureFiles, write_secure_dir
-from rollout_engine.engine.server import EmbeddedServer
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.security import SecureFiles, write_secure_dir
+from rollout_engine.engine.stack.server import EmbeddedServer
 
 HANG_GUARD_S = 30.0
 """Far above the connect deadline (3 s): only a hang reaches it."""

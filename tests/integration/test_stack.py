@@ -14,8 +14,8 @@ import pytest
 
 from rollout_engine.engine.bus import BusUnavailable, connect, provision
 from rollout_engine.engine.cli.schemas import render_schemas, stale_schemas
-from rollout_engine.engine.server import EmbeddedServer, ServerError
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.server import EmbeddedServer, ServerError
 from rollout_engine.events import subjects
 
 ROLLOUT = [sys.executable, "-m", "rollout_engine.engine.cli"]

@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout_engine.engine.assignment import BUCKETS, bucket, choose, clamp_pct, threshold
+from rollout_engine.engine.sdk.assignment import BUCKETS, bucket, choose, clamp_pct, threshold
 from rollout_engine.events import ControlState
 
 units = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40)

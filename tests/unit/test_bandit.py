@@ -12,7 +12,7 @@ from scipy import special
 
 from rollout_engine.consumers.bandit import BanditProjection, parse_policy
 from rollout_engine.consumers.bandit.posterior import ArmStats, apply_floor, thompson_weights
-from rollout_engine.engine.choice import BanditChooser, NoBanditState
+from rollout_engine.engine.sdk.choice import BanditChooser, NoBanditState
 from rollout_engine.events import (
     BanditConfig,
     Decision,

@@ -7,7 +7,7 @@ import msgspec
 
 from rollout_engine.consumers.bandit import BanditProjection
 from rollout_engine.consumers.guardrails import decide_mode
-from rollout_engine.engine.choice import BanditChooser
+from rollout_engine.engine.sdk.choice import BanditChooser
 from rollout_engine.events import Guardrail, GuardrailState, command_id
 from tests.unit.test_bandit import T0, Log, R, config, decision, outcome, tick
 

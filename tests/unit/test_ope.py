@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rollout_engine.engine.ope import (
+from rollout_engine.engine.logtools.ope import (
     LoggedRound,
     check_policy,
     estimate,

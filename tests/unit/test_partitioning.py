@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout_engine.engine.partitioning import assign, parse_partitions
+from rollout_engine.engine.stack.partitioning import assign, parse_partitions
 from rollout_engine.events import subjects
 
 

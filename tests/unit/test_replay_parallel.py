@@ -1,4 +1,4 @@
-"""Replay split over processes (engine/replay.py ``feed_parallel``) equals a one-process replay.
+"""Replay split over processes (engine/logtools/replay.py ``feed_parallel``) equals a one-process replay.
 
 The folds are pure, so a child that inherits the state after the timed warm-up and folds
 the rest of the log must produce the same snapshots, byte for byte, as folding it here;
@@ -8,7 +8,7 @@ the counts and the emitted commands must add up the same way.
 from __future__ import annotations
 
 from bench.workload import make_batches
-from rollout_engine.engine.replay import (
+from rollout_engine.engine.logtools.replay import (
     WARMUP,
     Replayer,
     make_projections,

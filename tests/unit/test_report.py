@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from rollout_engine.engine.report import WeeklyRollup, recommendations, render, week_bounds
+from rollout_engine.engine.logtools.report import WeeklyRollup, recommendations, render, week_bounds
 from rollout_engine.events import ControlState, Decision, KillSwitch, Outcome, ShadowResult
 
 T0 = 1_763_942_400_000  # 2025-11-24 00:00 UTC, a Monday

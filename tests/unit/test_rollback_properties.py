@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, runs
-from rollout_engine.engine.ticks import make_tick
+from rollout_engine.engine.stack.ticks import make_tick
 from rollout_engine.events import Event, decode, encode
 
 profiles = st.builds(

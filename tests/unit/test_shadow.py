@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rollout_engine.engine.shadow import compare, default_differ, observe
+from rollout_engine.engine.sdk.shadow import compare, default_differ, observe
 
 
 def test_default_differ_uses_seed_dimensions_for_plans() -> None:
@@ -46,7 +46,7 @@ async def test_async_shadow_result_and_latency() -> None:
 
 
 def test_user_differ_and_its_failures() -> None:
-    from rollout_engine.engine.shadow import Observed
+    from rollout_engine.engine.sdk.shadow import Observed
 
     ok = compare("v2", Observed(result=2), 1, 2, differ=lambda a, b: {"sign": a * b < 0, "size": a != b})
     assert ok.diff == {"sign": False, "size": True}
@@ -57,7 +57,7 @@ def test_user_differ_and_its_failures() -> None:
 
 
 def test_error_text_is_cleaned_to_fit_the_contract() -> None:
-    from rollout_engine.engine.shadow import Observed
+    from rollout_engine.engine.sdk.shadow import Observed
 
     result = compare("v2", Observed(error="line1\nline2\x00" + "x" * 5000), None, None)
     assert result.error is not None and "\n" not in result.error and len(result.error) == 1024

@@ -37,7 +37,7 @@ from nats.js.errors import BadRequestError
 from nats.micro import add_service
 from nats.micro.request import Request
 
-from rollout_engine.engine.control_log import ControlView, known_rollouts, read_control
+from rollout_engine.engine.api.control_log import ControlView, known_rollouts, read_control
 from rollout_engine.events import ConfigChange, ControlState, KillSwitch, Resume, encode, subjects
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import command_id, is_token, new_event_id
@@ -336,11 +336,11 @@ class ControlApi:
         rollout = _rollout(body)
         await self._require_known(rollout)
         if self.evaluator is None:
-            from rollout_engine.engine.backtest import evaluate_rollout
+            from rollout_engine.engine.logtools.backtest import evaluate_rollout
 
             self.evaluator = evaluate_rollout
         reply = await self.evaluator(self.js, rollout, body)
-        from rollout_engine.engine.metrics import EVALUATIONS
+        from rollout_engine.engine.stack.metrics import EVALUATIONS
 
         EVALUATIONS.labels("fail" if reply.get("would_kill") else "pass").inc()
         return reply

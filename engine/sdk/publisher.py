@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
-from rollout_engine.engine import client_metrics as m
-from rollout_engine.engine.outbox import Batch, Outbox
+from rollout_engine.engine.sdk import client_metrics as m
+from rollout_engine.engine.sdk.outbox import Batch, Outbox
 from rollout_engine.events import MAX_BATCH, Event, encode_batch
 
 __all__ = ["BatchPublisher", "BufferFull"]

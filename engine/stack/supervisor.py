@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from rollout_engine.engine.processes import child_preexec, terminate
+from rollout_engine.engine.stack.processes import child_preexec, terminate
 
 __all__ = ["Child", "Supervisor"]
 

@@ -40,7 +40,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from rollout_engine.engine.control_log import read_messages
+from rollout_engine.engine.api.control_log import read_messages
 from rollout_engine.events import (
     Escalation,
     KillSwitch,
@@ -66,7 +66,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DETECTION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 # --- in-process metrics for consumer processes (nobody else defines these; per-consumer
-# events, messages, commits and lag are engine/consumer_metrics.py's) -------------------
+# events, messages, commits and lag are engine/stack/consumer_metrics.py's) -------------------
 EVALUATIONS = Counter(
     "rollout_evaluations",
     "Rollout evaluations by result (pass, hold, fail, inconclusive): on demand through the API, "

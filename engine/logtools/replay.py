@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from rollout_engine.consumers.projection import Projection, digest_of
-from rollout_engine.engine.export import read_export
+from rollout_engine.engine.logtools.export import read_export
 from rollout_engine.events import decode_lenient, encode_batch
 
 __all__ = [

@@ -235,7 +235,7 @@ def render_authorization(passwords: Mapping[str, str], *, env: bool = False) -> 
     if unknown:
         raise ValueError(f"unknown roles {unknown}; known: {list(ROLES)}")
     lines = [
-        "# Per-role users: rendered by engine/security.py (docs/security.md). No anonymous access.",
+        "# Per-role users: rendered by engine/stack/security.py (docs/security.md). No anonymous access.",
         "authorization {",
         "  timeout: 2",
         "  users: [",
@@ -277,7 +277,7 @@ def render_compose_config() -> str:
     committed). An undefined variable stops the server at start-up: it fails closed.
     """
     lines = [
-        "# nats-server configuration of the compose stack. GENERATED from engine/security.py by",
+        "# nats-server configuration of the compose stack. GENERATED from engine/stack/security.py by",
         "# `rollout secure compose-config --out compose/nats/nats-server.conf`: do not edit by hand.",
         "# Passwords come from the environment (compose/.env), never from this file.",
         'server_name: "rollout-nats"',
@@ -364,7 +364,7 @@ def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, host
     auth = write_private(directory / "auth.conf", render_authorization(hashes))
     tls_files = None
     if tls:
-        from rollout_engine.engine.tls import write_certificates
+        from rollout_engine.engine.stack.tls import write_certificates
 
         tls_files = write_certificates(directory / "tls", hosts)
     return SecureFiles(directory, auth, settings_files, passwords, tls_files)

@@ -22,7 +22,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from rollout_engine.engine.processes import child_preexec, terminate
+from rollout_engine.engine.stack.processes import child_preexec, terminate
 
 __all__ = ["EmbeddedServer", "ServerError", "find_nats_server"]
 

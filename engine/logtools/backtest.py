@@ -214,7 +214,7 @@ def backtest(messages: Iterable[tuple[int, str, bytes]], candidate: Policy, *, c
 
 async def evaluate_rollout(js: Any, rollout: str, body: dict[str, Any]) -> dict[str, Any]:
     """The API's ``evaluate``: fold the rollout's log now; publish a kill the log lacks."""
-    from rollout_engine.engine.control_log import read_control, read_messages, rollout_subjects
+    from rollout_engine.engine.api.control_log import read_control, read_messages, rollout_subjects
     from rollout_engine.events import encode, subjects
 
     events: list[tuple[int, AnyEvent]] = []

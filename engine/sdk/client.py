@@ -42,13 +42,13 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from rollout_engine.consumers.control import apply_command
-from rollout_engine.engine import client_metrics as m
-from rollout_engine.engine.assignment import Split, bucket, split_of
 from rollout_engine.engine.bus import BusUnavailable, connect
-from rollout_engine.engine.outbox import Outbox
-from rollout_engine.engine.publisher import BatchPublisher, BufferFull
+from rollout_engine.engine.sdk import client_metrics as m
+from rollout_engine.engine.sdk.assignment import Split, bucket, split_of
+from rollout_engine.engine.sdk.outbox import Outbox
+from rollout_engine.engine.sdk.publisher import BatchPublisher, BufferFull
+from rollout_engine.engine.sdk.shadow import Differ, Observed, compare, invoke, observe
 from rollout_engine.engine.settings import Settings, load_settings
-from rollout_engine.engine.shadow import Differ, Observed, compare, invoke, observe
 from rollout_engine.events import (
     ControlState,
     Decision,
@@ -269,7 +269,7 @@ class RolloutClient:
 
         try:
             # A named consumer: nats-py creates it through the filtered create subject,
-            # the only one the `app` role may use (engine/security.py).
+            # the only one the `app` role may use (engine/stack/security.py).
             self._sub = await self._js.subscribe(
                 subjects.CONTROL_ALL,
                 stream=subjects.LOG_STREAM,
@@ -398,7 +398,7 @@ class RolloutClient:
         of ``bandit.<rollout>``; later calls do no I/O. Raises ``NoBanditState`` until the
         bandit consumer has published the rollout (docs/bandit.md).
         """
-        from rollout_engine.engine.choice import BanditChooser
+        from rollout_engine.engine.sdk.choice import BanditChooser
 
         chooser = self.__dict__.setdefault("_bandit", BanditChooser())
         watched = self.__dict__.setdefault("_bandit_watched", set())

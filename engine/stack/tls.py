@@ -52,7 +52,7 @@ def write_certificates(directory: Path, hosts: Iterable[str] = ("127.0.0.1",)) -
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from rollout_engine.engine.security import write_private
+    from rollout_engine.engine.stack.security import write_private
 
     paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
     if all(p.exists() for p in paths.values()):

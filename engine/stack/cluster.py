@@ -12,7 +12,7 @@ import contextlib
 import socket
 from pathlib import Path
 
-from rollout_engine.engine.server import EmbeddedServer, ServerError
+from rollout_engine.engine.stack.server import EmbeddedServer, ServerError
 
 __all__ = ["EmbeddedCluster", "free_ports"]
 

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from rollout_engine.engine.control_log import LogMessage
+from rollout_engine.engine.api.control_log import LogMessage
 from rollout_engine.events import decode_lenient, encode_json, subjects
 
 __all__ = [

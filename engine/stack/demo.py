@@ -29,9 +29,9 @@ from typing import Any
 
 import msgspec
 
-from rollout_engine.engine.api import call
+from rollout_engine.engine.api.service import call
 from rollout_engine.engine.bus import connect
-from rollout_engine.engine.client import RolloutClient
+from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import Settings, load_settings
 from rollout_engine.events import KillSwitch, decode, subjects
 
@@ -226,8 +226,8 @@ async def _last_kill(nc: Any) -> KillSwitch | None:
 
 async def _report(nc: Any, data_dir: Path) -> tuple[str, str]:
     """The weekly report of this week's log, as `rollout report --week` writes it."""
-    from rollout_engine.engine.control_log import read_messages
-    from rollout_engine.engine.report import WeeklyRollup, iso_week, render
+    from rollout_engine.engine.api.control_log import read_messages
+    from rollout_engine.engine.logtools.report import WeeklyRollup, iso_week, render
 
     now = int(time.time() * 1000)
     rollup = WeeklyRollup(now - 7 * 86_400_000, now + 60_000, bucket_ms=1000)  # a 20 s story: per-second points
