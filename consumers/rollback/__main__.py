@@ -1,4 +1,4 @@
-"""``python -m consumers.rollback check FILE``: validate a policy TOML file.
+"""``python -m rollout_engine.consumers.rollback check FILE``: validate a policy TOML file.
 
 Prints the validated policy as the JSON document a ConfigChange carries in its
 ``policy`` field (every default filled in), or the error naming the bad field; exits 2
@@ -17,7 +17,7 @@ from rollout_engine.consumers.rollback.policy import PolicyError, load_policy_fi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consumers.rollback", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rollout_engine.consumers.rollback", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a policy TOML file and print it as JSON")
     check.add_argument("file")

@@ -4,7 +4,7 @@ import asyncio
 import collections
 import time
 
-from rollout_engine.engine.sdk.client import RolloutClient
+from rollout_engine.engine.sdk import RolloutClient
 
 
 async def plan_v1(): return {"agent": "triage", "steps": ["read", "label"], "tools": ["mail"], "dry_run": False}

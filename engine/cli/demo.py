@@ -26,15 +26,22 @@ async def _run(args: argparse.Namespace) -> int:
     print(color("summary", "1"))
     print(f"  kill switch fired: {result.reason}")
     for breach in result.breaches:
+        samples = f"candidate n={breach['candidate_n']}"
+        if breach.get("baseline") is not None:  # absolute guards judge the candidate alone
+            samples += f", baseline n={breach['baseline_n']}"
         print(f"    {breach['guard']}: observed {breach['observed']:.1f} vs threshold {breach['threshold']:.1f} "
-              f"(candidate n={breach['candidate_n']}, baseline n={breach['baseline_n']})")
+              f"({samples})")
     print(f"  detection latency: {result.detection_latency_ms:.0f} ms from the first degraded request "
           f"to the service obeying the kill switch")
     if result.event_time_latency_ms is not None:
         print(f"  in event time: {result.event_time_latency_ms:.0f} ms from degradation to the kill command")
     print(f"  candidate requests served after the kill: {result.served_candidate_after_kill}")
-    print(f"  requests served: {result.requests}; demo took {result.seconds:.1f} s")
+    served = result.served
+    print(f"  requests served: {result.requests} (baseline {served.get('baseline', 0)}, "
+          f"candidate {served.get('candidate', 0)}); demo took {result.seconds:.1f} s")
     print(f"  weekly report: {result.report} (chart {result.chart})")
+    print(f"  metrics were served at {result.metrics_url} while the demo ran (`rollout up --metrics-port` "
+          "serves them for a stack you keep)")
     print(f"  the log is kept in {data_dir}: `rollout --data-dir {data_dir} up` to explore it")
     return 0
 

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +44,8 @@ async def serve(
 ) -> int:
     """Run the stack until ``stop`` is set or SIGINT/SIGTERM arrives."""
     settings = settings_from(args, port=args.port, host=args.host, secure=getattr(args, "secure", None),
-                             partitions=getattr(args, "partitions", None))
+                             partitions=getattr(args, "partitions", None),
+                             metrics_port=getattr(args, "metrics_port", None))
     secure = prepare(settings, tls=getattr(args, "tls", False))  # None unless --secure (docs/security.md)
     if secure is not None:
         settings = secure.engine_settings(settings)
@@ -70,18 +72,24 @@ async def serve(
             allow_public=settings.secure,
             extra_config=secure.extra_config(settings.data_path / "nats") if secure else "",
         )
+    began = time.monotonic()
+    say(f"rollout up: starting nats-server ({f'{args.cluster} nodes' if args.cluster else 'embedded'}, "
+        f"data in {settings.data_dir})")
     try:
         await asyncio.to_thread(server.start)
     except ServerError as exc:
         raise CliError(str(exc)) from None
+    say(f"rollout up: nats-server ready at {server.url} in {time.monotonic() - began:.1f} s")
     supervisor = Supervisor([])
     try:
         settings.url_file.parent.mkdir(parents=True, exist_ok=True)
         settings.url_file.write_text(server.url + "\n")
         nc = await connect(settings, url=server.url, name="rollout-up")
         js = nc.jetstream()
-        for action in await provision(js, settings):
+        actions = await provision(js, settings)
+        for action in actions:
             log.info(action)
+        say(f"rollout up: streams and KV {'provisioned' if actions else 'already in place'}")
         names = [] if args.no_consumers else _consumer_names()
         metrics_env = multiprocess_env(settings.data_dir) if settings.metrics_port else {}
         supervisor = Supervisor(
@@ -95,8 +103,8 @@ async def serve(
             log_dir=log_dir,
         )
         supervisor.start()
-        say(f"rollout up: nats-server at {server.url} (data in {settings.data_dir}, R{settings.replicas}); "
-            f"consumers: {', '.join(names) or 'none'}; Ctrl-C stops all")
+        say(f"rollout up: started {len(names)} consumer processes ({', '.join(names) or 'none'}) and the "
+            f"operator API; R{settings.replicas}; Ctrl-C stops all")
         if secure is not None:
             say(secure.describe())
         if ready is not None:
@@ -105,8 +113,11 @@ async def serve(
         watch = asyncio.create_task(supervisor.watch(stop))
         exporter = asyncio.create_task(serve_metrics(js, settings.metrics_port, stop, host=settings.host,
                                                      multiproc_dir=metrics_env.get(MULTIPROC_ENV)))
-        if not settings.metrics_port:
+        if settings.metrics_port:
+            say(f"rollout up: Prometheus metrics at http://{settings.host}:{settings.metrics_port}/metrics")
+        else:
             exporter.cancel()
+            say("rollout up: Prometheus metrics off (serve them with --metrics-port 9464 or ROLLOUT_METRICS_PORT)")
         await stop.wait()
         await asyncio.gather(ticks, watch, exporter, return_exceptions=True)
         await nc.drain()
@@ -136,6 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--port", type=int, help="client port (default 4222; 0 picks a free one)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--no-consumers", action="store_true", help="start the server and ticks only")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics of the stack and its consumers on PORT (default: setting "
+                             "metrics_port, 0 = off)")
     add_up_flags(parser)
     parser.add_argument("--cluster", type=int, metavar="N", default=0,
                         help="start an N-node JetStream cluster on loopback instead of one server (R3 streams when N >= 3)")

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class DemoResult:
     breaches: list[dict[str, Any]] = field(default_factory=list)
     served_candidate_after_kill: int = 0
     requests: int = 0
+    served: dict[str, int] = field(default_factory=lambda: {"baseline": 0, "candidate": 0})
+    """Requests served per variant over the whole demo (the live lines show the last-100 window)."""
+    metrics_url: str = ""
     report: str = ""
     chart: str = ""
     seconds: float = 0.0
@@ -85,13 +89,17 @@ def _line(elapsed: float, pct: float, stats: dict[str, Any] | None) -> str:
     for variant in ("baseline", "candidate"):
         view = window.get(variant)
         if not view:
-            parts.append(f"{variant}: -")
+            parts.append(f"{variant}: no stats yet")
+            continue
+        recent = view.get("decisions", 0)
+        if not recent:  # nothing of this variant in the window: its last figures would be stale
+            parts.append(f"{variant}: none among the last requests")
             continue
         quality = view.get("quality_mean")
         p95 = (view.get("metrics", {}).get("latency_ms") or {}).get("p95")
         parts.append(
-            f"{variant}: n={view.get('decisions', 0):>3} quality={quality:5.1f} p95={p95:6.0f}ms"
-            if quality is not None and p95 is not None else f"{variant}: n={view.get('decisions', 0)}"
+            f"{variant}: last {recent:>3} quality={quality:5.1f} p95={p95:6.0f}ms"
+            if quality is not None and p95 is not None else f"{variant}: last {recent:>3}"
         )
     return "  |  ".join(parts)
 
@@ -115,6 +123,7 @@ async def _traffic(client: RolloutClient, service: SyntheticService, result: Dem
                                    decision_id=decision.id)
         await client.record_outcome(ROLLOUT, decision.id, decision.variant, verdict, quality=quality)
         result.requests += 1
+        result.served[decision.variant] = result.served.get(decision.variant, 0) + 1
         if killed_at and decision.variant == "candidate":
             result.served_candidate_after_kill += 1
         del i
@@ -129,17 +138,24 @@ async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoRe
     result = DemoResult()
     begin = time.monotonic()
     ready, stop = asyncio.Event(), asyncio.Event()
+    metrics_port = free_port(DEMO_METRICS_PORT)
+    result.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     args = argparse.Namespace(config=None, nats_url=None, data_dir=str(data_dir), port=0, host=None,
-                              no_consumers=False, cluster=0)
+                              no_consumers=False, cluster=0, metrics_port=metrics_port)
     logging.getLogger().setLevel(logging.WARNING)  # the terminal tells the story; processes log to files
-    stack = asyncio.create_task(serve(args, ready=ready, stop=stop, say=lambda _line: None,
+    stack = asyncio.create_task(serve(args, ready=ready, stop=stop, say=lambda line: out(f"stack: {line}"),
                                       log_dir=data_dir / "logs"))
     try:
         await asyncio.wait_for(ready.wait(), 30)
         settings: Settings = load_settings(env={}, data_dir=str(data_dir))
         nc = await connect(settings, name="demo-operator")
         kv = await nc.jetstream().key_value(subjects.STATE_BUCKET)
+        out(f"stack: waiting for the consumer processes and the operator API to answer "
+            f"(their logs: {data_dir / 'logs'})")
+        waited = time.monotonic()
         await _wait_for_api(nc)
+        out(f"stack: operator API answers after {time.monotonic() - waited:.1f} s; "
+            f"{time.monotonic() - begin:.1f} s since start")
         await call(nc, "config", {"rollout": ROLLOUT, "canary_pct": 5.0, "create": True,
                                   "actor": "demo-operator", "reason": "initial canary at 5%"})
         out(f"operator: canary of {ROLLOUT} at 5% (guards: quality drop > 5, p95 latency > 1600 ms, "
@@ -194,6 +210,22 @@ async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoRe
             await asyncio.wait_for(stack, 30)
     result.seconds = time.monotonic() - begin
     return result
+
+
+DEMO_METRICS_PORT = 9464
+"""The port Prometheus's own examples scrape; the demo takes another free one if it is busy."""
+
+
+def free_port(preferred: int) -> int:
+    """``preferred`` if nothing listens on it on loopback, else a free port the kernel picks."""
+    for port in (preferred, 0):
+        with contextlib.closing(socket.socket()) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free loopback port for the demo's /metrics")
 
 
 async def _wait(condition: Callable[[], bool], timeout: float) -> None:

@@ -108,7 +108,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = ""
     deadline = time.monotonic() + 30
-    while "nats-server at" not in line:
+    while "Ctrl-C stops all" not in line:
         line = up.stdout.readline()
         assert line or up.poll() is None, "rollout up exited early"
         assert time.monotonic() < deadline, "rollout up did not start"

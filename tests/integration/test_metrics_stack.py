@@ -37,7 +37,7 @@ def test_rollout_up_serves_the_api_and_a_promtool_clean_exposition(tmp_path: Pat
                           stderr=subprocess.STDOUT, text=True, env=env)
     try:
         line = ""
-        while "nats-server at" not in line:
+        while "Ctrl-C stops all" not in line:
             line = up.stdout.readline()
             assert line or up.poll() is None, "rollout up exited early"
         cli = [*ROLLOUT, "--data-dir", str(tmp_path)]

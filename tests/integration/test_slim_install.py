@@ -72,7 +72,7 @@ def _slim_requirements(wheel: Path, target: Path) -> Path:
 async def test_wheel_without_extras_serves_a_service_that_has_its_own_events_module(
     tmp_path: Path, bus: tuple[object, object], settings: object, rollout_id: str,
 ) -> None:
-    nc, js = bus
+    _nc, js = bus
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--disable-pip-version-check", "-w", str(dist), str(REPO)],

@@ -92,7 +92,7 @@ def test_embedded_server_refuses_a_public_bind_without_credentials(tmp_path: Pat
 
 def test_server_child_dies_with_a_killed_parent(tmp_path: Path) -> None:
     script = (
-        "import sys, time; from engine.server import EmbeddedServer\n"
+        "import sys, time; from rollout_engine.engine.stack.server import EmbeddedServer\n"
         f"s = EmbeddedServer({str(tmp_path)!r}, port=0); s.start()\n"
         "print(s.process.pid, flush=True); time.sleep(60)\n"
     )
@@ -116,7 +116,7 @@ def test_rollout_up_then_status_lists_streams_and_ctrl_c_leaves_no_server(tmp_pa
     try:
         started = time.monotonic()
         line = ""
-        while "nats-server at" not in line:
+        while "Ctrl-C stops all" not in line:
             line = up.stdout.readline()
             assert line or up.poll() is None, "rollout up exited early"
         assert time.monotonic() - started < 15
