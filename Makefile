@@ -72,6 +72,8 @@ lock:
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
 	$(BIN)/uv pip compile pyproject.toml --all-extras --group build --group test --group bench \
 		--generate-hashes --universal --python-version 3.11 --upgrade -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra engine -c requirements.lock \
+		--generate-hashes --universal --python-version 3.11 -o compose/requirements-engine.lock
 	rm -f $(STAMP)
 
 clean:
