@@ -25,7 +25,7 @@ from typing import Any
 from rollout_engine.consumers.deadletter import DeadLetter, dead_letter_row
 from rollout_engine.consumers.projection import Projection, digest_of
 from rollout_engine.consumers.store import OutboxRow
-from rollout_engine.events import AnyEvent, Event, decode_lenient, encode, kind_of, subjects
+from rollout_engine.events import AnyEvent, Event, decode_from_log, encode, kind_of, subjects
 
 __all__ = ["BatchResult", "Delivery", "Folder", "fold", "snapshot_parts", "subject_for"]
 
@@ -129,7 +129,7 @@ class Folder:
 
     def _fold_one(self, delivery: Delivery, result: BatchResult) -> None:
         result.messages += 1
-        events, rejected = decode_lenient(delivery.data)
+        events, rejected = decode_from_log(delivery.subject, delivery.data)
         for bad in rejected:
             result.dead.append(self._dead(delivery, bad.index, bad.error.field, bad.reason, bad.data))
         apply = self.projection.apply

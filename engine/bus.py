@@ -252,6 +252,12 @@ async def _provision_once(js: JetStreamContext, settings: Settings) -> list[str]
         if config.name == subjects.LOG_STREAM:
             _check_partitioning(info.config.subject_transform, settings)
         have = set(info.config.subjects or [])
+        wide = have & subjects.WIDE_LOG_SUBJECTS if config.name == subjects.LOG_STREAM else set()
+        if wide:  # a log from before the exact depths: narrow it (a security fix, not tuning)
+            info.config.subjects = sorted((have - wide) | set(config.subjects or []))
+            await js.update_stream(info.config)
+            actions.append(f"narrowed stream {config.name} subjects {sorted(wide)} to {config.subjects}")
+            continue
         missing = [s for s in config.subjects or [] if s not in have]
         if missing:
             info.config.subjects = sorted(have | set(missing))

@@ -13,6 +13,7 @@ rejected the same way instead of wedging an older consumer (msgspec #691).
 
 from __future__ import annotations
 
+import itertools
 import operator
 import re
 from collections.abc import Iterable, Sequence
@@ -22,13 +23,23 @@ import msgspec
 
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import TOKEN_MAX, TOKEN_PATTERN
-from rollout_engine.events.schema import EVENT_TYPES, KINDS, SCHEMA_VERSION, AnyEvent, Event, Id
+from rollout_engine.events.origin import rule_of
+from rollout_engine.events.schema import (
+    EVENT_TYPES,
+    KINDS,
+    SCHEMA_VERSION,
+    AnyEvent,
+    Event,
+    Id,
+    Metric,
+)
 
 __all__ = [
     "MAX_BATCH",
     "MAX_MESSAGE_BYTES",
     "Rejected",
     "decode",
+    "decode_from_log",
     "decode_json",
     "decode_lenient",
     "decode_message",
@@ -107,6 +118,32 @@ def _ids_ok(events: list[AnyEvent]) -> bool:
     return joined.count("\n") == len(values) and _MANY_IDS.fullmatch(joined) is not None
 
 
+# --- values a type cannot express ------------------------------------------------------
+NON_NEGATIVE_METRICS = frozenset({"latency_ms", "cost_cents", "error"})
+"""Metric names that are durations, amounts or 0/1 flags: a negative value is a bug."""
+NON_NEGATIVE_UNITS = frozenset({"ms", "s", "us", "ns", "cents", "bytes", "count"})
+"""Units of durations, amounts and counts: a negative value is a bug (and would hide a regression)."""
+
+
+def _negative_metric(event: AnyEvent) -> bool:
+    return (type(event) is Metric and event.value < 0
+            and (event.name in NON_NEGATIVE_METRICS or event.unit in NON_NEGATIVE_UNITS))
+
+
+def _values_ok(events: list[AnyEvent]) -> bool:
+    """True when no event breaks a value rule of :func:`_check_values` (fast path, one pass)."""
+    return not any(_negative_metric(e) for e in events)
+
+
+def _check_values(event: AnyEvent) -> None:
+    if _negative_metric(event):
+        raise EventError(
+            "$.value",
+            f"metric {event.name!r} (unit {event.unit!r}) is {event.value!r}; durations, amounts and counts are >= 0",  # type: ignore[union-attr]
+            f"negative values of {sorted(NON_NEGATIVE_METRICS)} or units {sorted(NON_NEGATIVE_UNITS)} are refused",
+        )
+
+
 def _check_ids(event: AnyEvent) -> None:
     """Raise :class:`EventError` naming the first Id field of ``event`` that is not a token."""
     required, optional = _ID_FIELDS[type(event)]
@@ -131,6 +168,7 @@ def validate(event: AnyEvent) -> AnyEvent:
     except msgspec.ValidationError as exc:
         raise EventError.from_msgspec(exc) from None
     _check_ids(checked)
+    _check_values(checked)
     return checked
 
 
@@ -184,6 +222,19 @@ def _check_size(data: bytes | memoryview) -> None:
         )
 
 
+_JSON_STARTS = frozenset(b"{[ \t\r\n")
+
+
+def _json_instead_of_msgpack(data: bytes | memoryview) -> EventError | None:
+    """A payload that starts like JSON: every msgpack event is a map or an array of maps,
+    and neither starts with these bytes (they would be small positive integers)."""
+    if data[0] in _JSON_STARTS:
+        return EventError("payload", "JSON, expected msgpack",
+                          "producers publish msgpack (rollout_engine.events.encode / encode_batch); "
+                          "JSON is for export files and people")
+    return None
+
+
 def _too_deep() -> EventError:
     return EventError("payload", "nested too deeply to decode (a hostile or corrupt message)",
                       "send flat events: an event is a map of scalars, a batch an array of them")
@@ -220,6 +271,7 @@ def decode(data: bytes) -> AnyEvent:
     except RecursionError:  # 200 kB of nested arrays is under the size limit
         raise _too_deep() from None
     _check_ids(event)
+    _check_values(event)
     return event
 
 
@@ -253,6 +305,9 @@ def _decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
         _check_size(data)
     except EventError as exc:
         return [], [Rejected(-1, exc, bytes(data))]
+    as_json = _json_instead_of_msgpack(data)
+    if as_json is not None:
+        return [], [Rejected(-1, as_json, bytes(data))]
     if not _is_array(data):
         try:
             return [decode(data)], []
@@ -260,7 +315,7 @@ def _decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
             return [], [Rejected(-1, exc, bytes(data))]
     try:
         events = _many.decode(data)
-        if len(events) <= MAX_BATCH and _ids_ok(events):
+        if len(events) <= MAX_BATCH and _ids_ok(events) and _values_ok(events):
             return events, []
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
@@ -282,6 +337,38 @@ def _decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
     return good, bad
 
 
+def decode_from_log(subject: str, data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
+    """:func:`decode_lenient` for a message of the log, checked against the subject it arrived on.
+
+    Every reader of the log decodes through this (the fold, replay, export, backtest, the
+    SDK's control follower), so a body whose kind or rollout differs from its subject is
+    rejected with a reason naming the mismatch (``rollout_engine.events.origin``), and a
+    subject that does not parse rejects its whole message. Never raises.
+    """
+    rule = rule_of(subject)
+    if not isinstance(rule, EventError):
+        events, rejected = decode_lenient(data)
+        check = rule.check
+        if not any(check(e) for e in events):  # the common case: one pass, nothing to rebuild
+            return events, rejected
+    else:
+        return [], [Rejected(-1, rule, bytes(data))]
+    taken = {r.index for r in rejected}
+    places = (i for i in itertools.count() if i not in taken)
+    good: list[AnyEvent] = []
+    bad = list(rejected)
+    single = not _is_array(data)
+    for event in events:
+        place = -1 if single else next(places)
+        error = check(event)
+        if error is None:
+            good.append(event)
+        else:
+            bad.append(Rejected(place, error, _encoder.encode(event)))
+    bad.sort(key=lambda r: r.index)
+    return good, bad
+
+
 def decode_json(data: bytes | str) -> AnyEvent:
     """Decode one JSON event (export files, people, other languages)."""
     raw = data.encode() if isinstance(data, str) else data
@@ -293,6 +380,7 @@ def decode_json(data: bytes | str) -> AnyEvent:
     except RecursionError:
         raise _too_deep() from None
     _check_ids(event)
+    _check_values(event)
     return event
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "ROOT",
     "STATE_BUCKET",
     "TICK",
+    "WIDE_LOG_SUBJECTS",
     "ParsedSubject",
     "control",
     "control_filter",
@@ -58,7 +59,11 @@ API_ALL = f"{ROOT}.api.>"
 
 LOG_STREAM = "RO_LOG"
 """The log: producer events, control commands and ticks in one total order."""
-LOG_SUBJECTS = [EVENTS_ALL, CONTROL_ALL, TICK]
+LOG_SUBJECTS = [f"{ROOT}.evt.*.*", f"{ROOT}.ctl.*.*", TICK]
+"""What the log stream captures: exactly the documented depths. A ``>`` would also capture
+``ro.evt.r1.metric.x``, which no reader can parse (the server refuses it now: no stream)."""
+WIDE_LOG_SUBJECTS = frozenset({EVENTS_ALL, CONTROL_ALL})
+"""What logs created before the exact depths captured; provisioning narrows them."""
 DLQ_STREAM = "RO_DLQ"
 STATE_BUCKET = "ro_state"
 """KV bucket: key ``<rollout>`` -> current ControlState (msgpack), for readers of any language."""

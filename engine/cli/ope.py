@@ -30,7 +30,7 @@ from rollout_engine.engine.logtools.ope import (
     join_rounds,
     parse_policy_text,
 )
-from rollout_engine.events import AnyEvent, decode_lenient, subjects
+from rollout_engine.events import AnyEvent, decode_from_log, subjects
 from rollout_engine.events.ids import is_token
 
 __all__ = ["register"]
@@ -47,7 +47,7 @@ async def _load_events(args: argparse.Namespace) -> list[AnyEvent]:
             if record.events is not None:
                 events.extend(record.events)
             elif record.data is not None:
-                events.extend(decode_lenient(record.data)[0])
+                events.extend(decode_from_log(record.subject, record.data)[0])
         return events
     from rollout_engine.engine.api.control_log import read_messages
 

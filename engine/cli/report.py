@@ -25,7 +25,7 @@ __all__ = ["register"]
 
 async def _run(args: argparse.Namespace) -> int:
     from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
-    from rollout_engine.events import decode_lenient
+    from rollout_engine.events import decode_from_log
 
     try:
         start, end, label = week_bounds(args.week, int(time.time() * 1000))
@@ -40,8 +40,8 @@ async def _run(args: argparse.Namespace) -> int:
             messages = messages_from_file(args.file)[1]
         except ExportError as exc:
             raise CliError(str(exc)) from None
-        for _seq, _subject, data in messages:
-            for event in decode_lenient(data)[0]:
+        for _seq, subject, data in messages:
+            for event in decode_from_log(subject, data)[0]:
                 rollup.add(event)
     else:
         from rollout_engine.engine.api.control_log import read_messages

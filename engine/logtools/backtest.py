@@ -49,7 +49,7 @@ from rollout_engine.events import (
     KillSwitch,
     Outcome,
     Resume,
-    decode_lenient,
+    decode_from_log,
     new_event_id,
 )
 
@@ -169,8 +169,8 @@ def _truth(events: list[tuple[int, AnyEvent]], quality_drop: float, loss_margin:
 def decode_messages(messages: Iterable[tuple[int, str, bytes]]) -> list[tuple[int, AnyEvent]]:
     """Good events with their stream sequences, in log order."""
     out: list[tuple[int, AnyEvent]] = []
-    for seq, _subject, data in messages:
-        out.extend((seq, event) for event in decode_lenient(data)[0])
+    for seq, subject, data in messages:
+        out.extend((seq, event) for event in decode_from_log(subject, data)[0])
     return out
 
 

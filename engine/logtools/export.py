@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from rollout_engine.engine.api.control_log import LogMessage
-from rollout_engine.events import decode_lenient, encode_json, subjects
+from rollout_engine.events import decode_from_log, encode_json, subjects
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -101,7 +101,7 @@ def format_for(path: str | Path) -> str:
 
 
 def _json_record(msg: LogMessage) -> tuple[bytes, int, int]:
-    good, bad = decode_lenient(msg.data)
+    good, bad = decode_from_log(msg.subject, msg.data)
     parts = [b'{"seq":', str(msg.seq).encode(), b',"subject":', _json_enc.encode(msg.subject),
              b',"time_ms":', str(msg.time_ms).encode(), b',"events":[', b",".join(encode_json(e) for e in good), b"]"]
     if bad:
@@ -152,7 +152,7 @@ async def write_export(
                 line, good, bad = _json_record(msg)
                 out.raw(line)
             else:
-                good, rejected = decode_lenient(msg.data)
+                good, rejected = decode_from_log(msg.subject, msg.data)
                 bad = len(rejected)
                 good = len(good)
                 out.record({"seq": msg.seq, "subject": msg.subject, "time_ms": msg.time_ms, "data": msg.data})

@@ -29,7 +29,7 @@ import msgspec
 
 from rollout_engine.consumers.projection import Projection, digest_of
 from rollout_engine.engine.logtools.export import read_export
-from rollout_engine.events import decode_lenient, encode_batch
+from rollout_engine.events import decode_from_log, encode_batch
 
 __all__ = [
     "Message",
@@ -165,7 +165,7 @@ class Replayer:
             if seq <= self.last:
                 continue  # a duplicate delivery: the live runtime skips it too
             self.last = seq
-            events, rejected = decode_lenient(data)
+            events, rejected = decode_from_log(subject, data)
             self.rejected += len(rejected)
             self.messages += 1
             self.events += len(events)

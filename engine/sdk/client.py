@@ -57,7 +57,7 @@ from rollout_engine.events import (
     Metric,
     Outcome,
     ShadowResult,
-    decode_lenient,
+    decode_from_log,
     subjects,
     validate,
 )
@@ -263,7 +263,7 @@ class RolloutClient:
             if generation != self._generation:
                 return
             meta = msg.metadata
-            self._fold(msg.data, meta.sequence.stream)
+            self._fold(msg.subject, msg.data, meta.sequence.stream)
             if meta.num_pending == 0:
                 caught_up.set()
 
@@ -304,8 +304,8 @@ class RolloutClient:
         """A consumer name no one else uses: ``sdk-<producer>-<48 random bits>``."""
         return f"sdk-{self.producer}-{secrets.token_hex(6)}"
 
-    def _fold(self, data: bytes, seq: int) -> None:
-        events, rejected = decode_lenient(data)
+    def _fold(self, subject: str, data: bytes, seq: int) -> None:
+        events, rejected = decode_from_log(subject, data)
         for bad in rejected:
             log.warning("rollout SDK: ignoring bad control message at seq %d: %s", seq, bad.reason)
         for event in events:

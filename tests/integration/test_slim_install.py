@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -73,9 +74,13 @@ async def test_wheel_without_extras_serves_a_service_that_has_its_own_events_mod
     tmp_path: Path, bus: tuple[object, object], settings: object, rollout_id: str,
 ) -> None:
     _nc, js = bus
-    dist = tmp_path / "dist"
+    dist, source = tmp_path / "dist", tmp_path / "source"
+    for part in ("engine", "consumers", "events"):  # build from a copy: setuptools writes build/ in the tree
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(dist), str(REPO)],
+                    "--disable-pip-version-check", "-w", str(dist), str(source)],
                    check=True, capture_output=True, env={"PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin"})
     wheel = next(dist.glob("rollout_engine-*.whl"))
 

@@ -18,7 +18,7 @@ from rollout_engine.events import (
     Outcome,
     ShadowResult,
     Tick,
-    decode_lenient,
+    decode_from_log,
     encode,
     encode_batch,
 )
@@ -46,10 +46,10 @@ def make_log(n_messages: int = 60, seed: int = 5) -> list[Delivery]:
             out.append(Delivery(seq, f"ro.ctl.{rollout}.kill_switch", encode(cmd)))
             continue
         batch = []
+        kind = rng.randrange(3)  # a message carries one kind: its subject says which
         for i in range(rng.randrange(1, 6)):
             common = {"id": f"e{seq}-{i}", "rollout": rollout, "time_ms": t + rng.randrange(-900, 50), "producer": "p"}
             variant = rng.choice(("baseline", "candidate"))
-            kind = rng.randrange(3)
             if kind == 0:
                 shadow = ShadowResult(variant="x", diff={"agent": rng.random() < 0.5}) if rng.random() < 0.5 else None
                 batch.append(Decision(unit="u", variant=variant, reason="canary", canary_pct=10.0, config_version=1,
@@ -59,7 +59,7 @@ def make_log(n_messages: int = 60, seed: int = 5) -> list[Delivery]:
                                      quality=rng.gauss(90, 3), **common))
             else:
                 batch.append(Metric(variant=variant, name="latency_ms", value=rng.lognormvariate(5, 1), **common))
-        out.append(Delivery(seq, f"ro.evt.{rollout}.metric", encode_batch(batch)))
+        out.append(Delivery(seq, f"ro.evt.{rollout}.{('decision', 'outcome', 'metric')[kind]}", encode_batch(batch)))
     return out
 
 
@@ -74,7 +74,7 @@ def clean_fold() -> CanaryStats:
     """Every good event, one at a time, in log order."""
     stats = new_stats()
     for d in LOG:
-        fold(stats, decode_lenient(d.data)[0], d.seq)
+        fold(stats, decode_from_log(d.subject, d.data)[0], d.seq)
     return stats
 
 
@@ -131,7 +131,8 @@ def test_a_reducer_exception_becomes_a_dead_letter_and_the_fold_goes_on() -> Non
     folder = Folder(Fragile())
     kill = KillSwitch(id="k", rollout="a", time_ms=T0, producer="api", actor="op", reason="x",
                       before=ControlState(), after=ControlState(kill_switch=True))
-    result = folder.fold_batch([Delivery(1, "s", encode(kill)), Delivery(2, "s", encode(kill)), Delivery(3, "s", encode(kill))])
+    subject = "ro.ctl.a.kill_switch"
+    result = folder.fold_batch([Delivery(seq, subject, encode(kill)) for seq in (1, 2, 3)])
     assert result.seq == 3 and result.events == 3
     assert [(d.seq, d.field, d.reason) for d in result.dead] == [(2, "projection", "ZeroDivisionError: boom")]
 
