@@ -37,7 +37,7 @@ tools:
 # npm packages some tests run, installed exactly as their package-lock.json pins them (npm ci,
 # no install scripts): the Node.js example service (docs/examples/node) and the contract
 # checks with the official AsyncAPI parser and ajv (tests/asyncapi).
-NODE_PACKAGES := tests/asyncapi
+NODE_PACKAGES := docs/examples/node tests/asyncapi
 node: $(addsuffix /node_modules/.installed,$(NODE_PACKAGES))
 %/node_modules/.installed: %/package.json %/package-lock.json
 	cd $* && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error

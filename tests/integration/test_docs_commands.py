@@ -54,7 +54,8 @@ def _commands(path: Path) -> list[str]:
 
 
 def _doc_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    # node_modules: npm packages' own READMEs (make node), not this project's docs
+    return [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "node_modules" not in p.parts)]
 
 
 def _strip_comment(command: str) -> str:
