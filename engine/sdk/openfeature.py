@@ -34,10 +34,10 @@ Reasons (OpenFeature's own codes):
   unit), ``FLAG_NOT_FOUND`` (a key that is not a rollout id), ``TYPE_MISMATCH`` (number
   and object flags: a rollout serves variant names).
 
-Flag metadata: ``decision_id`` (join outcomes to it), ``control_revision`` (the state's
-``config_version``, +1 per control command), ``control_seq`` (log sequence of that
-command), ``policy_version``, ``canary_pct``, ``bucket``, ``propensity``, ``kill_switch``
-and ``stale``.
+Flag metadata: ``decision_id`` (join outcomes to it), ``control_revision`` (log sequence
+of the control command that set the state: it grows with every change, whoever made
+it; 0 before any), ``config_version`` (the state's own counter, which Decisions carry),
+``policy_version``, ``canary_pct``, ``bucket``, ``propensity``, ``kill_switch`` and ``stale``.
 
 The provider's hook (:class:`DecisionHook`, returned by ``get_provider_hooks`` so it runs
 for every evaluation) records the Decision after each successful evaluation, with the
@@ -127,7 +127,7 @@ class RolloutProvider(AbstractProvider):
             flags_changed=[rollout],
             message=f"control state of {rollout}: canary {state.canary_pct:g}%, kill switch "
                     f"{'on' if state.kill_switch else 'off'}",
-            metadata={"control_revision": state.config_version},
+            metadata={"control_revision": self.client.control_seq(rollout), "config_version": state.config_version},
         ))
         return self._chained(rollout, state) if self._chained is not None else None
 
@@ -165,8 +165,8 @@ class RolloutProvider(AbstractProvider):
             reason = _REASONS.get(choice.reason, Reason.SPLIT)
         metadata: dict[str, bool | int | float | str] = {
             "decision_id": new_event_id(),
-            "control_revision": state.config_version,
-            "control_seq": client.control_seq(flag_key),
+            "control_revision": client.control_seq(flag_key),
+            "config_version": state.config_version,
             "policy_version": state.policy_version,
             "canary_pct": state.canary_pct,
             "bucket": b,
