@@ -3,12 +3,19 @@
 // obeys the kill switch. Its candidate can be told to regress (--regress), so the engine's
 // rollback consumer kills it: then every request is served by the baseline.
 //
-//   ROLLOUT_NATS_URL=nats://127.0.0.1:4222 node service.js --rollout planner-v2 --regress
+//   node service.js --rollout planner-v2 --regress
+//
+// The NATS URL comes from ROLLOUT_NATS_URL, else the file `rollout up` writes
+// (DATA_DIR/nats.url, DATA_DIR from ROLLOUT_DATA_DIR, default "data"), else
+// nats://127.0.0.1:4222: the order the Python settings use.
 //
 // It prints one JSON line per event worth seeing (ready, control, progress, done), which
 // is what tests/integration/test_node_client.py reads. Flags: --rollout, --producer,
 // --rate (requests/s, default 400), --regress, --after-kill N (stop after serving N
 // requests under the kill switch, default 200), --max-seconds (default 60).
+
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 
 import { RolloutClient } from "./src/client.js";
 
@@ -21,6 +28,12 @@ function flags(argv) {
     out[key] = typeof out[key] === "number" ? Number(argv[++i]) : argv[++i];
   }
   return out;
+}
+
+function natsUrl() {
+  if (process.env.ROLLOUT_NATS_URL) return process.env.ROLLOUT_NATS_URL;
+  const file = join(process.env.ROLLOUT_DATA_DIR || "data", "nats.url");
+  return existsSync(file) ? readFileSync(file, "utf8").trim() : "nats://127.0.0.1:4222";
 }
 
 const say = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
@@ -48,7 +61,7 @@ function serve(random, bad) {
 async function main() {
   const opts = flags(process.argv.slice(2));
   const client = new RolloutClient({
-    servers: process.env.ROLLOUT_NATS_URL,
+    servers: natsUrl(),
     producer: opts.producer,
     user: process.env.ROLLOUT_USER || undefined,
     pass: process.env.ROLLOUT_PASSWORD || undefined,
