@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-latest lock tools lint unit schemas bench soak clean up
+.PHONY: run test test-latest lock tools node lint unit schemas bench soak clean up
 
 # Installs come from requirements.lock: every direct and transitive dependency pinned with
 # hashes, so a fresh clone installs exactly what passed CI. Upgrading is a deliberate commit:
@@ -24,7 +24,7 @@ up: $(STAMP)
 	$(BIN)/rollout up
 
 ## test: lint, then the whole suite (unit, integration against a real nats-server, slow fault tests)
-test: $(STAMP) tools lint
+test: $(STAMP) tools node lint
 	$(BIN)/python -m pytest -q
 
 # Two checkers from Debian that some tests run: promtool (prometheus) checks the /metrics
@@ -33,6 +33,15 @@ APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get insta
 tools:
 	@command -v promtool >/dev/null || { $(APT_INSTALL) prometheus >/dev/null; } || echo "warning: could not install promtool (Debian package prometheus); the metrics tests will fail" >&2
 	@command -v docker-compose >/dev/null || { $(APT_INSTALL) docker-compose >/dev/null; } || echo "warning: could not install docker-compose; the compose tests will fail" >&2
+
+# npm packages some tests run, installed exactly as their package-lock.json pins them (npm ci,
+# no install scripts): the Node.js example service (docs/examples/node) and the contract
+# checks with the official AsyncAPI parser and ajv (tests/asyncapi).
+NODE_PACKAGES := docs/examples/node tests/asyncapi
+node: $(addsuffix /node_modules/.installed,$(NODE_PACKAGES))
+%/node_modules/.installed: %/package.json %/package-lock.json
+	cd $* && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine consumers events tests bench
@@ -56,7 +65,7 @@ soak: $(STAMP)
 ## test-latest: the suite on the NEWEST versions pyproject.toml allows (not the lock), in
 ## .venv-latest. It may fail when an upstream release breaks something: that is its job.
 LATEST := .venv-latest
-test-latest: tools
+test-latest: tools node
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --group build --group test -e '.[all]'
@@ -77,4 +86,4 @@ lock:
 	rm -f $(STAMP)
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache data
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache data $(addsuffix /node_modules,$(NODE_PACKAGES))

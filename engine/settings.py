@@ -50,6 +50,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user: str = ""
     password: str = ""
     partitions: Annotated[int, Meta(ge=0, le=1024)] = 0
+    gate_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    gate_host: str = "127.0.0.1"
+    gate_token: str = ""
+    gate_rate_per_s: Annotated[float, Meta(gt=0, le=10_000)] = 5.0
+    gate_burst: Annotated[int, Meta(ge=1, le=10_000)] = 20
 
     @property
     def data_path(self) -> Path:
@@ -90,6 +95,11 @@ SETTINGS_DOC: dict[str, str] = {
     "user": "NATS user name for this process (secure mode).",
     "password": "NATS password for this process (secure mode).",
     "partitions": "Partitions of the log by rollout, fixed when the log stream is created (0: one unpartitioned log). Consumers then run per partition (`rollout consumer NAME --partitions 0,1`); see docs/scaling.md.",
+    "gate_port": "Port of the deployment gate for Argo Rollouts and Flagger, served by `rollout api` (0: off); see docs/integrations.md.",
+    "gate_host": "Interface the deployment gate binds. Loopback by default; a non-loopback bind needs `gate_token`.",
+    "gate_token": "Bearer token the gate requires (header `Authorization: Bearer ...`, or `metadata.token` in a Flagger webhook body); empty: none, loopback only. Never put it in a URL.",
+    "gate_rate_per_s": "Requests per second each gate client (by IP address) may make on average; more get 429 with Retry-After.",
+    "gate_burst": "Requests a gate client may make in a burst above gate_rate_per_s.",
 }
 
 

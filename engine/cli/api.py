@@ -1,7 +1,9 @@
 """``rollout api``: run the operator API service (``ro.api.*``) in the foreground.
 
 ``rollout up`` runs it as a supervised child; start more instances anywhere with a
-connection to the same NATS to share the load (they form one queue group).
+connection to the same NATS to share the load (they form one queue group). With
+``gate_port`` set it also serves the deployment gate for Argo Rollouts and Flagger
+(HTTP, read-only: ``engine/api/gate.py``, docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from rollout_engine.engine.api.gate import start_gate
 from rollout_engine.engine.api.service import ENDPOINTS, serve_api
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
+    CliError,
     add_json_flag,
     handler,
     print_json,
     settings_from,
     stop_on_signals,
 )
+from rollout_engine.engine.settings import SettingsError
 
 __all__ = ["register"]
 
@@ -30,11 +35,22 @@ async def _run(args: argparse.Namespace) -> int:
     ready = asyncio.Event()
     task = asyncio.create_task(serve_api(nc, stop, ready))
     await ready.wait()
+    try:
+        gate = await start_gate(nc.jetstream(), settings)
+    except SettingsError as exc:
+        stop.set()
+        await task
+        await nc.drain()
+        raise CliError(str(exc)) from None
+    gate_url = f"http://{settings.gate_host}:{gate.port}" if gate else None
     if args.json:
-        print_json({"service": "rollout-api", "serving": [f"ro.api.{name}" for name in ENDPOINTS]})
+        print_json({"service": "rollout-api", "serving": [f"ro.api.{name}" for name in ENDPOINTS], "gate": gate_url})
     else:
-        print(f"rollout api: serving {', '.join(ENDPOINTS)} on ro.api.*", flush=True)
+        print(f"rollout api: serving {', '.join(ENDPOINTS)} on ro.api.*"
+              + (f"; deployment gate on {gate_url}" if gate_url else ""), flush=True)
     await task
+    if gate is not None:
+        await gate.close()
     await nc.drain()
     return 0
 

@@ -1,4 +1,5 @@
-"""``rollout schemas``: write (or check) the JSON Schema of every event type.
+"""``rollout schemas``: write (or check) the JSON Schema of every event type, and the
+AsyncAPI document of every subject beside them (``engine/cli/asyncapi.py``).
 
 Descriptions come from the Structs' docstrings. How a docstring's indentation reaches
 the schema is a detail of msgspec that changed in 0.23 (it began to dedent continuation
@@ -19,7 +20,7 @@ import msgspec
 from rollout_engine.engine.cli.common import CliError
 from rollout_engine.events.schema import EVENT_TYPES, kind_of
 
-__all__ = ["canonical_text", "register", "render_schemas", "stale_schemas"]
+__all__ = ["canonical_schema", "canonical_text", "register", "render_schemas", "stale_asyncapi", "stale_schemas"]
 
 
 def canonical_text(text: str) -> str:
@@ -45,6 +46,11 @@ def _canonical(node: object) -> object:
     if isinstance(node, list):
         return [_canonical(v) for v in node]
     return node
+
+
+def canonical_schema(node: object) -> object:
+    """A JSON Schema with every ``description`` in :func:`canonical_text` form."""
+    return _canonical(node)
 
 
 def render_schemas() -> dict[str, bytes]:
@@ -79,24 +85,41 @@ def stale_schemas(target: Path) -> list[str]:
     return stale + sorted(p.name for p in target.glob("*.schema.json") if p.name not in rendered)
 
 
+def stale_asyncapi(target: Path) -> bool:
+    """True when the AsyncAPI document beside ``target`` differs from the contract (or is missing)."""
+    from rollout_engine.engine.cli.asyncapi import ASYNCAPI_FILE, render_asyncapi
+
+    try:
+        committed = json.loads((target.parent / ASYNCAPI_FILE).read_bytes())
+    except (OSError, ValueError):
+        return True
+    return committed != json.loads(msgspec.json.encode(render_asyncapi(target.name)))
+
+
 def _run(args: argparse.Namespace) -> int:
+    from rollout_engine.engine.cli.asyncapi import ASYNCAPI_FILE, render_asyncapi_bytes
+
     target = Path(args.out)
     rendered = render_schemas()
+    document = target.parent / ASYNCAPI_FILE
     if args.check:
-        stale = stale_schemas(target)
+        stale = stale_schemas(target) + ([str(document)] if stale_asyncapi(target) else [])
         if stale:
             raise CliError(f"schemas in {target} are stale: {stale}; run `make schemas`")
-        print(f"{len(rendered)} schemas in {target} are up to date")
+        print(f"{len(rendered)} schemas in {target} and {document} are up to date")
         return 0
     target.mkdir(parents=True, exist_ok=True)
     for name, body in rendered.items():
         (target / name).write_bytes(body)
-    sys.stdout.write(f"wrote {len(rendered)} schemas to {target}\n")
+    document.write_bytes(render_asyncapi_bytes(target.name))
+    sys.stdout.write(f"wrote {len(rendered)} schemas to {target} and the AsyncAPI document {document}\n")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("schemas", help="write the JSON Schema of every event type", description=__doc__)
-    parser.add_argument("--out", default="docs/schemas", help="output directory (default: docs/schemas)")
+    parser = sub.add_parser("schemas", help="write the JSON Schema of every event type and the AsyncAPI document",
+                            description=__doc__)
+    parser.add_argument("--out", default="docs/schemas",
+                        help="output directory (default: docs/schemas); asyncapi.json goes to its parent")
     parser.add_argument("--check", action="store_true", help="fail if the files differ from the Structs")
     parser.set_defaults(handler=_run)

@@ -129,6 +129,7 @@ class RolloutClient:
         self._splits: dict[str, Split] = {}
         self._selections: dict[tuple[str, str, str], int] = {}
         self._state_seq: dict[str, int] = {}
+        self._synced = False
         self._generation = 0
         self._subjects: dict[tuple[str, str], str] = {}
         self._nc: Client | None = None
@@ -160,6 +161,7 @@ class RolloutClient:
         self._js = self._nc.jetstream()
         try:
             await self._follow_control(wait=True)
+            self._synced = True
         except BaseException:
             nc, self._nc, self._js = self._nc, None, None
             with contextlib.suppress(Exception):
@@ -327,6 +329,21 @@ class RolloutClient:
     def state(self, rollout: str) -> ControlState:
         """The rollout's current control state (the safe default before any command)."""
         return self._states.get(rollout, _DEFAULT_STATE)
+
+    def control_seq(self, rollout: str) -> int:
+        """Log sequence of the command that set :meth:`state` (0: no command seen yet)."""
+        return self._state_seq.get(rollout, 0)
+
+    @property
+    def connected(self) -> bool:
+        """True while NATS is connected; False offline or reconnecting (state may be stale)."""
+        return self._jetstream() is not None
+
+    @property
+    def synced(self) -> bool:
+        """True once the control log was read to its end: :meth:`state` is then the
+        engine's (possibly stale while not :attr:`connected`), not an offline default."""
+        return self._synced
 
     # --- assignment -------------------------------------------------------------------
     def _subject(self, rollout: str, kind: str) -> str:
