@@ -197,6 +197,7 @@ class Runner:
                 ) from exc
             self.folder.seq = stored.seq
             self.metrics.position.labels(self.name).set(stored.seq)
+            self.metrics.stalled.labels(self.name).set(0)  # a series from the start, 0 after a restart
             if self._nc is None:
                 from rollout_engine.engine.bus import connect
 
@@ -351,7 +352,6 @@ class Runner:
                     ahead = await self._rewind(ahead)
                     continue
                 pending = msgs[-1].metadata.num_pending
-                self.metrics.lag.labels(self.name).set(pending)
                 # The server says nothing more is pending: check at once rather than after
                 # a fetch timeout (``--until-idle`` ends as soon as it is caught up).
                 if self.until_idle and pending == 0 and await self._idle():
@@ -371,7 +371,7 @@ class Runner:
         while total.held:
             await self._fill_gap(total)
         if total.skipped:
-            self.metrics.redelivered.labels(self.name).inc(total.skipped)
+            self.metrics.duplicates.labels(self.name).inc(total.skipped)
         if total.seq == start:
             return total
         if not total.parts and total.messages == 0:
@@ -468,7 +468,6 @@ class Runner:
                 f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at {last}: "
                 f"the stream was recreated. Delete {self.store.path} to rebuild the projection from the log"
             )
-        self.metrics.lag.labels(self.name).set(last - self.folder.seq)
         if last > self.folder.seq:
             # Messages exist but none were delivered (an orphaned pull, a delivery lost in
             # a reconnect): read the next ones directly rather than wait for ack_wait.
@@ -497,7 +496,6 @@ class Runner:
                 f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at "
                 f"{stream.state.last_seq}: the stream was recreated. Delete {self.store.path} to rebuild the projection"
             )
-        self.metrics.lag.labels(self.name).set(info.num_pending)
         if info.num_pending or info.num_ack_pending:
             self._stuck += 1
             return False

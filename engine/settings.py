@@ -88,7 +88,9 @@ SETTINGS_DOC: dict[str, str] = {
     "consumer_batch": "Messages a consumer fetches per pull request.",
     "consumer_max_deliver": "Deliveries of one message before the consumer dead-letters it.",
     "ack_wait_s": "Seconds JetStream waits for an ack before it redelivers.",
-    "metrics_port": "Port of the Prometheus /metrics endpoint of `rollout up` and consumers (0: off).",
+    "metrics_port": ("Port of the Prometheus /metrics endpoint (0: off) of `rollout up` (engine and consumer "
+                     "metrics merged), `rollout ticks`, `rollout traffic` and `rollout consumer` (its "
+                     "`--metrics-port` overrides it)."),
     "connect_timeout_s": "Seconds to wait for a NATS server before failing with a clear error.",
     "secure": "Generate per-role credentials and require them (see docs/security.md).",
     "creds_file": "NATS credentials file for this process (secure mode).",

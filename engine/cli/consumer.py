@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from rollout_engine.consumers.runtime import Consumer
     from rollout_engine.engine.settings import Settings
 
-__all__ = ["register"]
+__all__ = ["register", "start_metrics"]
 
 
 def _build(name: str, settings: Settings) -> Consumer:
@@ -39,7 +39,6 @@ def _build(name: str, settings: Settings) -> Consumer:
 
 async def _run(args: argparse.Namespace) -> int:
     from rollout_engine.consumers.runtime import Runner, stored_digest
-    from rollout_engine.engine.stack.consumer_metrics import serve_metrics
 
     overrides = {"consumer_batch": args.batch} if args.batch else {}
     settings = settings_from(args, **overrides)
@@ -57,9 +56,7 @@ async def _run(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
         _report(args, {"consumer": args.name, "seq": seq, "digest": digest})
         return 0
-    port = args.metrics_port if args.metrics_port is not None else 0
-    if port:
-        serve_metrics(port, settings.host)
+    start_metrics(args, settings)
     runner = Runner(consumer, settings, until_idle=args.until_idle)  # type: ignore[arg-type]
     stop_on_signals(runner.stop)
     from rollout_engine.consumers.runtime import StoreIncompatible
@@ -73,6 +70,23 @@ async def _run(args: argparse.Namespace) -> int:
         _report(args, {"consumer": summary.consumer, "seq": summary.seq, "events": summary.events,
                        "dead_letters": summary.dead_letters, "digest": summary.digest})
     return 0
+
+
+def start_metrics(args: argparse.Namespace, settings: Settings) -> None:
+    """Serve /metrics on ``--metrics-port``, else on the ``metrics_port`` setting (none
+    under ``rollout up``, which serves its children's metrics itself)."""
+    from rollout_engine.engine.stack.consumer_metrics import (
+        MetricsPortInUse,
+        metrics_port,
+        serve_metrics,
+    )
+
+    port = metrics_port(args.metrics_port, settings.metrics_port)
+    if port:
+        try:
+            serve_metrics(port, settings.host)
+        except MetricsPortInUse as exc:
+            raise CliError(str(exc)) from None
 
 
 def _report(args: argparse.Namespace, data: dict[str, object]) -> None:
@@ -96,6 +110,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     owner.add_argument("--process", type=int, metavar="K",
                        help="run the partitions of process K of --of M (p %% M == K)")
     parser.add_argument("--of", type=int, metavar="M", help="number of processes sharing the partitions (with --process)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: off)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: the metrics_port setting; 0: off)")
     add_json_flag(parser)
     parser.set_defaults(handler=handler(_run))

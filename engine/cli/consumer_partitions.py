@@ -59,7 +59,7 @@ async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
 
 async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
     """Run (or, with ``--digest``, read) the owned partitions of consumer ``args.name``."""
-    from rollout_engine.engine.stack.consumer_metrics import serve_metrics
+    from rollout_engine.engine.cli.consumer import start_metrics
     from rollout_engine.engine.stack.partitioning import run_partitions
 
     owned = await _owned(args, settings)
@@ -73,8 +73,7 @@ async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(str(exc)) from None
         _report(args, rows)
         return 0
-    if args.metrics_port:
-        serve_metrics(args.metrics_port, settings.host)
+    start_metrics(args, settings)
     runners: list[Runner] = []
 
     def stop() -> None:

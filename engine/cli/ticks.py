@@ -6,8 +6,8 @@ missing (streams, KV bucket; idempotent, never overwriting operator tuning) and 
 a ``Tick`` on ``ro.tick`` every ``tick_interval_ms`` until SIGTERM or Ctrl-C. Ticks
 carry deterministic ids, so two of these (an HA pair) de-duplicate each other.
 With ``metrics_port`` set (``ROLLOUT_METRICS_PORT``) it also serves the engine's
-log-derived Prometheus metrics (lag, dead letters, kill switches, breaches, re-checks,
-detection latency) on ``http://HOST:PORT/metrics``, as ``rollout up`` does.
+log-derived Prometheus metrics (lag, dead letters, kill switches, breaches, detection
+latency) on ``http://HOST:PORT/metrics``, as ``rollout up`` does.
 """
 
 from __future__ import annotations

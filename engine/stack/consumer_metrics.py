@@ -1,22 +1,31 @@
 """Prometheus metrics of the consumer runtime (one process per consumer, label ``consumer``).
 
 Served on ``/metrics`` when ``rollout consumer NAME --metrics-port PORT`` (or the
-``metrics_port`` setting) is non-zero. Names:
+``metrics_port`` setting) is non-zero; under ``rollout up`` the children write
+prometheus-client multiprocess files instead and ``rollout up`` serves them. Names:
 
 - ``rollout_consumer_events_total``: events folded;
 - ``rollout_consumer_messages_total``: log messages folded (one may carry a batch);
-- ``rollout_consumer_redelivered_total``: deliveries skipped because already committed;
+- ``rollout_consumer_duplicate_deliveries_total``: deliveries skipped because their
+  sequence was already committed (a redelivery after a crash or a lost ack);
 - ``rollout_consumer_dead_letters_total{field}``: items dead-lettered, by offending field
   (``payload``, ``$.kind``, ``$.v``, ``$.value``..., ``projection`` for a fold that raised);
 - ``rollout_consumer_commits_total`` and ``rollout_consumer_commit_seconds``: SQLite commits;
-- ``rollout_consumer_position``: last committed stream sequence;
-- ``rollout_consumer_lag``: stream messages not yet folded (after each batch and idle check);
+- ``rollout_consumer_position``: last committed stream sequence (the lag is not here: the
+  engine's endpoint computes ``rollout_consumer_lag_messages`` from JetStream, so it keeps
+  growing when a consumer process is down);
 - ``rollout_consumer_store_errors_total{reason}``: failed commits (``locked``, ``read_only``,
   ``disk_full``, ``io_error``), each retried; ``rollout_consumer_stalled`` is 1 while
   the consumer waits for its store and takes no events.
+
+The gauges take the most recent value across processes (``multiprocess_mode``), so a
+restarted consumer under ``rollout up`` continues its series instead of adding one
+labelled with its new ``pid``.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     REGISTRY,
@@ -27,7 +36,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-__all__ = ["ConsumerMetrics", "serve_metrics"]
+__all__ = ["ConsumerMetrics", "MetricsPortInUse", "metrics_port", "serve_metrics"]
 
 
 class ConsumerMetrics:
@@ -38,20 +47,20 @@ class ConsumerMetrics:
         label = ["consumer"]
         self.events = Counter("rollout_consumer_events_total", "Events folded into the projection", label, registry=reg)
         self.messages = Counter("rollout_consumer_messages_total", "Log messages folded", label, registry=reg)
-        self.redelivered = Counter("rollout_consumer_redelivered_total",
-                                   "Deliveries skipped because their sequence was already committed", label, registry=reg)
+        self.duplicates = Counter("rollout_consumer_duplicate_deliveries_total",
+                                  "Deliveries skipped because their sequence was already committed", label, registry=reg)
         self.dead = Counter("rollout_consumer_dead_letters_total", "Items dead-lettered, by offending field",
                             [*label, "field"], registry=reg)
         self.commits = Counter("rollout_consumer_commits_total", "SQLite commits (one per fetched batch)", label, registry=reg)
         self.commit_seconds = Histogram("rollout_consumer_commit_seconds", "Time of one SQLite commit", label,
                                         registry=reg, buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0))
-        self.position = Gauge("rollout_consumer_position", "Last committed stream sequence", label, registry=reg)
-        self.lag = Gauge("rollout_consumer_lag", "Stream messages not yet folded", label, registry=reg)
+        self.position = Gauge("rollout_consumer_position", "Last committed stream sequence", label, registry=reg,
+                              multiprocess_mode="mostrecent")
         self.store_errors = Counter("rollout_consumer_store_errors_total",
                                     "Failed SQLite commits by fault (locked, read_only, disk_full, io_error); retried",
                                     [*label, "reason"], registry=reg)
         self.stalled = Gauge("rollout_consumer_stalled", "1 while the consumer waits for its store and takes no events",
-                             label, registry=reg)
+                             label, registry=reg, multiprocess_mode="mostrecent")
 
 
 _default: ConsumerMetrics | None = None
@@ -65,6 +74,24 @@ def default_metrics() -> ConsumerMetrics:
     return _default
 
 
+class MetricsPortInUse(OSError):
+    """The /metrics port is taken; the message says which and what to do."""
+
+
+def metrics_port(flag: int | None, setting: int) -> int:
+    """The port a consumer process serves ``/metrics`` on: ``--metrics-port`` if given,
+    else the ``metrics_port`` setting; but 0 (none) in a child of ``rollout up``, whose own
+    endpoint merges the children's multiprocess files on that same port."""
+    if flag is not None:
+        return flag
+    return 0 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else setting
+
+
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose the default registry on ``http://HOST:PORT/metrics`` (a daemon thread)."""
-    start_http_server(port, addr=host)
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        raise MetricsPortInUse(
+            f"cannot serve /metrics on {host}:{port} ({exc.strerror or exc}): another process uses that port; "
+            "pass --metrics-port with a free port, or --metrics-port 0 to serve no metrics") from None

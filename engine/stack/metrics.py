@@ -3,11 +3,12 @@
 Two sources, one exposition (``rollout up`` serves it on ``Settings.metrics_port``):
 
 * **Log-derived metrics** (:class:`LogMetrics`), computed from JetStream itself so they
-  are right whatever process layout runs the consumers: per-consumer lag and messages
-  consumed (consumer info), dead letters per consumer (the ``RO_DLQ`` subjects), and a
-  fold of the control subjects: kill switches, breaches by guard, escalations, dry-run
-  would-kills, pending re-checks and the detection-latency histogram (from the evidence's
-  event time to the kill switch being stored in the log).
+  are right whatever process layout runs the consumers (and keep moving while a consumer
+  is down): per-consumer lag and messages consumed (consumer info), dead letters per
+  consumer (the ``RO_DLQ`` subjects), and a fold of the control subjects: kill switches,
+  breaches by guard, escalations, dry-run would-kills and the detection-latency histogram
+  (from the evidence's event time to the kill switch being stored in the log). Pending
+  re-checks are the verification consumer's queue depth (``rollout_recheck_pending``).
 * **In-process metrics** of the consumer processes (the objects defined below and in the
   consumer modules), aggregated through prometheus-client's multiprocess mode: ``rollout
   up`` gives every child ``PROMETHEUS_MULTIPROC_DIR`` and the endpoint merges their files.
@@ -44,8 +45,6 @@ from rollout_engine.engine.api.control_log import read_messages
 from rollout_engine.events import (
     Escalation,
     KillSwitch,
-    RecheckClosed,
-    RecheckRequest,
     WouldKill,
     subjects,
 )
@@ -98,7 +97,6 @@ class LogMetrics(Collector):
         self.breaches: Tally[tuple[str, str]] = Tally()
         self.escalations: Tally[str] = Tally()
         self.would_kills: Tally[str] = Tally()
-        self.rechecks: dict[str, set[str]] = {}
         self.latency_buckets = [0] * (len(DETECTION_BUCKETS_S) + 1)
         self.latency_sum = 0.0
         self.refreshes = 0
@@ -119,10 +117,6 @@ class LogMetrics(Collector):
                 self.breaches[(breach.guard, "would_kill")] += 1
         elif isinstance(event, Escalation) and event.state == "armed":
             self.escalations[event.trigger] += 1
-        elif isinstance(event, RecheckRequest):
-            self.rechecks.setdefault(event.rollout, set()).add(event.decision_id)
-        elif isinstance(event, RecheckClosed):
-            self.rechecks.get(event.rollout, set()).discard(event.decision_id)
 
     def _latency(self, seconds: float) -> None:
         index = next((i for i, le in enumerate(DETECTION_BUCKETS_S) if seconds <= le), len(DETECTION_BUCKETS_S))
@@ -171,8 +165,11 @@ class LogMetrics(Collector):
                                     "Messages delivered to the consumer and not yet acknowledged.", labels=["consumer"])
         consumed = CounterMetricFamily("rollout_consumer_messages_consumed",
                                        "Log messages the consumer has acknowledged (its ack floor).", labels=["consumer"])
-        redelivered = CounterMetricFamily("rollout_consumer_redelivered_messages",
-                                          "Messages JetStream redelivered to the consumer.", labels=["consumer"])
+        # JetStream's num_redelivered counts messages redelivered and not yet acknowledged
+        # (it drops on ack), so it is a gauge, not a counter.
+        redelivered = GaugeMetricFamily("rollout_consumer_redelivery_pending_messages",
+                                        "Messages JetStream delivered more than once to the consumer and that are "
+                                        "not yet acknowledged.", labels=["consumer"])
         for c in self.consumers:
             lag.add_metric([c["name"]], c["lag"])
             pending.add_metric([c["name"]], c["ack_pending"])
@@ -205,11 +202,6 @@ class LogMetrics(Collector):
         for rollout, n in sorted(self.would_kills.items()):
             would.add_metric([rollout], n)
         yield would
-        rechecks = GaugeMetricFamily("rollout_rechecks_pending", "Re-check requests in the log not yet closed "
-                                     "(resolved, expired or evicted), by rollout.", labels=["rollout"])
-        for rollout, open_ids in sorted(self.rechecks.items()):
-            rechecks.add_metric([rollout], len(open_ids))
-        yield rechecks
         cumulative, buckets = 0, []
         for le, n in zip((*DETECTION_BUCKETS_S, float("inf")), self.latency_buckets, strict=True):
             cumulative += n

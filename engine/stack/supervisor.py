@@ -2,6 +2,8 @@
 
 Each child gets PR_SET_PDEATHSIG, so none outlives ``rollout up`` even if it is
 SIGKILLed. Restarts back off from 0.5 s to 10 s so a crash loop does not spin a core.
+A child that exits is marked dead for prometheus-client's multiprocess mode, so its
+``live*`` gauges (queue depths, arm shares) leave the exposition with it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Supervisor:
             for child in self.children:
                 if child.process is not None and child.process.poll() is not None:
                     code = child.process.returncode
+                    _mark_dead(child)
                     log.warning("%s exited with %s; restarting in %.1fs", child.name, code, backoff[child.name])
                     await asyncio.sleep(backoff[child.name])
                     backoff[child.name] = min(backoff[child.name] * 2, 10.0)
@@ -88,3 +91,12 @@ class Supervisor:
     def stop(self) -> None:
         for child in self.children:
             child.stop()
+
+
+def _mark_dead(child: Child) -> None:
+    """Drop the exited child's live gauges from the multiprocess directory it wrote to."""
+    directory = (child.env or {}).get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and child.process is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(child.process.pid, directory)

@@ -162,6 +162,9 @@ def test_prometheus_scrapes_every_metrics_service_and_the_dashboard_uses_real_me
     names = {re.sub(r"_(total|bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"rollout_[a-z0-9_]+", e)}
     missing = sorted(n for n in names if f'"{n}"' not in source and f'"{n}_total"' not in source)
     assert not missing, f"dashboard queries metrics nobody exports: {missing}"
+    unitless = [p["title"] for p in dashboard["panels"] if any("_seconds" in t["expr"] for t in p["targets"])
+                and p.get("fieldConfig", {}).get("defaults", {}).get("unit") != "s"]
+    assert not unitless, f"panels plotting seconds without the unit: {unitless}"
 
 
 def test_make_test_installs_docker_compose() -> None:

@@ -92,10 +92,10 @@ async def test_exposition_has_the_engine_metrics_and_passes_promtool(bus, rollou
     assert samples[("rollout_breaches_total", (("action", "would_kill"), ("guard", "latency")))] >= 1
     assert samples[("rollout_would_kills_total", (("rollout", rollout_id),))] == 1
     assert samples[("rollout_escalations_total", (("trigger", "quality"),))] >= 1
-    assert samples[("rollout_rechecks_pending", (("rollout", rollout_id),))] == 1
     assert samples[("rollout_dead_letters_total", (("consumer", consumer),))] == 1
     assert samples[("rollout_consumer_lag_messages", (("consumer", consumer),))] > 0
     assert ("rollout_consumer_messages_consumed_total", (("consumer", consumer),)) in samples
+    assert ("rollout_consumer_redelivery_pending_messages", (("consumer", consumer),)) in samples
     assert samples[("rollout_detection_latency_seconds_count", ())] >= 1
     assert samples[("rollout_bandit_arm_share", (("arm", "safe"), ("rollout", rollout_id)))] == 0.7
     assert samples[("rollout_evaluations_total", (("result", "pass"),))] >= 1

@@ -65,6 +65,8 @@ def test_rollout_up_serves_the_api_and_a_promtool_clean_exposition(tmp_path: Pat
         assert samples.get(("rollout_kill_switches_total", (("rollout", "stack-demo"), ("source", "manual")))) == 1
         assert {dict(k[1])["consumer"] for k in samples if k[0] == "rollout_consumer_lag_messages"} >= {"control"}
         assert any(k[0] == "rollout_consumer_events_total" for k in samples), "consumer processes not merged"
+        assert ("rollout_consumer_position", (("consumer", "control"),)) in samples
+        assert not [k for k in samples if "pid" in dict(k[1])], "a pid label makes new series on every restart"
         promtool = shutil.which("promtool")
         assert promtool, "promtool is needed (apt-get install prometheus; .ci/run installs it)"
         check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
