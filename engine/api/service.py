@@ -166,7 +166,8 @@ class ControlApi:
             return
         if not await known_rollouts(self.js, rollout):
             raise ApiError(404, f"unknown rollout {rollout!r}: nothing in the log; check the name "
-                                "(`rollout status` lists rollouts) or pass create=true to configure a new one")
+                                "(`rollout status` lists rollouts), or start a new rollout with "
+                                f"`rollout set {rollout} --canary-pct N --create` (API: config with \"create\": true)")
 
     async def health(self, body: dict[str, Any]) -> dict[str, Any]:
         info = await self.js.stream_info(subjects.LOG_STREAM)

@@ -17,7 +17,7 @@ _COMMAND_MODULES = ["up", "status", "schemas", "secure", "ticks", "traffic", "ap
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check compose commands exist)."""
-    parser = argparse.ArgumentParser(
+    parser = common.Parser(
         prog="rollout",
         description="Event-sourced rollout engine on NATS JetStream.",
     )
@@ -38,13 +38,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rollout`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.handler(args) or 0)
+        args = parser.parse_args(argv)
+    except common.UsageError as exc:
+        if not wants_json:
+            sys.stderr.write(exc.usage)
+            sys.stderr.write(f"{exc.prog}: error: {exc}\n")
+        else:
+            common.error(str(exc), exc.code, as_json=True)
+        return 2
+    try:
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return common.quiet_broken_pipe()
     except common.CliError as exc:
-        common.error(str(exc))
+        common.error(str(exc), exc.code, as_json=bool(getattr(args, "json", False)))
         return 2
 
 

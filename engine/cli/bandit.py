@@ -6,8 +6,8 @@
 
 ``config`` publishes a ``BanditConfig`` (validated here and again by the consumers);
 ``guardrail`` publishes a ``Guardrail`` event whose ``before`` is the state the bandit
-consumer last published, so seed 002's environment switches become log entries with who,
-why, before and after. ``show`` prints the published view (weights, guardrails).
+consumer last published, so the switches that used to be environment variables become
+log entries with who, why, before and after. ``show`` prints the published view (weights, guardrails).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_json_flag(config)
     config.set_defaults(handler=handler(_config))
 
-    guard = inner.add_parser("guardrail", help="seed 002 switches: bandit, executor, modes, normal canary")
+    guard = inner.add_parser("guardrail", help="switch the bandit, the executor, modes or the normal canary on or off")
     guard.add_argument("rollout", metavar="ROLLOUT")
     onoff = ["on", "off"]
     guard.add_argument("--bandit", choices=onoff, help="off: serve the default arm (ENABLE_POLICY_BANDIT)")

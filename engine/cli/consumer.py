@@ -75,18 +75,11 @@ async def _run(args: argparse.Namespace) -> int:
 def start_metrics(args: argparse.Namespace, settings: Settings) -> None:
     """Serve /metrics on ``--metrics-port``, else on the ``metrics_port`` setting (none
     under ``rollout up``, which serves its children's metrics itself)."""
-    from rollout_engine.engine.stack.consumer_metrics import (
-        MetricsPortInUse,
-        metrics_port,
-        serve_metrics,
-    )
+    from rollout_engine.engine.stack.consumer_metrics import metrics_port, serve_metrics
 
     port = metrics_port(args.metrics_port, settings.metrics_port)
     if port:
-        try:
-            serve_metrics(port, settings.host)
-        except MetricsPortInUse as exc:
-            raise CliError(str(exc)) from None
+        serve_metrics(port, settings.host)  # a taken port: MetricsPortInUse, one line (common.handler)
 
 
 def _report(args: argparse.Namespace, data: dict[str, object]) -> None:

@@ -42,7 +42,7 @@ async def request(args: argparse.Namespace, endpoint: str, payload: dict[str, An
     try:
         return await call(nc, endpoint, payload, timeout=getattr(args, "timeout", 10.0))
     except ApiError as exc:
-        raise CliError(f"{endpoint} refused ({exc.code}): {exc.message}") from None
+        raise CliError.from_api(exc.code, exc.message) from None
     finally:
         await nc.close()
 

@@ -2,8 +2,10 @@
 
 ``events`` prints one rollout's events and control commands in log order (``--follow``
 keeps printing new ones); with ``--json`` one JSON object per line, so it pipes into
-``jq``. ``export`` writes the log, or a time range, as JSONL or msgpack with a checksum
-(see ``engine/logtools/export.py``). Untrusted text from events is sanitized before printing.
+``jq``. A rollout with nothing in the log is an error (exit 2), unless ``--follow`` waits
+for its first event. ``export`` writes the log, or a time range, as JSONL or msgpack with
+a checksum (docs/operations.md describes the format). Text from events is sanitized
+before printing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from rollout_engine.engine.api.control_log import read_messages, rollout_subjects
+from rollout_engine.engine.api.control_log import known_rollouts, read_messages, rollout_subjects
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -62,16 +64,22 @@ def _stamp(time_ms: int) -> str:
 
 async def _events(args: argparse.Namespace) -> int:
     if not is_token(args.rollout):
-        raise CliError(f"rollout {args.rollout!r}: expected 1-64 of A-Z a-z 0-9 _ -")
+        raise CliError(f"rollout {args.rollout!r}: expected 1-64 of A-Z a-z 0-9 _ -", "invalid")
     try:
         since = parse_time(args.since)
     except ExportError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), "invalid") from None
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-events", reconnect=args.follow)
     printed = 0
     try:
         js = nc.jetstream()
+        if not await known_rollouts(js, args.rollout):
+            unknown = (f"unknown rollout {args.rollout!r}: nothing in the log under that name; "
+                       "`rollout status` lists the rollouts")
+            if not args.follow:
+                raise CliError(unknown, "not_found")
+            sys.stderr.write(f"rollout: {unknown}; waiting for its first event (Ctrl-C stops)\n")
         async for msg in read_messages(js, rollout_subjects(args.rollout), since_ms=since, follow=args.follow):
             for event in msg.events():
                 printed += 1

@@ -2,7 +2,7 @@
 
 Reads a rollout's logged decisions (with propensities) and outcomes, from the live log
 or from a ``rollout export`` file, and prints the candidate's IPS and self-normalised
-IPS estimates with confidence intervals (see ``engine/logtools/ope.py`` and docs/bandit.md).
+IPS estimates with confidence intervals (docs/bandit.md explains them).
 
     rollout ope checkout-v2 --policy a=0.1,b=0.1,c=0.8
     rollout ope checkout-v2 --policy-file candidate.json --from audit.jsonl --json

@@ -7,7 +7,7 @@ says. A progress bar is drawn on a terminal only.
 
 ``backtest`` folds a recorded log with a candidate rollback policy and reports, per
 rollout, when it would have killed beside when the live policy did, with false-kill
-and missed-regression counts where outcomes tell (see ``engine/logtools/backtest.py``).
+and missed-regression counts where outcomes tell (docs/operations.md).
 """
 
 from __future__ import annotations

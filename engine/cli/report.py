@@ -1,4 +1,4 @@
-"""``rollout report --week``: seed 001's weekly rollup as Markdown with a PNG chart.
+"""``rollout report --week``: the weekly rollup as Markdown with a PNG chart.
 
 Reads a week of the log (``--week`` alone: the 7 days up to now; ``--week 2026-W47``:
 that ISO week) from the stream or from an export (``--file``), and writes

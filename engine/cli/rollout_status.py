@@ -1,8 +1,8 @@
-"""``rollout status ROLLOUT``: one rollout as seed 001's ``/guard/status`` showed it.
+"""``rollout status ROLLOUT``: one rollout's state, and why it is in that state.
 
-Control state, the last command with its actor, reason and breach numbers (the first
-thing the rollback runbook asks for), per-variant stats and the thresholds in force.
-It asks the API; when no API runs it reads the log itself with the same code.
+Control state, the last command with its actor, time, reason and breach numbers (the
+first thing the rollback runbook asks for), per-variant stats and the thresholds in
+force. It asks the API; when no API runs it reads the log itself with the same code.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ import msgspec
 from rollout_engine.engine.api.control_log import known_rollouts, read_control
 from rollout_engine.engine.api.service import ApiError, ControlApi, call
 from rollout_engine.engine.bus import connect
-from rollout_engine.engine.cli.common import CliError, color, print_json, sanitize, settings_from
+from rollout_engine.engine.cli.common import (
+    CliError,
+    color,
+    print_json,
+    sanitize,
+    settings_from,
+    when,
+)
 
 __all__ = ["rollouts_summary", "show_rollout"]
 
@@ -61,11 +68,11 @@ async def show_rollout(args: argparse.Namespace) -> int:
             reply = await call(nc, "status", {"rollout": args.rollout})
         except ApiError as exc:
             if exc.code != 503:
-                raise CliError(f"status refused ({exc.code}): {exc.message}") from None
+                raise CliError.from_api(exc.code, exc.message) from None
             try:
                 reply = await ControlApi(nc).status({"rollout": args.rollout})
             except ApiError as inner:
-                raise CliError(f"status refused ({inner.code}): {inner.message}") from None
+                raise CliError.from_api(inner.code, inner.message) from None
     finally:
         await nc.close()
     if args.json:
@@ -84,7 +91,7 @@ def _print(reply: dict[str, Any]) -> None:
     print("log     " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     cmd = reply.get("last_command")
     if cmd:
-        print(f"last    {cmd['kind']} by {sanitize(cmd['actor'])} at seq {cmd['seq']} (time_ms {cmd['time_ms']}): "
+        print(f"last    {cmd['kind']} by {sanitize(cmd['actor'])} at {when(cmd['time_ms'])}, log seq {cmd['seq']}: "
               f"{sanitize(cmd['reason'], 400)}")
         for breach in cmd.get("breaches", []):
             base = "" if breach.get("baseline") is None else f", baseline {breach['baseline']:g}"

@@ -1,12 +1,17 @@
 """``rollout schemas``: write (or check) the JSON Schema of every event type, and the
 AsyncAPI document of every subject beside them (``engine/cli/asyncapi.py``).
 
-Descriptions come from the Structs' docstrings. How a docstring's indentation reaches
-the schema is a detail of msgspec that changed in 0.23 (it began to dedent continuation
-lines), so every description is rewritten here to one canonical form: paragraphs of
-single spaces, separated by a blank line. ``--check`` compares what the schemas *mean*
-(parsed JSON, descriptions in that form), never the bytes of another renderer.
+Each event type gets one file in ``--out`` (default docs/schemas), its descriptions taken
+from the code. With
+``--check`` nothing is written: the command fails when a committed schema no longer
+says what the code accepts (compared as parsed JSON, not byte for byte).
 """
+
+# Descriptions come from the Structs' docstrings. How a docstring's indentation reaches
+# the schema is a detail of msgspec that changed in 0.23 (it began to dedent continuation
+# lines), so every description is rewritten here to one canonical form: paragraphs of
+# single spaces, separated by a blank line. ``--check`` compares what the schemas mean
+# (parsed JSON, descriptions in that form), never the bytes of another renderer.
 
 from __future__ import annotations
 

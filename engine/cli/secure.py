@@ -1,7 +1,6 @@
 """``rollout secure``: per-role credentials for ``rollout up --secure`` and the compose stack.
 
-``rollout up --secure`` calls :func:`prepare` here: credentials are created once under
-DATA_DIR/secure/ (mode 0600, reused on restart), the server includes the bcrypt-hashed
+With ``rollout up --secure``, credentials are created once under DATA_DIR/secure/ (mode 0600, reused on restart), the server includes the bcrypt-hashed
 users, ``rollout up`` and its consumers connect as ``engine``, and every other client
 uses its role's settings file: ``rollout --config DATA_DIR/secure/operator.toml status``.
 

@@ -1,7 +1,8 @@
-"""``rollout status``: the server, the streams, the consumers and their lag.
+"""``rollout status [ROLLOUT]``: the health view an on-call engineer reads first.
 
-Later issues extend it with per-rollout state; with no rollout given it is the health
-view an on-call engineer reads first.
+Without ROLLOUT: the server, the streams, each consumer's lag and every rollout's
+control state. With ROLLOUT: its control state, the last command (who, when, why, and
+the numbers that caused it), per-variant stats and the thresholds in force.
 """
 
 from __future__ import annotations

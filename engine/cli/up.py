@@ -111,9 +111,14 @@ async def serve(
             ready.set()
         ticks = asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))
         watch = asyncio.create_task(supervisor.watch(stop))
+        serving = asyncio.Event()
         exporter = asyncio.create_task(serve_metrics(js, settings.metrics_port, stop, host=settings.host,
-                                                     multiproc_dir=metrics_env.get(MULTIPROC_ENV)))
+                                                     multiproc_dir=metrics_env.get(MULTIPROC_ENV), ready=serving))
         if settings.metrics_port:
+            # a taken metrics port stops `rollout up` with one line, rather than no metrics
+            await asyncio.wait({exporter, asyncio.create_task(serving.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            if exporter.done():
+                exporter.result()
             say(f"rollout up: Prometheus metrics at http://{settings.host}:{settings.metrics_port}/metrics")
         else:
             exporter.cancel()

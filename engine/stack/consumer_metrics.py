@@ -26,6 +26,7 @@ labelled with its new ``pid``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -87,11 +88,13 @@ def metrics_port(flag: int | None, setting: int) -> int:
     return 0 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else setting
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose the default registry on ``http://HOST:PORT/metrics`` (a daemon thread)."""
+def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> tuple[Any, Any]:
+    """Expose ``registry`` on ``http://HOST:PORT/metrics`` (a daemon thread); return the
+    server and its thread. A taken port raises :class:`MetricsPortInUse`."""
     try:
-        start_http_server(port, addr=host)
+        return start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise MetricsPortInUse(
             f"cannot serve /metrics on {host}:{port} ({exc.strerror or exc}): another process uses that port; "
-            "pass --metrics-port with a free port, or --metrics-port 0 to serve no metrics") from None
+            "choose a free one (--metrics-port, or the metrics_port setting, ROLLOUT_METRICS_PORT), "
+            "or 0 to serve no metrics") from None

@@ -32,7 +32,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -42,6 +42,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from rollout_engine.engine.api.control_log import read_messages
+from rollout_engine.engine.stack.consumer_metrics import serve_metrics as start_server
 from rollout_engine.events import (
     Escalation,
     KillSwitch,
@@ -242,7 +243,7 @@ async def serve_metrics(js: JetStreamContext, port: int, stop: asyncio.Event, *,
     global LAST_PORT
     metrics = LogMetrics()
     registry = build_registry(metrics, multiproc_dir or os.environ.get(MULTIPROC_ENV))
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server, thread = start_server(port, host, registry)  # a taken port raises MetricsPortInUse
     LAST_PORT = server.server_port
     try:
         while not stop.is_set():

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -57,6 +58,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_IN_USE = re.compile(r"Error listening on port: (\S+?), .*address already in use")
+
+
+def _failure(log_text: str, code: int | None, log_path: Path) -> str:
+    """One line saying why nats-server stopped at start and what to do, not its whole log."""
+    in_use = _IN_USE.search(log_text)
+    if in_use:
+        return (f"port {in_use.group(1)} is already in use (another `rollout up` or NATS server?): stop that "
+                "process, or choose another port with `rollout up --port N` (`--port 0` picks a free one)")
+    errors = [line.split("] ", 2)[-1] for line in log_text.splitlines() if "[FTL]" in line or "[ERR]" in line]
+    reason = "; ".join(errors[-3:]) or "no error in its log"
+    return f"nats-server exited with code {code}: {reason} (full log: {log_path})"
 
 
 class EmbeddedServer:
@@ -120,7 +135,9 @@ class EmbeddedServer:
         for stale in self.data_dir.glob("*.ports"):
             stale.unlink()
         self.config_path.write_text(self.render_config())
-        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
+        log_path = self.data_dir / "nats-server.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             [find_nats_server(), "-c", str(self.config_path)],
             stdout=log,
@@ -133,8 +150,10 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = (self.data_dir / "nats-server.log").read_text(errors="replace")[-2000:]
-                raise ServerError(f"nats-server exited with code {self.process.returncode}:\n{tail}")
+                with open(log_path, "rb") as handle:
+                    handle.seek(offset)
+                    text = handle.read().decode(errors="replace")
+                raise ServerError(_failure(text, self.process.returncode, log_path))
             if ports_file.exists():
                 with contextlib.suppress(ValueError, KeyError, IndexError):
                     ports = json.loads(ports_file.read_text())
