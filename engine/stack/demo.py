@@ -259,12 +259,13 @@ async def _last_kill(nc: Any) -> KillSwitch | None:
 async def _report(nc: Any, data_dir: Path) -> tuple[str, str]:
     """The weekly report of this week's log, as `rollout report --week` writes it."""
     from rollout_engine.engine.api.control_log import read_messages
-    from rollout_engine.engine.logtools.report import WeeklyRollup, iso_week, render
+    from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
 
     now = int(time.time() * 1000)
-    rollup = WeeklyRollup(now - 7 * 86_400_000, now + 60_000, bucket_ms=1000)  # a 20 s story: per-second points
+    start, end, label = week_bounds("last", now + 1000)  # the last event may be stamped a moment after now
+    rollup = WeeklyRollup(start, end)
     async for msg in read_messages(nc.jetstream(), [subjects.EVENTS_ALL, subjects.CONTROL_ALL], since_ms=0):
         for event in msg.events():
             rollup.add(event)
-    markdown, chart = render(rollup, iso_week(now), data_dir / "reports")
+    markdown, chart = render(rollup, label, data_dir / "reports")
     return str(markdown), str(chart)

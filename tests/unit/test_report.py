@@ -1,4 +1,4 @@
-"""The weekly report: a pure rollup, recommendations, Markdown and a real PNG chart."""
+"""The weekly report: a pure rollup, the chart's inputs, recommendations, Markdown and a real PNG."""
 
 from __future__ import annotations
 
@@ -8,8 +8,25 @@ from pathlib import Path
 
 import msgspec
 
-from rollout_engine.engine.logtools.report import WeeklyRollup, recommendations, render, week_bounds
-from rollout_engine.events import ControlState, Decision, KillSwitch, Outcome, ShadowResult
+from rollout_engine.engine.logtools.report import (
+    WeeklyRollup,
+    recommendations,
+    render,
+    render_markdown,
+    week_bounds,
+)
+from rollout_engine.engine.logtools.report_chart import panels
+from rollout_engine.events import (
+    Breach,
+    ConfigChange,
+    ControlState,
+    Decision,
+    KillSwitch,
+    Metric,
+    Outcome,
+    Resume,
+    ShadowResult,
+)
 
 T0 = 1_763_942_400_000  # 2025-11-24 00:00 UTC, a Monday
 HOUR = 3_600_000
@@ -102,3 +119,72 @@ def test_week_bounds() -> None:
     start, end, _ = week_bounds("last", T0)
     assert end == T0 and end - start == 7 * 24 * HOUR
     assert msgspec.json.encode(_week().to_dict())
+
+
+def _traffic(rollup: WeeklyRollup, rollout: str, t0: int, seconds: int, bad_from: int | None = None) -> None:
+    """Twenty requests a second, every second one on the candidate; the candidate's latency
+    doubles from ``bad_from`` while its quality stays within 0.02 of the baseline's."""
+    for i in range(seconds * 20):
+        t, variant = t0 + i * 50, "candidate" if i % 2 else "baseline"
+        slow = variant == "candidate" and bad_from is not None and t >= bad_from
+        rollup.add(Metric(id=f"{rollout}m{i}", rollout=rollout, time_ms=t, producer="svc", variant=variant,
+                          name="latency_ms", value=(2000.0 if slow else 1000.0) + i % 7, unit="ms"))
+        rollup.add(Outcome(id=f"{rollout}o{i}", rollout=rollout, time_ms=t, producer="svc", decision_id=f"d{i}",
+                           variant=variant, verdict="neutral", quality=92.0 + (0.017 if i % 2 else 0.0)))
+
+
+def _kill(rollout: str, t: int, guard: str = "latency") -> KillSwitch:
+    return KillSwitch(id=f"k-{rollout}-{t}", rollout=rollout, time_ms=t, producer="rollback", actor="rollback",
+                      reason=guard, before=ControlState(canary_pct=50), after=ControlState(kill_switch=True),
+                      breaches=[Breach(guard=guard, observed=2000.0, threshold=1600.0)])
+
+
+def test_the_chart_plots_each_guarded_metric_with_its_threshold_over_each_rollouts_own_span() -> None:
+    start, end, _ = week_bounds("2025-W48", 0)
+    now = T0 + 2 * 24 * HOUR  # mid-week: the period runs past now
+    rollup = WeeklyRollup(start, end)
+    _traffic(rollup, "short", now - 60_000, 20, bad_from=now - 50_000)  # a 20-second rollout, killed for latency
+    rollup.add(_kill("short", now - 45_000))
+    _traffic(rollup, "long", T0, 4)
+    rows = {row[0].rollout: row for row in panels(rollup, now_ms=now)}
+    short = {p.guard.name: p for p in rows["short"]}
+    assert list(short) == ["quality", "latency"]  # cost has no data: no panel
+    latency, quality = short["latency"], short["quality"]
+    assert {v for _, v in latency.limit} == {1600.0}
+    base = dict(quality.series["baseline"])
+    assert all(v == base[t] - 5.0 for t, v in quality.limit)  # quality fails at baseline - 5
+    assert latency.kills == [(now - 45_000, ("latency",))]
+    assert latency.bucket_ms <= 1000 and len(latency.series["candidate"]) >= 10  # a line, not a dot
+    assert max(v for _, v in latency.series["candidate"]) >= 2000 > 1600 > min(v for _, v in latency.series["candidate"])
+    assert latency.xlim[1] <= now and quality.xlim[1] <= now  # never past now
+    assert quality.ylim[0] < base[quality.limit[0][0]] - 5.0 and quality.ylim[1] > 92.017  # 0.017 is not full height
+    assert rows["long"][0].xlim[0] >= T0 - rows["long"][0].bucket_ms and rows["long"][0].xlim[1] <= T0 + 5_000
+
+
+def test_a_policy_set_before_the_period_gives_the_thresholds() -> None:
+    rollup = WeeklyRollup(T0, T0 + 7 * 24 * HOUR)
+    rollup.add(ConfigChange(id="c1", rollout="strict", time_ms=T0 - 3 * 24 * HOUR, producer="api", actor="alice",
+                            reason="tighter", before=ControlState(), after=ControlState(canary_pct=5, policy_version=2),
+                            policy={"thresholds": {"max_latency_p95_ms": 900.0, "max_cost_cents": -1}}))
+    _traffic(rollup, "strict", T0 + HOUR, 5)
+    latency = next(p for p in panels(rollup)[0] if p.guard.name == "latency")
+    assert {v for _, v in latency.limit} == {900.0}
+
+
+def test_recommendations_know_a_resumed_rollout_and_name_it() -> None:
+    rollup = WeeklyRollup(T0, T0 + 7 * 24 * HOUR)
+    _traffic(rollup, "checkout", T0, 10, bad_from=T0)
+    rollup.add(_kill("checkout", T0 + 5_000))
+    killed = recommendations(rollup.rollouts["checkout"])
+    assert any("rollout resume checkout --canary-pct 5" in r for r in killed)
+    assert any("(latency 1)" in r for r in killed)
+    rollup.add(Resume(id="r1", rollout="checkout", time_ms=T0 + HOUR, producer="api", actor="alice", reason="fixed",
+                      before=ControlState(kill_switch=True), after=ControlState(canary_pct=5)))
+    resumed = recommendations(rollup.rollouts["checkout"])
+    assert not any("rollout resume" in r for r in resumed) and any("re-enabled since" in r for r in resumed)
+    assert "ROLLOUT" not in render_markdown(rollup, "x", None)
+
+
+def test_the_file_name_says_which_days_it_covers() -> None:
+    start, end, label = week_bounds("last", T0 + 12 * HOUR)
+    assert label == "2025-11-17-to-2025-11-24" and (start, end) == (T0 + 12 * HOUR - 7 * 24 * HOUR, T0 + 12 * HOUR)
