@@ -13,6 +13,7 @@ and missed-regression counts where outcomes tell (docs/operations.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -29,30 +30,38 @@ from rollout_engine.engine.cli.common import (
 )
 from rollout_engine.engine.logtools.export import ExportError
 
-__all__ = ["register"]
+__all__ = ["progress_bar", "register"]
 
 
-def _progress_bar(label: str) -> Any:
-    """A one-line progress bar on stderr when it is a terminal; nothing otherwise."""
-    if not sys.stderr.isatty():
+def progress_bar(label: str, stream: Any = None) -> Any:
+    """One progress line on ``stream`` (stderr) when it is a terminal; None otherwise.
+
+    The line only moves forward: a parallel replay times each projection on the same
+    first messages, so the replayer's count goes back while it warms up, and that is not
+    news for the reader. It ends (one newline) when the count reaches the total.
+    """
+    out = sys.stderr if stream is None else stream
+    if not out.isatty():
         return None
     started = time.perf_counter()
-    finished: list[bool] = []
+    state = {"high": -1, "finished": False}
 
     def draw(done: int, total: int) -> None:
-        if finished:
+        ending = bool(total) and done >= total
+        if state["finished"] or done < state["high"] or (done == state["high"] and not ending):
             return
+        state["high"] = done
         elapsed = max(time.perf_counter() - started, 1e-9)
         if total:
-            filled = int(30 * done / total)
+            filled = int(30 * min(done, total) / total)
             bar = "#" * filled + "-" * (30 - filled)
-            sys.stderr.write(f"\r{label} [{bar}] {done}/{total} msgs {done / elapsed:,.0f}/s")
+            out.write(f"\r{label} [{bar}] {done}/{total} msgs {done / elapsed:,.0f}/s")
         else:
-            sys.stderr.write(f"\r{label} {done} msgs {done / elapsed:,.0f}/s")
-        if total and done >= total:
-            sys.stderr.write("\n")
-            finished.append(True)
-        sys.stderr.flush()
+            out.write(f"\r{label} {done} msgs {done / elapsed:,.0f}/s")
+        if ending:
+            out.write("\n")
+            state["finished"] = True
+        out.flush()
 
     return draw
 
@@ -78,7 +87,12 @@ async def _load_messages(args: argparse.Namespace) -> list[tuple[int, str, bytes
 
 
 async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
-    """Fold the live log in chunks, so a log larger than memory replays too."""
+    """Fold the live log in chunks, so a log larger than memory replays too.
+
+    The replay is of the log as it is now: it stops at the last sequence the stream had
+    when the replay began (ticks and traffic go on arriving while it runs), so the
+    progress total is the exact number of messages replayed.
+    """
     from rollout_engine.engine.api.control_log import read_messages
     from rollout_engine.engine.bus import connect
     from rollout_engine.events import subjects
@@ -86,14 +100,18 @@ async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
     nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
     try:
         js = nc.jetstream()
-        replayer.total = (await js.stream_info(subjects.LOG_STREAM)).state.messages
+        state = (await js.stream_info(subjects.LOG_STREAM)).state
+        replayer.total, last = state.messages, state.last_seq
         replayer.every = max(1, replayer.total // 200)
         chunk: list[tuple[int, str, bytes]] = []
-        async for msg in read_messages(js):
-            chunk.append((msg.seq, msg.subject, msg.data))
-            if len(chunk) >= 1000:
-                replayer.feed(chunk)
-                chunk = []
+        async with contextlib.aclosing(read_messages(js)) as messages:
+            async for msg in messages:
+                if msg.seq > last:
+                    break
+                chunk.append((msg.seq, msg.subject, msg.data))
+                if len(chunk) >= 1000:
+                    replayer.feed(chunk)
+                    chunk = []
         replayer.feed(chunk)
     finally:
         await nc.close()
@@ -107,13 +125,14 @@ async def _replay(args: argparse.Namespace) -> int:
         projections = make_projections(args.only.split(",") if args.only else None, settings)
     except LookupError as exc:
         raise CliError(str(exc.args[0])) from None
-    replayer = Replayer(projections, progress=_progress_bar("replay"))
+    replayer = Replayer(projections, progress=progress_bar("replay"))
     if args.stream:
         await _replay_stream(args, replayer)
     else:
         messages = await _load_messages(args)
         replayer.total, replayer.every = len(messages), max(1, len(messages) // 200)
         replayer.feed_parallel(messages)  # projections side by side, one process per CPU
+    replayer.total = replayer.messages  # the bar ends at what was replayed (messages may expire meanwhile)
     result = replayer.result()
     out = Path(args.out) if args.out else settings.data_path / "replay" / f"replay-{int(time.time() * 1000)}.sqlite"
     try:
