@@ -3,8 +3,8 @@ test, or is marked as needing docker. None rots.
 
 Commands run in document order, one file at a time, against a real `rollout up`
 (embedded server, every consumer, the API) in a scratch directory that links the
-repository's `docs/` and `.venv/`, so relative paths in the docs work and nothing is
-written into the checkout.
+repository's `docs/` and `.venv/` (and holds a copy of `compose/`), so relative paths in
+the docs work and nothing is written into the checkout.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,8 @@ def _covered_by(command: str) -> str | None:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("docs-commands")
     (work / "docs").symlink_to(ROOT / "docs")
+    # A copy, not a link: docs/compose.md writes compose/.env and re-renders the NATS config.
+    shutil.copytree(ROOT / "compose", work / "compose", ignore=shutil.ignore_patterns(".env"))
     (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
     data = work / "data"
     env = {
