@@ -11,6 +11,7 @@ import re
 __all__ = ["EventError"]
 
 _PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")
 
 
 class EventError(ValueError):
@@ -33,9 +34,19 @@ class EventError(ValueError):
 
     @classmethod
     def from_msgspec(cls, exc: Exception, hint: str = "") -> EventError:
-        """Translate a msgspec error ("Expected `int` <= 1 - at `$.v`") into field + rule."""
+        """Translate a msgspec error ("Expected `int` <= 1 - at `$.v`") into field + rule.
+
+        A missing field is named by its own path (``$.variant``, ``$.after.kill_switch``),
+        not by the object that lacks it (msgspec says "at `$.after`", or nothing at the
+        top level).
+        """
         text = str(exc)
         match = _PATH.search(text)
+        rule = text[: match.start()] if match else text
+        missing = _MISSING.match(rule)
+        if missing:
+            where = match.group("path") if match else "$"
+            return cls(f"{where}.{missing.group('name')}", "required field is missing", hint)
         if match:
-            return cls(match.group("path"), text[: match.start()], hint)
+            return cls(match.group("path"), rule, hint)
         return cls("payload", text, hint)

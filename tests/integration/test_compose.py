@@ -120,6 +120,41 @@ def test_every_mounted_file_exists(compose_config: dict) -> None:
     assert "USER rollout" in dockerfile
 
 
+def test_operator_examples_name_the_actor() -> None:
+    """The operator container has no $USER: a change without --actor is refused there."""
+    examples = [line for path in (COMPOSE_FILE, ROOT / "docs" / "compose.md") for line in path.read_text().splitlines()
+                if "run --rm operator" in line and any(f" operator {verb} " in line for verb in ("set", "kill", "resume"))]
+    assert examples and all("--actor" in line for line in examples), examples
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    import fnmatch
+
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        bare = pattern.lstrip("!").removeprefix("**/")
+        if any(fnmatch.fnmatch(c, bare) or fnmatch.fnmatch(c.rsplit("/", 1)[-1], bare) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_the_build_context_is_what_the_image_needs_whatever_the_builder() -> None:
+    """One root .dockerignore (every builder reads it; Dockerfile.dockerignore is BuildKit's only)."""
+    assert not (COMPOSE / "Dockerfile.dockerignore").exists(), "BuildKit would prefer it to the root file"
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for path in (".venv/bin/python", "tests/conftest.py", "data/nats.url", "docs/compose.md", "compose/.env",
+                 "engine/__pycache__/x.pyc"):
+        assert _ignored(path, patterns), f"{path} would be sent as build context"
+    copied = [source for line in (COMPOSE / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY") and "--from" not in line for source in line.split()[1:-1]]
+    assert copied and not [s for s in copied if _ignored(s, patterns)], "the Dockerfile copies what is ignored"
+
+
 def test_stack_policies_healthchecks_restarts_and_loopback_ports(compose_config: dict) -> None:
     services = compose_config["services"]
     for name, service in services.items():

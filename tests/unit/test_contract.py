@@ -234,3 +234,18 @@ def test_validate_refuses_what_constructors_let_through() -> None:
     assert info.value.field == "$.variant"
     good = _sample("metric")
     assert validate(good) == good
+
+
+def test_a_missing_field_is_named_by_its_json_path() -> None:
+    """docs/events.md promises a JSON path, also when a required field is absent."""
+    metric = msgspec.to_builtins(_sample("metric"))
+    del metric["variant"]
+    with pytest.raises(EventError, match=r"\$\.variant: required field is missing") as top:
+        decode(msgspec.msgpack.encode(metric))
+    assert top.value.field == "$.variant"
+    kill = msgspec.to_builtins(KillSwitch(id=new_event_id(), actor="a", reason="r", before=ControlState(),
+                                          after=ControlState(kill_switch=True), **BASE,
+                                          breaches=[Breach(guard="latency", observed=2.0, threshold=1.0)]))
+    del kill["breaches"][0]["guard"]
+    _events, rejected = decode_lenient(msgspec.msgpack.encode([kill]))
+    assert rejected[0].error.field == "$.breaches[0].guard"
