@@ -418,6 +418,7 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
     for name in ENDPOINTS:
         await service.add_endpoint(name=name, subject=subjects.api(name), handler=_endpoint(getattr(api, name)))
     if ready is not None:
+        await nc.flush()  # the server has the subscriptions: "ready" means a request is answered
         ready.set()
     try:
         await stop.wait()
