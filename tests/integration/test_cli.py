@@ -125,11 +125,12 @@ async def test_weekly_report_from_the_stream_and_from_an_export(api, settings, r
     import time as _time
 
     from rollout_engine.consumers.rollback.scenario import Profile, runs
-    from rollout_engine.events import encode_batch
+    from rollout_engine.events import encode_batch, kind_of
 
     _nc, js = api
     events = runs(rollout_id, 60, canary_pct=50, candidate=Profile(quality=80.0), t0=int(_time.time() * 1000) - 3_600_000)
-    await js.publish(subjects.event(rollout_id, "metric"), encode_batch(events))
+    for kind in ("decision", "outcome", "metric"):  # each kind on its own subject (the log refuses others)
+        await js.publish(subjects.event(rollout_id, kind), encode_batch([e for e in events if kind_of(e) == kind]))
     await rollout_cli(settings, "kill", rollout_id, "--reason", "quality")
     out = json.loads((await rollout_cli(settings, "report", "--week", "--json", "--out", str(tmp_path / "r"))).stdout)
     mine = out["rollouts"][rollout_id]
