@@ -47,6 +47,7 @@ __all__ = [
     "encode_batch",
     "encode_json",
     "iter_json_lines",
+    "log_messages",
     "validate",
 ]
 
@@ -335,6 +336,25 @@ def _decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
         except EventError as exc:
             bad.append(Rejected(index, exc, item))
     return good, bad
+
+
+def log_messages(events: Iterable[Event], batch: int = 100) -> list[tuple[str, bytes]]:
+    """``(subject, payload)`` messages for ``events`` in order: consecutive events of one rollout
+    and kind share a batch of at most ``batch`` on their own subject (the subject is checked).
+
+    For tools and tests that write a prepared log; services use the SDK's publisher.
+    """
+    from rollout_engine.events import (
+        subjects,  # the subject map imports the contract, not the codec
+    )
+
+    out: list[tuple[str, bytes]] = []
+    for (rollout, kind), group in itertools.groupby(events, key=lambda e: (e.rollout, e.__struct_config__.tag)):
+        items = list(group)
+        subject = subjects.TICK if kind == "tick" else (
+            subjects.event(rollout, kind) if kind in subjects.PRODUCER_KINDS else subjects.control(rollout, kind))  # type: ignore[arg-type]
+        out.extend((subject, encode_batch(items[i:i + batch])) for i in range(0, len(items), batch))
+    return out
 
 
 def decode_from_log(subject: str, data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:

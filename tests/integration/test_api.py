@@ -128,13 +128,13 @@ async def test_evaluate_judges_now_and_kills_what_the_log_lacks(api, rollout_id)
     import time as _time
 
     from rollout_engine.consumers.rollback.scenario import Profile, runs
-    from rollout_engine.events import encode_batch
+    from rollout_engine.events.codec import log_messages
 
     nc, js = api
     await call(nc, "config", {"rollout": rollout_id, "actor": "alice", "canary_pct": 50, "create": True})
     events = runs(rollout_id, 120, canary_pct=50, candidate=Profile(quality=80.0), t0=int(_time.time() * 1000) + 5_000)
-    for i in range(0, len(events), 40):
-        await js.publish(subjects.event(rollout_id, "metric"), encode_batch(events[i:i + 40]))
+    for subject, payload in log_messages(events, 40):
+        await js.publish(subject, payload)
     dry = await call(nc, "evaluate", {"rollout": rollout_id, "act": False}, timeout=30)
     assert dry["would_kill"] and not dry["killed_now"] and "quality" in dry["reasons"][0]
     assert not (await read_control(js, rollout_id)).state.kill_switch

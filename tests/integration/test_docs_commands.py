@@ -35,7 +35,7 @@ COVERED = {
     "make up": "tests/integration/test_stack.py starts `rollout up`",
     "make bench": "make bench itself (not part of make test)",
     "make soak": "make soak itself (not part of make test)",
-    "make node": "make test runs it first (npm ci of docs/examples/node and tests/asyncapi)",
+    "make node": "make test runs it first (npm ci of docs/examples/node and of tests/asyncapi/)",
 }
 
 

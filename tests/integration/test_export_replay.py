@@ -23,7 +23,8 @@ from rollout_engine.engine.logtools.replay import (
     write_store,
 )
 from rollout_engine.engine.settings import load_settings
-from rollout_engine.events import encode_batch, subjects
+from rollout_engine.events import subjects
+from rollout_engine.events.codec import log_messages
 
 
 async def _live_digests(settings, js) -> dict[str, tuple[int, str]]:
@@ -51,9 +52,8 @@ async def recorded(fresh_server, tmp_path):
     await api.config({"rollout": "shop", "actor": "alice", "canary_pct": 50, "create": True})
     events = runs("shop", 120, canary_pct=50, candidate=Profile(quality=82.0))
     events += runs("search", 80, canary_pct=20)
-    for i in range(0, len(events), 40):
-        chunk = events[i:i + 40]
-        await js.publish(subjects.event(chunk[0].rollout, "metric"), encode_batch(chunk))
+    for subject, payload in log_messages(events, 40):
+        await js.publish(subject, payload)
     await js.publish(subjects.event("shop", "metric"), b"\xc1 not msgpack")  # a dead letter
     await api.rollback({"rollout": "search", "actor": "bob", "reason": "manual check"})
     yield settings, nc, js
