@@ -175,12 +175,13 @@ async def test_evaluate_through_the_cli(api, settings, rollout_id) -> None:
     import time as _time
 
     from rollout_engine.consumers.rollback.scenario import Profile, runs
-    from rollout_engine.events import encode_batch
+    from rollout_engine.events.codec import log_messages
 
     _nc, js = api
     await rollout_cli(settings, "set", rollout_id, "--canary-pct", "50", "--create")
     events = runs(rollout_id, 100, canary_pct=50, candidate=Profile(latency_ms=2500.0), t0=int(_time.time() * 1000) + 5_000)
-    await js.publish(subjects.event(rollout_id, "metric"), encode_batch(events))
+    for subject, payload in log_messages(events, 1000):
+        await js.publish(subject, payload)
     dry = json.loads((await rollout_cli(settings, "evaluate", rollout_id, "--dry-run", "--json")).stdout)
     assert dry["would_kill"] and not dry["killed_now"] and "latency" in dry["reasons"][0]
     text = await rollout_cli(settings, "evaluate", rollout_id)

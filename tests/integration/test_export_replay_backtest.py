@@ -19,7 +19,8 @@ from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.logtools.export import write_export
 from rollout_engine.engine.settings import load_settings
-from rollout_engine.events import KillSwitch, decode_lenient, encode_batch, subjects
+from rollout_engine.events import KillSwitch, decode_lenient, subjects
+from rollout_engine.events.codec import log_messages
 
 STRICT = """
 [policy]
@@ -49,9 +50,8 @@ async def incident(fresh_server, tmp_path):
     events = runs("shop", 150, canary_pct=50, candidate=Profile(quality=82.0), t0=t0)
     healthy = runs("search", 150, canary_pct=50, t0=t0 + 100_000)
     for stream in (events, healthy):
-        for i in range(0, len(stream), 20):
-            chunk = stream[i:i + 20]
-            await js.publish(subjects.event(chunk[0].rollout, "metric"), encode_batch(chunk))
+        for subject, payload in log_messages(stream, 20):
+            await js.publish(subject, payload)
     summary = await Runner(Consumer(RollbackProjection()), settings, until_idle=True, fetch_timeout=0.2).run()
     assert summary.events > 0
     path = tmp_path / "incident.msgpack"
