@@ -92,7 +92,9 @@ class RolloutClient:
         max_buffered: events held in memory at most; see ``BufferFull``.
         buffer_timeout_s: how long the async ``record_*`` methods wait for space.
         ack_timeout_s: a batch not acked within it goes to the outbox.
-        on_change: ``callback(rollout, state)`` (sync or async) after each state change.
+        on_change: ``callback(rollout, state)`` (sync or async): once per rollout with its
+            current state when the log has been read at start (or after a reconnect, for
+            the rollouts whose state moved meanwhile), then after each change.
         allow_offline: start even if NATS is unreachable, serving the safe default state
             (everyone on the baseline) and recording into the outbox until NATS answers.
     """
@@ -260,14 +262,30 @@ class RolloutClient:
         self._generation += 1
         generation = self._generation
         self._state_seq = {}
+        # Until it has caught up, the subscription folds into a staging copy: the last
+        # config, kill switch and resume of a rollout arrive one after the other, and
+        # only the newest is the rollout's state. Folding them live would make every
+        # new instance see (and report through on_change) a kill that was lifted long
+        # ago, and would flip assign() on a reconnect.
+        staging: dict[str, ControlState] = {}
+        staging_seq: dict[str, int] = {}
+
+        def finish_catch_up() -> None:
+            if caught_up.is_set():
+                return
+            caught_up.set()
+            self._adopt(staging, staging_seq)
 
         async def on_message(msg: Msg) -> None:
             if generation != self._generation:
                 return
             meta = msg.metadata
-            self._fold(msg.subject, msg.data, meta.sequence.stream)
+            if caught_up.is_set():
+                self._fold(msg.subject, msg.data, meta.sequence.stream)
+                return
+            _fold_into(staging, staging_seq, msg.subject, msg.data, meta.sequence.stream)
             if meta.num_pending == 0:
-                caught_up.set()
+                finish_catch_up()
 
         try:
             # A named consumer: nats-py creates it through the filtered create subject,
@@ -292,7 +310,7 @@ class RolloutClient:
                 "has `rollout up` provisioned the streams?"
             ) from None
         if info.num_pending == 0 and info.delivered.consumer_seq == 0:
-            caught_up.set()
+            finish_catch_up()
         if wait:
             try:
                 await asyncio.wait_for(caught_up.wait(), self.catch_up_timeout_s)
@@ -307,10 +325,8 @@ class RolloutClient:
         return f"sdk-{self.producer}-{secrets.token_hex(6)}"
 
     def _fold(self, subject: str, data: bytes, seq: int) -> None:
-        events, rejected = decode_from_log(subject, data)
-        for bad in rejected:
-            log.warning("rollout SDK: ignoring bad control message at seq %d: %s", seq, bad.reason)
-        for event in events:
+        """Fold one live control message: each change is applied and reported at once."""
+        for event in _decode_control(subject, data, seq):
             if seq <= self._state_seq.get(event.rollout, 0):
                 continue  # never let an older command overwrite a newer state
             new_state = apply_command(self._states, event)
@@ -318,13 +334,28 @@ class RolloutClient:
                 continue
             self._state_seq[event.rollout] = seq
             self._splits[event.rollout] = split_of(new_state)
-            if self.on_change is not None:
-                try:
-                    result = self.on_change(event.rollout, new_state)
-                    if inspect.isawaitable(result):
-                        self._spawn(result)
-                except Exception:
-                    log.exception("rollout SDK: on_change callback failed")
+            self._notify(event.rollout, new_state)
+
+    def _adopt(self, staging: dict[str, ControlState], staging_seq: dict[str, int]) -> None:
+        """Take the states a subscription read up to the end of the log; report each
+        rollout whose state differs from the one held (once, with its current state)."""
+        for rollout, state in sorted(staging.items()):
+            self._state_seq[rollout] = staging_seq[rollout]
+            if self._states.get(rollout) == state:
+                continue
+            self._states[rollout] = state
+            self._splits[rollout] = split_of(state)
+            self._notify(rollout, state)
+
+    def _notify(self, rollout: str, state: ControlState) -> None:
+        if self.on_change is None:
+            return
+        try:
+            result = self.on_change(rollout, state)
+            if inspect.isawaitable(result):
+                self._spawn(result)
+        except Exception:
+            log.exception("rollout SDK: on_change callback failed")
 
     def state(self, rollout: str) -> ControlState:
         """The rollout's current control state (the safe default before any command)."""
@@ -585,6 +616,20 @@ class RolloutClient:
                 return True
             await asyncio.sleep(0.05)
         return False
+
+
+def _decode_control(subject: str, data: bytes, seq: int) -> list[Any]:
+    events, rejected = decode_from_log(subject, data)
+    for bad in rejected:
+        log.warning("rollout SDK: ignoring bad control message at seq %d: %s", seq, bad.reason)
+    return events
+
+
+def _fold_into(states: dict[str, ControlState], seqs: dict[str, int], subject: str, data: bytes, seq: int) -> None:
+    """Fold one message into ``states`` silently (catch-up): the newest command wins."""
+    for event in _decode_control(subject, data, seq):
+        if seq > seqs.get(event.rollout, 0) and apply_command(states, event) is not None:
+            seqs[event.rollout] = seq
 
 
 def _fresh_name_on_reset(sub: Any, fresh_name: Callable[[], str]) -> None:

@@ -23,6 +23,7 @@ from rollout_engine.events import (
     KillSwitch,
     Metric,
     Outcome,
+    Resume,
     decode_message,
     encode,
     encode_batch,
@@ -266,3 +267,25 @@ async def test_example_service_runs(bus, nats_server, tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "served 1000 requests" in done.stdout
+
+
+async def test_on_change_reports_the_current_state_once_then_changes(bus, settings, tmp_path, rollout_id) -> None:
+    """A rollout killed then resumed long ago is reported to a new instance as resumed, once."""
+    _, js = bus
+    configured = ControlState(canary_pct=5, config_version=1)
+    killed = ControlState(canary_pct=0, kill_switch=True, config_version=2)
+    resumed = ControlState(canary_pct=5, config_version=3)
+    await publish_command(js, rollout_id, "config", configured)
+    await publish_command(js, rollout_id, "kill_switch", killed, configured)
+    resume = Resume(id=new_event_id(), rollout=rollout_id, time_ms=int(time.time() * 1000), producer="test",
+                    actor="test", reason="fixed", before=killed, after=resumed)
+    await js.publish(subjects.control(rollout_id, "resume"), encode(resume), headers={"Nats-Msg-Id": resume.id})
+    seen: list[ControlState] = []
+    async with make_client(settings, tmp_path, on_change=lambda r, s: r == rollout_id and seen.append(s)) as client:
+        assert seen == [resumed]
+        assert client.state(rollout_id) == resumed
+        again = ControlState(canary_pct=0, kill_switch=True, config_version=4)
+        await publish_command(js, rollout_id, "kill_switch", again, resumed)
+        while len(seen) < 2:
+            await asyncio.sleep(0.005)
+    assert seen == [resumed, again]
