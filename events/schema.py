@@ -97,6 +97,12 @@ Count = Annotated[int, Meta(ge=0, le=2**53)]
 Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION, description="schema version")]
 
 Verdict = Literal["win", "loss", "neutral", "inconclusive"]
+OperatorAction = Annotated[
+    str,
+    Meta(pattern=TOKEN_PATTERN, description="the operator verb that made a control command: abort, retry, resume, "
+         "promote, promote_full, pause, unpause, set (absent: the engine's own command). A token, not a closed "
+         "set, so a verb added later never makes an older service refuse a control command"),
+]
 DecisionReason = Literal[
     "default", "canary", "kill_switch", "bandit", "forced_safe", "override", "disabled"
 ]
@@ -179,6 +185,9 @@ class ControlState(Struct, kw_only=True, frozen=True, gc=False):
     policy_version: Count = 0
     baseline: Token = "baseline"
     candidate: Token = "candidate"
+    paused: bool = False
+    """Automatic progression stopped by an operator (``rollout pause``). Manual moves,
+    kill switches and staged rollback still apply; ``rollout unpause`` lifts it."""
 
 
 class Breach(Struct, kw_only=True, frozen=True, gc=False):
@@ -198,7 +207,8 @@ class Breach(Struct, kw_only=True, frozen=True, gc=False):
 
 
 class KillSwitch(Event, tag="kill_switch"):
-    """Stop the candidate now: canary to 0 and kill switch on."""
+    """Stop the candidate now: canary to 0 and kill switch on (``action`` ``abort`` when
+    an operator did it; the rollback consumer's own kill carries no action)."""
 
     actor: Token
     reason: Text
@@ -206,22 +216,26 @@ class KillSwitch(Event, tag="kill_switch"):
     after: ControlState
     breaches: Annotated[list[Breach], Meta(max_length=MAX_BREACHES)] = []
     cause_id: Token | None = None
+    action: OperatorAction | None = None
 
 
 class Resume(Event, tag="resume"):
-    """Lift a kill switch and re-enable the candidate at ``after.canary_pct``."""
+    """Lift a kill switch and re-enable the candidate at ``after.canary_pct``
+    (``action`` ``retry``: at the first progression step, the rollout starts again)."""
 
     actor: Token
     reason: Text
     before: ControlState
     after: ControlState
+    action: OperatorAction | None = None
 
 
 class ConfigChange(Event, tag="config"):
     """Any other change of control state or policy, with who, why, before and after.
 
     ``policy`` holds a policy document (the TOML tables as a mapping); it is validated
-    by the consumer that uses it, so every policy version is in the log.
+    by the consumer that uses it, so every policy version is in the log. ``action``
+    names the operator verb (``promote``, ``pause``, ``set``...).
     """
 
     actor: Token
@@ -229,6 +243,7 @@ class ConfigChange(Event, tag="config"):
     before: ControlState
     after: ControlState
     policy: dict[str, Any] | None = None
+    action: OperatorAction | None = None
 
 
 # --- time ---------------------------------------------------------------------------

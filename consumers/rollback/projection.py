@@ -179,6 +179,7 @@ class RollbackProjection:
             "now_ms": r.now_ms,
             "kill_switch": r.control.kill_switch,
             "canary_pct": r.control.canary_pct,
+            "paused": r.control.paused,
             "policy": {"name": r.live.policy.name, "version": r.live.policy.version},
             "policy_error": r.policy_error,
             "guards": guards(r.live),
@@ -239,8 +240,8 @@ class RollbackProjection:
                 if shape != r.shape:  # other windows: the evidence starts again in that shape
                     self._new_epoch(event.rollout, r)
         was_killed = r.control.kill_switch
-        if event.after.canary_pct != r.control.canary_pct:
-            r.progress = Progress()
+        if event.after.canary_pct != r.control.canary_pct or event.after.paused != r.control.paused:
+            r.progress = Progress()  # a move or an unpause starts a fresh interval
         r.control = event.after
         if was_killed and not event.after.kill_switch:
             self._new_epoch(event.rollout, r)
@@ -418,8 +419,8 @@ class RollbackProjection:
         cfg = policy.progression
         if r.killed_ms >= 0 and now - r.killed_ms < policy.hysteresis.hold_down_ms:
             return  # hold-down after a kill: no automatic moves yet
-        if r.live.last_step_ms >= 0 or r.control.canary_pct <= 0:
-            return  # a staged rollback stopped here, or nothing to progress
+        if r.live.last_step_ms >= 0 or r.control.canary_pct <= 0 or r.control.paused:
+            return  # a staged rollback stopped here, nothing to progress, or an operator paused it
         if not tick_progress(r.progress, cfg, now, r.candidate_total, unhealthy):
             return
         target = next_up(cfg, r.control.canary_pct)

@@ -303,3 +303,25 @@ def test_progression_waits_out_the_hold_down_after_a_kill() -> None:
     moves = [e for e in out if isinstance(e, ConfigChange)]
     assert moves and moves[0].after.canary_pct == 10.0
     assert moves[0].time_ms - kill.time_ms >= 10_000
+
+
+def _pause(before, paused: bool, time_ms: int) -> ConfigChange:
+    after = msgspec.structs.replace(before, paused=paused, config_version=before.config_version + 1)
+    return ConfigChange(id=f"pause-{time_ms}", rollout=R, time_ms=time_ms, producer="api", actor="alice",
+                        reason="hold", before=before, after=after, action="pause" if paused else "unpause")
+
+
+def test_pause_stops_automatic_progression_by_event_order_and_unpause_restarts_it() -> None:
+    policy = {"progression": {"enabled": True, "interval_ms": 500, "healthy_intervals": 1, "min_samples": 5}}
+    p = RollbackProjection()
+    start = policy_change(R, policy, canary_pct=50.0)
+    fold(p, [start])
+    paused_at = T0
+    out = fold(p, [_pause(p.rollouts[R].control, True, paused_at), *runs(R, 2_000, canary_pct=50.0)])
+    assert [e for e in out if isinstance(e, ConfigChange)] == []  # 20 s of healthy traffic, no move
+    assert p.status(R)["paused"] is True
+    t = T0 + 2_000 * 10
+    out = fold(p, [_pause(p.rollouts[R].control, False, t), *runs(R, 200, canary_pct=50.0, t0=t + 1, start=2_000)])
+    moves = [e for e in out if isinstance(e, ConfigChange)]
+    assert moves and moves[0].after.canary_pct == 100.0 and moves[0].time_ms - t >= 500
+    assert not moves[0].after.paused
