@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -31,6 +32,7 @@ __all__ = [
     "known_rollouts",
     "read_control",
     "read_messages",
+    "read_policy_document",
     "rollout_subjects",
 ]
 
@@ -98,6 +100,24 @@ async def read_control(js: JetStreamContext, rollout: str) -> ControlView:
     if not isinstance(state, ControlState):
         return ControlView(rollout, ControlState(), None, 0, control_seq)
     return ControlView(rollout, state, command, latest[0], control_seq)
+
+
+async def read_policy_document(js: JetStreamContext, rollout: str) -> tuple[dict[str, Any] | None, int]:
+    """The live policy document in force and its version: the newest policy carried by
+    the rollout's ``config`` commands that is not a dry run. ``(None, 0)``: no policy in
+    the log, the built-in default applies.
+
+    The latest command alone does not say it (a kill after a policy change carries no
+    policy), so this reads the rollout's config commands, a few per rollout.
+    """
+    subject = subjects.control(rollout, "config")
+    found: tuple[dict[str, Any] | None, int] = (None, 0)
+    async for msg in read_messages(js, [subject, f"{subject}.*"]):
+        for event in msg.events():
+            policy = getattr(event, "policy", None)
+            if isinstance(policy, dict) and not policy.get("dry_run", False):
+                found = (policy, event.after.policy_version)  # type: ignore[union-attr]
+    return found
 
 
 def rollout_subjects(rollout: str) -> list[str]:

@@ -1,7 +1,8 @@
 """The operator API: seed 001's guard API as a ``nats.micro`` service on ``ro.api.*``.
 
 Endpoints (JSON request -> JSON reply): ``status``, ``rollback``, ``resume``,
-``evaluate``, ``config``, ``health``. The service is discoverable like any NATS micro
+``evaluate``, ``config``, ``health``, and the operator verbs ``abort``, ``retry``,
+``promote``, ``pause``, ``unpause`` (``engine/api/verbs.py``). The service is discoverable like any NATS micro
 service (``$SRV.PING|INFO|STATS.rollout-api``) and runs in a queue group, so several
 instances share the load.
 
@@ -48,7 +49,10 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "rollout-api"
 SERVICE_VERSION = "0.1.0"
-ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health")
+ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health",
+             "abort", "retry", "promote", "pause", "unpause")
+"""``rollback`` is the older name of ``abort`` (no ``action`` recorded); the verbs from
+``abort`` on live in ``engine/api/verbs.py``."""
 RESUME_DEFAULT_PCT = 5.0
 """The runbook's re-enable percentage after a kill (seed 001: "re-enable at 5%")."""
 MAX_REASON = 1000
@@ -197,6 +201,10 @@ class ControlApi:
         if not counts:
             raise ApiError(404, f"unknown rollout {rollout!r}: nothing in the log; `rollout status` lists rollouts")
         view = await read_control(self.js, rollout)
+        from rollout_engine.consumers.rollback.policy import policy_document
+        from rollout_engine.engine.api.verbs import policy_in_force, progression_view
+
+        policy = await policy_in_force(self, rollout)
         return {
             "rollout": rollout,
             "control": _builtins(view.state),
@@ -204,7 +212,8 @@ class ControlApi:
             "counts": counts,
             "stats": await self._kv_json(f"stats.{rollout}"),
             "evaluation": await self._kv_json(f"rollback.{rollout}"),
-            "thresholds": _thresholds(view),
+            "thresholds": policy_document(policy),
+            "progression": progression_view(policy, view.state),
         }
 
     async def _kv_json(self, key: str) -> Any:
@@ -290,7 +299,8 @@ class ControlApi:
             after = msgspec.structs.replace(view.state, canary_pct=pct, kill_switch=False,
                                             config_version=view.state.config_version + 1)
             return Resume(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                          reason=reason or f"re-enable at {pct:g}%", before=view.state, after=after)
+                          reason=reason or f"re-enable at {pct:g}%", before=view.state, after=after,
+                          action="resume")
 
         return await self._change(rollout, rid, make)
 
@@ -329,7 +339,7 @@ class ControlApi:
             after = msgspec.structs.replace(after, config_version=state.config_version + 1)
             return ConfigChange(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
                                 reason=reason or _describe_change(state, after, policy),
-                                before=state, after=after, policy=policy)
+                                before=state, after=after, policy=policy, action="set")
 
         return await self._change(rollout, rid, make)
 
@@ -379,16 +389,6 @@ def _command_summary(view: ControlView) -> dict[str, Any] | None:
     return out
 
 
-def _thresholds(view: ControlView) -> Any:
-    """The guards in force: the latest policy in the log, else the default policy."""
-    try:
-        from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY, policy_document
-    except ImportError:  # pragma: no cover
-        return None
-    doc = getattr(view.command, "policy", None)
-    return doc if doc is not None else policy_document(DEFAULT_POLICY)
-
-
 # --- the service ------------------------------------------------------------------------
 def _endpoint(func: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Callable[[Request], Awaitable[None]]:
     async def handle(request: Request) -> None:
@@ -414,9 +414,13 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
     """Run the micro service on ``nc`` until ``stop`` is set."""
     api = ControlApi(nc)
     service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=SERVICE_NAME,
-                                description="rollout-engine operator API: status, rollback, resume, evaluate, config, health")
+                                description="rollout-engine operator API: status, abort, retry, promote, pause, unpause, "
+                                            "resume, config, evaluate, health")
+    from rollout_engine.engine.api.verbs import VERB_ENDPOINTS, handler_for
+
     for name in ENDPOINTS:
-        await service.add_endpoint(name=name, subject=subjects.api(name), handler=_endpoint(getattr(api, name)))
+        func = handler_for(api, name) if name in VERB_ENDPOINTS else getattr(api, name)
+        await service.add_endpoint(name=name, subject=subjects.api(name), handler=_endpoint(func))
     if ready is not None:
         await nc.flush()  # the server has the subscriptions: "ready" means a request is answered
         ready.set()

@@ -1,4 +1,7 @@
-"""``rollout kill | resume | set | evaluate``: operator changes, through the API.
+"""``rollout resume | set | evaluate``: operator changes, through the API.
+
+(``abort``/``kill``, ``retry``, ``promote``, ``pause`` and ``unpause`` are in
+``engine/cli/verbs.py``.)
 
 Each command is one request to the ``rollout-api`` service (``rollout up`` runs it), so
 the CLI, dashboards and scripts share one set of validations and one audit trail: the
@@ -52,7 +55,8 @@ def _print_change(args: argparse.Namespace, reply: dict[str, Any], verb: str) ->
         print_json(reply)
         return
     state = reply["control"]
-    summary = f"canary {state['canary_pct']:g}%, kill switch {'ON' if state['kill_switch'] else 'off'}"
+    summary = (f"canary {state['canary_pct']:g}%, kill switch {'ON' if state['kill_switch'] else 'off'}"
+               + (", progression paused" if state.get("paused") else ""))
     if not reply.get("changed"):
         print(f"{sanitize(reply['rollout'])}: no change ({summary})")
         return
@@ -67,12 +71,6 @@ def _change_payload(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         payload["reason"] = args.reason
     payload.update({k: v for k, v in extra.items() if v is not None})
     return payload
-
-
-async def _kill(args: argparse.Namespace) -> int:
-    reply = await request(args, "rollback", _change_payload(args))
-    _print_change(args, reply, "killed")
-    return 0
 
 
 async def _resume(args: argparse.Namespace) -> int:
@@ -132,10 +130,6 @@ def _percent(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    kill = sub.add_parser("kill", help="kill switch on: candidate to 0%% now", description=__doc__)
-    _common(kill, reason_required=True)
-    kill.set_defaults(handler=handler(_kill))
-
     resume = sub.add_parser("resume", help="lift the kill switch, re-enable the candidate (default 5%%)",
                             description=__doc__)
     _common(resume)

@@ -48,13 +48,14 @@ def describe_event(event: Any) -> str:
     if kind == "metric":
         return f"{event.variant} {event.name}={event.value:g}{'' if event.unit == '1' else ' ' + event.unit}"
     parts = []
-    for field in ("actor", "reason", "trigger", "policy_name", "decision_id", "status"):
+    for field in ("action", "actor", "reason", "trigger", "policy_name", "decision_id", "status"):
         value = getattr(event, field, None)
         if value:
             parts.append(f"{field}={value}")
     after = getattr(event, "after", None)
     if after is not None and hasattr(after, "canary_pct"):
-        parts.append(f"-> canary {after.canary_pct:g}% kill={'on' if after.kill_switch else 'off'}")
+        parts.append(f"-> canary {after.canary_pct:g}% kill={'on' if after.kill_switch else 'off'}"
+                     + (" paused" if getattr(after, "paused", False) else ""))
     return " ".join(parts)
 
 

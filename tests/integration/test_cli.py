@@ -48,7 +48,7 @@ async def test_kill_status_resume_set_through_the_cli(api, settings, rollout_id)
     out = await rollout_cli(settings, "set", rollout_id, "--canary-pct", "10", "--reason", "start", "--json")
     assert json.loads(out.stdout)["after"]["canary_pct"] == 10
     out = await rollout_cli(settings, "kill", rollout_id, "--reason", "quality drop")
-    assert "killed" in out.stdout and "recorded as kill_switch" in out.stdout
+    assert "aborted" in out.stdout and "recorded as kill_switch" in out.stdout
     out = await rollout_cli(settings, "status", rollout_id)
     assert "KILLED" in out.stdout and "cli-test" in out.stdout and "quality drop" in out.stdout
     status = json.loads((await rollout_cli(settings, "status", rollout_id, "--json")).stdout)
