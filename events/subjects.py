@@ -7,6 +7,7 @@
                                 and engine outputs: escalation | recheck | would_kill
     ro.tick                     engine ticks (time as an event)
     ro.stats.<rollout>          canary-stats snapshots (core NATS, for people/dashboards)
+    ro.stats.<rollout>.eval     the rollback consumer's evaluation of the rollout (core NATS)
     ro.dlq.<consumer>           dead letters of one consumer
     ro.api.<endpoint>           the operator API (nats.micro)
 
@@ -38,6 +39,7 @@ __all__ = [
     "control",
     "control_filter",
     "dlq",
+    "evaluation",
     "event",
     "events_filter",
     "log_filter",
@@ -134,6 +136,15 @@ def stats(rollout: str) -> str:
     return f"{ROOT}.stats.{check_token(rollout, 'rollout')}"
 
 
+def evaluation(rollout: str) -> str:
+    """``ro.stats.<rollout>.eval``: the rollback consumer's evaluation (guard states, verdict).
+
+    Pushed beside the canary stats so ``rollout wait --for healthy`` and ``status --watch``
+    need no polling, and readable with the same ``ro.stats.>`` permission.
+    """
+    return f"{ROOT}.stats.{check_token(rollout, 'rollout')}.eval"
+
+
 def dlq(consumer: str) -> str:
     """``ro.dlq.<consumer>``: dead letters of one consumer."""
     return f"{ROOT}.dlq.{check_token(consumer, 'consumer')}"
@@ -160,6 +171,8 @@ def parse(subject: str) -> ParsedSubject:
             return ParsedSubject(family, parts[2], parts[3])
         if family in ("stats", "dlq") and len(parts) == 3:
             return ParsedSubject(family, parts[2], None)
+        if family == "stats" and len(parts) == 4 and parts[3] == "eval":
+            return ParsedSubject(family, parts[2], "eval")
         if family == "tick" and len(parts) == 2:
             return ParsedSubject(family, None, None)
     raise ValueError(f"{subject!r} is not a rollout-engine subject (see events.subjects)")

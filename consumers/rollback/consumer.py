@@ -5,7 +5,9 @@ position and emitted commands in one SQLite transaction, and relays the commands
 their deterministic ids as ``Nats-Msg-Id``. This module only adds the publishing edge:
 after committed batches (at most once a second, wall clock: an edge, not the reducer),
 each touched rollout's :meth:`RollbackProjection.status` goes to KV ``ro_state`` under
-``rollback.<rollout>``, where ``rollout status`` and the API's ``evaluation`` read it.
+``rollback.<rollout>``, where ``rollout status`` and the API's ``evaluation`` read it,
+and to ``ro.stats.<rollout>.eval`` (core NATS), where ``rollout status --watch`` and
+``rollout wait --for healthy`` get it pushed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rollout_engine.consumers.registry import ConsumerSpec, register
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.runtime import Consumer, Runner
 from rollout_engine.engine.settings import Settings
+from rollout_engine.events import subjects
 
 __all__ = ["StatusPublisher", "build"]
 
@@ -63,6 +66,12 @@ class StatusPublisher:
 
     async def _put(self, runner: Runner, items: list[tuple[str, bytes]]) -> None:
         kv: Any = await runner.kv()
+        for rollout, payload in items:  # fire and forget, for watchers; KV keeps the latest
+            try:
+                await runner.nc.publish(subjects.evaluation(rollout), payload)
+            except Exception as exc:
+                log.warning("rollback status of %s not pushed: %s", rollout, exc)
+                break
         results = await asyncio.gather(*(kv.put(f"rollback.{rollout}", payload) for rollout, payload in items),
                                        return_exceptions=True)
         for (rollout, _), outcome in zip(items, results, strict=True):

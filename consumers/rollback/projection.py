@@ -190,7 +190,27 @@ class RollbackProjection:
             "kills": r.kills,
             "would_kills": r.would_kills,
             "escalations": sorted(r.escalation.armed),
+            "candidate_samples": r.candidate_total,
+            "verdict": self._verdict(r),
         }
+
+    @staticmethod
+    def _verdict(r: RolloutState) -> str:
+        """One word for people and ``rollout wait --for healthy``.
+
+        ``killed``; ``idle`` (no candidate traffic asked for); ``unhealthy`` (a live guard
+        is not ``ok`` or an escalation is armed); ``insufficient`` (fewer candidate
+        decisions than the policy's ``min_samples`` since the last epoch); else ``healthy``.
+        """
+        if r.control.kill_switch:
+            return "killed"
+        if r.control.canary_pct <= 0:
+            return "idle"
+        if r.escalation.armed or any(m.state != "ok" for m in r.live.machines.values()):
+            return "unhealthy"
+        if r.candidate_total < r.live.policy.min_samples:
+            return "insufficient"
+        return "healthy"
 
     # --- folding ----------------------------------------------------------------------
     def _rollout(self, rollout: str) -> RolloutState:

@@ -62,6 +62,14 @@ async def rollouts_summary(js: Any, nc: Any = None) -> list[dict[str, Any]]:
 
 async def show_rollout(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if getattr(args, "watch", False):
+        from rollout_engine.engine.cli.watch import watch
+
+        nc = await connect(settings, name="rollout-watch")
+        try:
+            return await watch(nc, args)
+        finally:
+            await nc.close()
     nc = await connect(settings, name="rollout-status", reconnect=False)
     try:
         try:
@@ -87,8 +95,10 @@ def _print(reply: dict[str, Any]) -> None:
     flag = color("KILLED", "31") if state["kill_switch"] else color(f"canary {state['canary_pct']:g}%", "32")
     print(f"rollout {sanitize(reply['rollout'])}: {flag}  (config v{state['config_version']}, "
           f"policy v{state['policy_version']}, {sanitize(state['baseline'])} vs {sanitize(state['candidate'])})")
+    _print_progression(reply.get("progression"), state)
     counts = reply.get("counts") or {}
-    print("log     " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if counts:
+        print("log     " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     cmd = reply.get("last_command")
     if cmd:
         print(f"last    {cmd['kind']} by {sanitize(cmd['actor'])} at {when(cmd['time_ms'])}, log seq {cmd['seq']}: "
@@ -105,6 +115,18 @@ def _print(reply: dict[str, Any]) -> None:
     thresholds = reply.get("thresholds") or {}
     if isinstance(thresholds, dict) and thresholds.get("thresholds"):
         print("guards  " + ", ".join(f"{k}={v}" for k, v in sorted(thresholds["thresholds"].items())))
+
+
+def _print_progression(progression: Any, state: dict[str, Any]) -> None:
+    """Where the canary is among the policy's steps, and whether an operator paused it."""
+    if not isinstance(progression, dict):
+        if state.get("paused"):
+            print("steps   automatic progression PAUSED (`rollout unpause` lifts it)")
+        return
+    steps = ", ".join(format(s, "g") for s in progression.get("steps", []))
+    mode = "automatic" if progression.get("enabled") else "manual (`rollout promote`)"
+    paused = ", PAUSED (`rollout unpause` lifts it)" if state.get("paused") else ""
+    print(f"steps   {progression.get('step', 0)}/{progression.get('of', 0)} of [{steps}]%, {mode}{paused}")
 
 
 def _num(value: Any, fmt: str = ".1f") -> str:

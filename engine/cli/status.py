@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
+    CliError,
     add_json_flag,
     color,
     handler,
@@ -62,6 +63,8 @@ async def collect_status(js: Any, url: str) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.watch and not args.rollout:
+        raise CliError("--watch follows one rollout: give ROLLOUT (`rollout status ROLLOUT --watch`)")
     if getattr(args, "rollout", None):
         from rollout_engine.engine.cli.rollout_status import show_rollout
 
@@ -98,5 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("status", help="server, streams, consumers and their lag", description=__doc__)
     parser.add_argument("rollout", nargs="?", metavar="ROLLOUT",
                         help="one rollout: control state, last command and breaches, stats, thresholds")
+    parser.add_argument("--watch", "-w", action="store_true",
+                        help="with ROLLOUT: follow it live (pushed by NATS; redrawn on a terminal, one line per "
+                             "change to a pipe, one JSON object per line with --json) until Ctrl-C")
     add_json_flag(parser)
     parser.set_defaults(handler=handler(_run))

@@ -21,7 +21,9 @@ Five roles, and what each may do (everything else is denied by the server):
     sits in the request body, where no permission can see it).
 ``operator``
     people and tools: the API ``ro.api.>``, ``$SRV.>`` discovery, read-only JetStream
-    info (``rollout status``) and live ``ro.stats.>``.
+    info (``rollout status``), live ``ro.stats.>``, and a named ordered consumer on
+    ``ro.ctl.>`` only (``rollout status --watch``, ``rollout wait``: control commands
+    pushed as they are stored).
 
 Every role gets its own inbox prefix (``_INBOX_<role>``): with the usual shared
 ``_INBOX.>`` any client allowed to subscribe to inboxes could read the replies and the
@@ -189,8 +191,13 @@ def roles() -> dict[str, Role]:
                 f"{_JS}.DIRECT.GET.{_KV_STREAM}",
                 f"{_JS}.DIRECT.GET.{_KV_STREAM}.>",
                 f"{_JS}.STREAM.MSG.GET.{_KV_STREAM}",
+                # Follow control commands (watch, wait): the filtered create only, as for
+                # the SDK, so no reader of ro.evt.> can be made and no durable retargeted.
+                f"{_JS}.CONSUMER.CREATE.{subjects.LOG_STREAM}.*.{subjects.CONTROL_ALL}",
+                f"$JS.FC.{subjects.LOG_STREAM}.>",
             ),
             subscribe=(subjects.STATS_ALL, f"{inbox_prefix('operator')}.>"),
+            deny_publish=_protect_engine_durables(),
         ),
     }
 

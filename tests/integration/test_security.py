@@ -223,7 +223,7 @@ async def test_service_reads_control_state_and_nothing_else(secure: Secure, roll
         await engine.close()
 
 
-@pytest.mark.parametrize("role", ["service", "app"])
+@pytest.mark.parametrize("role", ["service", "app", "operator"])
 async def test_readers_cannot_retarget_an_engine_consumer_to_silence_kill_switches(secure: Secure, role: str) -> None:
     """A create for an existing name is an update in JetStream; no reader can send one for an engine durable.
 
@@ -315,6 +315,15 @@ async def test_operator_reaches_the_api_but_not_the_control_subjects(secure: Sec
         await operator.flush()
         await secure.violation("operator", f'publish to "{kill}"')
         assert await _last_on(engine.jetstream(), kill) is None
+        # `rollout status --watch` and `rollout wait` follow control commands, nothing else.
+        ojs = operator.jetstream(timeout=2)
+        follow = await ojs.subscribe(subjects.log_filter(rollout_id, "ctl"), stream=subjects.LOG_STREAM,
+                                     ordered_consumer=True, config=ConsumerConfig(name=f"op-{rollout_id}"[:32]))
+        await follow.unsubscribe()
+        with pytest.raises(nats.errors.TimeoutError):
+            await operator.jetstream(timeout=0.5).subscribe(subjects.EVENTS_ALL, stream=subjects.LOG_STREAM,
+                                                            ordered_consumer=True, config=ConsumerConfig(name="op-evt"))
+        await secure.violation("operator", f"$JS.API.CONSUMER.CREATE.{subjects.LOG_STREAM}.op-evt.ro.evt.>")
     finally:
         await operator.close()
         await engine.close()

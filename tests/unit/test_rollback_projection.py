@@ -325,3 +325,15 @@ def test_pause_stops_automatic_progression_by_event_order_and_unpause_restarts_i
     moves = [e for e in out if isinstance(e, ConfigChange)]
     assert moves and moves[0].after.canary_pct == 100.0 and moves[0].time_ms - t >= 500
     assert not moves[0].after.paused
+
+
+def test_status_verdict_for_wait_healthy() -> None:
+    p = RollbackProjection()
+    fold(p, [policy_change(R, None)])
+    assert p.status(R)["verdict"] == "idle"  # no candidate traffic asked for
+    fold(p, [policy_change(R, None, before=p.rollouts[R].control, canary_pct=50.0), *runs(R, 20, canary_pct=50.0)])
+    assert p.status(R)["verdict"] == "insufficient"  # 10 candidate decisions < min_samples 30
+    fold(p, runs(R, 100, canary_pct=50.0, start=20))
+    assert p.status(R)["verdict"] == "healthy"
+    fold(p, runs(R, 100, canary_pct=50.0, candidate=BAD_QUALITY, start=120))
+    assert p.status(R)["verdict"] == "killed"
