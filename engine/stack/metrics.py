@@ -7,11 +7,20 @@ Two sources, one exposition (``rollout up`` serves it on ``Settings.metrics_port
   is down): per-consumer lag and messages consumed (consumer info), dead letters per
   consumer (the ``RO_DLQ`` subjects), and a fold of the control subjects: kill switches,
   breaches by guard, escalations, dry-run would-kills and the detection-latency histogram
-  (from the evidence's event time to the kill switch being stored in the log). Pending
-  re-checks are the verification consumer's queue depth (``rollout_recheck_pending``).
+  (from the evidence's event time to the kill switch being stored in the log), and the
+  time of the last tick. Pending re-checks are the verification consumer's queue depth
+  (``rollout_recheck_pending``).
+
 * **In-process metrics** of the consumer processes (the objects defined below and in the
   consumer modules), aggregated through prometheus-client's multiprocess mode: ``rollout
   up`` gives every child ``PROMETHEUS_MULTIPROC_DIR`` and the endpoint merges their files.
+
+Labelled counters start at 0 as soon as their label set is known: a rollout's kill
+switches (``auto`` and ``manual``) and dry-run would-kills when the rollout first
+appears in the log (its first decision or control command), each consumer's dead
+letters when the consumer exists, and the ``srm`` breaches from the start. A series
+born at 1 is invisible to ``increase()`` and ``changes()``, so the first kill of a
+rollout would never show on a dashboard or fire an alert.
 
 Names follow Prometheus conventions: ``rollout_`` prefix, base units (seconds), counters
 end in ``_total`` (prometheus-client appends it), and the exposition passes ``promtool
@@ -46,7 +55,9 @@ from rollout_engine.engine.stack.consumer_metrics import serve_metrics as start_
 from rollout_engine.events import (
     Escalation,
     KillSwitch,
+    Tick,
     WouldKill,
+    decode_lenient,
     subjects,
 )
 
@@ -101,10 +112,24 @@ class LogMetrics(Collector):
         self.latency_buckets = [0] * (len(DETECTION_BUCKETS_S) + 1)
         self.latency_sum = 0.0
         self.refreshes = 0
+        self.rollouts: set[str] = set()
+        self.last_tick_ms = 0
+        for action in ("kill", "would_kill"):  # the sample-ratio-mismatch alert reads these from 0
+            self.breaches[("srm", action)] += 0
+
+    def seen(self, rollout: str) -> None:
+        """A rollout is in the log: its labelled counters exist from now on, at 0."""
+        if rollout in self.rollouts or rollout.startswith("_"):
+            return
+        self.rollouts.add(rollout)
+        for source in ("auto", "manual"):
+            self.kills[(rollout, source)] += 0
+        self.would_kills[rollout] += 0
 
     # --- the fold of control messages (pure; unit-testable) --------------------------------
     def observe(self, event: Any, stored_ms: int) -> None:
         """Count one control event stored at ``stored_ms``."""
+        self.seen(event.rollout)
         if isinstance(event, KillSwitch):
             source = "manual" if event.producer == "api" else "auto"
             self.kills[(event.rollout, source)] += 1
@@ -148,12 +173,30 @@ class LogMetrics(Collector):
             self.dead_letters = {s.rsplit(".", 1)[-1]: int(n) for s, n in (dlq.state.subjects or {}).items()}
         except NotFoundError:
             self.dead_letters = {}
+        for consumer in consumers:
+            self.dead_letters.setdefault(consumer["name"], 0)
+        await self._discover(js)
+        self.last_tick_ms = await _last_tick_ms(js) or self.last_tick_ms
         if self.next_seq <= info.state.last_seq:
             async for msg in read_messages(js, [subjects.CONTROL_ALL], start_seq=self.next_seq):
                 for event in msg.events():
                     self.observe(event, msg.time_ms)
                 self.next_seq = msg.seq + 1
         self.refreshes += 1
+
+    async def _discover(self, js: JetStreamContext) -> None:
+        """Rollouts with decisions in the log (plain or partitioned subjects), so their
+        counters are at 0 before anything happens to them."""
+        for pattern in (f"{subjects.ROOT}.evt.*.decision", f"{subjects.ROOT}.evt.*.decision.*"):
+            try:
+                info = await js.stream_info(subjects.LOG_STREAM, subjects_filter=pattern)
+            except NotFoundError:
+                return
+            for subject in info.state.subjects or {}:
+                with contextlib.suppress(ValueError):
+                    rollout = subjects.parse(subject).rollout
+                    if rollout:
+                        self.seen(rollout)
 
     # --- exposition -------------------------------------------------------------------------
     def describe(self) -> Iterator[Metric]:
@@ -184,6 +227,10 @@ class LogMetrics(Collector):
         yield dead
         yield GaugeMetricFamily("rollout_log_messages", "Messages in the log stream RO_LOG.", value=self.log_messages)
         yield GaugeMetricFamily("rollout_log_bytes", "Size of the log stream RO_LOG in bytes.", value=self.log_bytes)
+        if self.last_tick_ms:
+            yield GaugeMetricFamily("rollout_last_tick_timestamp_seconds",
+                                    "Event time of the last engine tick in the log (time stops for every window, "
+                                    "sustain and cooldown when it does).", value=self.last_tick_ms / 1000)
         kills = CounterMetricFamily("rollout_kill_switches", "Kill switches in the log, by rollout and source "
                                     "(auto: the rollback consumer; manual: an operator).", labels=["rollout", "source"])
         for (rollout, source), n in sorted(self.kills.items()):
@@ -210,6 +257,16 @@ class LogMetrics(Collector):
         yield HistogramMetricFamily("rollout_detection_latency_seconds",
                                     "From the event time of the evidence to the automatic kill switch stored in the log.",
                                     buckets=buckets, sum_value=self.latency_sum)
+
+
+async def _last_tick_ms(js: JetStreamContext) -> int:
+    """Event time of the newest tick in the log (0: none yet)."""
+    try:
+        msg = await js.get_last_msg(subjects.LOG_STREAM, subjects.TICK)
+    except NotFoundError:
+        return 0
+    events = decode_lenient(bytes(msg.data or b""))[0]
+    return max((e.time_ms for e in events if isinstance(e, Tick)), default=0)
 
 
 def multiprocess_env(data_dir: str | Path) -> dict[str, str]:

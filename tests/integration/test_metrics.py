@@ -115,3 +115,44 @@ def test_detection_latency_lands_in_the_right_bucket(seconds: float, bucket: str
     counts = {s.labels["le"]: s.value for s in histogram.samples if s.name.endswith("_bucket")}
     first = next(le for le, n in counts.items() if n == 1)
     assert first == bucket
+
+
+async def _scrape_until(predicate, timeout: float = 10.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        samples = _samples(await asyncio.to_thread(_scrape, engine_metrics.LAST_PORT))
+        if predicate(samples) or asyncio.get_running_loop().time() > deadline:
+            return samples
+        await asyncio.sleep(0.1)
+
+
+async def test_a_rollouts_first_kill_takes_its_counter_from_0_to_1(bus, rollout_id) -> None:
+    """increase() and changes() see the first kill only if the series existed at 0 before it."""
+    from rollout_engine.engine.stack.ticks import make_tick
+    from rollout_engine.events import Decision
+
+    _nc, js = bus
+    decision = Decision(id=new_event_id(), rollout=rollout_id, time_ms=1_000, producer="svc", unit="u1",
+                        variant="candidate", reason="canary", canary_pct=10, config_version=1, propensity=0.1)
+    await js.publish(subjects.event(rollout_id, "decision"), encode(decision))
+    tick = make_tick(1_700_000_123_456, 250)
+    await js.publish(subjects.TICK, encode(tick))
+    auto = ("rollout_kill_switches_total", (("rollout", rollout_id), ("source", "auto")))
+    manual = ("rollout_kill_switches_total", (("rollout", rollout_id), ("source", "manual")))
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve_metrics(js, 0, stop, interval_s=0.1, multiproc_dir="", ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        before = await _scrape_until(lambda s: auto in s)
+        assert before[auto] == 0 and before[manual] == 0
+        assert before[("rollout_would_kills_total", (("rollout", rollout_id),))] == 0
+        assert before[("rollout_breaches_total", (("action", "kill"), ("guard", "srm")))] >= 0
+        assert before[("rollout_last_tick_timestamp_seconds", ())] >= tick.time_ms / 1000
+        kill = KillSwitch(id=new_event_id(), rollout=rollout_id, time_ms=2_000, producer="rollback", actor="rollback",
+                          reason="latency", before=ControlState(canary_pct=10), after=ControlState(kill_switch=True))
+        await js.publish(subjects.control(rollout_id, "kill_switch"), encode(kill))
+        after = await _scrape_until(lambda s: s.get(auto) == 1)
+    finally:
+        stop.set()
+        await task
+    assert after[auto] == 1 and after[manual] == 0
