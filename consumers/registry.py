@@ -41,7 +41,8 @@ def _load() -> None:
 
 
 _MODULES: list[str] = ["rollout_engine.consumers.control_consumer", "rollout_engine.consumers.stats_consumer", "rollout_engine.consumers.bandit.consumer",
-                       "rollout_engine.consumers.verification_consumer", "rollout_engine.consumers.rollback.consumer"]
+                       "rollout_engine.consumers.verification_consumer", "rollout_engine.consumers.rollback.consumer",
+                       "rollout_engine.consumers.notifier_consumer"]
 
 
 def specs() -> list[ConsumerSpec]:

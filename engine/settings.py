@@ -12,12 +12,12 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-__all__ = ["SETTINGS_DOC", "Settings", "SettingsError", "load_settings"]
+__all__ = ["SETTINGS_DOC", "WEBHOOK_DOC", "Settings", "SettingsError", "Webhook", "load_settings"]
 
 ENV_PREFIX = "ROLLOUT_"
 DEFAULT_FILE = "rollout.toml"
@@ -25,6 +25,29 @@ DEFAULT_FILE = "rollout.toml"
 
 class SettingsError(ValueError):
     """A setting is missing, mistyped or out of range; the message says which and where."""
+
+
+class Webhook(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One endpoint the notifier posts kill switches, resumes and escalations to.
+    Field docs live in :data:`WEBHOOK_DOC`."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    url: Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    format: Literal["json", "slack"] = "json"
+    events: list[Literal["kill_switch", "resume", "escalation"]] = msgspec.field(
+        default_factory=lambda: ["kill_switch", "resume", "escalation"])
+    timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+WEBHOOK_DOC: dict[str, str] = {
+    "name": "Token naming the webhook in the log (`Notification.target`), metrics and dead letters; unique.",
+    "url": "http:// or https:// URL the JSON body is POSTed to. A Slack incoming-webhook URL is a secret: set it through ROLLOUT_WEBHOOKS in the environment, not a committed file.",
+    "format": "`json`: the generic body (delivery id, rollout, kind, text and the whole command); `slack`: `{\"text\": ...}` for Slack-compatible incoming webhooks.",
+    "events": "Which commands to post: any of kill_switch, resume, escalation (armed escalations only).",
+    "timeout_s": "Seconds one POST may take before it counts as a failed attempt.",
+    "headers": "Extra HTTP headers, e.g. an Authorization token for a generic receiver.",
+}
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -55,6 +78,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gate_token: str = ""
     gate_rate_per_s: Annotated[float, Meta(gt=0, le=10_000)] = 5.0
     gate_burst: Annotated[int, Meta(ge=1, le=10_000)] = 20
+    webhooks: list[Webhook] = msgspec.field(default_factory=list)
+    notify_max_attempts: Annotated[int, Meta(ge=1, le=100)] = 12
+    notify_backoff_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
+    notify_backoff_max_s: Annotated[float, Meta(gt=0, le=3600)] = 300.0
+    notify_max_age_s: Annotated[float, Meta(gt=0, le=6 * 3600)] = 3600.0
 
     @property
     def data_path(self) -> Path:
@@ -96,6 +124,11 @@ SETTINGS_DOC: dict[str, str] = {
     "creds_file": "NATS credentials file for this process (secure mode).",
     "user": "NATS user name for this process (secure mode).",
     "password": "NATS password for this process (secure mode).",
+    "webhooks": "Endpoints the `notifier` consumer posts each kill switch, resume and armed escalation to (a list of tables, fields below); empty: it only records. In the environment, ROLLOUT_WEBHOOKS is a JSON list.",
+    "notify_max_attempts": "Attempts per webhook and command before the command goes to the notifier's dead letters (ro.dlq.notifier).",
+    "notify_backoff_s": "Seconds before the second attempt; each further one waits twice as long, up to notify_backoff_max_s.",
+    "notify_backoff_max_s": "Longest wait between two attempts.",
+    "notify_max_age_s": "A command older than this (wall clock) that a webhook was never sent is not sent to it: a notifier started on an old log, or a webhook added later, does not replay history.",
     "partitions": "Partitions of the log by rollout, fixed when the log stream is created (0: one unpartitioned log). Consumers then run per partition (`rollout consumer NAME --partitions 0,1`); see docs/scaling.md.",
     "gate_port": "Port of the deployment gate for Argo Rollouts and Flagger, served by `rollout api` (0: off); see docs/integrations.md.",
     "gate_host": "Interface the deployment gate binds. Loopback by default; a non-loopback bind needs `gate_token`.",
@@ -108,6 +141,12 @@ SETTINGS_DOC: dict[str, str] = {
 def _coerce_env(name: str, raw: str, annotation: Any) -> Any:
     text = raw.strip()
     kind = getattr(annotation, "__origin__", annotation)
+    if kind is list:
+        try:
+            return msgspec.json.decode(text or "[]")
+        except msgspec.DecodeError as exc:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected a JSON list, e.g. "
+                                f"'[{{\"name\": \"oncall\", \"url\": \"https://...\"}}]' ({exc})") from None
     if kind is bool or annotation == "bool":
         if text.lower() in ("1", "true", "yes", "on"):
             return True
@@ -145,8 +184,24 @@ def load_settings(
         if key in env:
             merged[name] = _coerce_env(name, env[key], annotation)
     merged.update({k: v for k, v in overrides.items() if v is not None})
+    source = f" (from {file}, the environment or flags)" if file else " (from the environment or flags)"
     try:
-        return msgspec.convert(merged, Settings, strict=False)
+        settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        source = f" (from {file}, the environment or flags)" if file else " (from the environment or flags)"
         raise SettingsError(f"invalid setting: {exc}{source}; see docs/configuration.md") from None
+    _check_webhooks(settings, source)
+    return settings
+
+
+def _check_webhooks(settings: Settings, source: str) -> None:
+    names = [w.name for w in settings.webhooks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SettingsError(f"webhooks: names must be unique, repeated: {repeated}{source}")
+    from rollout_engine.consumers.notifier import NOTIFY_WINDOW_MS
+
+    longest = settings.notify_max_age_s + settings.notify_max_attempts * settings.notify_backoff_max_s
+    if longest * 1000 >= NOTIFY_WINDOW_MS:
+        raise SettingsError(
+            f"notify_max_age_s + notify_max_attempts x notify_backoff_max_s is {longest:g}s; it must stay under "
+            f"{NOTIFY_WINDOW_MS // 1000}s, the time the notifier keeps a command{source}")

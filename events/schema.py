@@ -38,6 +38,7 @@ __all__ = [
     "GuardrailState",
     "KillSwitch",
     "Metric",
+    "Notification",
     "Outcome",
     "RecheckClosed",
     "RecheckRequest",
@@ -369,11 +370,32 @@ class RecheckClosed(Event, tag="recheck_closed"):
     resolved_by: Token | None = None
 
 
+# --- the notifier's delivery record (ro.ctl.<rollout>.notification) ------------------
+class Notification(Event, tag="notification"):
+    """What became of one webhook delivery of a control command: ``delivered`` (a 2xx),
+    ``failed`` (attempt ``attempt`` failed; it is retried with backoff) or ``dead``
+    (the retry bound was reached; the command went to the notifier's dead letters).
+
+    The notifier folds these back, so its state (which command still owes which
+    webhook a delivery) is a pure fold of the log and survives a restart; ``delivery_id``
+    is what the receiver sees in ``X-Rollout-Delivery-Id`` to drop a repeat.
+    """
+
+    actor: Token
+    target: Token
+    command_id: Token
+    command_kind: Token
+    delivery_id: Token
+    status: Literal["delivered", "failed", "dead"]
+    attempt: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
+    detail: Text = ""
+
+
 PRODUCER_TYPES: tuple[type[Event], ...] = (Decision, Outcome, Metric)
 COMMAND_TYPES: tuple[type[Event], ...] = (KillSwitch, Resume, ConfigChange)
-EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick, Escalation, WouldKill, Guardrail, RecheckRequest, RecheckClosed, BanditConfig)
+EVENT_TYPES: tuple[type[Event], ...] = (*PRODUCER_TYPES, *COMMAND_TYPES, Tick, Escalation, WouldKill, Guardrail, RecheckRequest, RecheckClosed, BanditConfig, Notification)
 
-AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick | Escalation | WouldKill | Guardrail | RecheckRequest | RecheckClosed | BanditConfig
+AnyEvent = Decision | Outcome | Metric | KillSwitch | Resume | ConfigChange | Tick | Escalation | WouldKill | Guardrail | RecheckRequest | RecheckClosed | BanditConfig | Notification
 """The tagged union: one decode call gives any of them."""
 
 KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[misc]

@@ -4,7 +4,8 @@
 
     ro.evt.<rollout>.<kind>     producer events: decision | outcome | metric
     ro.ctl.<rollout>.<command>  control commands: kill_switch | resume | config,
-                                and engine outputs: escalation | recheck | would_kill
+                                and engine outputs: escalation | recheck | would_kill |
+                                notification
     ro.tick                     engine ticks (time as an event)
     ro.stats.<rollout>          canary-stats snapshots (core NATS, for people/dashboards)
     ro.stats.<rollout>.eval     the rollback consumer's evaluation of the rollout (core NATS)
@@ -82,6 +83,7 @@ CONTROL_COMMANDS: tuple[str, ...] = (
     "guardrail",
     "bandit_config",
     "recheck_closed",
+    "notification",
 )
 
 

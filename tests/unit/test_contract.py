@@ -22,6 +22,7 @@ from rollout_engine.events import (
     GuardrailState,
     KillSwitch,
     Metric,
+    Notification,
     Outcome,
     RecheckClosed,
     RecheckRequest,
@@ -97,6 +98,11 @@ def _sample(kind: str):
             status="expired", attempts=3, first_seen_ms=1_700_000_000_000,
             evidence=[Evidence(outcome_id=new_event_id(), time_ms=1_700_000_000_000, verdict="inconclusive", confidence=0.4)],
             **BASE,
+        ),
+        "notification": Notification(
+            id="notification-0123abcd", actor="notifier", target="oncall", command_id="kill-0123abcd",
+            command_kind="kill_switch", delivery_id="notify-0123abcd", status="failed", attempt=2,
+            detail="HTTP 503", **BASE,
         ),
     }
     return samples[kind]
