@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from rollout_engine.engine.settings import SETTINGS_DOC, Settings, SettingsError, load_settings
@@ -67,3 +69,25 @@ def test_configuration_reference_lists_every_setting_with_its_default() -> None:
         assert f"| `{field.name}` | `ROLLOUT_{field.name.upper()}` |" in text, field.name
         assert f"`{getattr(defaults, field.name)!r}`" in text, field.name
 
+
+
+def test_webhooks_from_the_environment_and_their_checks() -> None:
+    from rollout_engine.engine.settings import WEBHOOK_DOC, Webhook
+
+    settings = load_settings(env={"ROLLOUT_WEBHOOKS": '[{"name": "chat", "url": "https://hooks.example/x", '
+                                                       '"format": "slack", "events": ["kill_switch"]}]'})
+    assert settings.webhooks == [Webhook(name="chat", url="https://hooks.example/x", format="slack",
+                                         events=["kill_switch"])]
+    assert {f.name for f in msgspec.structs.fields(Webhook)} == set(WEBHOOK_DOC)
+    bad = {
+        "not json": "expected a JSON list",
+        '[{"name": "a b", "url": "https://x"}]': "webhooks[0].name",
+        '[{"name": "a", "url": "ftp://x"}]': "webhooks[0].url",
+        '[{"name": "a", "url": "https://x", "format": "teams"}]': "webhooks[0].format",
+        '[{"name": "a", "url": "https://x"}, {"name": "a", "url": "https://y"}]': "names must be unique",
+    }
+    for raw, expected in bad.items():
+        with pytest.raises(SettingsError, match=re.escape(expected)):
+            load_settings(env={"ROLLOUT_WEBHOOKS": raw})
+    with pytest.raises(SettingsError, match="must stay under"):
+        load_settings(env={"ROLLOUT_NOTIFY_MAX_ATTEMPTS": "100", "ROLLOUT_NOTIFY_BACKOFF_MAX_S": "3600"})
