@@ -36,17 +36,19 @@ _PRODUCER_SUMMARY = {
     "metric": "one measurement of a variant (latency_ms, cost_cents, error...)",
 }
 _CONTROL_SENDER = {
-    "kill_switch": "the rollback consumer (a breach) or the operator API (a manual rollback)",
-    "resume": "the operator API",
-    "config": "the operator API, or the rollback consumer's staged rollback and progression",
+    "kill_switch": "the rollback consumer (a breach) or the operator API (abort)",
+    "resume": "the operator API (resume, retry)",
+    "config": "the operator API (set, promote, pause, unpause), or the rollback consumer's staged rollback and progression",
     "escalation": "the rollback consumer",
     "recheck": "the verification consumer",
     "would_kill": "the rollback consumer's dry-run policy",
     "guardrail": "the operator API or the bandit consumer (cooldowns)",
     "bandit_config": "the operator (`rollout bandit config`)",
     "recheck_closed": "the verification consumer",
+    "notification": "the notifier consumer (one record per webhook delivery attempt)",
 }
-_ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health")
+_ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health",
+              "abort", "retry", "promote", "pause", "unpause")
 """The operator API's endpoints (``engine.api.service.ENDPOINTS``; a test keeps them equal)."""
 
 
@@ -170,6 +172,22 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
                                  ["CanaryStats"], {"rollout": rollout})
     operations["sendStats"] = _operation("send", "stats", "the canary_stats consumer publishes snapshots",
                                          ["CanaryStats"], "engine")
+    messages["RollbackEvaluation"] = {
+        "name": "RollbackEvaluation", "title": "Rollback evaluation", "contentType": JSON,
+        "summary": "The rollback consumer's evaluation of a rollout (also in KV under rollback.<rollout>).",
+        "payload": {"type": "object", "required": ["rollout", "verdict"], "properties": {
+            "rollout": {"type": "string", "description": "the rollout id"},
+            "verdict": {"type": "string", "enum": ["killed", "idle", "unhealthy", "insufficient", "healthy"],
+                        "description": "one word for people and `rollout wait --for healthy`"},
+            "guards": {"type": "object", "description": "guard name -> state (ok, pending, alarm, recovering)"},
+            "policy": {"type": "object", "description": "name and version of the live policy"}}},
+    }
+    channels["evaluation"] = _channel(subjects.evaluation("ROLLOUT").replace("ROLLOUT", "{rollout}"),
+                                      "Core NATS (not stored): the rollback consumer's evaluation, at most one a "
+                                      "second; `rollout status --watch` and `rollout wait` follow it.",
+                                      ["RollbackEvaluation"], {"rollout": rollout})
+    operations["sendEvaluation"] = _operation("send", "evaluation", "the rollback consumer publishes its evaluation",
+                                              ["RollbackEvaluation"], "engine")
 
     letter = _struct_schema(DeadLetter)
     schemas.update(letter["components"])

@@ -36,7 +36,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from rollout_engine.engine.api.service import ApiError, ControlApi, call
 from rollout_engine.engine.cli.common import CliError, sanitize, stop_on_signals
 from rollout_engine.engine.cli.rollout_view import RolloutView
-from rollout_engine.events import decode_lenient, kind_of, subjects
+from rollout_engine.events import decode_from_log, kind_of, subjects
 
 __all__ = ["SOURCES", "Change", "follow", "initial_view", "json_line", "watch"]
 
@@ -122,7 +122,8 @@ async def _follow_control(nc: Client, rollout: str, cb: Any) -> Any:
 def _fold(view: RolloutView, source: str, msg: Msg) -> list[Change]:
     if source == "control":
         seq = int(msg.metadata.sequence.stream)
-        return [Change(kind_of(e), seq, view, e) for e in decode_lenient(msg.data)[0] if view.apply_event(e, seq)]
+        return [Change(kind_of(e), seq, view, e) for e in decode_from_log(msg.subject, msg.data)[0]
+                if view.apply_event(e, seq)]
     try:
         document = msgspec.json.decode(msg.data)
     except msgspec.DecodeError:

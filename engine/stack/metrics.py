@@ -57,7 +57,7 @@ from rollout_engine.events import (
     KillSwitch,
     Tick,
     WouldKill,
-    decode_lenient,
+    decode_from_log,
     subjects,
 )
 
@@ -265,7 +265,7 @@ async def _last_tick_ms(js: JetStreamContext) -> int:
         msg = await js.get_last_msg(subjects.LOG_STREAM, subjects.TICK)
     except NotFoundError:
         return 0
-    events = decode_lenient(bytes(msg.data or b""))[0]
+    events = decode_from_log(msg.subject or subjects.TICK, bytes(msg.data or b""))[0]
     return max((e.time_ms for e in events if isinstance(e, Tick)), default=0)
 
 
