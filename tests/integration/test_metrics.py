@@ -64,7 +64,7 @@ async def _publish_control(js, rollout: str) -> None:
 
     for event in events:
         kind = kind_of(event)
-        await js.publish(subjects.control(rollout, "recheck" if kind == "recheck_closed" else kind), encode(event))
+        await js.publish(subjects.control(rollout, kind), encode(event))  # each kind on its own subject
 
 
 async def test_exposition_has_the_engine_metrics_and_passes_promtool(bus, rollout_id) -> None:
