@@ -19,12 +19,14 @@ from typing import Any
 
 import msgspec
 
+from rollout_engine.consumers.rollback.policy import Progression
 from rollout_engine.events import ConfigChange, Escalation, KillSwitch, Resume, kind_of
 
 __all__ = ["PHASES", "RolloutView"]
 
 PHASES = ("aborted", "paused", "promoted", "progressing", "idle")
 _STATE_COMMANDS = (KillSwitch, Resume, ConfigChange)
+_DEFAULT_STEPS = list(Progression().steps)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class RolloutView:
     command_seq: int = 0
     last_command: dict[str, Any] | None = None
     steps: list[float] = field(default_factory=list)
+    progression_enabled: bool = False
     stats: Any = None
     evaluation: Any = None
     escalation: dict[str, Any] | None = None
@@ -48,6 +51,7 @@ class RolloutView:
         return cls(rollout=reply["rollout"], control=dict(reply["control"]),
                    command_seq=int(last["seq"]) if last else 0, last_command=last,
                    steps=[float(s) for s in progression.get("steps", [])],
+                   progression_enabled=bool(progression.get("enabled")),
                    stats=reply.get("stats"), evaluation=reply.get("evaluation"))
 
     # --- folding ----------------------------------------------------------------------
@@ -64,9 +68,11 @@ class RolloutView:
             if isinstance(event, KillSwitch) and event.breaches:
                 self.last_command["breaches"] = msgspec.to_builtins(event.breaches)
             if isinstance(event, ConfigChange) and event.policy is not None and not event.policy.get("dry_run"):
-                steps = (event.policy.get("progression") or {}).get("steps")
+                progression = event.policy.get("progression") or {}
+                steps = progression.get("steps", _DEFAULT_STEPS)  # a policy without them has the defaults
                 if isinstance(steps, list) and all(isinstance(s, int | float) for s in steps):
                     self.steps = [float(s) for s in steps]
+                self.progression_enabled = progression.get("enabled") is True
             return True
         if isinstance(event, Escalation):
             self.escalation = {"trigger": event.trigger, "state": event.state, "seq": seq, "reason": event.reason}
@@ -125,4 +131,6 @@ class RolloutView:
     def status_reply(self) -> dict[str, Any]:
         """The view in the shape of the API ``status`` reply (for the text printer)."""
         return {"rollout": self.rollout, "control": self.control, "last_command": self.last_command,
-                "stats": self.stats, "evaluation": self.evaluation}
+                "stats": self.stats, "evaluation": self.evaluation,
+                "progression": {"enabled": self.progression_enabled, "steps": self.steps, "step": self.step,
+                                "of": len(self.steps), "paused": bool(self.control.get("paused"))}}

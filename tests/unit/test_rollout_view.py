@@ -56,6 +56,10 @@ def test_a_policy_in_a_config_command_gives_the_steps() -> None:
                           policy={"progression": {"steps": [5, 50, 100]}})
     view.apply_event(change, 2)
     assert view.steps == [5.0, 50.0, 100.0] and view.summary()["of"] == 3
+    plain = ConfigChange(id="q", rollout=R, time_ms=3, producer="api", actor="alice", reason="policy",
+                         before=change.after, after=ControlState(canary_pct=5.0, policy_version=2), policy={})
+    view.apply_event(plain, 3)
+    assert view.steps == [5.0, 10.0, 20.0, 50.0, 100.0]  # the new policy has the default steps
 
 
 def test_arguments() -> None:
