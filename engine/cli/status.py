@@ -64,7 +64,7 @@ async def collect_status(js: Any, url: str) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace) -> int:
     if args.watch and not args.rollout:
-        raise CliError("--watch follows one rollout: give ROLLOUT (`rollout status ROLLOUT --watch`)")
+        raise CliError("--watch follows one rollout: give ROLLOUT (`rollout status ROLLOUT --watch`)", "usage")
     if getattr(args, "rollout", None):
         from rollout_engine.engine.cli.rollout_status import show_rollout
 

@@ -149,7 +149,7 @@ def parse_duration(text: str) -> float:
 def _check_reachable(condition: Condition, view: RolloutView) -> None:
     if isinstance(condition, Step) and view.steps and condition.number > len(view.steps):
         raise CliError(f"--for {condition.name}: rollout {view.rollout!r} has {len(view.steps)} progression steps "
-                       f"{[format(s, 'g') for s in view.steps]}; pick step=1..{len(view.steps)}")
+                       f"{[format(s, 'g') for s in view.steps]}; pick step=1..{len(view.steps)}", "invalid")
 
 
 async def wait_for(args: argparse.Namespace) -> int:

@@ -62,11 +62,11 @@ async def initial_view(nc: Client, rollout: str) -> RolloutView:
         reply = await call(nc, "status", {"rollout": rollout}, timeout=10)
     except ApiError as exc:
         if exc.code != 503:
-            raise CliError(f"status refused ({exc.code}): {exc.message}") from None
+            raise CliError.from_api(exc.code, f"status refused ({exc.code}): {exc.message}") from None
         try:
             reply = await ControlApi(nc).status({"rollout": rollout})
         except ApiError as inner:
-            raise CliError(f"status refused ({inner.code}): {inner.message}") from None
+            raise CliError.from_api(inner.code, f"status refused ({inner.code}): {inner.message}") from None
     return RolloutView.from_status(reply)
 
 
