@@ -126,12 +126,15 @@ async def _scrape_until(predicate, timeout: float = 10.0) -> dict:
         await asyncio.sleep(0.1)
 
 
-async def test_a_rollouts_first_kill_takes_its_counter_from_0_to_1(bus, rollout_id) -> None:
-    """increase() and changes() see the first kill only if the series existed at 0 before it."""
+async def test_a_rollouts_first_kill_takes_its_counter_from_0_to_1(stack, rollout_id) -> None:
+    """increase() and changes() see the first kill only if the series existed at 0 before it.
+
+    On a server of its own: it publishes a tick, which the session server's log must not hold.
+    """
     from rollout_engine.engine.stack.ticks import make_tick
     from rollout_engine.events import Decision
 
-    _nc, js = bus
+    _settings, _nc, js = stack
     decision = Decision(id=new_event_id(), rollout=rollout_id, time_ms=1_000, producer="svc", unit="u1",
                         variant="candidate", reason="canary", canary_pct=10, config_version=1, propensity=0.1)
     await js.publish(subjects.event(rollout_id, "decision"), encode(decision))
