@@ -89,7 +89,7 @@ async def connect(
         options["user_credentials"] = settings.creds_file
     if settings.user:
         options["user"] = settings.user
-        options["password"] = settings.password
+        options["password"] = settings.password or _password_from_file(settings.password_file)
         # Secure mode: each role may subscribe only to its own inboxes (engine/stack/security.py).
         options["inbox_prefix"] = f"_INBOX_{settings.user}"
     client = Client()
@@ -201,6 +201,20 @@ def stream_config(settings: Settings) -> list[StreamConfig]:
             max_msg_size=settings.max_payload_bytes,
         ),
     ]
+
+
+def _password_from_file(path: str) -> str:
+    """The password in ``password_file`` (checked: no symlink, ours, mode 0600), or ""."""
+    if not path:
+        return ""
+    from pathlib import Path
+
+    from rollout_engine.engine.stack.private_files import UnsafeSecrets, read_private_file
+
+    try:
+        return read_private_file(Path(path)).decode().strip()
+    except UnsafeSecrets as exc:
+        raise BusUnavailable(f"{exc} (the password_file setting)") from None
 
 
 def _partitioning(settings: Settings) -> SubjectTransform | None:

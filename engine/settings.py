@@ -72,6 +72,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     creds_file: str = ""
     user: str = ""
     password: str = ""
+    password_file: str = ""
+    msg_id_key_file: str = ""
     partitions: Annotated[int, Meta(ge=0, le=1024)] = 0
     gate_port: Annotated[int, Meta(ge=0, le=65535)] = 0
     gate_host: str = "127.0.0.1"
@@ -124,6 +126,8 @@ SETTINGS_DOC: dict[str, str] = {
     "creds_file": "NATS credentials file for this process (secure mode).",
     "user": "NATS user name for this process (secure mode).",
     "password": "NATS password for this process (secure mode).",
+    "password_file": "File holding the NATS password (mode 0600, owned by this user, no symlink), used when `password` is empty: `rollout up --secure` hands its children this path instead of the password in their environment.",
+    "msg_id_key_file": "Secret key of the engine's message ids (hex, mode 0600). Empty: DATA_DIR/secure/msgid.key, created on first use. Every engine process of one deployment must share it (docs/security.md).",
     "webhooks": "Endpoints the `notifier` consumer posts each kill switch, resume and armed escalation to (a list of tables, fields below); empty: it only records. In the environment, ROLLOUT_WEBHOOKS is a JSON list.",
     "notify_max_attempts": "Attempts per webhook and command before the command goes to the notifier's dead letters (ro.dlq.notifier).",
     "notify_backoff_s": "Seconds before the second attempt; each further one waits twice as long, up to notify_backoff_max_s.",

@@ -26,7 +26,10 @@ import msgspec
 
 from rollout_engine.engine.cli.common import CliError, settings_from
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.engine.stack.private_files import PrivateDir, UnsafeSecrets
 from rollout_engine.engine.stack.security import (
+    PASSWORD_FILE,
     ROLES,
     SecureFiles,
     env_reference,
@@ -40,13 +43,16 @@ __all__ = ["SecureMode", "add_up_flags", "prepare", "register"]
 
 COMPOSE_CONFIG = Path("compose/nats/nats-server.conf")
 COMPOSE_ENV = Path("compose/.env")
+ROUTE_PASSWORD_FILE = "route.password"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SecureMode:
     """What ``rollout up`` needs to run with credentials: server config, its own identity, children's env."""
 
     files: SecureFiles
+    partitions: int = 0
+    """Partitions whose engine durables the rendered authorization protects."""
 
     def extra_config(self, server_dir: Path) -> str:
         return self.files.server_include(server_dir)
@@ -55,12 +61,37 @@ class SecureMode:
         """The settings of ``rollout up`` itself: the engine role."""
         return msgspec.structs.replace(settings, secure=True, user="engine", password=self.files.passwords["engine"])
 
-    def child_env(self) -> dict[str, str]:
-        """Environment of the supervised consumers: engine role; the CA when TLS is on."""
-        env = {"ROLLOUT_SECURE": "true", "ROLLOUT_USER": "engine", "ROLLOUT_PASSWORD": self.files.passwords["engine"]}
+    def child_env(self) -> dict[str, str | None]:
+        """Environment of the supervised consumers: engine role; the CA when TLS is on.
+
+        The password itself stays out of the environment (readable in ``/proc/<pid>/environ``
+        by the same user and inherited by anything a child starts): children get the path
+        of the 0600 ``engine.password`` file, and an inherited ``ROLLOUT_PASSWORD`` is removed.
+        """
+        env: dict[str, str | None] = {
+            "ROLLOUT_SECURE": "true", "ROLLOUT_USER": "engine", "ROLLOUT_PASSWORD": None,
+            "ROLLOUT_PASSWORD_FILE": str((self.files.directory / PASSWORD_FILE.format(role="engine")).absolute()),
+        }
         if self.files.tls:
             env["SSL_CERT_FILE"] = str(self.files.tls["ca"])
         return env
+
+    def route_password(self) -> str:
+        """The password of the cluster routes (``route.password`` beside the others, made once)."""
+        with PrivateDir(self.files.directory) as private:
+            private.create(ROUTE_PASSWORD_FILE, new_password() + "\n")
+            return (private.read(ROUTE_PASSWORD_FILE) or b"").decode().strip()
+
+    def cover_partitions(self, settings: Settings, partitions: int) -> bool:
+        """Re-render the authorization for a log of ``partitions`` partitions when it was rendered
+        for fewer (the log existed before, with more than the settings say); True if it changed.
+        The caller reloads the server(s)."""
+        if partitions <= self.partitions:
+            return False
+        files = write_secure_dir(self.files.directory, settings.data_path, tls=bool(self.files.tls),
+                                 partitions=partitions)
+        self.files, self.partitions = files, partitions
+        return True
 
     def describe(self) -> str:
         lines = [f"secure mode: per-role credentials in {self.files.directory} (mode 0600):"]
@@ -79,10 +110,15 @@ def prepare(settings: Settings, *, tls: bool = False) -> SecureMode | None:
     if not (settings.secure or tls):
         return None
     hosts = tuple(h for h in (settings.host, socket.gethostname()) if h and h not in ("0.0.0.0", "::"))
-    files = write_secure_dir(settings.data_path / "secure", settings.data_path, tls=tls, hosts=hosts)
+    try:
+        files = write_secure_dir(settings.data_path / "secure", settings.data_path, tls=tls, hosts=hosts,
+                                 partitions=settings.partitions)
+        EngineIds.load(settings)  # the key of the engine's message ids, beside the passwords
+    except UnsafeSecrets as exc:
+        raise CliError(str(exc)) from None
     if files.tls:
         os.environ["SSL_CERT_FILE"] = str(files.tls["ca"])
-    return SecureMode(files)
+    return SecureMode(files, settings.partitions)
 
 
 def add_up_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +140,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _compose_config(args: argparse.Namespace) -> int:
     target = Path(args.out)
-    rendered = render_compose_config()
+    rendered = render_compose_config(args.partitions)
     if args.check:
         if not target.exists() or target.read_text() != rendered:
             raise CliError(f"{target} is stale: run `rollout secure compose-config --out {target}`")
@@ -147,6 +183,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     config = actions.add_parser("compose-config", help="render the compose stack's nats-server config")
     config.add_argument("--out", default=str(COMPOSE_CONFIG), help=f"output file, or - for stdout (default {COMPOSE_CONFIG})")
     config.add_argument("--check", action="store_true", help="fail if the file differs from a fresh render")
+    config.add_argument("--partitions", type=int, default=0, metavar="P",
+                        help="the log's partition count: readers are also denied its per-partition durables")
     config.set_defaults(handler=_compose_config)
     env = actions.add_parser("compose-env", help="write random per-role passwords for compose (mode 0600)")
     env.add_argument("--out", default=str(COMPOSE_ENV), help=f"output file (default {COMPOSE_ENV})")

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rollout_engine.engine.stack.private_files import PrivateDir, write_private
 from rollout_engine.events import subjects
 
 __all__ = [
@@ -109,32 +110,48 @@ def _control_reader() -> tuple[str, ...]:
     )
 
 
-def engine_consumer_names() -> tuple[str, ...]:
-    """Durable consumer names of the engine on RO_LOG: one per registered consumer."""
+def engine_consumer_names(partitions: int = 0) -> tuple[str, ...]:
+    """Every durable consumer name the engine may create on RO_LOG.
+
+    One per registered consumer, and on a log of ``partitions`` partitions also each
+    partition's ``<consumer>_p<k>`` (``consumers.runtime.store_name``), whichever
+    process runs it.
+    """
     from rollout_engine.consumers import registry
+    from rollout_engine.consumers.runtime import store_name
 
-    return tuple(sorted(registry.names()))
+    names = sorted(registry.names())
+    return tuple(store_name(name, k) for name in names for k in (None, *range(partitions)))
 
 
-def _protect_engine_durables() -> tuple[str, ...]:
+def _protect_engine_durables(partitions: int = 0) -> tuple[str, ...]:
     """Deny readers the create subjects that name an engine durable.
 
     JetStream treats a create for an existing consumer name as an update, and an update
     may change the filter: a reader allowed ``CONSUMER.CREATE.RO_LOG.*.ro.ctl.>`` could
-    otherwise retarget the ``rollback`` consumer to control subjects only and silence
-    every kill switch. Deny wins over allow in nats-server.
+    otherwise retarget the ``rollback`` consumer (or ``rollback_p0`` of a partitioned
+    log) to control subjects only and silence every kill switch. Deny wins over allow in
+    nats-server. An allow list by name prefix (``sdk-*``) is not possible: a NATS
+    permission wildcard is a whole token, and a consumer name is one token (checked
+    against nats-server 2.15: ``sdk-*`` matches only the literal name, which the server
+    refuses). So every name the engine can use is listed, partitions included.
     """
     log = subjects.LOG_STREAM
     denied: list[str] = []
-    for name in engine_consumer_names():
+    for name in engine_consumer_names(partitions):
         denied += [f"{_JS}.CONSUMER.CREATE.{log}.{name}", f"{_JS}.CONSUMER.CREATE.{log}.{name}.>",
                    f"{_JS}.CONSUMER.DURABLE.CREATE.{log}.{name}", f"{_JS}.CONSUMER.INFO.{log}.{name}"]
     return tuple(denied)
 
 
-def roles() -> dict[str, Role]:
-    """The permission table, built from the subject map (events.subjects) only."""
+def roles(partitions: int = 0) -> dict[str, Role]:
+    """The permission table, built from the subject map (events.subjects) only.
+
+    ``partitions``: the log's partition count, whose per-partition durables readers
+    must not touch either.
+    """
     ctl = subjects.CONTROL_ALL
+    protected = _protect_engine_durables(partitions)
     return {
         "producer": Role(
             "producer",
@@ -163,7 +180,7 @@ def roles() -> dict[str, Role]:
             "read control state: KV ro_state and an ordered consumer on ro.ctl.> only",
             publish=_control_reader(),
             subscribe=(f"{inbox_prefix('service')}.>",),
-            deny_publish=_protect_engine_durables(),
+            deny_publish=protected,
         ),
         "app": Role(
             "app",
@@ -172,7 +189,7 @@ def roles() -> dict[str, Role]:
             # consumer created through the filtered subject (docs/security.md).
             publish=(subjects.EVENTS_ALL, *_control_reader()),
             subscribe=(f"{inbox_prefix('app')}.>",),
-            deny_publish=_protect_engine_durables(),
+            deny_publish=protected,
         ),
         "operator": Role(
             "operator",
@@ -229,15 +246,16 @@ def _quoted(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(json.dumps(item) for item in items) + "]"
 
 
-def render_authorization(passwords: Mapping[str, str], *, env: bool = False) -> str:
+def render_authorization(passwords: Mapping[str, str], *, env: bool = False, partitions: int = 0) -> str:
     """The ``authorization`` block of a nats-server config, one user per role given.
 
     ``passwords`` maps role -> what the server compares with: a bcrypt hash (quoted in
     the file), or with ``env=True`` ignored and replaced by an unquoted ``$RO_<ROLE>_PASSWORD``
     reference that nats-server resolves from its environment (compose). Roles are
-    emitted in :data:`ROLES` order so the text is deterministic.
+    emitted in :data:`ROLES` order so the text is deterministic. ``partitions``: the
+    log's partition count (see :func:`roles`).
     """
-    table = roles()
+    table = roles(partitions)
     unknown = sorted(set(passwords) - set(table))
     if unknown:
         raise ValueError(f"unknown roles {unknown}; known: {list(ROLES)}")
@@ -276,7 +294,7 @@ COMPOSE_LIMITS: dict[str, str] = {
 """Server limits of the compose stack: bounded connections, subscriptions and buffers."""
 
 
-def render_compose_config() -> str:
+def render_compose_config(partitions: int = 0) -> str:
     """The complete nats-server config mounted by compose/docker-compose.yml.
 
     Same permission table as ``rollout up --secure``; passwords are ``$RO_<ROLE>_PASSWORD``
@@ -298,19 +316,8 @@ def render_compose_config() -> str:
         "  max_file_store: 10737418240",
         "}",
     ]
-    return "\n".join(lines) + "\n" + render_authorization(dict.fromkeys(ROLES, ""), env=True)
-
-
-def write_private(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte (no readable window)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    return path
+    return "\n".join(lines) + "\n" + render_authorization(dict.fromkeys(ROLES, ""), env=True,
+                                                                partitions=partitions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,33 +349,43 @@ class SecureFiles:
         return text
 
 
-def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, hosts: tuple[str, ...] = ("127.0.0.1",)) -> SecureFiles:
+PASSWORD_FILE = "{role}.password"
+"""A role's password alone, for ``password_file``: ``rollout up`` hands its children this path."""
+
+
+def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, hosts: tuple[str, ...] = ("127.0.0.1",),
+                     partitions: int = 0) -> SecureFiles:
     """Create (or reuse) per-role credentials under ``directory``, all files mode 0600.
 
-    Passwords survive restarts (a consumer restarted by the supervisor, or a service
-    holding its settings file, keeps working); delete the directory to rotate them.
-    Each ``<role>.toml`` is a settings file: ``rollout --config DIR/operator.toml status``.
+    The directory must be this user's and closed to group and others
+    (:class:`~rollout_engine.engine.stack.private_files.PrivateDir` refuses it otherwise); files are
+    written without following symlinks. Passwords survive restarts (a consumer restarted
+    by the supervisor, or a service holding its settings file, keeps working); delete
+    the directory to rotate them. Each ``<role>.toml`` is a settings file: ``rollout
+    --config DIR/operator.toml status``; ``engine.password`` holds the engine's password
+    alone (see ``password_file``). ``partitions``: the log's partition count, whose
+    durables the reader roles are denied too.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
     passwords: dict[str, str] = {}
     settings_files: dict[str, Path] = {}
-    for role in ROLES:
-        path = directory / f"{role}.toml"
-        password = _read_password(path) or new_password()
-        passwords[role] = password
-        settings_files[role] = write_private(
-            path,
-            "# rollout-engine client settings for the "
-            f"{role} role (docs/security.md). Keep private: mode 0600.\n"
-            "[engine]\n"
-            f"data_dir = {json.dumps(str(data_dir))}\n"
-            "secure = true\n"
-            f"user = {json.dumps(role)}\n"
-            f"password = {json.dumps(password)}\n",
-        )
-    hashes = {role: hash_password(pw) for role, pw in passwords.items()}
-    auth = write_private(directory / "auth.conf", render_authorization(hashes))
+    with PrivateDir(directory) as private:
+        for role in ROLES:
+            name = f"{role}.toml"
+            password = _read_password(private.read(name)) or new_password()
+            passwords[role] = password
+            settings_files[role] = private.write(
+                name,
+                "# rollout-engine client settings for the "
+                f"{role} role (docs/security.md). Keep private: mode 0600.\n"
+                "[engine]\n"
+                f"data_dir = {json.dumps(str(data_dir))}\n"
+                "secure = true\n"
+                f"user = {json.dumps(role)}\n"
+                f"password = {json.dumps(password)}\n",
+            )
+        private.write(PASSWORD_FILE.format(role="engine"), passwords["engine"] + "\n")
+        hashes = {role: hash_password(pw) for role, pw in passwords.items()}
+        auth = private.write("auth.conf", render_authorization(hashes, partitions=partitions))
     tls_files = None
     if tls:
         from rollout_engine.engine.stack.tls import write_certificates
@@ -377,13 +394,13 @@ def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, host
     return SecureFiles(directory, auth, settings_files, passwords, tls_files)
 
 
-def _read_password(path: Path) -> str | None:
+def _read_password(raw: bytes | None) -> str | None:
     import tomllib
 
-    if not path.exists():
+    if raw is None:
         return None
     try:
-        value = tomllib.loads(path.read_text()).get("engine", {}).get("password")
-    except (OSError, tomllib.TOMLDecodeError):
+        value = tomllib.loads(raw.decode()).get("engine", {}).get("password")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     return value if isinstance(value, str) and len(value) >= 32 else None

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+from rollout_engine.engine.stack.private_files import write_private
 from rollout_engine.engine.stack.processes import child_preexec, terminate
 
 __all__ = ["EmbeddedServer", "ServerError", "find_nats_server"]
@@ -134,7 +136,8 @@ class EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.data_dir.glob("*.ports"):
             stale.unlink()
-        self.config_path.write_text(self.render_config())
+        # 0600, no symlink followed: in secure cluster mode the config holds the route password.
+        write_private(self.config_path, self.render_config())
         log_path = self.data_dir / "nats-server.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
@@ -181,6 +184,11 @@ class EmbeddedServer:
         """SIGTERM (lame-duck free, flushes JetStream), then SIGKILL if it lingers."""
         process, self.process = self.process, None
         terminate(process, timeout)
+
+    def reload(self) -> None:
+        """Re-read the configuration file (SIGHUP; nats-server reloads authorization in place)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """SIGKILL, for fault-injection tests."""

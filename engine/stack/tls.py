@@ -14,6 +14,7 @@ import datetime
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["write_certificates"]
 
@@ -46,17 +47,25 @@ def write_certificates(directory: Path, hosts: Iterable[str] = ("127.0.0.1",)) -
     """Create ``ca.pem``, ``server.pem`` and ``server-key.pem`` (0600) unless they exist.
 
     Returns the paths as ``{"ca": ..., "cert": ..., "key": ...}``. ``hosts`` become the
-    certificate's subject alternative names (loopback names are always included).
+    certificate's subject alternative names (loopback names are always included). The
+    directory must be this user's with no group or world access (it is created so).
     """
+    from rollout_engine.engine.stack.private_files import PrivateDir
+
+    paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
+    with PrivateDir(directory) as private:
+        if all(private.exists(p.name) for p in paths.values()):
+            return paths
+        _generate(private, hosts)
+    return paths
+
+
+def _generate(private: Any, hosts: Iterable[str]) -> None:
+    """Make the CA and the server certificate; the CA's key is never written."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from rollout_engine.engine.stack.security import write_private
-
-    paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
-    if all(p.exists() for p in paths.values()):
-        return paths
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -88,8 +97,7 @@ def write_certificates(directory: Path, hosts: Iterable[str] = ("127.0.0.1",)) -
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    write_private(paths["key"], key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()).decode())
-    write_private(paths["cert"], cert.public_bytes(pem).decode())
-    write_private(paths["ca"], ca_cert.public_bytes(pem).decode())
-    return paths
+    private.write("server-key.pem", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()).decode())
+    private.write("server.pem", cert.public_bytes(pem).decode())
+    private.write("ca.pem", ca_cert.public_bytes(pem).decode())
