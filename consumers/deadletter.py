@@ -4,8 +4,9 @@ A dead letter is published on ``ro.dlq.<consumer>`` (stream ``RO_DLQ``) as a sma
 msgpack envelope, :class:`DeadLetter`, with headers for people using the ``nats`` CLI:
 
 ==================  ==========================================================
-``Nats-Msg-Id``     ``dlq-<consumer>-<stream seq>-<index>``: deterministic, so a
-                    consumer that re-folds a batch after a crash does not
+``Nats-Msg-Id``     the engine's keyed id (``consumers/relay.py``) of
+                    ``dlq-<consumer>-<stream seq>-<index>``: deterministic, so
+                    a consumer that re-folds a batch after a crash does not
                     dead-letter the same item twice
 ``Ro-Reason``       the reason, one line (also in the envelope)
 ``Ro-Stream-Seq``   stream sequence of the original message in ``RO_LOG``
@@ -24,7 +25,7 @@ import msgspec
 from rollout_engine.consumers.store import OutboxRow
 from rollout_engine.events import subjects
 
-__all__ = ["DeadLetter", "dead_letter_row", "decode_dead_letter", "headers_of"]
+__all__ = ["DeadLetter", "dead_letter_row", "decode_dead_letter", "extra_headers"]
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
@@ -59,7 +60,6 @@ def dead_letter_row(letter: DeadLetter) -> OutboxRow:
     return OutboxRow(msg_id, subjects.dlq(letter.consumer), _encoder.encode(letter), _headers_encoder.encode(headers))
 
 
-def headers_of(row: OutboxRow) -> dict[str, str]:
-    """Headers to publish an outbox row with: its extra headers plus ``Nats-Msg-Id``."""
-    extra = _headers_decoder.decode(row.headers) if row.headers else {}
-    return {**extra, "Nats-Msg-Id": row.id}
+def extra_headers(row: OutboxRow) -> dict[str, str]:
+    """The headers an outbox row carries besides ``Nats-Msg-Id`` (a dead letter's reason and sequence)."""
+    return _headers_decoder.decode(row.headers) if row.headers else {}

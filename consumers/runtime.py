@@ -9,7 +9,8 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
    is after a gap and fill the gap by a direct get, dead-letter what is bad);
 3. commit the changed snapshot parts, the last sequence and the outbox rows (emitted
    events and dead letters) in ONE SQLite transaction;
-4. ack the messages; 5. relay the outbox with ``Nats-Msg-Id`` = the row id, delete it;
+4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
+   engine's keyed id of the row id), delete what JetStream stored;
 6. run the consumer's ``after_commit`` hook (KV puts, stats snapshots).
 
 A crash between any two steps is harmless: before 3 nothing happened; between 3 and 4
@@ -51,7 +52,6 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from rollout_engine.consumers.deadletter import headers_of
 from rollout_engine.consumers.folding import (
     BatchResult,
     Delivery,
@@ -60,9 +60,11 @@ from rollout_engine.consumers.folding import (
     snapshot_parts,
 )
 from rollout_engine.consumers.projection import Projection, digest_of
+from rollout_engine.consumers.relay import OutboxRelay
 from rollout_engine.consumers.store import OutboxRow, SQLiteConsumerStore, fault_of
 from rollout_engine.engine.settings import Settings
 from rollout_engine.engine.stack.consumer_metrics import ConsumerMetrics, default_metrics
+from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.events import subjects
 
 __all__ = ["Consumer", "Hook", "PartitionMismatch", "RunSummary", "Runner", "StoreIncompatible", "StoreStalled",
@@ -141,7 +143,11 @@ class Runner:
         fetch_timeout: float = 0.5,
         metrics: ConsumerMetrics | None = None,
         partition: int | None = None,
+        msg_ids: EngineIds | None = None,
+        standby: bool = False,
     ) -> None:
+        """``standby``: when another process runs this consumer, wait for its store lock
+        (warm: built, imports done) and take over the moment it exits, instead of failing."""
         self.consumer = consumer
         self.projection = consumer.projection
         self.partition = partition
@@ -149,9 +155,11 @@ class Runner:
         self.settings = settings
         self.batch = batch or settings.consumer_batch
         self.until_idle = until_idle
+        self.standby = standby
         self.fetch_timeout = fetch_timeout
         self.metrics = metrics or default_metrics()
         self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
+        self.relay = OutboxRelay(self.name, self.store, msg_ids or EngineIds.load(settings), self.metrics)
         self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None)
         self._next_delivery = 1  # partitioned: the consumer sequence expected next
         self._stuck = 0  # partitioned: idle checks in a row that saw undelivered messages
@@ -184,6 +192,8 @@ class Runner:
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> RunSummary:
+        if self.standby and not await self._stand_by():
+            return RunSummary(self.name, 0, 0, 0, "")  # stopped while standing by: nothing was ours
         await self.store.open()
         try:
             stored = await self.store.load()
@@ -226,6 +236,19 @@ class Runner:
                     await self._nc.drain()
         return RunSummary(self.name, self.folder.seq, self.folder.events, self.dead_letters,
                           digest(self.projection))
+
+    async def _stand_by(self) -> bool:
+        """Connect first, then wait for the store lock: the takeover costs no connect (False: stopped)."""
+        if self._nc is None:
+            from rollout_engine.engine.bus import connect
+
+            self._nc = await connect(self.settings, name=f"consumer-{self.name}")
+        if await self.store.wait_lock(self.stop_event):
+            return True
+        if self._own_nc:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        return False
 
     async def _subscribe(self) -> Any:
         """(Re)create the durable consumer at the committed position + 1 and bind to it."""
@@ -515,25 +538,8 @@ class Runner:
         self.dead_letters += len(total.dead)
 
     async def _relay(self, rows: list[OutboxRow]) -> None:
-        """Publish outbox rows with their ids; delete the ones JetStream acknowledged."""
-        if not rows:
-            return
-        js = self.js
-        futures = []
-        try:
-            for row in rows:
-                futures.append((row.id, await js.publish_async(row.subject, row.data, headers=headers_of(row))))
-            done = await asyncio.wait_for(asyncio.gather(*(f for _, f in futures), return_exceptions=True), 10)
-        except Exception as exc:
-            log.warning("%s: outbox relay failed (%s); rows stay for the next attempt", self.name, exc)
-            return
-        acked = [row_id for (row_id, _), result in zip(futures, done, strict=True) if not isinstance(result, BaseException)]
-        try:
-            await self.store.delete_outbox(acked)
-        except Exception as exc:  # a store fault: the rows are relayed again later, JetStream drops the copies
-            if fault_of(exc) is None:
-                raise
-            log.warning("%s: could not delete relayed outbox rows (%s); they will be relayed again", self.name, exc)
+        """Publish outbox rows under the engine's keyed ids; delete the ones JetStream stored."""
+        await self.relay.relay(self.js, rows)
 
 
 async def stored_digest(consumer: Consumer, settings: Settings, partition: int | None = None) -> tuple[int, str]:

@@ -7,9 +7,13 @@ Tables (one file per consumer, ``DATA_DIR/consumers/<name>.sqlite``, WAL mode):
   two processes running one consumer by mistake cannot both commit a batch.
 - ``parts(consumer, key, data)``: the projection's snapshot, as parts (one per rollout
   for incremental projections, a single ``""`` part otherwise).
-- ``outbox(consumer, id, subject, data, headers)``: events and dead letters to publish.
-  The relay publishes each with ``Nats-Msg-Id`` = ``id`` and then deletes it, so a
-  crash between commit and publish republishes, and JetStream drops the duplicate.
+- ``outbox(consumer, id, subject, data, headers, attempts, salt)``: events and dead
+  letters to publish. The relay (``consumers/relay.py``) counts an attempt in
+  ``attempts`` *before* each publish, publishes with ``Nats-Msg-Id`` = the keyed id of
+  ``id`` (and ``salt``), and deletes the row once JetStream acknowledged it. So a crash
+  between commit and publish republishes, JetStream drops the duplicate, and the relay
+  knows the duplicate is its own (``attempts`` > 0); a duplicate for a row never
+  attempted means someone else took the id first.
 
 Everything a batch produced goes in :meth:`SQLiteConsumerStore.commit`, in ONE
 transaction: a crash at any instant leaves either the old or the new state, never half.
@@ -17,6 +21,8 @@ transaction: a crash at any instant leaves either the old or the new state, neve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -32,8 +38,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracking (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
 CREATE TABLE IF NOT EXISTS parts (consumer TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (consumer, key));
 CREATE TABLE IF NOT EXISTS outbox (consumer TEXT NOT NULL, id TEXT NOT NULL, subject TEXT NOT NULL,
-    data BLOB NOT NULL, headers BLOB, PRIMARY KEY (consumer, id));
+    data BLOB NOT NULL, headers BLOB, attempts INTEGER NOT NULL DEFAULT 0, salt INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (consumer, id));
 """
+_OUTBOX_COLUMNS = {"attempts": "INTEGER NOT NULL DEFAULT 0", "salt": "INTEGER NOT NULL DEFAULT 0"}
+"""Columns added after the first release: stores written before get them on open."""
 
 
 class ConsumerLocked(RuntimeError):
@@ -81,6 +90,10 @@ class OutboxRow:
     data: bytes
     headers: bytes | None = None
     """Extra headers, msgpack-encoded ``dict[str, str]`` (dead letters carry their reason)."""
+    attempts: int = 0
+    """Publishes attempted so far under the current ``salt`` (counted before each publish)."""
+    salt: int = 0
+    """0, or the re-send number after the row's message id was found taken (see consumers/relay.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +138,24 @@ class SQLiteConsumerStore:
         os.write(fd, str(os.getpid()).encode())
         self._lock = fd
 
+    async def wait_lock(self, stop: asyncio.Event, poll_s: float = 0.02) -> bool:
+        """Wait (warm standby) until no other process holds this consumer's lock, then hold it.
+
+        The kernel releases a dead holder's flock at once, even after SIGKILL, so a standby
+        that has imported, built and connected takes over within ``poll_s`` of the crash.
+        Returns False when ``stop`` is set first.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self._lock is None:
+            try:
+                self._take_lock()
+            except ConsumerLocked:
+                if stop.is_set():
+                    return False
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll_s)
+        return True
+
     async def open(self) -> SQLiteConsumerStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.exclusive and self._lock is None:
@@ -135,6 +166,11 @@ class SQLiteConsumerStore:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.executescript(_SCHEMA)
+        async with db.execute("PRAGMA table_info(outbox)") as cur:
+            have = {row[1] async for row in cur}
+        for column, kind in _OUTBOX_COLUMNS.items():
+            if column not in have:
+                await db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
         self._db = db
         return self
 
@@ -170,9 +206,10 @@ class SQLiteConsumerStore:
 
     async def pending(self) -> list[OutboxRow]:
         async with self.db.execute(
-            "SELECT id, subject, data, headers FROM outbox WHERE consumer = ? ORDER BY rowid", (self.consumer,)
+            "SELECT id, subject, data, headers, attempts, salt FROM outbox WHERE consumer = ? ORDER BY rowid",
+            (self.consumer,),
         ) as cur:
-            return [OutboxRow(i, s, bytes(d), None if h is None else bytes(h)) async for i, s, d, h in cur]
+            return [OutboxRow(i, s, bytes(d), None if h is None else bytes(h), a, n) async for i, s, d, h, a, n in cur]
 
     async def commit(self, seq: int, parts: Mapping[str, bytes], outbox: Iterable[OutboxRow] = ()) -> None:
         """Record position ``seq``, changed parts and outbox rows atomically."""
@@ -202,6 +239,21 @@ class SQLiteConsumerStore:
             if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL and some I/O errors
                 await db.execute("ROLLBACK")
             raise
+
+    async def mark_attempted(self, ids: Iterable[str]) -> None:
+        """Count a publish attempt for each row, committed before the publish leaves.
+
+        After a crash the relay then knows which rows may already be in the log: a
+        duplicate acknowledgement for one of those is its own earlier publish.
+        """
+        batch = [(self.consumer, i) for i in ids]
+        if batch:
+            await self.db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE consumer = ? AND id = ?", batch)
+
+    async def resalt(self, row_id: str, salt: int) -> None:
+        """Give a row a new message id (``salt``) with no attempt under it yet."""
+        await self.db.execute("UPDATE outbox SET salt = ?, attempts = 0 WHERE consumer = ? AND id = ?",
+                              (salt, self.consumer, row_id))
 
     async def delete_outbox(self, ids: Iterable[str]) -> None:
         """Forget rows the relay has published (acknowledged by JetStream)."""

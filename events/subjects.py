@@ -40,6 +40,7 @@ __all__ = [
     "control",
     "control_filter",
     "dlq",
+    "engine_key",
     "evaluation",
     "event",
     "events_filter",
@@ -155,6 +156,20 @@ def dlq(consumer: str) -> str:
 def api(endpoint: str) -> str:
     """``ro.api.<endpoint>``: one operator API endpoint."""
     return f"{ROOT}.api.{check_token(endpoint, 'endpoint')}"
+
+
+ENGINE_KEY_PREFIX = "engine."
+"""KV keys of the engine's own health in ``STATE_BUCKET`` (no rollout is named ``engine``'s way:
+rollout keys are ``<kind>.<rollout>`` with kinds control, stats, bandit, rollback)."""
+
+
+def engine_key(*parts: str) -> str:
+    """``engine.<part>...``: the KV key of one piece of engine health.
+
+    ``engine.supervisor`` (children of ``rollout up``, their restarts and crash loops),
+    ``engine.relay.<consumer>`` (engine messages whose id another publisher took first).
+    """
+    return ENGINE_KEY_PREFIX + ".".join(check_token(part, "key part") for part in parts)
 
 
 def parse(subject: str) -> ParsedSubject:

@@ -18,7 +18,8 @@ same command is what services and consumers obey. Changes are guarded three ways
   racing cannot both compute ``before`` from the same state; the loser re-reads and
   retries;
 * idempotence: the command id derives from the client's ``request_id``, so a retried
-  request is stored once (JetStream ``Nats-Msg-Id``).
+  request is stored once (JetStream ``Nats-Msg-Id``, the engine's keyed id of it, which
+  no producer can compute and burn first: ``engine/stack/msg_ids.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from rollout_engine.engine.api.control_log import ControlView, known_rollouts, read_control
+from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.events import ConfigChange, ControlState, KillSwitch, Resume, encode, subjects
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import command_id, is_token, new_event_id
@@ -57,14 +59,18 @@ RESUME_DEFAULT_PCT = 5.0
 """The runbook's re-enable percentage after a kill (seed 001: "re-enable at 5%")."""
 MAX_REASON = 1000
 """Reasons are event Text (at most 1024 characters); room is left for the "manual: " prefix."""
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body (a policy document is a few KB): bigger ones get a 413."""
+MAX_DEPTH = 32
+"""Deepest nesting of objects and arrays in a request (a policy needs 4): deeper ones get a 400."""
 _WRONG_LAST_SEQUENCE = 10071
 _RETRIES = 5
 
 
 class ApiError(Exception):
     """A refused request: HTTP-like ``code`` (400 bad input, 404 unknown rollout, 409
-    conflict with the current state, 503 not available) and a message saying what was
-    wrong and what to do."""
+    conflict with the current state, 413 too large, 503 not available) and a message
+    saying what was wrong and what to do."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -81,15 +87,34 @@ def _builtins(value: Any) -> Any:
 
 # --- request validation -----------------------------------------------------------------
 def _body(request_data: bytes) -> dict[str, Any]:
+    """The request as a JSON object, or a 4xx saying why not (whatever its size or depth)."""
+    if len(request_data) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request is {len(request_data)} bytes; at most {MAX_BODY_BYTES} are accepted")
     if not request_data.strip():
         return {}
     try:
         body = msgspec.json.decode(request_data)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"request is not valid JSON ({exc}); send a JSON object") from None
+    except RecursionError:
+        raise ApiError(400, f"request nests objects or arrays deeper than {MAX_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request must be a JSON object, e.g. {\"rollout\": \"checkout-v2\"}")
+    _check_depth(body)
     return body
+
+
+def _check_depth(body: Any) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(400, f"request nests objects or arrays deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values() if isinstance(item, dict | list))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
 
 
 def _rollout(body: dict[str, Any]) -> str:
@@ -158,9 +183,13 @@ def _policy(body: dict[str, Any], version: int) -> dict[str, Any] | None:
 class ControlApi:
     """The endpoint handlers, over one NATS connection (testable without the service)."""
 
-    def __init__(self, nc: Client, js: JetStreamContext | None = None, *, evaluator: Any = None) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext | None = None, *, evaluator: Any = None,
+                 msg_ids: EngineIds | None = None) -> None:
+        """``msg_ids``: the deployment's key (``EngineIds.load(settings)``); without it a key of
+        this process only, so a request retried against another instance is not de-duplicated."""
         self.nc = nc
         self.js = js or nc.jetstream()
+        self.msg_ids = msg_ids or EngineIds.ephemeral()
         self.started_ms = int(time.time() * 1000)
         self.evaluator = evaluator
 
@@ -244,11 +273,11 @@ class ControlApi:
             event = make(view, command_id("api", rollout, request_id))
             if event is None:
                 return {"rollout": rollout, "changed": False, "control": _builtins(view.state)}
-            headers = {
-                "Nats-Msg-Id": event.id,
-                "Nats-Expected-Last-Subject-Sequence": str(view.control_seq),
-                "Nats-Expected-Last-Subject-Sequence-Subject": subjects.log_filter(rollout, "ctl"),
-            }
+            headers = self.msg_ids.headers(
+                event.id,
+                **{"Nats-Expected-Last-Subject-Sequence": str(view.control_seq),
+                   "Nats-Expected-Last-Subject-Sequence-Subject": subjects.log_filter(rollout, "ctl")},
+            )
             kind = type(event).__struct_config__.tag
             try:
                 ack = await self.js.publish(subjects.control(rollout, kind), encode(event), headers=headers, timeout=5)
@@ -347,9 +376,11 @@ class ControlApi:
         rollout = _rollout(body)
         await self._require_known(rollout)
         if self.evaluator is None:
+            from functools import partial
+
             from rollout_engine.engine.logtools.backtest import evaluate_rollout
 
-            self.evaluator = evaluate_rollout
+            self.evaluator = partial(evaluate_rollout, msg_ids=self.msg_ids)
         reply = await self.evaluator(self.js, rollout, body)
         from rollout_engine.engine.stack.metrics import EVALUATIONS
 
@@ -400,6 +431,10 @@ def _endpoint(func: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Ca
         except EventError as exc:
             await request.respond_error("400", str(exc), data=_json.encode({"error": str(exc), "code": 400}))
             return
+        except RecursionError:  # input that nests too deep for some step: the client's to fix
+            message = f"request nests too deep to process; keep objects and arrays within {MAX_DEPTH} levels"
+            await request.respond_error("400", message, data=_json.encode({"error": message, "code": 400}))
+            return
         except Exception as exc:
             log.exception("api %s failed", getattr(func, "__name__", "?"))
             message = f"internal error: {type(exc).__name__}: {exc}"
@@ -410,9 +445,10 @@ def _endpoint(func: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Ca
     return handle
 
 
-async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-    """Run the micro service on ``nc`` until ``stop`` is set."""
-    api = ControlApi(nc)
+async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None = None,
+                    msg_ids: EngineIds | None = None) -> None:
+    """Run the micro service on ``nc`` until ``stop`` is set (``msg_ids``: see :class:`ControlApi`)."""
+    api = ControlApi(nc, msg_ids=msg_ids)
     service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=SERVICE_NAME,
                                 description="rollout-engine operator API: status, abort, retry, promote, pause, unpause, "
                                             "resume, config, evaluate, health")

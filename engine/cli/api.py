@@ -23,6 +23,7 @@ from rollout_engine.engine.cli.common import (
     stop_on_signals,
 )
 from rollout_engine.engine.settings import SettingsError
+from rollout_engine.engine.stack.msg_ids import EngineIds
 
 __all__ = ["register"]
 
@@ -33,7 +34,7 @@ async def _run(args: argparse.Namespace) -> int:
     stop_on_signals(stop.set)
     nc = await connect(settings, name="rollout-api")
     ready = asyncio.Event()
-    task = asyncio.create_task(serve_api(nc, stop, ready))
+    task = asyncio.create_task(serve_api(nc, stop, ready, msg_ids=EngineIds.load(settings)))
     await ready.wait()
     try:
         gate = await start_gate(nc.jetstream(), settings)

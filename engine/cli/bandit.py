@@ -73,10 +73,14 @@ async def _read_view(args: argparse.Namespace, rollout: str) -> BanditView | Non
 
 
 async def _publish(args: argparse.Namespace, event: Event, command: str) -> None:
-    nc = await connect(settings_from(args), name="rollout-bandit", reconnect=False)
+    from rollout_engine.engine.stack.msg_ids import EngineIds
+
+    settings = settings_from(args)
+    nc = await connect(settings, name="rollout-bandit", reconnect=False)
     try:
         js = nc.jetstream()
-        await js.publish(subjects.control(event.rollout, command), encode(event), headers={"Nats-Msg-Id": event.id})
+        await js.publish(subjects.control(event.rollout, command), encode(event),
+                         headers=EngineIds.load(settings).headers(event.id))
     finally:
         await nc.close()
 

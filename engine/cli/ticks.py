@@ -4,7 +4,8 @@
 compose stack, a cluster) this command is the engine's clock: it creates what is
 missing (streams, KV bucket; idempotent, never overwriting operator tuning) and publishes
 a ``Tick`` on ``ro.tick`` every ``tick_interval_ms`` until SIGTERM or Ctrl-C. Ticks
-carry deterministic ids, so two of these (an HA pair) de-duplicate each other.
+carry deterministic ids, published under the engine's keyed message ids, so two of
+these sharing the key (an HA pair; ``msg_id_key_file``) de-duplicate each other.
 With ``metrics_port`` set (``ROLLOUT_METRICS_PORT``) it also serves the engine's
 log-derived Prometheus metrics (lag, dead letters, kill switches, breaches, detection
 latency) on ``http://HOST:PORT/metrics``, as ``rollout up`` does.
@@ -18,6 +19,7 @@ import logging
 
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.cli.common import handler, settings_from, stop_on_signals
+from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.engine.stack.ticks import run_ticks
 
 __all__ = ["register"]
@@ -37,7 +39,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.provision_only:
         await nc.drain()
         return 0
-    tasks = [asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))]
+    tasks = [asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop, EngineIds.load(settings)))]
     if settings.metrics_port:
         from rollout_engine.engine.stack.metrics import serve_metrics
 

@@ -212,7 +212,7 @@ def backtest(messages: Iterable[tuple[int, str, bytes]], candidate: Policy, *, c
     return BacktestReport(candidate_name, rows, totals)
 
 
-async def evaluate_rollout(js: Any, rollout: str, body: dict[str, Any]) -> dict[str, Any]:
+async def evaluate_rollout(js: Any, rollout: str, body: dict[str, Any], *, msg_ids: Any = None) -> dict[str, Any]:
     """The API's ``evaluate``: fold the rollout's log now; publish a kill the log lacks."""
     from rollout_engine.engine.api.control_log import read_control, read_messages, rollout_subjects
     from rollout_engine.events import encode, subjects
@@ -238,7 +238,11 @@ async def evaluate_rollout(js: Any, rollout: str, body: dict[str, Any]) -> dict[
     killed_now = False
     if missing and body.get("act", True) and not (await read_control(js, rollout)).state.kill_switch:
         kill = missing[-1]
-        await js.publish(subjects.control(rollout, "kill_switch"), encode(kill), headers={"Nats-Msg-Id": kill.id})
+        if msg_ids is None:
+            from rollout_engine.engine.stack.msg_ids import EngineIds
+
+            msg_ids = EngineIds.ephemeral()
+        await js.publish(subjects.control(rollout, "kill_switch"), encode(kill), headers=msg_ids.headers(kill.id))
         killed_now = True
     return {
         "rollout": rollout,

@@ -16,7 +16,10 @@ prometheus-client multiprocess files instead and ``rollout up`` serves them. Nam
   growing when a consumer process is down);
 - ``rollout_consumer_store_errors_total{reason}``: failed commits (``locked``, ``read_only``,
   ``disk_full``, ``io_error``), each retried; ``rollout_consumer_stalled`` is 1 while
-  the consumer waits for its store and takes no events.
+  the consumer waits for its store and takes no events;
+- ``rollout_consumer_relay_preempted_total``: emitted messages whose ``Nats-Msg-Id`` another
+  publisher had used first, so JetStream did not store them; each was re-sent under a new
+  id (consumers/relay.py). Anything above 0 means the message-id key leaked (docs/security.md).
 
 The gauges take the most recent value across processes (``multiprocess_mode``), so a
 restarted consumer under ``rollout up`` continues its series instead of adding one
@@ -60,6 +63,10 @@ class ConsumerMetrics:
         self.store_errors = Counter("rollout_consumer_store_errors_total",
                                     "Failed SQLite commits by fault (locked, read_only, disk_full, io_error); retried",
                                     [*label, "reason"], registry=reg)
+        self.preempted = Counter("rollout_consumer_relay_preempted",
+                                 "Emitted messages JetStream called duplicates of a message the consumer never "
+                                 "published (id taken by another publisher); each is re-sent under a new id",
+                                 label, registry=reg)
         self.stalled = Gauge("rollout_consumer_stalled", "1 while the consumer waits for its store and takes no events",
                              label, registry=reg, multiprocess_mode="mostrecent")
 

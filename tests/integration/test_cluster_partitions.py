@@ -110,7 +110,10 @@ async def test_partitioned_consumers_on_a_cluster_survive_a_node_and_a_process_l
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 30)
         live = {name: await _final(cluster.url, data_dir, name) for name in ("rollback", "canary_stats")}
-        clean_settings = load_settings(env={}, nats_url=cluster.url, data_dir=str(tmp_path / "clean"))
+        # The clean replay publishes what it emits too: with the deployment's message-id key
+        # (docs/security.md) its copies are de-duplicated, as a rebuilt consumer's would be.
+        clean_settings = load_settings(env={}, nats_url=cluster.url, data_dir=str(tmp_path / "clean"),
+                                       msg_id_key_file=str(data_dir / "secure" / "msgid.key"))
         for name in ("rollback", "canary_stats"):
             assert live[name] == await _clean(clean_settings, name), f"{name}: every partition equals a clean replay"
 
