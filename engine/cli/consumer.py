@@ -57,7 +57,7 @@ async def _run(args: argparse.Namespace) -> int:
         _report(args, {"consumer": args.name, "seq": seq, "digest": digest})
         return 0
     start_metrics(args, settings)
-    runner = Runner(consumer, settings, until_idle=args.until_idle)  # type: ignore[arg-type]
+    runner = Runner(consumer, settings, until_idle=args.until_idle, standby=args.standby)  # type: ignore[arg-type]
     stop_on_signals(runner.stop)
     from rollout_engine.consumers.runtime import StoreIncompatible
     from rollout_engine.consumers.store import ConsumerLocked
@@ -104,5 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="run the partitions of process K of --of M (p %% M == K)")
     parser.add_argument("--of", type=int, metavar="M", help="number of processes sharing the partitions (with --process)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: the metrics_port setting; 0: off)")
+    parser.add_argument("--standby", action="store_true",
+                        help="warm standby: if another process runs this consumer, wait (built and connected) and "
+                             "take over the moment it exits (docs/reliability.md)")
     add_json_flag(parser)
     parser.set_defaults(handler=handler(_run))

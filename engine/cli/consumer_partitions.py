@@ -83,7 +83,8 @@ async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
     stop_on_signals(stop)
     try:
         summaries = await run_partitions(lambda: _build(args.name, settings), settings, owned,
-                                         until_idle=args.until_idle, on_runners=runners.extend)
+                                         until_idle=args.until_idle, on_runners=runners.extend,
+                                         standby=args.standby)
     except (ConsumerLocked, StoreIncompatible, PartitionMismatch) as exc:
         raise CliError(str(exc)) from None
     if args.until_idle or args.json:

@@ -3,13 +3,18 @@
 Without ROLLOUT: the server, the streams, each consumer's lag and every rollout's
 control state. With ROLLOUT: its control state, the last command (who, when, why, and
 the numbers that caused it), per-variant stats and the thresholds in force.
+Also the engine's own health (engine/stack/health.py): the children of ``rollout up``
+with their restarts and crash loops, on a cluster its nodes, stream leaders and
+partition owners, and any engine message whose id another publisher took first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from rollout_engine.engine.bus import connect
@@ -32,11 +37,16 @@ async def collect_status(js: Any, url: str) -> dict[str, Any]:
     for name in (subjects.LOG_STREAM, subjects.DLQ_STREAM, f"KV_{subjects.STATE_BUCKET}"):
         try:
             info = await js.stream_info(name)
+            listed = await js.consumers_info(name)
         except NotFoundError:
             streams.append({"name": name, "exists": False})
             continue
+        except (NatsError, TimeoutError) as exc:  # a cluster electing a leader (a node lost): say so, go on
+            streams.append({"name": name, "exists": True, "unavailable": f"{type(exc).__name__}: {exc}"[:200],
+                            "consumers": []})
+            continue
         consumers = []
-        for consumer in await js.consumers_info(name):
+        for consumer in listed:
             consumers.append(
                 {
                     "name": consumer.name,
@@ -59,7 +69,24 @@ async def collect_status(js: Any, url: str) -> dict[str, Any]:
                 "consumers": consumers,
             }
         )
-    return {"server": url, "streams": streams}
+    from rollout_engine.engine.stack.health import cluster_view, read_health
+
+    durables = sorted({c["name"] for s in streams if s["exists"] for c in s["consumers"]})
+    durables = sorted(set(durables) | _engine_durables())
+    server_name = ""
+    with contextlib.suppress(Exception):
+        server_name = js._nc._server_info.get("server_name", "")
+    return {"server": url, "streams": streams, "cluster": await cluster_view(js, server_name),
+            **await read_health(js, durables)}
+
+
+def _engine_durables() -> set[str]:
+    """The engine's durable names (a consumer not running right now may still have an alert)."""
+    try:
+        from rollout_engine.consumers import registry
+    except ImportError:  # pragma: no cover - a slim install without the consumers
+        return set()
+    return set(registry.names())
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -86,12 +113,21 @@ async def _run(args: argparse.Namespace) -> int:
         if not stream["exists"]:
             print(f"stream  {stream['name']}: {color('missing', '31')} (run `rollout up` to provision)")
             continue
+        if "unavailable" in stream:
+            print(f"stream  {stream['name']}: {color('UNAVAILABLE', '31')} ({stream['unavailable']}; "
+                  "a cluster may be electing a leader: try again in a few seconds)")
+            continue
         print(f"stream  {stream['name']}: {stream['messages']} msgs, {stream['bytes']} bytes, "
               f"seq {stream['first_seq']}..{stream['last_seq']}, R{stream['replicas']}")
         for consumer in stream["consumers"]:
             lag = consumer["lag"]
             print(f"  consumer {consumer['name']}: lag {color(str(lag), '33' if lag else '32')}, "
                   f"unacked {consumer['ack_pending']}")
+    from rollout_engine.engine.stack.health import text_lines
+
+    for line in text_lines(status, status.get("cluster")):
+        alarm = line.startswith("ALERT") or "CRASH_LOOP" in line or "OFFLINE" in line or "NONE" in line
+        print(color(line, "31") if alarm else line)
     for item in status["rollouts"]:
         print(f"rollout {item['line']}")
     return 0

@@ -1,8 +1,12 @@
 """``rollout up``: the embedded stack in the foreground; Ctrl-C stops all of it.
 
-Starts the bundled nats-server with JetStream, provisions streams and the KV bucket,
-publishes engine ticks, and runs every registered consumer as its own process. The
-server URL is written to DATA_DIR/nats.url so other shells (``rollout status``) find it.
+Starts the bundled nats-server with JetStream (or, with ``--cluster N``, N nodes),
+provisions streams and the KV bucket, publishes engine ticks, and runs every registered
+consumer as its own process (the rollback consumer with a warm standby). The server(s),
+consumers and the API are supervised children: each one that dies is started again at
+once (engine/stack/supervisor.py). The server URL is written to DATA_DIR/nats.url so
+other shells (``rollout status``) find it. ``--secure`` combines with ``--cluster`` and
+``--partitions``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ import msgspec
 
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.cli.common import CliError, handler, settings_from, stop_on_signals
-from rollout_engine.engine.cli.secure import add_up_flags, prepare
+from rollout_engine.engine.cli.secure import SecureMode, add_up_flags, prepare
+from rollout_engine.engine.settings import Settings
 from rollout_engine.engine.stack.cluster import EmbeddedCluster
+from rollout_engine.engine.stack.health import publish_supervisor
 from rollout_engine.engine.stack.metrics import MULTIPROC_ENV, multiprocess_env, serve_metrics
+from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.engine.stack.partitioning import log_partitions
 from rollout_engine.engine.stack.server import EmbeddedServer, ServerError, is_loopback
-from rollout_engine.engine.stack.supervisor import Child, Supervisor
+from rollout_engine.engine.stack.supervisor import Child, NodeChild, Supervisor, SupervisorMetrics
 from rollout_engine.engine.stack.ticks import run_ticks
 
 __all__ = ["register", "serve"]
@@ -54,24 +62,10 @@ async def serve(
                        "loopback only unless you run `rollout up --secure` (docs/security.md)")
     stop = stop or asyncio.Event()
     stop_on_signals(stop.set)
-    server: EmbeddedServer | EmbeddedCluster
-    if args.cluster and secure is not None:
-        raise CliError("--secure with --cluster is not supported yet (the cluster nodes would run without "
-                       "credentials); run the secure stack on one server, or see docs/security.md")
     if args.cluster:
         # R3 needs three nodes; a 1- or 2-node trial cluster replicates to all it has.
         settings = msgspec.structs.replace(settings, replicas=min(3, args.cluster))
-        server = EmbeddedCluster(settings.data_path / "cluster", args.cluster, host=settings.host,
-                                 max_payload=settings.max_payload_bytes)
-    else:
-        server = EmbeddedServer(
-            settings.data_path / "nats",
-            host=settings.host,
-            port=settings.port,
-            max_payload=settings.max_payload_bytes,
-            allow_public=settings.secure,
-            extra_config=secure.extra_config(settings.data_path / "nats") if secure else "",
-        )
+    server = _server(args, settings, secure)
     began = time.monotonic()
     say(f"rollout up: starting nats-server ({f'{args.cluster} nodes' if args.cluster else 'embedded'}, "
         f"data in {settings.data_dir})")
@@ -80,7 +74,11 @@ async def serve(
     except ServerError as exc:
         raise CliError(str(exc)) from None
     say(f"rollout up: nats-server ready at {server.url} in {time.monotonic() - began:.1f} s")
-    supervisor = Supervisor([])
+    nodes = server.nodes if isinstance(server, EmbeddedCluster) else [server]
+    node_children: list[Child] = [NodeChild(node.name if len(nodes) > 1 else "nats-server", node) for node in nodes]
+    for child in node_children:
+        child.adopt()  # type: ignore[attr-defined]
+    supervisor = Supervisor(node_children)
     try:
         settings.url_file.parent.mkdir(parents=True, exist_ok=True)
         settings.url_file.write_text(server.url + "\n")
@@ -90,18 +88,19 @@ async def serve(
         for action in actions:
             log.info(action)
         say(f"rollout up: streams and KV {'provisioned' if actions else 'already in place'}")
+        if secure is not None and secure.cover_partitions(settings, await log_partitions(js)):
+            server.reload()  # readers are now denied the durables of every partition the log has
         names = [] if args.no_consumers else _consumer_names()
         metrics_env = multiprocess_env(settings.data_dir) if settings.metrics_port else {}
-        supervisor = Supervisor(
-            [
-                Child(name, [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(settings.data_dir), "consumer", name, *_owned(settings.partitions)],
-                      env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})
-                for name in names
-            ]
-            + [Child("api", [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(settings.data_dir), "api"],
-                     env={"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env})],
-            log_dir=log_dir,
-        )
+        child_env = {"ROLLOUT_NATS_URL": server.url, **(secure.child_env() if secure else {}), **metrics_env}
+        engine_cli = [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(settings.data_dir)]
+        for name in names:
+            supervisor.add(Child(name, [*engine_cli, "consumer", name, *_owned(settings.partitions)], env=child_env,
+                                 instances=1 + STANDBYS.get(name, 0), standby_argv=["--standby"]))
+        supervisor.add(Child("api", [*engine_cli, "api"], env=child_env))
+        if log_dir is not None:
+            for child in supervisor.children[len(node_children):]:
+                child.log_file = log_dir / f"{child.name}.log"
         supervisor.start()
         say(f"rollout up: started {len(names)} consumer processes ({', '.join(names) or 'none'}) and the "
             f"operator API; R{settings.replicas}; Ctrl-C stops all")
@@ -109,11 +108,13 @@ async def serve(
             say(secure.describe())
         if ready is not None:
             ready.set()
-        ticks = asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop))
+        ticks = asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop, EngineIds.load(settings)))
         watch = asyncio.create_task(supervisor.watch(stop))
+        health = asyncio.create_task(publish_supervisor(js, supervisor, stop))
         serving = asyncio.Event()
         exporter = asyncio.create_task(serve_metrics(js, settings.metrics_port, stop, host=settings.host,
-                                                     multiproc_dir=metrics_env.get(MULTIPROC_ENV), ready=serving))
+                                                     multiproc_dir=metrics_env.get(MULTIPROC_ENV), ready=serving,
+                                                     collectors=(SupervisorMetrics(supervisor),)))
         if settings.metrics_port:
             # a taken metrics port stops `rollout up` with one line, rather than no metrics
             await asyncio.wait({exporter, asyncio.create_task(serving.wait())}, return_when=asyncio.FIRST_COMPLETED)
@@ -124,7 +125,7 @@ async def serve(
             exporter.cancel()
             say("rollout up: Prometheus metrics off (serve them with --metrics-port 9464 or ROLLOUT_METRICS_PORT)")
         await stop.wait()
-        await asyncio.gather(ticks, watch, exporter, return_exceptions=True)
+        await asyncio.gather(ticks, watch, health, exporter, return_exceptions=True)
         await nc.drain()
     finally:
         await asyncio.to_thread(supervisor.stop)
@@ -133,6 +134,29 @@ async def serve(
             settings.url_file.unlink()
         say("rollout up: stopped")
     return 0
+
+
+STANDBYS = {"rollback": 1}
+"""Warm standbys per consumer: the rollback consumer (the kill path) has one, so a crash of
+its process costs the time to take a lock, not a Python start (docs/reliability.md)."""
+
+
+def _server(args: argparse.Namespace, settings: Settings, secure: SecureMode | None) -> EmbeddedServer | EmbeddedCluster:
+    """One embedded server, or an N-node cluster; with credentials in secure mode (routes too)."""
+    if args.cluster:
+        return EmbeddedCluster(
+            settings.data_path / "cluster", args.cluster, host=settings.host, max_payload=settings.max_payload_bytes,
+            node_config=secure.extra_config if secure else None,
+            route_password=secure.route_password() if secure else "",
+            route_tls=secure.files.tls if secure else None, allow_public=settings.secure)
+    return EmbeddedServer(
+        settings.data_path / "nats",
+        host=settings.host,
+        port=settings.port,
+        max_payload=settings.max_payload_bytes,
+        allow_public=settings.secure,
+        extra_config=secure.extra_config(settings.data_path / "nats") if secure else "",
+    )
 
 
 def _owned(partitions: int) -> list[str]:

@@ -293,13 +293,15 @@ def build_registry(log_metrics: LogMetrics, multiproc_dir: str | None = None,
 
 async def serve_metrics(js: JetStreamContext, port: int, stop: asyncio.Event, *, host: str = "127.0.0.1",
                         interval_s: float = 5.0, multiproc_dir: str | None = None,
-                        ready: asyncio.Event | None = None) -> int:
+                        ready: asyncio.Event | None = None, collectors: tuple[Any, ...] = ()) -> int:
     """Serve ``/metrics`` on ``port`` (0 picks one) and refresh every ``interval_s``; return
     when ``stop`` is set. ``ready`` is set after the first refresh; the bound port is in
-    ``LAST_PORT``."""
+    ``LAST_PORT``. ``collectors``: more of this process's own (the supervisor's)."""
     global LAST_PORT
     metrics = LogMetrics()
     registry = build_registry(metrics, multiproc_dir or os.environ.get(MULTIPROC_ENV))
+    for collector in collectors:
+        registry.register(collector)
     server, thread = start_server(port, host, registry)  # a taken port raises MetricsPortInUse
     LAST_PORT = server.server_port
     try:

@@ -89,16 +89,19 @@ async def run_partitions(
     *,
     until_idle: bool = False,
     on_runners: Callable[[list[Runner]], None] | None = None,
+    standby: bool = False,
 ) -> list[RunSummary]:
     """Run one :class:`Runner` per partition in this process on one connection.
 
     ``build`` makes a fresh consumer (projection and hooks) per partition. When one
     runner fails, the others are stopped (they commit their batch) and the error is raised.
+    ``standby``: each runner waits for its partition's store lock (see ``Runner``).
     """
     from rollout_engine.engine.bus import connect
 
     nc = await connect(settings, name=f"consumer-partitions-{','.join(map(str, partitions))}")
-    runners = [Runner(build(), settings, nc=nc, until_idle=until_idle, partition=p) for p in partitions]
+    runners = [Runner(build(), settings, nc=nc, until_idle=until_idle, partition=p, standby=standby)
+               for p in partitions]
     if on_runners is not None:
         on_runners(runners)
     tasks = [asyncio.create_task(r.run()) for r in runners]
