@@ -1,0 +1,273 @@
+"""Kill-switch integrity against a real ``rollout up --secure --partitions 2``.
+
+Each test is one attack by a role below the engine (or a fault), run beside a real
+regression; the oracle (``securestack.regression_is_killed_once``) checks that the
+attacked rollout and an untouched control rollout are each killed exactly once and
+that the SDK (``app`` role) then serves the baseline. One stack serves the module; the
+fault tests (every consumer killed, a crash loop) run last. The same with a 3-node
+cluster and a node killed: ``test_kill_switch_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.errors import TimeoutError as NatsTimeout
+
+from rollout_engine.consumers import registry
+from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.engine.stack.security import engine_consumer_names
+from rollout_engine.engine.stack.ticks import make_tick
+from rollout_engine.events import Event, Metric, command_id, decode, encode, subjects
+from tests.integration.securestack import (
+    SecureStack,
+    child_status,
+    cli,
+    lock_holders,
+    regression_is_killed_once,
+    until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+PARTITIONS = 2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
+    running = SecureStack(tmp_path_factory.mktemp("integrity"), "--partitions", str(PARTITIONS), "--port", "0")
+    running.start()
+    yield running
+    running.stop()
+
+
+def _burn_message(attacker_rollout: str, msg_id: str, n: int) -> tuple[str, bytes, dict[str, str]]:
+    """A harmless producer metric carrying the id it wants to burn."""
+    event = Metric(id=f"burn-{n}", rollout=attacker_rollout, time_ms=1, producer="attacker", variant="baseline",
+                   name="latency_ms", value=1.0)
+    return subjects.event(attacker_rollout, "metric"), encode(event), {"Nats-Msg-Id": msg_id}
+
+
+async def _burn(stack: SecureStack, ids: list[str], rollout: str) -> None:
+    producer = await stack.client("producer")
+    try:
+        js = producer.jetstream()
+        for n, msg_id in enumerate(ids):
+            subject, data, headers = _burn_message(rollout, msg_id, n)
+            await js.publish_async(subject, data, headers=headers)
+        await js.publish_async_completed()
+    finally:
+        await producer.close()
+
+
+def _predictable_ids(rollout: str, events: list[Event], now_ms: int, span_ms: int = 60_000) -> tuple[list[str], list[str]]:
+    """What a producer could compute before this change: every kill id its events could cause
+    (``command_id("kill", rollout, cause)``, the cause an event or a tick), and the next ticks."""
+    ticks = [make_tick(now_ms + step, 250).id for step in range(0, span_ms, 250)]
+    kills = [command_id("kill", rollout, cause) for cause in [e.id for e in events] + ticks]
+    return kills, ticks
+
+
+async def test_producer_cannot_burn_the_ids_of_kill_switches_or_ticks(stack: SecureStack, rollout_id: str) -> None:
+    """Finding: a producer pre-published the predictable Nats-Msg-Id of the coming kill switch
+    and ticks; JetStream then dropped the engine's as duplicates. Now the header ids are keyed."""
+    burned: set[str] = set()
+    started_ms = time.time_ns() // 1_000_000
+
+    async def attack(events: list[Event]) -> None:
+        kills, ticks = _predictable_ids(rollout_id, events, started_ms)
+        burned.update(kills + ticks)
+        await _burn(stack, kills + ticks, f"{rollout_id}-x")
+
+    killed = await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack)
+    kill = killed[rollout_id]
+    assert kill.id == command_id("kill", rollout_id, kill.cause_id), "the body id stays deterministic"
+    assert kill.id in burned, "the attack burned the very id the engine used to send in the header"
+    engine = await stack.client("engine")
+    try:
+        js = engine.jetstream()
+        last = decode((await js.get_last_msg(subjects.LOG_STREAM, subjects.TICK)).data)
+        assert last.time_ms >= started_ms + 2_000, "ticks inside the burned range were stored: time moves"
+        stored = await js.get_last_msg(subjects.LOG_STREAM, f"{subjects.ROOT}.ctl.{rollout_id}.kill_switch.>")
+        assert stored.headers["Nats-Msg-Id"] not in burned and stored.headers["Nats-Msg-Id"].startswith("ro1-")
+    finally:
+        await engine.close()
+    status = stack.status()
+    assert status["preempted"] == [], "no engine message lost its id"
+
+
+async def test_a_stolen_id_is_detected_resent_and_surfaced_never_counted_as_sent(
+        stack: SecureStack, rollout_id: str) -> None:
+    """With the key leaked (read from the engine's host), an attacker can burn the keyed id: the
+    relay sees a duplicate for a kill it never published, re-sends it under a new id, and
+    says so in the log, the metric and `rollout status`."""
+    partition = subjects.partition_of(rollout_id, PARTITIONS)
+    durable = f"rollback_p{partition}"
+    assert f'rollout_consumer_relay_preempted_total{{consumer="{durable}"}} 0.0' in stack.metrics(), \
+        "the series exists at 0 before the first event"
+    leaked = EngineIds(bytes.fromhex((stack.data / "secure" / "msgid.key").read_text().strip()))
+
+    async def attack(events: list[Event]) -> None:
+        kills, _ = _predictable_ids(rollout_id, events, time.time_ns() // 1_000_000)
+        await _burn(stack, [leaked.of(k) for k in kills], f"{rollout_id}-x")
+
+    await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack)
+    [alert] = [a for a in stack.status()["preempted"] if a["consumer"] == durable]
+    assert alert["preempted"] >= 1 and alert["last_subject"] == subjects.control(rollout_id, "kill_switch")
+    assert alert["taken_by_subject"].startswith(f"{subjects.ROOT}.evt.{rollout_id}-x.metric")
+    assert f'rollout_consumer_relay_preempted_total{{consumer="{durable}"}} 1.0' in stack.metrics()
+    assert "was NOT stored" in stack.log(), "the relay logged the lost message as an error"
+
+
+async def test_readers_cannot_retarget_any_durable_partitioned_or_not(stack: SecureStack, rollout_id: str) -> None:
+    """Finding: with --partitions, `service` and `app` could re-create rollback_p0/p1 with the
+    filter ro.ctl.> (a create is an update) and silence every kill switch. Now every engine
+    durable on the log, whatever its name, is refused to them, and keeps its filters."""
+    log = subjects.LOG_STREAM
+    engine = await stack.client("engine")
+    readers = {role: await stack.client(role) for role in ("service", "app")}
+    try:
+        ejs = engine.jetstream()
+        durables = set(engine_consumer_names(PARTITIONS))
+        before = {i.name: sorted(i.config.filter_subjects or [i.config.filter_subject or ""])
+                  for i in await ejs.consumers_info(log) if i.name in durables}
+        assert {f"{name}_p{k}" for name in registry.names() for k in range(PARTITIONS)} == set(before), \
+            "every consumer of every partition runs"
+
+        async def attack(_events: list[Event]) -> None:
+            for role, reader in readers.items():
+                for name in sorted(before):
+                    subject = f"$JS.API.CONSUMER.CREATE.{log}.{name}.{subjects.CONTROL_ALL}"
+                    body = json.dumps({"stream_name": log, "config": {
+                        "name": name, "durable_name": name, "deliver_policy": "all", "ack_policy": "explicit",
+                        "filter_subject": subjects.CONTROL_ALL}}).encode()
+                    with pytest.raises(NatsTimeout):
+                        await reader.request(subject, body, timeout=0.3)
+                    await stack.violation(role, subject)
+
+        await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack)
+        after = {i.name: sorted(i.config.filter_subjects or [i.config.filter_subject or ""])
+                 for i in await ejs.consumers_info(log) if i.name in before}
+        assert after == before, "no durable was retargeted"
+    finally:
+        for reader in readers.values():
+            await reader.close()
+        await engine.close()
+
+
+async def test_secrets_are_refused_when_prepared_by_others_and_kept_out_of_children(
+        stack: SecureStack, rollout_id: str, tmp_path: Path) -> None:
+    """Finding: `rollout secure init` reused a secrets directory someone else made and wrote
+    through symlinks; children got the engine password in their environment."""
+    group_readable = tmp_path / "a"
+    (group_readable / "secure").mkdir(parents=True, mode=0o750)
+    (group_readable / "secure").chmod(0o750)
+    symlinked = tmp_path / "b"
+    symlinked.mkdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (symlinked / "secure").symlink_to(tmp_path / "elsewhere")
+    cases = {group_readable: "chmod 700", symlinked: "not a symlink"}
+    if os.getuid() == 0:
+        foreign = tmp_path / "c"
+        (foreign / "secure").mkdir(parents=True, mode=0o700)
+        os.chown(foreign / "secure", 4242, 4242)
+        cases[foreign] = "belongs to uid 4242"
+    for data_dir, reason in cases.items():
+        refused = cli("--data-dir", str(data_dir), "secure", "init")
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
+    assert list((tmp_path / "elsewhere").iterdir()) == [], "nothing was written through the link"
+
+    password = stack.passwords["engine"].encode()
+    children = subprocess.run(["pgrep", "-P", str(stack.process.pid)], capture_output=True, text=True).stdout.split()
+    consumers = [pid for pid in children if b"consumer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert consumers, "rollout up runs its consumers as children"
+    for pid in consumers:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert password not in environ and b"ROLLOUT_PASSWORD=" not in environ, pid
+        assert b"ROLLOUT_PASSWORD_FILE=" in environ
+    await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl")
+
+
+async def test_any_api_body_gets_a_4xx_and_the_api_keeps_serving(stack: SecureStack, rollout_id: str) -> None:
+    """Finding: a 100,000-level nested request made the API answer 500 (RecursionError)."""
+    operator = await stack.client("operator")
+    nested = b"[" * 100_000 + b"]" * 100_000
+    deep_object = b'{"rollout": ' * 50_000 + b"1" + b"}" * 50_000  # 650 KB: under the size limit
+    huge = b'{"rollout": "x", "reason": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+
+    async def attack(_events: list[Event]) -> None:
+        for endpoint in ("status", "rollback", "resume", "evaluate", "config", "health"):
+            for body, code in ((nested, "400"), (deep_object, "400"), (huge, "413")):
+                reply = await operator.request(subjects.api(endpoint), body, timeout=20)
+                headers = reply.headers or {}
+                assert headers.get("Nats-Service-Error-Code") == code, (endpoint, headers)
+                assert json.loads(reply.data)["error"], "the refusal says why"
+
+    try:
+        await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack)
+        assert (await stack.operator("health", {}))["ok"] is True
+    finally:
+        await operator.close()
+
+
+async def test_killing_every_consumer_at_once_costs_no_kill_switch(stack: SecureStack, rollout_id: str) -> None:
+    """Finding: the supervisor restarted dead children one at a time with a growing backoff; the
+    rollback consumer stayed down up to 50 s. Now each restarts at once, and the rollback
+    consumer's warm standby takes over its store lock."""
+    before = stack.status()
+    killed: dict[str, int] = {}
+
+    async def during() -> None:
+        killed.update(lock_holders(stack))
+        assert {f"rollback_p{k}" for k in range(PARTITIONS)} <= set(killed)
+        for pid in set(killed.values()):
+            os.kill(pid, signal.SIGKILL)
+
+    await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", during=during)
+    holders = lock_holders(stack, "rollback")
+    assert all(holders[name] != killed[name] for name in holders), "the standby took over"
+
+    def restarted() -> bool:
+        status = stack.status()
+        return all(child_status(status, n)["restarts"] > child_status(before, n)["restarts"]  # type: ignore[operator]
+                   and child_status(status, n)["state"] == "running"
+                   for n in ("control", "canary_stats", "bandit", "verification", "rollback"))
+
+    await until(lambda: asyncio.to_thread(restarted), 60, "every consumer restarted and running")
+
+
+async def test_a_crash_loop_is_reported_and_isolated(stack: SecureStack, rollout_id: str) -> None:
+    """A consumer that cannot start (its store unreadable) backs off, shows in `rollout status`
+    and as a metric, and the kill path beside it works. Last: it breaks the verification consumer."""
+    import sqlite3
+
+    async def during() -> None:
+        store = stack.data / "consumers" / "verification_p0.sqlite"
+        with sqlite3.connect(store, timeout=30) as db:
+            db.execute("INSERT OR REPLACE INTO parts (consumer, key, data) VALUES ('verification_p0', '~bad', x'c1')")
+            db.execute("UPDATE parts SET data = x'c1' WHERE consumer = 'verification_p0'")
+        os.kill(lock_holders(stack, "verification_p0")["verification_p0"], signal.SIGKILL)
+
+    await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", during=during)
+
+    def looping() -> bool:
+        return child_status(stack.status(), "verification")["state"] == "crash_loop"
+
+    await until(lambda: asyncio.to_thread(looping), 90, "the verification consumer reported in a crash loop")
+    assert 'rollout_child_crash_loop{child="verification",kind="process"} 1.0' in stack.metrics()
+    assert 'rollout_child_crash_loop{child="rollback",kind="process"} 0.0' in stack.metrics()
+    text = cli("--config", str(stack.data / "secure" / "operator.toml"), "status").stdout
+    assert "child   verification (process): CRASH_LOOP" in text
+    for leftover in (stack.data / "consumers").glob("verification_p0.sqlite*"):
+        leftover.unlink()  # the operator's fix: rebuild that projection from the log
+    await until(lambda: asyncio.to_thread(lambda: child_status(stack.status(), "verification")["processes"] == 1
+                                          and "verification_p0" in lock_holders(stack, "verification")),
+                90, "the verification consumer running again")
