@@ -7,7 +7,7 @@ import asyncio
 from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["bandit", "consumer", "memory", "reference", "rollback", "scale", "sdk"]
+__all__ = ["bandit", "consumer", "memory", "reference", "restart", "rollback", "scale", "sdk"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -123,6 +123,13 @@ async def memory() -> list[Figure]:
     return [Figure("canary_stats: peak RSS with 10,000 active rollouts (300 events each)", "MB",
                    rss[len(rss) // 2], rss[0], rss[-1], rss, target="< 300 MB",
                    extra={"snapshot_mb": runs[-1]["snapshot_mb"]})]
+
+
+async def restart() -> list[Figure]:
+    """Every consumer killed at once -> the rollback consumer folding again (5 rounds, warm and cold)."""
+    from bench.bench_restart import restart_figures
+
+    return await restart_figures(5)
 
 
 async def scale() -> list[Figure]:

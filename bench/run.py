@@ -37,6 +37,7 @@ GROUPS: dict[str, str] = {
     "replay": "bench.groups:replay",
     "memory": "bench.groups:memory",
     "scale": "bench.groups:scale",
+    "restart": "bench.groups:restart",
 }
 
 
