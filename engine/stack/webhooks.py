@@ -8,7 +8,8 @@ that touches HTTP and the wall clock:
   followed it), it POSTs the oldest owed command once due: at once for a first attempt,
   then after ``notify_backoff_s`` doubling up to ``notify_backoff_max_s``;
 * it publishes the outcome as a :class:`events.Notification` on
-  ``ro.ctl.<rollout>.notification`` with a deterministic ``Nats-Msg-Id``; the fold
+  ``ro.ctl.<rollout>.notification`` with a deterministic id, published under the
+  engine's keyed ``Nats-Msg-Id`` (no producer can burn it first); the fold
   reads it back, so a restarted notifier knows every delivery and every attempt made;
 * after ``notify_max_attempts`` failures it records ``dead`` and parks the command in
   the dead letters (``ro.dlq.notifier``, reason and webhook in the envelope), which the
@@ -202,7 +203,7 @@ class Deliverer:
         if status == "dead":
             await self._dead_letter(runner, webhook, intent, attempt, error or "")
         await self._publish(runner, subjects.control(intent.rollout, "notification"), encode(record),
-                            {"Nats-Msg-Id": record.id})
+                            runner.relay.ids.headers(record.id))
 
     async def _dead_letter(self, runner: Any, webhook: Webhook, intent: Intent, attempts: int, error: str) -> None:
         reason = f"webhook {webhook.name}: {attempts} attempts failed, the last with {error}"
