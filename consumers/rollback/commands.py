@@ -1,7 +1,8 @@
 """The events the rollback consumer emits, built from what caused them.
 
 Each id derives from the cause (``command_id("kill", rollout, cause_id)``), so a refold
-of the same log emits the same bytes and JetStream's ``Nats-Msg-Id`` drops repeats; each
+of the same log emits the same bytes and JetStream's ``Nats-Msg-Id`` (the engine's keyed
+id of it, consumers/relay.py) drops repeats; each
 reason is seed 001's breach lines joined, then the policy, within the contract's
 1,024 characters (a command a service cannot decode would be no command at all).
 """

@@ -1,8 +1,8 @@
 """The ``rollback`` consumer: the rollback projection run by the shared runtime.
 
 The runtime folds the log into :class:`RollbackProjection`, commits its snapshot parts,
-position and emitted commands in one SQLite transaction, and relays the commands with
-their deterministic ids as ``Nats-Msg-Id``. This module only adds the publishing edge:
+position and emitted commands in one SQLite transaction, and relays the commands under
+the engine's keyed ``Nats-Msg-Id`` of their deterministic ids. This module only adds the publishing edge:
 after committed batches (at most once a second, wall clock: an edge, not the reducer),
 each touched rollout's :meth:`RollbackProjection.status` goes to KV ``ro_state`` under
 ``rollback.<rollout>``, where ``rollout status`` and the API's ``evaluation`` read it,

@@ -195,7 +195,8 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
         "name": "DeadLetter", "title": "Dead letter", "contentType": MSGPACK,
         "summary": "What a consumer could not fold: the original bytes, where they were, and why.",
         "headers": {"type": "object", "properties": {
-            "Nats-Msg-Id": {"type": "string", "description": "dlq-<consumer>-<stream seq>-<index>"},
+            "Nats-Msg-Id": {"type": "string", "description": "the engine's keyed id (docs/security.md) of "
+                                                             "dlq-<consumer>-<stream seq>-<index>"},
             "Ro-Reason": {"type": "string", "description": "the reason, one line"},
             "Ro-Stream-Seq": {"type": "string", "description": f"stream sequence of the original in {subjects.LOG_STREAM}"}}},
         "payload": letter["schema"],
