@@ -126,7 +126,7 @@ async def _run(args: argparse.Namespace) -> int:
     from rollout_engine.engine.stack.health import text_lines
 
     for line in text_lines(status, status.get("cluster")):
-        alarm = line.startswith("ALERT") or "CRASH_LOOP" in line or "OFFLINE" in line or "NONE" in line
+        alarm = line.startswith(("ALERT", "STALE")) or "CRASH_LOOP" in line or "OFFLINE" in line or "NONE" in line
         print(color(line, "31") if alarm else line)
     for item in status["rollouts"]:
         print(f"rollout {item['line']}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -162,6 +163,10 @@ def text_lines(health: dict[str, Any], cluster: dict[str, Any] | None) -> list[s
             lines.append(f"  partition {owner['partition']}: {who}")
     supervisor = health.get("supervisor")
     if supervisor:
+        age_s = (time.time() * 1000 - supervisor.get("updated_ms", 0)) / 1000
+        if age_s > 5 * HEALTH_EVERY_S:
+            lines.append(f"STALE   the children below were last reported {age_s:.0f} s ago: is `rollout up` "
+                         f"(pid {supervisor.get('pid')}) still running?")
         for child in supervisor.get("children", []):
             state = child["state"]
             extra = f", {child['fast_exits']} fast exits in a row, next start after {child['backoff_s']:g} s" \
