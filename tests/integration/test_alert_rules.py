@@ -22,7 +22,6 @@ RULES, TESTS = PROM / "alerts.yml", PROM / "alerts.test.yml"
 
 EXPORTED_ELSEWHERE = {
     "process_start_time_seconds": "prometheus-client's process collector in every consumer process",
-    "rollout_child_restarts": "the supervisor's crash-loop counter of `rollout up` (added with its restart backoff)",
 }
 """Metrics an alert reads that this repository's engine/ and consumers/ do not define by name."""
 
