@@ -28,6 +28,7 @@ __all__ = [
     "DLQ_ALL",
     "DLQ_STREAM",
     "EVENTS_ALL",
+    "EVENTS_PUBLISH",
     "LOG_STREAM",
     "LOG_SUBJECTS",
     "PARTITION_SOURCE",
@@ -63,7 +64,9 @@ API_ALL = f"{ROOT}.api.>"
 
 LOG_STREAM = "RO_LOG"
 """The log: producer events, control commands and ticks in one total order."""
-LOG_SUBJECTS = [f"{ROOT}.evt.*.*", f"{ROOT}.ctl.*.*", TICK]
+EVENTS_PUBLISH = f"{ROOT}.evt.*.*"
+"""Every producer event subject, of exactly the documented depth: what producers may publish."""
+LOG_SUBJECTS = [EVENTS_PUBLISH, f"{ROOT}.ctl.*.*", TICK]
 """What the log stream captures: exactly the documented depths. A ``>`` would also capture
 ``ro.evt.r1.metric.x``, which no reader can parse (the server refuses it now: no stream)."""
 WIDE_LOG_SUBJECTS = frozenset({EVENTS_ALL, CONTROL_ALL})

@@ -3,14 +3,14 @@
 Five roles, and what each may do (everything else is denied by the server):
 
 ``producer``
-    services recording decisions, outcomes and metrics: publish ``ro.evt.>`` only (into
+    services recording decisions, outcomes and metrics: publish ``ro.evt.<rollout>.<kind>`` only (into
     JetStream, acks come back on its own inbox). It cannot publish or read control
     commands, touch the JetStream API (no stream purge, no KV read, no dead letters) or
     subscribe to anything but its inbox.
 ``engine``
     consumers, ticks, the operator API: publish control commands, ticks, stats and dead
     letters, use the JetStream API, answer requests. It alone can forge nothing a
-    producer could not, since it never publishes ``ro.evt.>``.
+    producer could not, since it never publishes a deeper ``ro.evt`` subject.
 ``service``
     services reading control state: the KV bucket ``ro_state`` (get and watch) and an
     ordered consumer on ``RO_LOG`` restricted by the server to ``ro.ctl.>``.
@@ -155,8 +155,8 @@ def roles(partitions: int = 0) -> dict[str, Role]:
     return {
         "producer": Role(
             "producer",
-            "publish producer events (ro.evt.>) into JetStream; nothing else",
-            publish=(subjects.EVENTS_ALL,),
+            "publish producer events (ro.evt.<rollout>.<kind>) into JetStream; nothing else",
+            publish=(subjects.EVENTS_PUBLISH,),
             subscribe=(f"{inbox_prefix('producer')}.>",),
         ),
         "engine": Role(
@@ -187,7 +187,7 @@ def roles(partitions: int = 0) -> dict[str, Role]:
             "a service using the SDK (RolloutClient): producer + control reader",
             # No unfiltered `CONSUMER.CREATE.RO_LOG`: the SDK's follower is a named
             # consumer created through the filtered subject (docs/security.md).
-            publish=(subjects.EVENTS_ALL, *_control_reader()),
+            publish=(subjects.EVENTS_PUBLISH, *_control_reader()),
             subscribe=(f"{inbox_prefix('app')}.>",),
             deny_publish=protected,
         ),
