@@ -11,6 +11,9 @@
     ro.stats.<rollout>.eval     the rollback consumer's evaluation of the rollout (core NATS)
     ro.dlq.<consumer>           dead letters of one consumer
     ro.api.<endpoint>           the operator API (nats.micro)
+    $KV.ro_acks.<service>.<instance>
+                                SDK acknowledgements: the control revision each
+                                service instance applied (KV bucket ``ro_acks``)
 
 Events, control and ticks are captured by ONE stream (``LOG_STREAM``) so every decider
 reads a single total order and a replay is deterministic.
@@ -20,9 +23,12 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from rollout_engine.events.ids import check_token
+from rollout_engine.events.ids import check_token, is_token
 
 __all__ = [
+    "ACKS_ALL",
+    "ACK_BUCKET",
+    "ACK_STREAM",
     "CONTROL_ALL",
     "CONTROL_COMMANDS",
     "DLQ_ALL",
@@ -38,6 +44,8 @@ __all__ = [
     "TICK",
     "WIDE_LOG_SUBJECTS",
     "ParsedSubject",
+    "ack_key",
+    "ack_subject",
     "control",
     "control_filter",
     "dlq",
@@ -47,6 +55,7 @@ __all__ = [
     "events_filter",
     "log_filter",
     "parse",
+    "parse_ack_subject",
     "partition_count",
     "partition_filters",
     "partition_of",
@@ -246,3 +255,39 @@ def partition_of(rollout: str, count: int) -> int:
     for byte in check_token(rollout, "rollout").encode():
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return h % count
+
+
+# --- acknowledgements (docs/sdk.md, "Acknowledgements") ---------------------------------
+# Not part of the log: each SDK instance keeps one KV entry, rewritten at each change it
+# applies and on a heartbeat, expiring by per-message TTL when the instance stops.
+ACK_BUCKET = "ro_acks"
+"""KV bucket: key ``<service>.<instance>`` -> the instance's InstanceAck (msgpack)."""
+ACK_STREAM = f"KV_{ACK_BUCKET}"
+"""The JetStream stream behind the bucket (permissions and readers name it)."""
+ACKS_ALL = f"$KV.{ACK_BUCKET}.>"
+"""Every acknowledgement subject: what a reader of the bucket filters on."""
+
+
+def ack_key(service: str, instance: str) -> str:
+    """KV key of one instance: ``<service>.<instance>``.
+
+    The service is a token of its own so a per-service credential can be allowed
+    ``$KV.ro_acks.<service>.*`` and nothing else (docs/security.md).
+
+    >>> ack_key("checkout", "pod-7-1a2b")
+    'checkout.pod-7-1a2b'
+    """
+    return f"{check_token(service, 'service')}.{check_token(instance, 'instance')}"
+
+
+def ack_subject(service: str, instance: str) -> str:
+    """``$KV.ro_acks.<service>.<instance>``: where an instance publishes its acknowledgement."""
+    return f"$KV.{ACK_BUCKET}.{ack_key(service, instance)}"
+
+
+def parse_ack_subject(subject: str) -> tuple[str, str]:
+    """(service, instance) of an acknowledgement subject; ValueError for anything else."""
+    parts = subject.split(".")
+    if len(parts) == 4 and parts[0] == "$KV" and parts[1] == ACK_BUCKET and is_token(parts[2]) and is_token(parts[3]):
+        return parts[2], parts[3]
+    raise ValueError(f"{subject!r} is not an acknowledgement subject ($KV.{ACK_BUCKET}.<service>.<instance>)")
