@@ -288,4 +288,20 @@ async def _provision_once(js: JetStreamContext, settings: Settings) -> list[str]
             storage=StorageType.FILE,
         )
         actions.append(f"created KV bucket {subjects.STATE_BUCKET}")
+    try:
+        await js.key_value(subjects.ACK_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_key_value(  # one entry per SDK instance, each with its own TTL (docs/sdk.md)
+            bucket=subjects.ACK_BUCKET,
+            description="SDK acknowledgements: the control revision each service instance applied",
+            history=1,
+            ttl=ACK_BUCKET_MAX_AGE_S,
+            replicas=settings.replicas,
+            storage=StorageType.FILE,
+        )
+        actions.append(f"created KV bucket {subjects.ACK_BUCKET}")
     return actions
+
+
+ACK_BUCKET_MAX_AGE_S = 24 * 3600.0
+"""Upper bound on any acknowledgement's life, whatever TTL its publisher asked for."""

@@ -85,6 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notify_backoff_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
     notify_backoff_max_s: Annotated[float, Meta(gt=0, le=3600)] = 300.0
     notify_max_age_s: Annotated[float, Meta(gt=0, le=6 * 3600)] = 3600.0
+    ack_ttl_s: Annotated[float, Meta(ge=0, le=86_400)] = 30.0
 
     @property
     def data_path(self) -> Path:
@@ -139,6 +140,7 @@ SETTINGS_DOC: dict[str, str] = {
     "gate_token": "Bearer token the gate requires (header `Authorization: Bearer ...`, or `metadata.token` in a Flagger webhook body); empty: none, loopback only. Never put it in a URL.",
     "gate_rate_per_s": "Requests per second each gate client (by IP address) may make on average; more get 429 with Retry-After.",
     "gate_burst": "Requests a gate client may make in a burst above gate_rate_per_s.",
+    "ack_ttl_s": "SDK acknowledgements: each RolloutClient reports the control revision it applied at every change and every ack_ttl_s/3 seconds; an instance silent for ack_ttl_s is stale (not counted as following), and forgotten after 10 x ack_ttl_s. 0: report nothing. See docs/sdk.md.",
 }
 
 

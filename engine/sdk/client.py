@@ -44,6 +44,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from rollout_engine.consumers.control import apply_command
 from rollout_engine.engine.bus import BusUnavailable, connect
 from rollout_engine.engine.sdk import client_metrics as m
+from rollout_engine.engine.sdk.acks import AckReporter
 from rollout_engine.engine.sdk.assignment import Split, bucket, split_of
 from rollout_engine.engine.sdk.outbox import Outbox
 from rollout_engine.engine.sdk.publisher import BatchPublisher, BufferFull
@@ -141,6 +142,7 @@ class RolloutClient:
         self._background: set[asyncio.Future[Any]] = set()
         self._housekeeping: set[asyncio.Future[Any]] = set()
         self._metrics_task: asyncio.Future[None] | None = None
+        self._acks = AckReporter(self, self._jetstream)  # revisions applied -> KV ro_acks (engine/sdk/acks.py)
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> RolloutClient:
@@ -169,6 +171,7 @@ class RolloutClient:
             with contextlib.suppress(Exception):
                 await nc.close()
             raise
+        self._acks.start()
         assert self._publisher is not None
         self._publisher.kick()
 
@@ -219,6 +222,7 @@ class RolloutClient:
             await asyncio.wait(list(self._background), timeout=timeout)
         for task in list(self._background):
             task.cancel()
+        await self._acks.close()
         if self._publisher is not None:
             await self._publisher.close(timeout)
             await self._publisher.outbox.close()
@@ -275,6 +279,7 @@ class RolloutClient:
                 return
             caught_up.set()
             self._adopt(staging, staging_seq)
+            self._acks.caught_up()
 
         async def on_message(msg: Msg) -> None:
             if generation != self._generation:
@@ -282,6 +287,7 @@ class RolloutClient:
             meta = msg.metadata
             if caught_up.is_set():
                 self._fold(msg.subject, msg.data, meta.sequence.stream)
+                self._acks.observe(msg)
                 return
             _fold_into(staging, staging_seq, msg.subject, msg.data, meta.sequence.stream)
             if meta.num_pending == 0:
