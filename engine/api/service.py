@@ -40,6 +40,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from rollout_engine.engine.api.control_log import ControlView, known_rollouts, read_control
+from rollout_engine.engine.api.propagation import status_section
 from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.events import ConfigChange, ControlState, KillSwitch, Resume, encode, subjects
 from rollout_engine.events.errors import EventError
@@ -243,6 +244,7 @@ class ControlApi:
             "evaluation": await self._kv_json(f"rollback.{rollout}"),
             "thresholds": policy_document(policy),
             "progression": progression_view(policy, view.state),
+            "propagation": await status_section(self.js, view),  # who applied the revision (engine/api/propagation.py)
         }
 
     async def _kv_json(self, key: str) -> Any:

@@ -23,6 +23,7 @@ from rollout_engine.engine.cli.common import (
     settings_from,
     when,
 )
+from rollout_engine.engine.cli.propagation_view import propagation_lines
 
 __all__ = ["rollouts_summary", "show_rollout"]
 
@@ -110,6 +111,8 @@ def _print(reply: dict[str, Any]) -> None:
                   f"{'' if breach.get('p_value') is None else ', p=' + format(breach['p_value'], '.3g')})")
     else:
         print("last    no control command yet (default state)")
+    for line in propagation_lines(reply.get("propagation")):  # who applied it (engine/cli/propagation_view.py)
+        print(line)
     _print_stats(reply.get("stats"))
     _print_evaluation(reply.get("evaluation"))
     thresholds = reply.get("thresholds") or {}
