@@ -44,6 +44,7 @@ __all__ = [
     "TICK",
     "WIDE_LOG_SUBJECTS",
     "ParsedSubject",
+    "ack_filter",
     "ack_key",
     "ack_subject",
     "control",
@@ -283,6 +284,13 @@ def ack_key(service: str, instance: str) -> str:
 def ack_subject(service: str, instance: str) -> str:
     """``$KV.ro_acks.<service>.<instance>``: where an instance publishes its acknowledgement."""
     return f"$KV.{ACK_BUCKET}.{ack_key(service, instance)}"
+
+
+def ack_filter(service: str | None = None) -> str:
+    """What may publish acknowledgements: ``$KV.ro_acks.*.*``, or one service's instances
+    ``$KV.ro_acks.<service>.*`` (a per-service credential, docs/security.md)."""
+    token = "*" if service is None else check_token(service, "service")
+    return f"$KV.{ACK_BUCKET}.{token}.*"
 
 
 def parse_ack_subject(subject: str) -> tuple[str, str]:

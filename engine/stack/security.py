@@ -177,17 +177,18 @@ def roles(partitions: int = 0) -> dict[str, Role]:
         ),
         "service": Role(
             "service",
-            "read control state: KV ro_state and an ordered consumer on ro.ctl.> only",
-            publish=_control_reader(),
+            "read control state (KV ro_state, an ordered consumer on ro.ctl.> only), report acknowledgements",
+            publish=(*_control_reader(), subjects.ack_filter()),
             subscribe=(f"{inbox_prefix('service')}.>",),
             deny_publish=protected,
         ),
         "app": Role(
             "app",
-            "a service using the SDK (RolloutClient): producer + control reader",
+            "a service using the SDK (RolloutClient): producer + control reader + acknowledgements",
             # No unfiltered `CONSUMER.CREATE.RO_LOG`: the SDK's follower is a named
             # consumer created through the filtered subject (docs/security.md).
-            publish=(subjects.EVENTS_PUBLISH, *_control_reader()),
+            # Acknowledgements: its own KV entries only, never ro_state or control.
+            publish=(subjects.EVENTS_PUBLISH, *_control_reader(), subjects.ack_filter()),
             subscribe=(f"{inbox_prefix('app')}.>",),
             deny_publish=protected,
         ),
@@ -212,6 +213,9 @@ def roles(partitions: int = 0) -> dict[str, Role]:
                 # the SDK, so no reader of ro.evt.> can be made and no durable retargeted.
                 f"{_JS}.CONSUMER.CREATE.{subjects.LOG_STREAM}.*.{subjects.CONTROL_ALL}",
                 f"$JS.FC.{subjects.LOG_STREAM}.>",
+                # Read SDK acknowledgements (status, wait --applied): a filtered reader only.
+                f"{_JS}.CONSUMER.CREATE.{subjects.ACK_STREAM}.*.{subjects.ACKS_ALL}",
+                f"$JS.FC.{subjects.ACK_STREAM}.>",
             ),
             subscribe=(subjects.STATS_ALL, f"{inbox_prefix('operator')}.>"),
             deny_publish=_protect_engine_durables(),
