@@ -52,6 +52,7 @@ from prometheus_client.registry import Collector
 
 from rollout_engine.engine.api.control_log import read_messages
 from rollout_engine.engine.stack.consumer_metrics import serve_metrics as start_server
+from rollout_engine.engine.stack.propagation_metrics import PropagationMetrics
 from rollout_engine.events import (
     Escalation,
     KillSwitch,
@@ -112,6 +113,7 @@ class LogMetrics(Collector):
         self.latency_buckets = [0] * (len(DETECTION_BUCKETS_S) + 1)
         self.latency_sum = 0.0
         self.refreshes = 0
+        self.propagation = PropagationMetrics()  # acknowledgements (engine/stack/propagation_metrics.py)
         self.rollouts: set[str] = set()
         self.last_tick_ms = 0
         for action in ("kill", "would_kill"):  # the sample-ratio-mismatch alert reads these from 0
@@ -181,7 +183,12 @@ class LogMetrics(Collector):
             async for msg in read_messages(js, [subjects.CONTROL_ALL], start_seq=self.next_seq):
                 for event in msg.events():
                     self.observe(event, msg.time_ms)
+                    self.propagation.note_command(event, msg.seq, msg.time_ms)
                 self.next_seq = msg.seq + 1
+        try:
+            await self.propagation.refresh(js)
+        except Exception as exc:  # no ro_acks bucket (older provisioning): the rest stays served
+            log.debug("acknowledgements not read: %s", exc)
         self.refreshes += 1
 
     async def _discover(self, js: JetStreamContext) -> None:
@@ -257,6 +264,7 @@ class LogMetrics(Collector):
         yield HistogramMetricFamily("rollout_detection_latency_seconds",
                                     "From the event time of the evidence to the automatic kill switch stored in the log.",
                                     buckets=buckets, sum_value=self.latency_sum)
+        yield from self.propagation.collect()
 
 
 async def _last_tick_ms(js: JetStreamContext) -> int:
