@@ -36,6 +36,10 @@ async def _run(args: argparse.Namespace) -> int:
     if result.event_time_latency_ms is not None:
         print(f"  in event time: {result.event_time_latency_ms:.0f} ms from degradation to the kill command")
     print(f"  candidate requests served after the kill: {result.served_candidate_after_kill}")
+    if result.applied is not None:
+        from rollout_engine.engine.stack.demo_acks import applied_line
+
+        print(f"  {applied_line(result.applied)} (every instance acknowledged it: docs/sdk.md)")
     served = result.served
     print(f"  requests served: {result.requests} (baseline {served.get('baseline', 0)}, "
           f"candidate {served.get('candidate', 0)}); demo took {result.seconds:.1f} s")

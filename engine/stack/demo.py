@@ -34,6 +34,12 @@ from rollout_engine.engine.api.service import call
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.demo_acks import (
+    applied_line,
+    close_replicas,
+    kill_propagation,
+    start_replicas,
+)
 from rollout_engine.events import KillSwitch, decode, subjects
 
 __all__ = ["DemoResult", "run_demo"]
@@ -61,6 +67,8 @@ class DemoResult:
     served: dict[str, int] = field(default_factory=lambda: {"baseline": 0, "candidate": 0})
     """Requests served per variant over the whole demo (the live lines show the last-100 window)."""
     metrics_url: str = ""
+    applied: dict[str, Any] | None = None
+    """Who applied the kill: the propagation section of ``rollout status --json``."""
     report: str = ""
     chart: str = ""
     seconds: float = 0.0
@@ -162,6 +170,7 @@ async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoRe
             "cost > 3.0 cents, at least 30 candidate samples)")
         service = SyntheticService()
         killed_at: list[float] = []
+        replicas = await start_replicas(settings, data_dir, "demo-service")  # engine/stack/demo_acks.py
         async with RolloutClient(settings, producer="demo-service") as client:
             await _wait(lambda: client.state(ROLLOUT).canary_pct == 5.0, 10)
             start = time.monotonic()
@@ -191,6 +200,8 @@ async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoRe
                         result.event_time_latency_ms = kill.time_ms - degrade_ms if degrade_ms else None
                     out(f"engine: KILL SWITCH fired by {kill.actor if kill else 'the engine'}: {result.reason}")
                     out(f"service: assign() now sends every unit to the baseline (canary {state.canary_pct:.0f}%)")
+                    result.applied = await kill_propagation(nc.jetstream(), ROLLOUT)
+                    out(f"service: {applied_line(result.applied)}")
                 if killed_at and time.monotonic() - killed_at[0] > AFTER_KILL_S:
                     break
                 if elapsed > GIVE_UP_AT_S:
@@ -202,6 +213,7 @@ async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoRe
                 await _traffic(client, service, result, killed_at)
                 await asyncio.sleep(SLICE_S)
             await client.flush(10)
+        await close_replicas(replicas)
         result.report, result.chart = await _report(nc, data_dir)
         await nc.close()
     finally:

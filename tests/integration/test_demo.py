@@ -21,6 +21,9 @@ def test_demo_ends_with_a_kill_switch_a_detection_latency_and_a_report(tmp_path:
     assert outcome["killed"] is True
     assert 0 < outcome["detection_latency_ms"] < 30_000
     assert outcome["served_candidate_after_kill"] == 0
+    applied = outcome["applied"]  # the serving instance and two replicas acknowledged the kill
+    assert applied["command"] == "kill_switch" and applied["complete"]
+    assert applied["applied"] == applied["following"] == 3 and applied["slowest_ms"] is not None
     assert outcome["breaches"] and all(b["observed"] > b["threshold"] or b["type"] != "threshold"
                                        for b in outcome["breaches"])
     assert outcome["seconds"] < 60
