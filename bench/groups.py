@@ -7,7 +7,7 @@ import asyncio
 from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["bandit", "consumer", "memory", "reference", "restart", "rollback", "scale", "sdk"]
+__all__ = ["bandit", "consumer", "memory", "propagation", "reference", "restart", "rollback", "scale", "sdk"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -137,3 +137,10 @@ async def scale() -> list[Figure]:
     from bench.bench_scale import scale_figures
 
     return await scale_figures(REPEAT)
+
+
+async def propagation() -> list[Figure]:
+    """Kill-switch propagation to 200 SDK instances (4 processes x 50), R1 and a 3-node cluster."""
+    from bench.bench_propagation import propagation_figures
+
+    return await propagation_figures()

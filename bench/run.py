@@ -38,6 +38,7 @@ GROUPS: dict[str, str] = {
     "memory": "bench.groups:memory",
     "scale": "bench.groups:scale",
     "restart": "bench.groups:restart",
+    "propagation": "bench.groups:propagation",
 }
 
 
