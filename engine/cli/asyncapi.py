@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from rollout_engine.events import subjects
+from rollout_engine.events.acks import InstanceAck
 from rollout_engine.events.codec import MAX_BATCH
 from rollout_engine.events.schema import EVENT_TYPES, SCHEMA_VERSION, ControlState, kind_of
 
@@ -226,6 +227,24 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
     operations["sendState"] = _operation("send", "kv_state", "consumers keep current state in the KV bucket",
                                          ["ControlStateValue", "SnapshotValue"], "engine")
 
+    ack = _struct_schema(InstanceAck)
+    schemas.update(ack["components"])
+    messages["InstanceAck"] = {
+        "name": "InstanceAck", "title": "Acknowledgement of an SDK instance (KV)", "contentType": MSGPACK,
+        "summary": "The control revision an instance applied per rollout, with the command id, when the log "
+                   "stored it and when the instance applied it (docs/sdk.md). Put with a per-message TTL "
+                   "(Nats-TTL); a KV-Operation PURGE when the instance closes.",
+        "payload": ack["schema"],
+    }
+    channels["acks"] = _channel(
+        f"$KV.{subjects.ACK_BUCKET}.{{service}}.{{instance}}",
+        f"The KV bucket {subjects.ACK_BUCKET}: one entry per SDK instance, rewritten at each change it applies "
+        "and on a heartbeat (every ack_ttl_s/3). The key is authoritative for the identity.",
+        ["InstanceAck"], {"service": {"$ref": "#/components/parameters/service"},
+                          "instance": {"$ref": "#/components/parameters/instance"}})
+    operations["sendAck"] = _operation("send", "acks", "every RolloutClient reports the control revision it applied",
+                                       ["InstanceAck"], "acknowledgements")
+
     messages["ApiRequest"] = {
         "name": "ApiRequest", "title": "Operator API request", "contentType": JSON,
         "summary": "A JSON object: rollout, actor, reason, request_id, canary_pct, policy... (docs/operations.md).",
@@ -262,7 +281,8 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
             "tags": [{"name": "events", "description": "producer events"},
                      {"name": "control", "description": "control commands and engine outputs"},
                      {"name": "engine", "description": "ticks, stats, dead letters, state"},
-                     {"name": "operators", "description": "the operator API"}],
+                     {"name": "operators", "description": "the operator API"},
+                     {"name": "acknowledgements", "description": "SDK instances report what they applied"}],
         },
         "defaultContentType": MSGPACK,
         "servers": {"local": {"host": "127.0.0.1:4222", "protocol": "nats",
@@ -275,6 +295,8 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
                 "consumer": {"description": "consumer name (rollback, canary_stats, control, ...)"},
                 "endpoint": {"description": "API endpoint", "enum": list(_ENDPOINTS)},
                 "key": {"description": "control.<rollout>, stats.<rollout>, rollback.<rollout> or bandit.<rollout>"},
+                "service": {"description": "the SDK instance's service (its producer id)"},
+                "instance": {"description": "the SDK instance id: <host>-<pid>-<random>"},
             },
             "messages": messages,
             "schemas": schemas,

@@ -46,8 +46,8 @@ def test_official_parser_finds_no_error_or_warning(parsed: dict[str, Any]) -> No
     assert [d for d in report["diagnostics"] if d["severity"] in (ERROR, WARNING)] == []
     assert {d["code"] for d in report["diagnostics"]} <= TOLERATED_INFO
     # every subject family: producer kinds, control commands, tick, stats, the rollback evaluation, dlq, kv,
-    # api and its reply
-    assert report["channels"] == len(subjects.PRODUCER_KINDS) + len(subjects.CONTROL_COMMANDS) + 7
+    # acks, api and its reply
+    assert report["channels"] == len(subjects.PRODUCER_KINDS) + len(subjects.CONTROL_COMMANDS) + 8
     assert report["messages"] >= 2 * len(subjects.PRODUCER_KINDS) + len(subjects.CONTROL_COMMANDS)
 
 

@@ -88,6 +88,8 @@ def _covered_by(command: str) -> str | None:
         return "needs traffic judged healthy: tests/integration/test_verbs_watch_wait.py covers wait --for healthy"
     if bare.startswith("promtool ") and bare.endswith(("alerts.yml", "alerts.test.yml")):
         return "runs in compose/prometheus/: tests/integration/test_alert_rules.py runs both"
+    if bare.startswith("promtool ") and bare.endswith(("propagation.rules.yml", "propagation.rules.test.yml")):
+        return "runs in compose/prometheus/: tests/integration/test_propagation_rules.py runs both"
     words = bare.split()
     if words[:3] == ["python", "-m", "pytest"] or words[:2] == ["pytest", "-q"]:
         missing = [w for w in words if w.startswith("tests/") and not (ROOT / w.split("::")[0]).exists()]
