@@ -34,7 +34,7 @@ __all__ = ["collect_status", "register"]
 async def collect_status(js: Any, url: str) -> dict[str, Any]:
     """Streams with their sizes, consumers with lag (pending) and unacked counts."""
     streams: list[dict[str, Any]] = []
-    for name in (subjects.LOG_STREAM, subjects.DLQ_STREAM, f"KV_{subjects.STATE_BUCKET}"):
+    for name in (subjects.LOG_STREAM, subjects.DLQ_STREAM, f"KV_{subjects.STATE_BUCKET}", subjects.ACK_STREAM):
         try:
             info = await js.stream_info(name)
             listed = await js.consumers_info(name)
