@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from rollout_engine.engine.api.propagation import Propagation, propagation_of
 from rollout_engine.engine.api.service import ControlApi
+from rollout_engine.engine.stack.metrics import LogMetrics, build_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT_TTL_S = 1.5
@@ -92,6 +97,11 @@ async def test_every_instance_acknowledges_the_kill_and_pauses_and_crashes_show(
             return result if result.applied == 3 else None
 
         await until(others_applied, "the running instances to apply the kill")
+        metrics = LogMetrics()  # what /metrics shows now: one instance lags the kill
+        await metrics.refresh(js)
+        lagging = metrics.propagation
+        assert (lagging.following[rollout_id], lagging.lagging[rollout_id]) == (4, 1)
+        assert lagging.kill_unapplied_s[rollout_id] > 0
         code, status = await rollout_cli(url, "status", rollout_id)
         section = status["propagation"]
         assert code == 0 and section["revision"] == kill_seq and section["command"] == "kill_switch"
@@ -117,6 +127,14 @@ async def test_every_instance_acknowledges_the_kill_and_pauses_and_crashes_show(
         section = status["propagation"]
         assert section["summary"].startswith("applied by 4 of 4 instances, slowest ")
         assert all(i["status"] == "applied" and i["revision"] == kill_seq for i in section["instances"])
+        await metrics.refresh(js)
+        assert (lagging.lagging[rollout_id], lagging.kill_unapplied_s[rollout_id]) == (0, 0)
+        assert sum(lagging.buckets) == 4  # one latency per instance and revision applied live
+        exposition = generate_latest(build_registry(metrics, include_default=False)).decode()
+        assert f'rollout_instances_following{{rollout="{rollout_id}"}} 4.0' in exposition
+        check = await asyncio.to_thread(subprocess.run, [shutil.which("promtool") or "promtool", "check", "metrics"],
+                                        input=exposition, capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
 
         search.signal(signal.SIGKILL)
 
