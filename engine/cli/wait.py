@@ -52,6 +52,12 @@ from rollout_engine.engine.cli.common import (
     settings_from,
 )
 from rollout_engine.engine.cli.rollout_view import RolloutView
+from rollout_engine.engine.cli.wait_applied import (
+    add_applied_flag,
+    applied_json,
+    applied_lines,
+    until_applied,
+)
 from rollout_engine.engine.cli.watch import follow, initial_view
 
 __all__ = ["EXIT_ERROR", "EXIT_MET", "EXIT_OPPOSITE", "EXIT_TIMEOUT", "Condition", "parse_condition",
@@ -161,6 +167,7 @@ async def wait_for(args: argparse.Namespace) -> int:
         view = await initial_view(nc, args.rollout)
         _check_reachable(condition, view)
         result, view = await _until_decided(nc, condition, view, args.timeout)
+        result, applied = await until_applied(nc, args, result, view, started)  # --applied: engine/cli/wait_applied.py
     finally:
         await nc.close()
     waited = round(time.monotonic() - started, 3)
@@ -168,13 +175,16 @@ async def wait_for(args: argparse.Namespace) -> int:
     outcome = {MET: "met", OPPOSITE: "opposite", PENDING: "timeout"}[result]
     if args.json:
         line = {"rollout": args.rollout, "for": condition.name, "result": outcome, "exit_code": code,
-                "waited_s": waited, **{k: v for k, v in view.summary().items() if k != "rollout"}}
+                "waited_s": waited, **{k: v for k, v in view.summary().items() if k != "rollout"},
+                **applied_json(applied)}
         sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
     else:
         state = f"{view.phase}, canary {view.canary_pct:g}%" + (f", {view.verdict}" if view.verdict else "")
         words = {"met": f"{condition.name}", "opposite": f"not {condition.name}: the rollout is {view.phase}",
                  "timeout": f"timed out after {args.timeout:g}s waiting for {condition.name}"}
         print(f"{sanitize(args.rollout)}: {words[outcome]} ({state}; waited {waited:g}s)")
+        for text in applied_lines(applied):
+            print(text)
     return code
 
 
@@ -218,8 +228,13 @@ conditions:
   healthy    the rollback consumer judges it healthy: candidate traffic, at least
              min_samples candidate decisions, every guard ok, no escalation armed
 
-example:
+--applied (with --for killed): also wait until every live SDK instance has
+acknowledged the kill (instances silent for longer than their TTL are stale and not
+waited for); on timeout the output names the instances still lagging.
+
+examples:
   rollout wait checkout-v2 --for promoted --timeout 30m
+  rollout wait checkout-v2 --for killed --applied --timeout 30s
 """
 
 
@@ -232,5 +247,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="killed | healthy | promoted | step=N")
     parser.add_argument("--timeout", type=parse_duration, default=0.0, metavar="D",
                         help="give up after D (90s, 5m, 1h; default 0: wait forever) with exit code 3")
+    add_applied_flag(parser)
     add_json_flag(parser)
     parser.set_defaults(handler=handler(wait_for))

@@ -114,6 +114,10 @@ async def test_every_instance_acknowledges_the_kill_and_pauses_and_crashes_show(
             assert states[instance]["command_id"] == reply["command"]["id"]
             assert states[instance]["latency_ms"] is not None and states[instance]["latency_ms"] >= 0
 
+        code, late = await rollout_cli(url, "wait", rollout_id, "--for", "killed", "--applied", "--timeout", "1s")
+        assert code == 3 and late["result"] == "timeout"  # the kill is on, one instance has not applied it
+        assert [i["instance"] for i in late["propagation"]["instances"] if i["status"] == "lagging"] == paused.instances
+
         waiter = asyncio.create_task(rollout_cli(url, "wait", rollout_id, "--for", "killed", "--applied",
                                                  "--timeout", "60s"))
         await asyncio.sleep(0.5)

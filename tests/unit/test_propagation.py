@@ -133,3 +133,17 @@ def test_a_resume_is_not_a_kill_and_stale_instances_are_counted() -> None:
     assert series[("rollout_instances_lagging", ("r1",))] == 1
     assert series[("rollout_kill_unapplied_seconds", ("r1",))] == 0
     assert series[("rollout_instances_stale", ())] == 1
+
+
+async def test_applied_goes_with_killed_only() -> None:
+    import argparse
+
+    from rollout_engine.engine.cli.common import CliError
+    from rollout_engine.engine.cli.wait import parse_condition
+    from rollout_engine.engine.cli.wait_applied import until_applied
+
+    args = argparse.Namespace(applied=True, condition=parse_condition("healthy"), timeout=0.0)
+    with pytest.raises(CliError, match="--applied goes with --for killed"):
+        await until_applied(None, args, "met", None, 0.0)
+    args = argparse.Namespace(applied=False, condition=parse_condition("healthy"), timeout=0.0)
+    assert await until_applied(None, args, "met", None, 0.0) == ("met", None)
