@@ -57,11 +57,11 @@ def test_every_alert_has_a_test_that_makes_it_fire() -> None:
 
 def test_compose_prometheus_loads_the_rules() -> None:
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
-    assert config["rule_files"] == [RULES.name]
+    assert config["rule_files"] == [RULES.name, "propagation.rules.yml"]  # the second: test_propagation_rules.py
     compose = (ROOT / "compose" / "docker-compose.yml").read_text()
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in compose
     done = _promtool("check", "config", "prometheus.yml")
-    assert done.returncode == 0 and "1 rule files found" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "2 rule files found" in done.stdout, done.stdout + done.stderr
 
 
 def test_alerts_read_metrics_that_exist() -> None:
