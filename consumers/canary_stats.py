@@ -75,6 +75,8 @@ class MetricView:
     p50: float | None
     p95: float | None
     p99: float | None
+    var: float | None = None
+    """Sample variance of the window's values (``all``: of every sample, Welford)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,10 +312,10 @@ class CanaryStats:
             q_n, q_mean, q_var, _ = vs.quality.summary(window, cutoff, self.last_n)
         metrics: dict[str, MetricView] = {}
         for name in sorted(vs.metrics):
-            n, mean, _, qs = vs.metrics[name].summary(window, cutoff, self.last_n)
+            n, mean, var, qs = vs.metrics[name].summary(window, cutoff, self.last_n)
             if n:
                 p50, p95, p99 = qs if qs else (None, None, None)
-                metrics[name] = MetricView(n, mean, p50, p95, p99)
+                metrics[name] = MetricView(n, mean, p50, p95, p99, var)
         shadowed, seen, changed = diff or (0, {}, {})
         rates = {dim: changed.get(dim, 0) / seen[dim] for dim in sorted(seen)}
         error, cost = metrics.get("error"), metrics.get("cost_cents")
@@ -339,6 +341,16 @@ class CanaryStats:
         if series is None:
             return []
         return series.window_values(window, self._cutoff(rs), self.last_n)  # type: ignore[arg-type]
+
+    def series(self, rollout: str, variant: str, metric: str) -> Series | None:
+        """The series behind ``metric`` (or ``"quality"``) of one variant, for reads of
+        every sample (count, Welford mean and variance, quantiles, binned histogram)
+        without building a view. Read-only: the fold owns it."""
+        rs = self._rollouts.get(rollout)
+        vs = rs.variants.get(variant) if rs else None
+        if vs is None:
+            return None
+        return vs.quality if metric == QUALITY else vs.metrics.get(metric)
 
     # --- snapshots -----------------------------------------------------------------------
     def _meta_part(self) -> bytes:

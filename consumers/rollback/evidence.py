@@ -6,8 +6,7 @@ rollout and *evidence epoch*. A manual re-enable after a kill starts a new epoch
 the samples that caused the kill cannot re-trigger it (seed 001's recovery case).
 
 :class:`StatsEvidence` adapts the canary-stats read API to the :class:`Evidence`
-protocol of :mod:`consumers.rollback.guards`, caching each window's view for the
-duration of one evaluation (several guards share a view).
+protocol of :mod:`consumers.rollback.guards`.
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollout_engine.consumers.rollback.guards import EMPTY, Summary
-from rollout_engine.consumers.rollback.policy import QUALITY, Policy
-from rollout_engine.consumers.windows import quantile
+from rollout_engine.consumers.rollback.policy import Policy
+from rollout_engine.consumers.windows import Histogram, Series, quantile
 
-__all__ = ["SMALL_TIME_CAP", "StatsEvidence", "new_stats", "stats_shape"]
+__all__ = ["SMALL_TIME_CAP", "EpochSummary", "StatsEvidence", "new_stats", "stats_shape"]
 
 
 SMALL_TIME_CAP = 8
@@ -50,46 +49,58 @@ class StatsEvidence:
 
     Reads raw window values through ``CanaryStats.samples`` (sub-microsecond) and
     aggregates only what a guard asks for, with canary stats' own ``mean_var`` and
-    ``quantile``, so the numbers match the dashboards'. The full ``view()`` costs ~60 us
-    (every metric, every variant, every percentile) and would dominate the per-event
-    cost; it is used only for the ``all`` window, whose samples are not kept.
+    ``quantile``, so the numbers match the dashboards'. The ``all`` window and the
+    statistical tests read the series of every sample of the epoch directly
+    (``CanaryStats.series``): count, Welford mean and variance, the sketch's quantiles
+    and its histogram, never a full ``view()`` (~60 us, every metric and percentile).
     """
 
-    __slots__ = ("_rollout", "_stats", "_views")
+    __slots__ = ("_rollout", "_stats")
 
     def __init__(self, stats: Any, rollout: str) -> None:
         self._stats = stats
         self._rollout = rollout
-        self._views: dict[str, Any] = {}
 
     def summary(self, variant: str, metric: str, window: str) -> Summary:
         if window == "all":
-            return self._from_view(variant, metric)
+            return self.epoch(variant, metric)
         values = self._stats.samples(self._rollout, variant, metric, window)
         if not values:
             return EMPTY
         return LazySummary(values)
 
-    def _from_view(self, variant: str, metric: str) -> Summary:
-        view = self._views.get("all")
-        if view is None:
-            view = self._views["all"] = self._stats.view(self._rollout, "all")
-        v = view.get(variant)
-        if v is None:
+    def epoch(self, variant: str, metric: str) -> Summary:
+        """Every sample since the evidence epoch began: what the statistical tests read."""
+        series = self._stats.series(self._rollout, variant, metric)
+        if series is None or series.n == 0:
             return EMPTY
-        if metric == QUALITY:
-            return Summary(v.quality_n, _num(v.quality_mean), _num(v.quality_var), math.nan, math.nan, math.nan)
-        m = v.metrics.get(metric)
-        if m is None:
-            return EMPTY
-        return Summary(m.n, _num(m.mean), math.nan, _num(m.p50), _num(m.p95), _num(m.p99))
+        return EpochSummary(series)
+
+    def histogram(self, variant: str, metric: str) -> Histogram:
+        """Every sample of the epoch, binned at the sketch's accuracy (for the rank test)."""
+        series = self._stats.series(self._rollout, variant, metric)
+        return [] if series is None else series.histogram()
 
     def samples(self, variant: str, metric: str, window: str) -> Sequence[float]:
         return self._stats.samples(self._rollout, variant, metric, window)
 
 
-def _num(x: float | None) -> float:
-    return math.nan if x is None else x
+class EpochSummary(Summary):
+    """A :class:`Summary` of every sample of a series: count, mean and variance at once
+    (Welford, O(1)), percentiles on first use (the sketch's, or exact while few)."""
+
+    __slots__ = ("_series",)
+
+    def __init__(self, series: Series) -> None:
+        var = series.variance()
+        super().__init__(series.n, series.mean, math.nan if var is None else var)
+        self._series = series
+
+    def get(self, aggregate: str) -> float:
+        if aggregate in ("mean", "rate"):
+            return self.mean
+        value = self._series.all_quantile(float(aggregate[1:]) / 100.0)
+        return math.nan if value is None else value
 
 
 class LazySummary(Summary):

@@ -16,7 +16,6 @@ switch's reason, in seed 001's format::
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,8 +25,9 @@ import numpy
 from rollout_engine.consumers.rollback.hysteresis import Status
 from rollout_engine.consumers.rollback.policy import Guard, Policy, SrmConfig
 from rollout_engine.consumers.rollback.stats_tests import (
+    INCONCLUSIVE,
     TestResult,
-    rank_test,
+    sequential_rank_test,
     sequential_test,
     srm_log_bayes_factor,
     srm_test,
@@ -58,9 +58,19 @@ EMPTY = Summary(0)
 class Evidence(Protocol):
     """Where guards read their numbers (the rollback consumer's own canary-stats fold)."""
 
-    def summary(self, variant: str, metric: str, window: str) -> Summary: ...
+    def summary(self, variant: str, metric: str, window: str) -> Summary:
+        """The guard's window: what its threshold is compared with."""
+        ...
 
     def samples(self, variant: str, metric: str, window: str) -> Sequence[float]: ...
+
+    def epoch(self, variant: str, metric: str) -> Summary:
+        """Count, mean and variance of every sample of the evidence epoch (the tests' input)."""
+        ...
+
+    def histogram(self, variant: str, metric: str) -> Sequence[tuple[float, float]]:
+        """Every sample of the epoch as a sorted ``(bin, count)`` tally (the rank test's input)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -161,13 +171,6 @@ def _observed(guard: Guard, cand: float, base: float) -> float | None:
     return None if base == 0 else cand / base
 
 
-def _variance(ev: Evidence, variant: str, guard: Guard, summary: Summary) -> float:
-    if not math.isnan(summary.var):
-        return summary.var
-    values = ev.samples(variant, guard.metric, guard.window)
-    return statistics.variance(values) if len(values) > 1 else math.nan
-
-
 def _aggregate(ev: Evidence, variant: str, guard: Guard, summary: Summary) -> float:
     value = summary.get(guard.aggregate)
     if math.isnan(value) and guard.aggregate in ("p50", "p95", "p99"):
@@ -177,23 +180,33 @@ def _aggregate(ev: Evidence, variant: str, guard: Guard, summary: Summary) -> fl
     return value
 
 
-def _run_test(guard: Guard, policy: Policy, ev: Evidence, variants: tuple[str, str],
-              cand: Summary, base: Summary) -> TestResult:
+def _run_test(guard: Guard, policy: Policy, ev: Evidence, variants: tuple[str, str]) -> TestResult:
+    """The guard's statistical check on EVERY sample of the evidence epoch.
+
+    Whatever window the threshold reads, the test reads the epoch's whole sample: the
+    always-valid guarantee holds for one growing sample, not for a sliding window
+    (each look at a window of the last N is a new sample, and their false alarms add
+    up), and the whole sample is what gives the test its power.
+    """
     sign = harm_sign(guard)
+    n_star = policy.sequential_n
     if guard.test == "sequential":
-        cand = Summary(cand.n, cand.mean, _variance(ev, variants[1], guard, cand))
-        if guard.relative:
-            base = Summary(base.n, base.mean, _variance(ev, variants[0], guard, base))
+        cand = ev.epoch(variants[1], guard.metric)
+        if cand.n < 2:
+            return INCONCLUSIVE
         if guard.mode == "absolute":
             estimate = sign * (cand.mean - guard.threshold)
-            return sequential_test(estimate, cand.var / cand.n, cand.n, alpha=guard.alpha, n_star=policy.sequential_n)
+            return sequential_test(estimate, cand.var / cand.n, cand.n, alpha=guard.alpha, n_star=n_star)
+        base = ev.epoch(variants[0], guard.metric)
+        if base.n < 2:
+            return INCONCLUSIVE
         diff = cand.mean - base.mean if guard.mode != "decrease" else base.mean - cand.mean
         variance = cand.var / cand.n + base.var / base.n
-        return sequential_test(sign * diff, variance, cand.n + base.n, alpha=guard.alpha, n_star=policy.sequential_n)
+        return sequential_test(sign * diff, variance, cand.n + base.n, alpha=guard.alpha, n_star=n_star)
     # Mann-Whitney: is the candidate's distribution shifted towards harm?
     higher_is_worse = (guard.mode != "decrease") == (sign > 0)
-    candidate, baseline = ev.samples(variants[1], guard.metric, guard.window), ev.samples(variants[0], guard.metric, guard.window)
-    return rank_test(candidate, baseline, "greater" if higher_is_worse else "less")
+    return sequential_rank_test(ev.histogram(variants[1], guard.metric), ev.histogram(variants[0], guard.metric),
+                                "greater" if higher_is_worse else "less", alpha=guard.alpha, n_star=n_star)
 
 
 def evaluate_guard(
@@ -240,7 +253,7 @@ def evaluate_guard(
         return GuardResult(guard, "fail", observed, threshold, c_value, b_value, cand.n, base.n)
     common = {"threshold": threshold, "candidate": c_value, "baseline": b_value,
               "candidate_n": cand.n, "baseline_n": base.n}
-    test = cached if cached is not None else _run_test(guard, policy, ev, variants, cand, base)
+    test = cached if cached is not None else _run_test(guard, policy, ev, variants)
     if not test.significant(guard.alpha):
         return GuardResult(guard, "inconclusive", observed=observed, test=test, why="not significant", **common)
     if guard.test == "mann_whitney" and (test.effect or 0.0) < guard.min_effect:

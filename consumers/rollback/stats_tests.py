@@ -1,15 +1,20 @@
 """Statistical checks that make a breach significant rather than noise.
 
-Three checks, all pure functions of samples or summary numbers:
+The rollback consumer judges after every event, so a check that is only valid at one
+fixed sample size would be re-run hundreds of times and cry wolf (a z-test at every
+look flags a third to a half of healthy rollouts). The guards' checks are therefore
+*always valid*: their false-positive rate stays below ``alpha`` however often they look.
 
-* :func:`sequential_test` -- an always-valid p-value from an asymptotic confidence
-  sequence (Waudby-Smith et al. 2021, as in GrowthBook's safe rollouts). It stays valid
-  when the consumer looks after every event, which a fixed-horizon t-test does not.
-* :func:`rank_test` -- Mann-Whitney U with Cliff's delta as the effect size. The guard
-  pairs it with an effect-size gate: a rank test alone once passed a 7-in-10 hundredfold
-  regression (Kayenta #780) and tiny shifts become "significant" with enough data.
+* :func:`sequential_test` -- a difference of means (or one mean against a threshold):
+  an always-valid p-value from a one-sided normal-mixture sequential probability ratio
+  (the mixture martingale behind Waudby-Smith et al.'s asymptotic confidence sequences
+  and GrowthBook's safe rollouts), on every sample of the evidence epoch.
+* :func:`sequential_rank_test` -- Mann-Whitney U over every sample of the epoch (read as
+  histograms at the sketches' 1% accuracy, ties tie-corrected), its standardised
+  statistic judged by the same mixture boundary; Cliff's delta is the effect size the
+  guard gates on (a rank test alone passed a 7-in-10 hundredfold regression, Kayenta #780).
 * :func:`srm_test` -- chi-squared of the observed split against the configured canary
-  percentage; a sample-ratio mismatch means the comparison itself cannot be trusted.
+  percentage, confirmed by the always-valid Bayes factor :func:`srm_log_bayes_factor`.
 
 Each returns a :class:`TestResult`; a result with ``p_value is None`` is inconclusive
 (too little or degenerate data), never a failure.
@@ -18,19 +23,33 @@ Each returns a :class:`TestResult`; a result with ``p_value is None`` is inconcl
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
-from scipy import stats
 
 # Scalar entry points to the ufuncs' own cephes code: bit-identical results, a quarter
 # of the call overhead (profiled: srm_test runs on every decision, ~1 us in the ufunc).
 from scipy.special import cython_special as special
 
-__all__ = ["TestResult", "rank_test", "sequential_rho", "sequential_test", "srm_log_bayes_factor", "srm_test"]
+__all__ = [
+    "INCONCLUSIVE",
+    "TestResult",
+    "always_valid_p",
+    "rank_statistic",
+    "rank_test",
+    "sequential_rank_test",
+    "sequential_rho",
+    "sequential_test",
+    "srm_log_bayes_factor",
+    "srm_test",
+    "tally",
+]
 
 Direction = Literal["greater", "less"]
+Bins = Sequence[tuple[float, float]]
+"""Sorted ``(value or bin, count)`` pairs: a sample with its ties counted."""
 
 
 class TestResult(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -45,12 +64,38 @@ class TestResult(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 INCONCLUSIVE = TestResult(None, None, None)
+_SQRT2 = math.sqrt(2.0)
 
 
 def sequential_rho(alpha: float, n_star: int) -> float:
-    """Tuning constant of the confidence sequence, tightest near ``n_star`` samples."""
+    """Tuning constant of the mixture, tightest near ``n_star`` samples."""
     log_term = -2.0 * math.log(alpha)
     return math.sqrt((log_term + math.log(log_term + 1.0)) / n_star)
+
+
+def always_valid_p(z: float, n: int, *, alpha: float = 0.05, n_star: int = 5000) -> float:
+    """One-sided always-valid p-value of a standardised statistic ``z`` after ``n`` samples.
+
+    ``1 / M`` where ``M`` is the normal-mixture likelihood ratio with a half-normal prior
+    on positive (harmful) effects, ``M = 2/sqrt(s) exp(z^2 (s-1) / 2s) Phi(z sqrt((s-1)/s))``
+    with ``s = n rho^2 + 1``. Under "no harm", ``M`` is a nonnegative supermartingale,
+    so the chance that the p-value *ever* falls below ``alpha`` is at most ``alpha``
+    (Ville's inequality), however often it is read. Asymptotic: ``z`` must be close to
+    normal, which the guards' minimum samples provide.
+
+    >>> round(always_valid_p(5.0, 1000, alpha=0.05, n_star=1000), 6)
+    2.3e-05
+    """
+    if n < 2 or not math.isfinite(z):
+        return 1.0 if z <= 0 or not math.isfinite(z) else 0.0
+    if z <= 0:
+        return 1.0
+    rho2 = sequential_rho(alpha, n_star) ** 2
+    s = n * rho2 + 1.0
+    shrink = (s - 1.0) / s
+    phi = 0.5 * math.erfc(-z * math.sqrt(shrink) / _SQRT2)
+    log_m = math.log(2.0 * phi) - 0.5 * math.log(s) + 0.5 * z * z * shrink
+    return 1.0 if log_m <= 0 else math.exp(-log_m)
 
 
 def sequential_test(
@@ -60,9 +105,10 @@ def sequential_test(
 
     ``variance`` is the variance of the estimator (``var_c/n_c + var_b/n_b`` for a
     difference of means, ``var/n`` for one mean against a fixed threshold) and ``n`` the
-    samples behind it. The p-value is the level at which the asymptotic confidence
-    sequence ``estimate +- sqrt(n V) sqrt(2(n rho^2+1)/(n^2 rho^2) log(sqrt(n rho^2+1)/alpha))``
-    just excludes zero, in closed form.
+    samples behind it; the statistic is ``z = estimate / sqrt(variance)``, judged by
+    :func:`always_valid_p`. Valid only when ``estimate`` and ``variance`` come from the
+    same growing sample (every sample of the evidence epoch): a sliding window is a
+    new sample at every look.
 
     >>> round(sequential_test(1.0, 0.01, 200).p_value, 6)
     0.0
@@ -73,30 +119,75 @@ def sequential_test(
         return TestResult(estimate, 1.0, estimate)
     if variance == 0:
         return TestResult(math.inf, 0.0, estimate)
-    rho2 = sequential_rho(alpha, n_star) ** 2
-    scale = n * rho2 + 1.0
-    exponent = estimate * estimate * n * rho2 / (2.0 * variance * scale)
-    p = min(1.0, math.sqrt(scale) * math.exp(-exponent))
-    return TestResult(estimate / math.sqrt(variance), p, estimate)
+    z = estimate / math.sqrt(variance)
+    return TestResult(z, always_valid_p(z, n, alpha=alpha, n_star=n_star), estimate)
 
 
-def rank_test(candidate: Sequence[float], baseline: Sequence[float], harm: Direction = "greater") -> TestResult:
-    """Mann-Whitney U (candidate vs baseline) with Cliff's delta, oriented to harm.
+def rank_statistic(candidate: Bins, baseline: Bins) -> tuple[float, float, int, int] | None:
+    """Mann-Whitney ``(U, sd of U under no difference, n_candidate, n_baseline)`` from two
+    sorted tallies; ties count a half and shrink the variance (the tie correction).
+
+    ``U`` counts baseline values below each candidate value: ``U / (n_c n_b)`` is the
+    chance that a candidate value is above a baseline one.
+    """
+    n1 = sum(c for _, c in candidate)
+    n2 = sum(c for _, c in baseline)
+    if n1 < 2 or n2 < 2:
+        return None
+    u = below = ties = 0.0
+    i = j = 0
+    while i < len(candidate) or j < len(baseline):
+        key_c = candidate[i][0] if i < len(candidate) else math.inf
+        key_b = baseline[j][0] if j < len(baseline) else math.inf
+        if key_c < key_b:
+            count_c, count_b = candidate[i][1], 0.0
+            i += 1
+        elif key_b < key_c:
+            count_c, count_b = 0.0, baseline[j][1]
+            j += 1
+        else:
+            count_c, count_b = candidate[i][1], baseline[j][1]
+            i += 1
+            j += 1
+        u += count_c * (below + 0.5 * count_b)
+        below += count_b
+        t = count_c + count_b
+        ties += t * t * t - t
+    total = n1 + n2
+    var = n1 * n2 / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)))
+    return u, math.sqrt(max(var, 0.0)), int(n1), int(n2)
+
+
+def sequential_rank_test(candidate: Bins, baseline: Bins, harm: Direction = "greater", *,
+                         alpha: float = 0.05, n_star: int = 5000) -> TestResult:
+    """Always-valid Mann-Whitney test that the candidate's values are shifted towards harm.
 
     ``harm="greater"`` when higher values are worse (latency, cost, errors), ``"less"``
-    when lower values are worse (quality). Ties and zero-inflated data use the
-    tie-corrected normal approximation; all-equal samples give p = 1 (no evidence).
+    when lower values are worse (quality). The statistic is the standardised U
+    (``(U - n_c n_b / 2) / sd``, towards harm), judged by :func:`always_valid_p` with
+    ``n = n_c + n_b``; the effect is Cliff's delta towards harm. All-equal samples give
+    p = 1 (no evidence).
     """
-    n1, n2 = len(candidate), len(baseline)
-    if n1 < 2 or n2 < 2:
+    got = rank_statistic(candidate, baseline)
+    if got is None:
         return INCONCLUSIVE
-    result = stats.mannwhitneyu(candidate, baseline, alternative=harm, method="asymptotic")
-    u = float(result.statistic)
+    u, sd, n1, n2 = got
     delta = 2.0 * u / (n1 * n2) - 1.0
+    z = (u - n1 * n2 / 2.0) / sd if sd > 0 else 0.0
     if harm == "less":
-        delta = -delta
-    p = float(result.pvalue)
-    return TestResult(u, p if math.isfinite(p) else 1.0, delta)
+        delta, z = -delta, -z
+    return TestResult(z, always_valid_p(z, n1 + n2, alpha=alpha, n_star=n_star), delta)
+
+
+def tally(values: Sequence[float]) -> list[tuple[float, float]]:
+    """Raw values as a sorted tally (each distinct value with its count)."""
+    return sorted((v, float(c)) for v, c in Counter(values).items())
+
+
+def rank_test(candidate: Sequence[float], baseline: Sequence[float], harm: Direction = "greater", *,
+              alpha: float = 0.05, n_star: int = 5000) -> TestResult:
+    """:func:`sequential_rank_test` on raw values (exact ranks, no binning)."""
+    return sequential_rank_test(tally(candidate), tally(baseline), harm, alpha=alpha, n_star=n_star)
 
 
 def srm_test(baseline_n: int, candidate_n: int, canary_pct: float) -> TestResult:
