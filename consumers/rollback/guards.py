@@ -31,6 +31,7 @@ from rollout_engine.consumers.rollback.stats_tests import (
     sequential_test,
     srm_log_bayes_factor,
     srm_test,
+    welch_df,
 )
 from rollout_engine.events import Breach
 
@@ -196,13 +197,15 @@ def _run_test(guard: Guard, policy: Policy, ev: Evidence, variants: tuple[str, s
             return INCONCLUSIVE
         if guard.mode == "absolute":
             estimate = sign * (cand.mean - guard.threshold)
-            return sequential_test(estimate, cand.var / cand.n, cand.n, alpha=guard.alpha, n_star=n_star)
+            return sequential_test(estimate, cand.var / cand.n, cand.n, alpha=guard.alpha, n_star=n_star,
+                                   df=cand.n - 1)
         base = ev.epoch(variants[0], guard.metric)
         if base.n < 2:
             return INCONCLUSIVE
         diff = cand.mean - base.mean if guard.mode != "decrease" else base.mean - cand.mean
         variance = cand.var / cand.n + base.var / base.n
-        return sequential_test(sign * diff, variance, cand.n + base.n, alpha=guard.alpha, n_star=n_star)
+        return sequential_test(sign * diff, variance, cand.n + base.n, alpha=guard.alpha, n_star=n_star,
+                               df=welch_df(cand.var, cand.n, base.var, base.n))
     # Mann-Whitney: is the candidate's distribution shifted towards harm?
     higher_is_worse = (guard.mode != "decrease") == (sign > 0)
     return sequential_rank_test(ev.histogram(variants[1], guard.metric), ev.histogram(variants[0], guard.metric),

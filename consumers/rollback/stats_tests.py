@@ -45,6 +45,7 @@ __all__ = [
     "srm_log_bayes_factor",
     "srm_test",
     "tally",
+    "welch_df",
 ]
 
 Direction = Literal["greater", "less"]
@@ -99,16 +100,22 @@ def always_valid_p(z: float, n: int, *, alpha: float = 0.05, n_star: int = 5000)
 
 
 def sequential_test(
-    estimate: float, variance: float, n: int, *, alpha: float = 0.05, n_star: int = 5000
+    estimate: float, variance: float, n: int, *, alpha: float = 0.05, n_star: int = 5000, df: float | None = None
 ) -> TestResult:
     """Always-valid p-value that ``estimate`` (an effect, positive = harm) is above 0.
 
     ``variance`` is the variance of the estimator (``var_c/n_c + var_b/n_b`` for a
     difference of means, ``var/n`` for one mean against a fixed threshold) and ``n`` the
-    samples behind it; the statistic is ``z = estimate / sqrt(variance)``, judged by
+    samples behind it; the statistic is ``t = estimate / sqrt(variance)``, judged by
     :func:`always_valid_p`. Valid only when ``estimate`` and ``variance`` come from the
     same growing sample (every sample of the evidence epoch): a sliding window is a
     new sample at every look.
+
+    ``df`` (the degrees of freedom of the estimated variance: ``n - 1``, or Welch's for
+    two samples) first maps ``t`` to the normal deviate with the same tail probability.
+    An estimated variance makes ``t`` heavier-tailed than normal while a sample is
+    small; uncorrected, a 10% canary (30-100 candidate samples for minutes) had twice
+    its stated false alarms.
 
     >>> round(sequential_test(1.0, 0.01, 200).p_value, 6)
     0.0
@@ -119,8 +126,16 @@ def sequential_test(
         return TestResult(estimate, 1.0, estimate)
     if variance == 0:
         return TestResult(math.inf, 0.0, estimate)
-    z = estimate / math.sqrt(variance)
-    return TestResult(z, always_valid_p(z, n, alpha=alpha, n_star=n_star), estimate)
+    t = estimate / math.sqrt(variance)
+    z = t if df is None or not df > 0 else -float(special.ndtri(special.stdtr(float(df), -t)))
+    return TestResult(t, always_valid_p(z, n, alpha=alpha, n_star=n_star), estimate)
+
+
+def welch_df(var_c: float, n_c: int, var_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of ``var_c/n_c + var_b/n_b``."""
+    a, b = var_c / n_c, var_b / n_b
+    denominator = a * a / (n_c - 1) + b * b / (n_b - 1)
+    return (a + b) ** 2 / denominator if denominator > 0 else math.inf
 
 
 def rank_statistic(candidate: Bins, baseline: Bins) -> tuple[float, float, int, int] | None:

@@ -60,9 +60,12 @@ def test_d1_the_sequential_test_on_every_sample_uses_the_variance_of_every_sampl
     guard, policy = _guard(metric="latency_ms", mode="increase", threshold=0.0, window="all", test="sequential")
     result = evaluate_guard(guard, policy, StatsEvidence(stats, R), ("baseline", "candidate"))
     diff = statistics.fmean(candidate) - statistics.fmean(baseline)
-    z = diff / math.sqrt(statistics.variance(candidate) / 150 + statistics.variance(baseline) / 150)
+    a, b = statistics.variance(candidate) / 150, statistics.variance(baseline) / 150
+    z = diff / math.sqrt(a + b)
     assert result.test is not None and result.test.statistic == pytest.approx(z)
-    assert result.test.p_value == pytest.approx(always_valid_p(z, 300, alpha=0.05, n_star=policy.sequential_n))
+    welch = (a + b) ** 2 / (a * a / 149 + b * b / 149)
+    normal = scipy_stats.norm.isf(scipy_stats.t.sf(z, welch))  # the same tail probability
+    assert result.test.p_value == pytest.approx(always_valid_p(normal, 300, alpha=0.05, n_star=policy.sequential_n))
     # with the last 100's variance (the old bug) z would be ~10x larger and "significant"
     wrong = diff / math.sqrt(statistics.variance(candidate[-100:]) / 150 + statistics.variance(baseline) / 150)
     assert wrong > 5 * z and result.status == "inconclusive"
