@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from rollout_engine.consumers.rollback.presets import PRESETS, merge_preset, preset_names
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import TOKEN_PATTERN
 
@@ -208,7 +209,9 @@ class Policy(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 DEFAULT_POLICY = Policy()
-"""The built-in policy (version 0): seed 001's guards, no statistics, kill at once."""
+"""The built-in policy (version 0) of a rollout with no policy in its log: the canary
+split system's guards, no statistics, kill at once -- the ``canary-split`` preset's
+numbers under the name ``default``."""
 
 
 def _check(policy: Policy) -> Policy:
@@ -241,10 +244,19 @@ def _check(policy: Policy) -> Policy:
 def load_policy(document: Mapping[str, Any], *, version: int | None = None, where: str = "policy") -> Policy:
     """Validate a policy document; raise :class:`PolicyError` naming the bad field.
 
+    ``preset = NAME`` in the document starts from that preset (:mod:`.presets`) and
+    overrides it with the document's other fields.
+
     ``version`` (from the ConfigChange that carried the document) overrides the
     document's own ``version`` so the log, not the author, numbers policy versions.
     """
     data = dict(document)
+    if "preset" in data:
+        name = data["preset"]
+        if not isinstance(name, str) or name not in PRESETS:
+            raise PolicyError(f"{where}.preset", f"unknown preset {name!r}",
+                              f"use one of {preset_names()} (docs/rollback.md lists them)")
+        data = merge_preset(name, data)
     if version is not None:
         data["version"] = version
     try:

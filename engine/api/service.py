@@ -171,14 +171,16 @@ def _policy(body: dict[str, Any], version: int) -> dict[str, Any] | None:
     if not isinstance(policy, dict):
         raise ApiError(400, "policy: expected a policy document (the TOML tables as a JSON object)")
     try:
-        from rollout_engine.consumers.rollback.policy import load_policy
+        from rollout_engine.consumers.rollback.policy import load_policy, policy_document
     except ImportError:  # pragma: no cover - the rollback consumer ships with the engine
         return policy
     try:
-        load_policy(policy, version=version)
+        loaded = load_policy(policy, version=version)
     except EventError as exc:
         raise ApiError(400, f"policy: {exc}") from None
-    return policy
+    # a preset is expanded here, so the log records every number, not a name whose
+    # meaning a later release could change
+    return policy_document(loaded) if "preset" in policy else policy
 
 
 class ControlApi:

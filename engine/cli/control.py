@@ -79,8 +79,10 @@ async def _resume(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _set(args: argparse.Namespace) -> int:
-    policy = None
+def _policy_document(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The policy to publish: ``--policy FILE`` and/or ``--preset NAME`` (the file's fields
+    override the preset's). A preset is expanded, so the log records every number."""
+    policy: dict[str, Any] | None = None
     if args.policy:
         try:
             import tomllib
@@ -90,8 +92,28 @@ async def _set(args: argparse.Namespace) -> int:
             policy = document.get("policy", document)  # a [policy] table or the top level
         except (OSError, ValueError) as exc:
             raise CliError(f"--policy {args.policy}: {exc}") from None
+    if args.preset:
+        if policy is not None and "preset" in policy:
+            raise CliError(f"--preset {args.preset} and {args.policy} (preset = {policy['preset']!r}): give one preset")
+        policy = {**(policy or {}), "preset": args.preset}
+    if policy is not None and "preset" in policy:
+        from rollout_engine.consumers.rollback.policy import (
+            PolicyError,
+            load_policy,
+            policy_document,
+        )
+
+        try:
+            policy = policy_document(load_policy(policy))
+        except PolicyError as exc:
+            raise CliError(str(exc)) from None
+    return policy
+
+
+async def _set(args: argparse.Namespace) -> int:
+    policy = _policy_document(args)
     if args.canary_pct is None and policy is None:
-        raise CliError("nothing to set: give --canary-pct N and/or --policy FILE")
+        raise CliError("nothing to set: give --canary-pct N, --policy FILE and/or --preset NAME")
     reply = await request(args, "config", _change_payload(args, canary_pct=args.canary_pct, policy=policy,
                                                           create=True if args.create else None))
     _print_change(args, reply, "configured")
@@ -129,6 +151,12 @@ def _percent(text: str) -> float:
     return value
 
 
+def _preset_names() -> list[str]:
+    from rollout_engine.consumers.rollback.presets import preset_names
+
+    return preset_names()
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     resume = sub.add_parser("resume", help="lift the kill switch, re-enable the candidate (default 5%%)",
                             description=__doc__)
@@ -140,6 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(setp)
     setp.add_argument("--canary-pct", type=_percent, help="percentage of traffic to the candidate (0-100)")
     setp.add_argument("--policy", help="rollback policy TOML file (validated before anything changes)")
+    setp.add_argument("--preset", choices=_preset_names(),
+                      help="a named rollback policy (docs/rollback.md); with --policy, the file overrides it")
     setp.add_argument("--create", action="store_true", help="allow a rollout that has nothing in the log yet")
     setp.set_defaults(handler=handler(_set))
 

@@ -14,13 +14,14 @@ import math
 import random
 import statistics
 
+import msgspec
 import pytest
 from scipy import stats as scipy_stats
 
 from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.rollback.evidence import StatsEvidence
 from rollout_engine.consumers.rollback.guards import evaluate_guard
-from rollout_engine.consumers.rollback.policy import load_policy
+from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY, load_policy
 from rollout_engine.consumers.rollback.stats_tests import (
     always_valid_p,
     sequential_rank_test,
@@ -90,6 +91,22 @@ def test_d2_the_rank_test_ranks_every_sample_not_the_last_100() -> None:
     assert result.test.effect == pytest.approx(2 * u / (n1 * n2) - 1)
     last_100 = scipy_stats.mannwhitneyu(candidate[-100:], baseline[-100:]).statistic
     assert 2 * last_100 / 10_000 - 1 < 0 < result.test.effect  # the last 100 alone say "faster"
+
+
+def test_d3_the_canary_split_preset_is_the_specified_policy_and_the_built_in_one() -> None:
+    canary = load_policy({"preset": "canary-split"})
+    assert canary == msgspec.structs.replace(DEFAULT_POLICY, name="canary-split")
+    guards = {g.name: g for g in canary.all_guards()}
+    assert (guards["quality"].threshold, guards["latency"].threshold, guards["cost"].threshold) == (5.0, 1600.0, 3.0)
+    assert canary.min_samples == 30 and all(g.test == "none" for g in guards.values())
+
+
+def test_d3_the_recommended_preset_confirms_every_guard_on_every_sample() -> None:
+    policy = load_policy({"preset": "recommended"})
+    guards = policy.all_guards()
+    assert {g.name for g in guards} == {"quality", "latency", "cost"}
+    assert all(g.test != "none" and g.window == "all" and g.mode == "ratio" for g in guards)
+    assert sum(g.alpha for g in guards) + policy.srm.p_value <= 0.05
 
 
 def test_d4_a_last_n_guard_tests_every_sample_of_the_epoch() -> None:
