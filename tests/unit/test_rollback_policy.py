@@ -62,3 +62,37 @@ def test_example_policy_file_loads(tmp_path: Path) -> None:
     bad.write_text("[policy]\nmin_samples = 0\n")
     with pytest.raises(PolicyError, match=r"bad\.toml:policy\.min_samples"):
         load_policy_file(bad)
+
+
+def test_a_preset_is_a_base_the_document_overrides() -> None:
+    policy = load_policy({"preset": "recommended", "name": "checkout", "hysteresis": {"sustain_ms": 2000},
+                          "guards": [{"name": "latency", "alpha": 0.001},
+                                     {"name": "errors", "metric": "error", "aggregate": "rate", "mode": "increase",
+                                      "threshold": 0.01, "test": "sequential"}]})
+    guards = {g.name: g for g in policy.all_guards()}
+    assert policy.name == "checkout" and policy.hysteresis.sustain_ms == 2000
+    assert policy.hysteresis.hold_down_ms == 30_000  # tables merge key by key
+    assert guards["latency"].alpha == 0.001 and guards["latency"].test == "mann_whitney"  # guards by name
+    assert list(guards) == ["quality", "latency", "cost", "errors"]
+    assert load_policy(policy_document(policy)) == policy  # the expanded document stands alone
+    with pytest.raises(PolicyError, match=r"policy\.preset: unknown preset 'fast'.*canary-split"):
+        load_policy({"preset": "fast"})
+
+
+def test_set_preset_publishes_the_expanded_document(tmp_path: Path) -> None:
+    import argparse
+
+    from rollout_engine.engine.cli.common import CliError
+    from rollout_engine.engine.cli.control import _policy_document
+
+    override = tmp_path / "override.toml"
+    override.write_text('[policy]\nname = "shop"\n[policy.thresholds]\nmax_cost_cents = 4.0\n')
+    document = _policy_document(argparse.Namespace(policy=str(override), preset="canary-split"))
+    assert "preset" not in document and document["name"] == "shop"
+    assert document["thresholds"] == {"max_quality_drop": 5.0, "max_latency_p95_ms": 1600.0, "max_cost_cents": 4.0}
+    plain = _policy_document(argparse.Namespace(policy=str(override), preset=None))
+    assert plain == {"name": "shop", "thresholds": {"max_cost_cents": 4.0}}  # no preset: sent as written
+    both = tmp_path / "both.toml"
+    both.write_text('[policy]\npreset = "recommended"\n')
+    with pytest.raises(CliError, match="give one preset"):
+        _policy_document(argparse.Namespace(policy=str(both), preset="canary-split"))
