@@ -7,7 +7,7 @@ import asyncio
 from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["bandit", "consumer", "memory", "propagation", "reference", "restart", "rollback", "scale", "sdk"]
+__all__ = ["bandit", "consumer", "judgement", "memory", "propagation", "reference", "restart", "rollback", "scale", "sdk"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -144,3 +144,11 @@ async def propagation() -> list[Figure]:
     from bench.bench_propagation import propagation_figures
 
     return await propagation_figures()
+
+
+async def judgement() -> list[Figure]:
+    """Judgement quality: false kills, power and time to kill of the rollback presets and of
+    each statistical option, from the simulator (bench/bench_judgement.py)."""
+    from bench.bench_judgement import judgement_figures
+
+    return await asyncio.to_thread(judgement_figures)

@@ -39,6 +39,7 @@ GROUPS: dict[str, str] = {
     "scale": "bench.groups:scale",
     "restart": "bench.groups:restart",
     "propagation": "bench.groups:propagation",
+    "judgement": "bench.groups:judgement",
 }
 
 

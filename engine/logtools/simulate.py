@@ -40,31 +40,47 @@ from rollout_engine.consumers.rollback.scenario import T0, policy_change
 from rollout_engine.engine.logtools.profiles import Regression, TrafficProfile
 from rollout_engine.events import ConfigChange, Decision, Event, KillSwitch, Metric, Outcome, Tick
 
-__all__ = ["OPTION_PROBES", "RolloutRun", "Scenario", "ScenarioResult", "median_interval", "run_rollout", "run_scenario",
+__all__ = ["OPTION_PROBES", "Probe", "RolloutRun", "Scenario", "ScenarioResult", "median_interval", "run_rollout", "run_scenario",
            "wilson"]
 
 _OFF = {"max_quality_drop": -1, "max_latency_p95_ms": -1, "max_cost_cents": -1}
 _QUIET = {"thresholds": _OFF, "srm": {"enabled": False}}
 
-OPTION_PROBES: dict[str, tuple[dict[str, Any], tuple[str, ...], float]] = {
-    # name -> (policy document, the metrics its traffic needs, its stated alpha). Each
-    # statistical option alone at the default alpha, its threshold at "worse at all"
-    # (or at the true mean) so that only the test stands between noise and a kill.
-    "sequential, quality, last-100 threshold": ({**_QUIET, "guards": [
-        {"name": "probe", "metric": "quality", "mode": "decrease", "threshold": 0.0, "test": "sequential"}]},
-        ("quality",), 0.05),
-    "sequential, latency mean (long tail), all samples": ({**_QUIET, "guards": [
-        {"name": "probe", "metric": "latency_ms", "mode": "increase", "threshold": 0.0, "window": "all",
-         "test": "sequential"}]}, ("latency_ms",), 0.05),
-    "sequential, absolute: cost mean > its true mean": ({**_QUIET, "guards": [
-        {"name": "probe", "metric": "cost_cents", "threshold": 2.0, "test": "sequential"}]}, ("cost_cents",), 0.05),
-    "mann_whitney, latency p95 ratio, last-100 threshold": ({**_QUIET, "guards": [
-        {"name": "probe", "metric": "latency_ms", "aggregate": "p95", "mode": "ratio", "threshold": 1.0,
-         "test": "mann_whitney", "min_effect": 0.0}]}, ("latency_ms",), 0.05),
-    "srm, sequential (default)": ({"thresholds": _OFF}, (), 0.001),
-    "srm, chi-squared alone (sequential = false)": ({"thresholds": _OFF, "srm": {"sequential": False}}, (), 0.001),
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One statistical option alone, at the default alpha, its threshold at "worse at
+    all" (or at the true mean) so that only the test stands between noise and a kill."""
+
+    policy: dict[str, Any]
+    metrics: tuple[str, ...]
+    """The metrics its traffic needs (a fold judging one metric pays for no other)."""
+    alpha: float
+    regression: str | None
+    """The named regression it should catch (None: not a metric test)."""
+
+
+def _probe_guard(**guard: Any) -> dict[str, Any]:
+    return {**_QUIET, "guards": [{"name": "probe", **guard}]}
+
+
+OPTION_PROBES: dict[str, Probe] = {
+    "sequential, quality, last-100 threshold": Probe(
+        _probe_guard(metric="quality", mode="decrease", threshold=0.0, test="sequential"),
+        ("quality",), 0.05, "quality-3"),
+    "sequential, latency mean (long tail), all samples": Probe(
+        _probe_guard(metric="latency_ms", mode="increase", threshold=0.0, window="all", test="sequential"),
+        ("latency_ms",), 0.05, "p95+10%"),
+    "sequential, absolute: cost mean > its true mean": Probe(
+        _probe_guard(metric="cost_cents", threshold=2.0, test="sequential"), ("cost_cents",), 0.05, "cost+20%"),
+    "mann_whitney, latency p95 ratio, last-100 threshold": Probe(
+        _probe_guard(metric="latency_ms", aggregate="p95", mode="ratio", threshold=1.0, test="mann_whitney",
+                     min_effect=0.0), ("latency_ms",), 0.05, "p95+10%"),
+    "srm, sequential (default)": Probe({"thresholds": _OFF}, (), 0.001, None),
+    "srm, chi-squared alone (sequential = false)": Probe(
+        {"thresholds": _OFF, "srm": {"sequential": False}}, (), 0.001, None),
 }
 """The statistical options as the bench and docs/rollback.md measure them (typical traffic)."""
+
 
 ROLLOUT = "sim"
 TICK_MS = 250

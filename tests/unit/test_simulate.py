@@ -81,13 +81,13 @@ def test_a_a_recommended_has_no_false_kill_where_canary_split_has_several() -> N
     assert kills(_preset("canary-split")) >= 2  # the same traffic: p95 of 100 samples and a 5-point gap
 
 
-@pytest.mark.parametrize("name", [n for n in OPTION_PROBES if OPTION_PROBES[n][1]])
+@pytest.mark.parametrize("name", [n for n in OPTION_PROBES if OPTION_PROBES[n].metrics])
 def test_a_a_every_statistical_option_stays_within_its_alpha(name: str) -> None:
     """Each guard option alone at alpha 0.05, its threshold at "worse at all" so only the
     test stands between noise and a kill: at most one of 12 healthy rollouts (fixed seed;
     the bench measures the rate on hundreds)."""
-    policy, metrics, _alpha = OPTION_PROBES[name]
-    scenario = Scenario(policy, TYPICAL.only(metrics), 50.0, REGRESSIONS["none"], rollouts=12, minutes=1.0, seed=9)
+    probe = OPTION_PROBES[name]
+    scenario = Scenario(probe.policy, TYPICAL.only(probe.metrics), 50.0, REGRESSIONS["none"], rollouts=12, minutes=1.0, seed=9)
     assert run_scenario(scenario, workers=1).kills <= 1
 
 
