@@ -113,7 +113,9 @@ async def test_mann_whitney_guard_with_effect_size_gate(rig: Rig) -> None:
     base = [rng.uniform(100, 200) for _ in range(60)]
     # Kayenta #780's shape: 7 in 10 samples a hundred times slower
     slow = [v * 100 if i % 10 < 7 else v for i, v in enumerate(rng.uniform(100, 200) for _ in range(60))]
-    policy = {"thresholds": {"max_latency_p95_ms": -1}, "guards": [SHIFT]}
+    # the rank test is valid at every look; a boundary tuned for ~100 samples (not the
+    # default 5,000) lets 30 + 30 of them be conclusive
+    policy = {"thresholds": {"max_latency_p95_ms": -1}, "guards": [SHIFT], "sequential_n": 100}
     await rig.publish([policy_change(R, policy), *_latency(slow, base)])
     [kill] = rig.commands(KillSwitch)
     [shift] = kill.breaches
