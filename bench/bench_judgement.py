@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.harness import Figure
@@ -116,10 +118,29 @@ def _option_row(name: str, alpha: float, aa: dict[str, Any], power: dict[str, An
     return "| " + " | ".join(cells) + " |"
 
 
-def docs_tables(aa_rollouts: int = 500, power_rollouts: int = 300, seed: int = 1) -> str:
+DOCS_RESULTS = Path(__file__).resolve().parent / "results" / "judgement-docs.json"
+
+
+def docs_tables(aa_rollouts: int = 500, power_rollouts: int = 300, near_rollouts: int = 200, seed: int = 1,
+                results: Path = DOCS_RESULTS) -> str:
     """The Markdown tables of docs/rollback.md: each preset at both splits (typical and
-    near traffic), and each statistical option alone (A/A and its regression, 50%)."""
+    near traffic), and each statistical option alone (A/A and its regression, 50%).
+
+    Every row's full result is kept in ``results`` (JSON) as soon as it is measured, so
+    an interrupted run resumes where it stopped and the tables can be checked."""
     typical, near = PROFILES["typical"], PROFILES["near"]
+    done: dict[str, Any] = json.loads(results.read_text()) if results.exists() else {}
+
+    def row(policy: dict[str, Any], profile: TrafficProfile, split: float, regression: str, n: int,
+            name: str) -> dict[str, Any]:
+        key = f"{name}|{profile.name}|{split:g}|{regression}|{n}|{seed}|{MINUTES:g}|{BUDGET}"
+        if key not in done:
+            started = time.perf_counter()
+            done[key] = _run(policy, profile, split, regression, n, name, seed)
+            results.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
+            print(f"  {key}: {done[key]['kills']}/{n} ({time.perf_counter() - started:.0f} s)", flush=True)
+        return dict(done[key])
+
     out: list[str] = []
     for preset in ("recommended", "canary-split"):
         policy = _preset(preset)
@@ -128,21 +149,18 @@ def docs_tables(aa_rollouts: int = 500, power_rollouts: int = 300, seed: int = 1
             for split in (10.0, 50.0):
                 names = ("none", *REGRESSION_NAMES) if profile is typical else ("none",)
                 for regression in names:
-                    n = aa_rollouts if regression == "none" else power_rollouts
-                    started = time.perf_counter()
-                    result = _run(policy, profile, split, regression, n, preset, seed)
-                    print(f"  {preset} {profile.name} {split:g}% {regression}: {result['kills']}/{n} "
-                          f"({time.perf_counter() - started:.0f} s)", flush=True)
+                    n = power_rollouts if regression != "none" else aa_rollouts if profile is typical else near_rollouts
+                    result = row(policy, profile, split, regression, n, preset)
                     result["candidate"] = f"{result['candidate']} ({profile.name})"
                     rows.append(result)
         out.append(f"**`{preset}`**\n\n{render(rows, markdown=True)}")
     lines = ["| option (alone, threshold at \"worse at all\") | stated alpha | A/A false positives, 50% "
              "[95% CI] | killed within 500 candidate samples, 50% | median to kill |", "|---|---|---|---|---|"]
     for name, probe in OPTION_PROBES.items():
-        aa = _run(probe.policy, typical.only(probe.metrics), 50.0, "none", aa_rollouts, name, seed)
-        power = None if probe.regression is None else _run(
-            probe.policy, typical.only(probe.metrics), 50.0, probe.regression, power_rollouts, name, seed)
-        print(f"  {name}: {aa['kills']}/{aa_rollouts}", flush=True)
+        traffic = typical.only(probe.metrics)
+        aa = row(probe.policy, traffic, 50.0, "none", aa_rollouts, name)
+        power = None if probe.regression is None else row(probe.policy, traffic, 50.0, probe.regression,
+                                                           power_rollouts, name)
         lines.append(_option_row(name, probe.alpha, aa, power))
     out.append("**Each statistical option alone**\n\n" + "\n".join(lines))
     return "\n\n".join(out)
@@ -153,10 +171,11 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="the larger runs behind docs/rollback.md's tables")
     parser.add_argument("--aa", type=int, default=500, help="with --docs: A/A rollouts per row")
     parser.add_argument("--power", type=int, default=300, help="with --docs: regressed rollouts per row")
+    parser.add_argument("--near", type=int, default=200, help="with --docs: A/A rollouts per row of near traffic")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.docs:
-        print(docs_tables(args.aa, args.power))
+        print(docs_tables(args.aa, args.power, args.near))
     else:
         for figure in judgement_figures():
             reference = f"; reference {figure.reference}: {figure.reference_value:.1f}" if figure.reference else ""

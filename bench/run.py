@@ -93,15 +93,29 @@ def render_table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+JUDGEMENT = "judgement:"
+"""Name prefix of the judgement-quality figures (bench/bench_judgement.py): their own section."""
+
+
 def render_doc(figures: list[Figure], info: dict[str, str], notes: str) -> str:
     machine_rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
+    speed = [f for f in figures if not f.name.startswith(JUDGEMENT)]
+    judgement = [f for f in figures if f.name.startswith(JUDGEMENT)]
+    section = "" if not judgement else (
+        "## Judgement quality\n\n"
+        "From the simulator (`rollout simulate`, bench/bench_judgement.py): simulated rollouts folded by "
+        "the rollback projection and judged after every event. Rates are percentages with their Wilson 95% "
+        "interval in the range column; medians of candidate samples to kill with their 95% interval. "
+        "docs/rollback.md has the full tables.\n\n"
+        f"{render_table(judgement)}\n\n")
     return (
         "# Benchmarks\n\n"
         "Produced by `make bench` (not part of `make test`); the raw figures are in "
         "`bench/results/latest.json`. Each figure is the median of several runs with its "
         "range; throughputs stand beside a reference measured in the same run.\n\n"
         f"## Machine\n\n| | |\n| --- | --- |\n{machine_rows}\n\n"
-        f"## Results\n\n{render_table(figures)}\n\n"
+        f"## Results\n\n{render_table(speed)}\n\n"
+        f"{section}"
         f"## Notes\n\n{notes}\n"
     )
 

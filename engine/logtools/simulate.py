@@ -290,10 +290,10 @@ def _row(d: dict[str, Any]) -> list[str]:
     n = d["rollouts"]
     lo, hi = d["kill_rate_ci"]
     rate = f"{_pct(d['kill_rate'])} [{100 * lo:.1f}-{100 * hi:.1f}]"
-    healthy = d["candidate"] == "A/A"
+    healthy = d["candidate"].startswith("A/A")
     within = "-" if healthy else f"{d['killed_within_budget']}/{n}"
     med = d["median_candidates_to_kill"]
-    if med is None:
+    if med is None:  # fewer than half killed
         to_kill = "-" if healthy or d["kills"] == 0 else f"> {d['budget']} samples"
     else:
         mlo, mhi = d["median_candidates_ci"]
