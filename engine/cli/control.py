@@ -94,7 +94,8 @@ def _policy_document(args: argparse.Namespace) -> dict[str, Any] | None:
             raise CliError(f"--policy {args.policy}: {exc}") from None
     if args.preset:
         if policy is not None and "preset" in policy:
-            raise CliError(f"--preset {args.preset} and {args.policy} (preset = {policy['preset']!r}): give one preset")
+            raise CliError(f"--preset {args.preset} and {args.policy} (preset = {policy['preset']!r}): give one preset",
+                           "usage")
         policy = {**(policy or {}), "preset": args.preset}
     if policy is not None and "preset" in policy:
         from rollout_engine.consumers.rollback.policy import (
@@ -106,7 +107,7 @@ def _policy_document(args: argparse.Namespace) -> dict[str, Any] | None:
         try:
             policy = policy_document(load_policy(policy))
         except PolicyError as exc:
-            raise CliError(str(exc)) from None
+            raise CliError(str(exc), "invalid") from None
     return policy
 
 

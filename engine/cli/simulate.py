@@ -42,7 +42,7 @@ def _policy(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str, str]:
             return policy_document(policy), policy.name, f"from {args.policy}"
         policy = load_policy({"preset": args.preset})
     except PolicyError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), "not_found" if "does not exist" in str(exc) else "invalid") from None
     return policy_document(policy), args.preset, f"preset: {PRESETS[args.preset].summary}"
 
 
@@ -54,7 +54,7 @@ def _profile(args: argparse.Namespace) -> Any:
         try:
             return fit_profile(args.source, rollout=args.rollout, variant=args.variant)
         except (ExportError, ValueError) as exc:
-            raise CliError(str(exc)) from None
+            raise CliError(str(exc), "invalid") from None
     return PROFILES[args.profile]
 
 
@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         regressions = [parse_regression(text) for text in (args.regression or DEFAULT_REGRESSIONS)]
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), "invalid") from None
     results = []
     for split in args.split or [10.0, 50.0]:
         for regression in regressions:

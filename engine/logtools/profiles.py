@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rollout_engine.events import Decision, Metric, Outcome, decode_lenient
+from rollout_engine.events import Decision, Metric, Outcome, decode_from_log
 
 __all__ = ["PROFILES", "REGRESSIONS", "Regression", "TrafficProfile", "fit_profile", "parse_regression"]
 
@@ -172,7 +172,7 @@ def fit_profile(path: str | Path, *, rollout: str | None = None, variant: str = 
     values: dict[str, list[float]] = {m: [] for m in METRICS}
     times: list[int] = []
     for record in records:
-        events = record.events if record.events is not None else decode_lenient(record.data or b"")[0]
+        events = record.events if record.events is not None else decode_from_log(record.subject, record.data or b"")[0]
         for event in events:
             if rollout is not None and getattr(event, "rollout", None) != rollout:
                 continue

@@ -27,7 +27,8 @@ from rollout_engine.engine.logtools.simulate import (
     run_scenario,
     wilson,
 )
-from rollout_engine.events import Metric, Outcome, encode_batch, subjects
+from rollout_engine.events import Metric, Outcome
+from rollout_engine.events.codec import log_messages
 
 TYPICAL = PROFILES["typical"]
 
@@ -100,7 +101,8 @@ def test_fit_profile_draws_a_variant_from_an_export(tmp_path: Path) -> None:
             events.append(Outcome(id=f"o{variant[0]}{i}", decision_id="d", verdict="neutral", quality=80.0, **common))
 
     async def messages():  # type: ignore[no-untyped-def]
-        yield LogMessage(1, subjects.event("r", "metric"), encode_batch(events), 1_000)
+        for seq, (subject, data) in enumerate(log_messages(events, batch=1), 1):  # one kind per subject
+            yield LogMessage(seq, subject, data, 1_000)
 
     path = tmp_path / "log.msgpack"
     asyncio.run(write_export(messages(), path))
