@@ -10,6 +10,8 @@ p95 877 ms with a 2% slow tail, cost 2.0 cents sd 0.5) for 5 minutes of event ti
   system's preset on the same traffic (same seeds, same requests) as the reference;
 * the recommended preset's power: the share of candidates with quality -3 points, p95
   +10% or cost +20% killed within 500 candidate samples, and the median samples to kill;
+* the canary split preset's kills of the same regressions at 50% (mostly by its latency
+  guard's false alarms, not by the regressed metric: see ``kills_by_guard``);
 * every statistical guard option alone (``OPTION_PROBES``: alpha 0.05, its threshold at
   "worse at all" so the test decides), on A/A traffic of its metric at a 50% split: its
   false-positive rate under continuous judging against its stated alpha; SRM likewise.
@@ -71,7 +73,7 @@ def _median_figure(name: str, result: dict[str, Any]) -> Figure:
                   "interval of the median as the range")
 
 
-def judgement_figures(aa_rollouts: int = 80, power_rollouts: int = 40, probe_rollouts: int = 60) -> list[Figure]:
+def judgement_figures(aa_rollouts: int = 60, power_rollouts: int = 100, probe_rollouts: int = 40) -> list[Figure]:
     """The judgement-quality figures of ``make bench`` (see the module docstring)."""
     typical = PROFILES["typical"]
     recommended, canary = _preset("recommended"), _preset("canary-split")
@@ -91,6 +93,11 @@ def judgement_figures(aa_rollouts: int = 80, power_rollouts: int = 40, probe_rol
                 power, key="within_budget_rate", target=">= 95%", extra={"result": power}))
             figures.append(_median_figure(
                 f"judgement: recommended preset, {regression}, {split:g}%: median candidate samples to kill", power))
+    for regression in REGRESSION_NAMES:  # the canary split preset on the same regressions, for comparison
+        power = _run(canary, typical, 50.0, regression, probe_rollouts, "canary-split")
+        figures.append(_rate_figure(
+            f"judgement: canary-split preset, {regression} killed within {BUDGET} candidate samples, 50%", power,
+            key="within_budget_rate", extra={"result": power, "kills_by_guard": power["kills_by_guard"]}))
     for name, probe in OPTION_PROBES.items():
         result = _run(probe.policy, typical.only(probe.metrics), 50.0, "none", probe_rollouts, name)
         figures.append(_rate_figure(f"judgement: {name}, A/A false positives, 50% split, {MINUTES:g} min", result,
