@@ -145,3 +145,19 @@ async def test_evaluate_judges_now_and_kills_what_the_log_lacks(api, rollout_id)
     with pytest.raises(ApiError) as err:
         await call(nc, "evaluate", {"rollout": "nope-" + rollout_id})
     assert err.value.code == 404
+
+
+async def test_a_preset_goes_into_the_log_expanded(api, rollout_id) -> None:
+    """The log records every number of a preset, not its name (a later release could change it)."""
+    from rollout_engine.consumers.rollback.policy import load_policy
+
+    nc, js = api
+    reply = await call(nc, "config", {"rollout": rollout_id, "actor": "alice", "canary_pct": 5, "create": True,
+                                      "policy": {"preset": "recommended", "name": "checkout"}})
+    assert reply["changed"] and reply["after"]["policy_version"] == 1
+    config = decode((await js.get_last_msg(subjects.LOG_STREAM, subjects.control(rollout_id, "config"))).data)
+    assert isinstance(config, ConfigChange) and "preset" not in config.policy
+    assert config.policy["name"] == "checkout" and len(config.policy["guards"]) == 3
+    assert load_policy(config.policy) == load_policy({"preset": "recommended", "name": "checkout", "version": 1})
+    with pytest.raises(ApiError, match="unknown preset"):
+        await call(nc, "config", {"rollout": rollout_id, "actor": "alice", "policy": {"preset": "fastest"}})
