@@ -51,6 +51,11 @@ def _profile(args: argparse.Namespace) -> Any:
     from rollout_engine.engine.logtools.profiles import PROFILES, fit_profile
 
     if args.source:
+        from pathlib import Path
+
+        if not Path(args.source).is_file():
+            raise CliError(f"--from {args.source}: no such file; pass an export written by `rollout export`",
+                           "not_found")
         try:
             return fit_profile(args.source, rollout=args.rollout, variant=args.variant)
         except (ExportError, ValueError) as exc:

@@ -315,4 +315,4 @@ def render(results: list[dict[str, Any]], *, markdown: bool = False) -> str:
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*HEADERS), *(fmt.format(*r) for r in rows)])
+    return "\n".join(fmt.format(*line).rstrip() for line in [HEADERS, *rows])
