@@ -3,11 +3,15 @@
 Import from here::
 
     from rollout_engine.events import Decision, Outcome, Metric, encode_batch, decode_message, subjects
+
+``subjects`` is the one subject map (subjects, KV keys, filters); ``transitions`` the
+control vocabulary (kill, resume, configure, with the one ``config_version`` rule);
+:class:`LogMessage` the one record of a log message.
 """
 
 from __future__ import annotations
 
-from rollout_engine.events import subjects
+from rollout_engine.events import subjects, transitions
 from rollout_engine.events.codec import (
     MAX_BATCH,
     MAX_MESSAGE_BYTES,
@@ -24,6 +28,7 @@ from rollout_engine.events.codec import (
 )
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import check_token, command_id, is_token, new_event_id
+from rollout_engine.events.message import LogMessage
 from rollout_engine.events.schema import (
     COMMAND_TYPES,
     ENGINE_ROLLOUT,
@@ -75,6 +80,7 @@ __all__ = [
     "Guardrail",
     "GuardrailState",
     "KillSwitch",
+    "LogMessage",
     "Metric",
     "Notification",
     "Outcome",
@@ -99,5 +105,6 @@ __all__ = [
     "kind_of",
     "new_event_id",
     "subjects",
+    "transitions",
     "validate",
 ]

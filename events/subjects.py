@@ -17,6 +17,14 @@
 
 Events, control and ticks are captured by ONE stream (``LOG_STREAM``) so every decider
 reads a single total order and a replay is deterministic.
+
+The KV bucket ``ro_state`` holds what consumers mirror for readers of any language, one
+key per rollout and kind (:func:`kv_key`)::
+
+    control.<rollout>   the current ControlState (msgpack), by the control consumer
+    stats.<rollout>     the canary-stats summary (JSON), by the canary_stats consumer
+    bandit.<rollout>    the BanditView choose() reads (msgpack), by the bandit consumer
+    rollback.<rollout>  the rollback consumer's evaluation status (JSON)
 """
 
 from __future__ import annotations
@@ -24,29 +32,37 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 from rollout_engine.events.ids import check_token, is_token
+from rollout_engine.events.schema import Event, kind_of
 
 __all__ = [
     "ACKS_ALL",
     "ACK_BUCKET",
     "ACK_STREAM",
+    "ALL",
+    "API_ALL",
     "CONTROL_ALL",
     "CONTROL_COMMANDS",
     "DLQ_ALL",
     "DLQ_STREAM",
     "EVENTS_ALL",
     "EVENTS_PUBLISH",
+    "KV_ALL",
+    "KV_KINDS",
+    "KV_STREAM",
     "LOG_STREAM",
     "LOG_SUBJECTS",
     "PARTITION_SOURCE",
     "PRODUCER_KINDS",
     "ROOT",
     "STATE_BUCKET",
+    "STATS_ALL",
     "TICK",
     "WIDE_LOG_SUBJECTS",
     "ParsedSubject",
     "ack_filter",
     "ack_key",
     "ack_subject",
+    "api",
     "control",
     "control_filter",
     "dlq",
@@ -54,6 +70,11 @@ __all__ = [
     "evaluation",
     "event",
     "events_filter",
+    "for_event",
+    "kv_filter",
+    "kv_key",
+    "kv_rollout",
+    "kv_subject",
     "log_filter",
     "parse",
     "parse_ack_subject",
@@ -61,10 +82,14 @@ __all__ = [
     "partition_filters",
     "partition_of",
     "partition_transform",
+    "partitioned",
+    "rollout_filters",
     "stats",
 ]
 
 ROOT = "ro"
+ALL = f"{ROOT}.>"
+"""Every subject of the engine (the engine role subscribes to it)."""
 EVENTS_ALL = f"{ROOT}.evt.>"
 CONTROL_ALL = f"{ROOT}.ctl.>"
 TICK = f"{ROOT}.tick"
@@ -83,7 +108,13 @@ WIDE_LOG_SUBJECTS = frozenset({EVENTS_ALL, CONTROL_ALL})
 """What logs created before the exact depths captured; provisioning narrows them."""
 DLQ_STREAM = "RO_DLQ"
 STATE_BUCKET = "ro_state"
-"""KV bucket: key ``<rollout>`` -> current ControlState (msgpack), for readers of any language."""
+"""KV bucket of what consumers mirror for readers of any language (keys: :func:`kv_key`)."""
+KV_STREAM = f"KV_{STATE_BUCKET}"
+"""The JetStream stream behind the KV bucket (permissions name it)."""
+KV_ALL = f"$KV.{STATE_BUCKET}.>"
+"""Every KV put of the bucket, as a subject (the engine role publishes them)."""
+KV_KINDS: tuple[str, ...] = ("control", "stats", "bandit", "rollback")
+"""What the bucket holds per rollout: ``<kind>.<rollout>``."""
 
 ProducerKind = Literal["decision", "outcome", "metric"]
 PRODUCER_KINDS: tuple[str, ...] = ("decision", "outcome", "metric")
@@ -125,17 +156,47 @@ def control(rollout: str, command: str) -> str:
     return f"{ROOT}.ctl.{rollout}.{command}"
 
 
+def for_event(emitted: Event) -> str:
+    """Where an event is published: ``ro.ctl.<rollout>.<kind>`` for a command or engine
+    output, ``ro.evt.<rollout>.<kind>`` for a producer event, ``ro.tick`` for a tick."""
+    kind = kind_of(emitted)
+    if kind in CONTROL_COMMANDS:
+        return control(emitted.rollout, kind)
+    if kind in PRODUCER_KINDS:
+        return event(emitted.rollout, kind)
+    if kind == "tick":
+        return TICK
+    raise ValueError(
+        f"a {kind!r} event has no subject in events.subjects; add its kind to CONTROL_COMMANDS "
+        "(or PRODUCER_KINDS) before emitting it"
+    )
+
+
 def events_filter(rollout: str | None = None) -> str:
     """Filter for every producer event, or those of one rollout."""
     return EVENTS_ALL if rollout is None else f"{ROOT}.evt.{check_token(rollout, 'rollout')}.*"
 
 
-def control_filter(rollout: str | None = None) -> str:
-    """Filter for every control subject, or those of one rollout."""
-    return CONTROL_ALL if rollout is None else f"{ROOT}.ctl.{check_token(rollout, 'rollout')}.*"
+def control_filter(rollout: str | None = None, command: str | None = None) -> str:
+    """Filter for control subjects: every one, one rollout's, or one command of every rollout.
+
+    >>> control_filter(command="kill_switch")
+    'ro.ctl.*.kill_switch'
+    """
+    if command is None:
+        return CONTROL_ALL if rollout is None else f"{ROOT}.ctl.{check_token(rollout, 'rollout')}.*"
+    if command not in CONTROL_COMMANDS:
+        raise ValueError(f"unknown control command {command!r}; expected one of {CONTROL_COMMANDS}")
+    token = "*" if rollout is None else check_token(rollout, "rollout")
+    return f"{ROOT}.ctl.{token}.{command}"
 
 
-def log_filter(rollout: str, family: str) -> str:
+def partitioned(subject: str) -> str:
+    """How a partitioned log stores ``subject``: with one more token, the partition number."""
+    return f"{subject}.*"
+
+
+def log_filter(rollout: str | None, family: str) -> str:
     """Every stored ``evt`` or ``ctl`` subject of one rollout, partitioned log or not.
 
     ``ro.<family>.<rollout>.>`` matches ``ro.ctl.r1.kill_switch`` and the partitioned
@@ -144,7 +205,13 @@ def log_filter(rollout: str, family: str) -> str:
     """
     if family not in ("evt", "ctl"):
         raise ValueError(f"log_filter family is 'evt' or 'ctl', got {family!r}")
-    return f"{ROOT}.{family}.{check_token(rollout, 'rollout')}.>"
+    token = "*" if rollout is None else check_token(rollout, "rollout")
+    return f"{ROOT}.{family}.{token}.>"
+
+
+def rollout_filters(rollout: str | None = None) -> list[str]:
+    """Every stored subject of one rollout (or of all): its producer events and its control subjects."""
+    return [log_filter(rollout, "evt"), log_filter(rollout, "ctl")]
 
 
 def stats(rollout: str) -> str:
@@ -183,6 +250,37 @@ def engine_key(*parts: str) -> str:
     ``engine.relay.<consumer>`` (engine messages whose id another publisher took first).
     """
     return ENGINE_KEY_PREFIX + ".".join(check_token(part, "key part") for part in parts)
+
+
+def kv_key(kind: str, rollout: str) -> str:
+    """Key of KV ``ro_state`` where a consumer mirrors one rollout: ``<kind>.<rollout>``.
+
+    >>> kv_key("bandit", "checkout")
+    'bandit.checkout'
+    """
+    if kind not in KV_KINDS:
+        raise ValueError(f"unknown KV kind {kind!r}; expected one of {KV_KINDS}")
+    return f"{kind}.{check_token(rollout, 'rollout')}"
+
+
+def kv_filter(kind: str, rollout: str | None = None) -> str:
+    """KV key filter (for a watch): one rollout's key, or ``<kind>.*`` for every rollout."""
+    if rollout is not None:
+        return kv_key(kind, rollout)
+    if kind not in KV_KINDS:
+        raise ValueError(f"unknown KV kind {kind!r}; expected one of {KV_KINDS}")
+    return f"{kind}.*"
+
+
+def kv_subject(key: str) -> str:
+    """The subject a KV key's values travel on (``$KV.ro_state.<key>``): watch filters, permissions."""
+    return f"$KV.{STATE_BUCKET}.{key}"
+
+
+def kv_rollout(kind: str, key: str) -> str | None:
+    """The rollout of a ``<kind>.<rollout>`` key, or None for a key of another kind."""
+    prefix = f"{kind}."
+    return key[len(prefix):] if key.startswith(prefix) and len(key) > len(prefix) else None
 
 
 def parse(subject: str) -> ParsedSubject:

@@ -1,0 +1,84 @@
+"""The control vocabulary: how a rollout's :class:`ControlState` changes, as pure functions.
+
+Three transitions, one name each, used by every path that changes control state (the
+operator API, the rollback consumer's automatic kill, staged rollback and progression,
+backtests and test scenarios):
+
+- :func:`kill`: stop the candidate now (canary to 0, kill switch on). The act is
+  *kill*; the command carrying it is a :class:`KillSwitch` on ``ro.ctl.<rollout>.kill_switch``;
+  "rollback" names the consumer that decides it automatically, not the act;
+- :func:`resume`: lift the kill switch, candidate back at a percentage;
+- :func:`configure`: a canary step (an operator's ``set``, a progression step up, a
+  staged step down) and/or a new policy, in one command.
+
+**The config_version rule.** Every transition that changes control state adds exactly 1
+to ``config_version``; a transition that would change nothing returns the state as it
+was (and no command is published). ``config_version`` is the version of the state
+services obey, stamped on every Decision, so "which state was this decision made
+under" must have one answer whoever changed it: before this rule an automatic kill
+kept the version while an operator's kill added 1, and two different states carried
+the same number.
+
+The ``*_command`` builders wrap a transition in the command that carries it (state
+before and after, who, why), so no caller computes an ``after`` by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from rollout_engine.events.schema import Breach, ConfigChange, ControlState, KillSwitch, Resume
+
+__all__ = ["config_command", "configure", "kill", "kill_command", "resume", "resume_command"]
+
+
+def _changed(before: ControlState, after: ControlState) -> ControlState:
+    """``after`` with ``config_version`` one past ``before``'s, or ``before`` when nothing changed."""
+    if after == before:
+        return before
+    return msgspec.structs.replace(after, config_version=before.config_version + 1)
+
+
+def kill(before: ControlState) -> ControlState:
+    """Canary to 0 and kill switch on."""
+    return _changed(before, msgspec.structs.replace(before, canary_pct=0.0, kill_switch=True))
+
+
+def resume(before: ControlState, canary_pct: float) -> ControlState:
+    """Kill switch off, candidate back at ``canary_pct``."""
+    return _changed(before, msgspec.structs.replace(before, canary_pct=canary_pct, kill_switch=False))
+
+
+def configure(before: ControlState, *, canary_pct: float | None = None, new_policy: bool = False) -> ControlState:
+    """The canary at ``canary_pct`` and/or a new policy (``policy_version`` + 1); kill switch unchanged."""
+    after = msgspec.structs.replace(
+        before,
+        canary_pct=before.canary_pct if canary_pct is None else canary_pct,
+        policy_version=before.policy_version + (1 if new_policy else 0),
+    )
+    return _changed(before, after)
+
+
+def kill_command(before: ControlState, *, id: str, rollout: str, time_ms: int, producer: str, actor: str,
+                 reason: str, breaches: Sequence[Breach] = (), cause_id: str | None = None) -> KillSwitch:
+    """The :class:`KillSwitch` that kills ``rollout`` from ``before``."""
+    return KillSwitch(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
+                      before=before, after=kill(before), breaches=list(breaches), cause_id=cause_id)
+
+
+def resume_command(before: ControlState, canary_pct: float, *, id: str, rollout: str, time_ms: int, producer: str,
+                   actor: str, reason: str) -> Resume:
+    """The :class:`Resume` that re-enables ``rollout`` at ``canary_pct``."""
+    return Resume(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
+                  before=before, after=resume(before, canary_pct))
+
+
+def config_command(before: ControlState, *, id: str, rollout: str, time_ms: int, producer: str, actor: str,
+                   reason: str, canary_pct: float | None = None, policy: dict[str, Any] | None = None) -> ConfigChange:
+    """The :class:`ConfigChange` that moves the canary and/or carries a new ``policy`` document."""
+    after = configure(before, canary_pct=canary_pct, new_policy=policy is not None)
+    return ConfigChange(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
+                        before=before, after=after, policy=policy)
