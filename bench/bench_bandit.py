@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from bench.harness import timed
-from rollout_engine.consumers.bandit import BanditProjection
+from rollout_engine.consumers.bandit.projection import BanditProjection
 from rollout_engine.consumers.verification import VerificationProjection
 from rollout_engine.engine.sdk.choice import BanditChooser
 from rollout_engine.events import BanditConfig, Decision, Outcome, Tick

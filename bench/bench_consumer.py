@@ -1,4 +1,4 @@
-"""Issue 4 figures: events/s from the stream to the committed canary-stats projection
+"""The consumer figures of ``make bench``: events/s from the stream to the committed canary-stats projection
 (one consumer, the real runtime: durable pull, fold, one SQLite commit per batch, acks),
 beside the transport ceiling measured on the same stream in the same run; and resident
 memory with 10,000 active rollouts.
@@ -15,19 +15,18 @@ import time
 from bench.bench_reference import drain_raw
 from bench.harness import bench_server
 from bench.workload import make_batches, publish_batches
+from rollout_engine.consumers import registry
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 
 __all__ = ["consumer_vs_ceiling", "memory_10k_rollouts"]
 
 
 async def consumer_vs_ceiling(total: int = 300_000, name: str = "canary_stats", batch: int = 64) -> tuple[float, float]:
     """(consumer events/s to committed state, ceiling events/s) over one stream."""
-    from rollout_engine.consumers import registry
-    from rollout_engine.consumers.runtime import Runner
-
     async with bench_server(consumer_batch=batch) as (_, settings, nc, js):
         await publish_batches(js, list(make_batches(total)))
         ceiling = await drain_raw(js, total, "ceiling")
-        runner = Runner(registry.build(name, settings), settings, nc=nc, until_idle=True)
+        runner = consumer_runner(registry.build(name, settings), settings, nc=nc, until_idle=True)
         start = time.perf_counter()
         summary = await runner.run()
         elapsed = time.perf_counter() - start
@@ -50,7 +49,7 @@ snapshot = stats.snapshot()
 # process would report its parent's peak (measured: 343 MB here vs 195 MB alone)
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"rss_mb": hwm / 1024,
-                  "rollouts": len(stats.rollouts()), "snapshot_mb": len(snapshot) / 1e6}))
+                  "rollouts": len(stats.rollouts), "snapshot_mb": len(snapshot) / 1e6}))
 """
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from bench.harness import Figure, measure
 from bench.workload import make_batches
-from rollout_engine.engine.api.control_log import LogMessage
 from rollout_engine.engine.logtools.export import write_export
 from rollout_engine.engine.logtools.replay import (
     make_projections,
@@ -26,7 +25,7 @@ from rollout_engine.engine.logtools.replay import (
     replay_messages,
     replay_parallel,
 )
-from rollout_engine.events import encode_batch, subjects
+from rollout_engine.events import LogMessage, encode_batch, subjects
 
 __all__ = ["replay_events_per_s", "replay_figures"]
 

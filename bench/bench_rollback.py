@@ -1,7 +1,7 @@
-"""Breach -> kill-switch latency under background load (issue 5's ``make bench`` figure).
+"""Breach -> kill-switch latency under background load (a ``make bench`` figure, target p99 <= 50 ms).
 
 What is measured: from the publication of the event that makes a breach conclusive (the
-30th bad candidate sample, seed 001's minimum) to a *subscribed service* receiving the
+30th bad candidate sample, the default policy's minimum sample) to a *subscribed service* receiving the
 KillSwitch on ``ro.ctl.<rollout>.kill_switch``, while healthy background traffic flows at
 ``background_eps`` events/s (100-event batches over 10 rollouts, bench.workload) through
 the same stream and the same rollback consumer. Each kill is a fresh rollout: its first
@@ -10,8 +10,9 @@ the same stream and the same rollback consumer. Each kill is a fresh rollout: it
 The rollback consumer runs as the engine runs it: ``consumers.runtime.Runner`` with the
 default settings (durable pull consumer, one SQLite commit per batch, outbox relay).
 :class:`LiveFold` (``--driver livefold``) folds the log in-process through an ordered
-push consumer and publishes what ``apply()`` returns with ``Nats-Msg-Id``, with no
-commit: its p99 is the reference, the floor the runtime's batching adds to.
+push consumer with the runtime's fold (``consumers.folding.fold_message``) and publishes
+what it emits with ``Nats-Msg-Id``, with no commit: its p99 is the reference, the floor
+the runtime's batching adds to.
 
 Run alone: ``.venv/bin/python -m bench.bench_rollback --kills 50``.
 """
@@ -32,18 +33,16 @@ from nats.js.api import DeliverPolicy
 
 from bench.harness import Figure, bench_server
 from bench.workload import make_batches
+from rollout_engine.consumers.folding import fold_message
 from rollout_engine.consumers.projection import Projection
+from rollout_engine.consumers.rollback.consumer import build
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.engine.bus import connect
-from rollout_engine.events import Event, decode_lenient, encode, encode_batch, kind_of, subjects
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
+from rollout_engine.events import Event, LogMessage, encode, encode_batch, kind_of, subjects
 
-__all__ = ["LiveFold", "kill_latency", "rollback_figures", "subject_of"]
-
-
-def subject_of(event: Event) -> str:
-    """Where an emitted command goes: ``ro.ctl.<rollout>.<kind>``."""
-    return subjects.control(event.rollout, kind_of(event))
+__all__ = ["LiveFold", "kill_latency", "rollback_figures"]
 
 
 class LiveFold:
@@ -51,11 +50,12 @@ class LiveFold:
 
     An ordered push consumer over the whole ``RO_LOG`` stream keeps the log's total
     order; each emitted event is published with its id as ``Nats-Msg-Id``.
-    ``on_apply`` (optional) sees every applied event, for tests that wait on progress.
+    ``on_apply`` (optional) is called with the number of events of each folded message,
+    for tests that wait on progress.
     """
 
     def __init__(self, js: JetStreamContext, projection: Projection,
-                 on_apply: Callable[[Event], None] | None = None) -> None:
+                 on_apply: Callable[[int], None] | None = None) -> None:
         self.js = js
         self.projection = projection
         self.on_apply = on_apply
@@ -73,15 +73,13 @@ class LiveFold:
 
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        good, _ = decode_lenient(msg.data)
-        for event in good:
-            out = self.projection.apply(event, seq)
-            self.events += 1
-            if self.on_apply is not None:
-                self.on_apply(event)
-            for command in out:
-                self.emitted.append(command)
-                await self.js.publish(subject_of(command), encode(command), headers={"Nats-Msg-Id": command.id})
+        folded = fold_message(LogMessage(seq, msg.subject, msg.data), [self.projection])[0]
+        self.events += folded.events
+        if self.on_apply is not None:
+            self.on_apply(folded.events)
+        for command in folded.emitted:
+            self.emitted.append(command)
+            await self.js.publish(subjects.for_event(command), encode(command), headers={"Nats-Msg-Id": command.id})
         self.last_seq = seq
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
@@ -142,11 +140,9 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         fold = LiveFold(js, RollbackProjection())
         runner, task = None, None
         if driver == "runtime":
-            from rollout_engine.consumers.rollback.consumer import build
-            from rollout_engine.consumers.runtime import Runner
-
             options = {} if fetch_timeout is None else {"fetch_timeout": fetch_timeout}
-            runner = Runner(build(settings), settings, nc=await connect(settings, name="bench-rollback"), **options)
+            runner = consumer_runner(build(settings), settings, nc=await connect(settings, name="bench-rollback"),
+                                     **options)
             task = asyncio.create_task(runner.run())
             fold.projection = runner.projection
         else:
@@ -160,7 +156,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
             if rollout in arrived:
                 arrived[rollout].set()
 
-        service = await nc.subscribe(subjects.control("x", "kill_switch").replace(".x.", ".*."), cb=on_kill)
+        service = await nc.subscribe(subjects.control_filter(command="kill_switch"), cb=on_kill)
         stop, sent = asyncio.Event(), [0]
         load = asyncio.create_task(_background(js, background_eps, stop, sent, messages))
         await asyncio.sleep(warmup_s)

@@ -24,7 +24,7 @@ from nats.js.errors import NotFoundError
 
 from bench.harness import Figure, bench_server
 from bench.workload import make_batches, publish_batches
-from rollout_engine.consumers.runtime import store_name
+from rollout_engine.consumers.consumer import store_name
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.cluster import EmbeddedCluster
@@ -115,7 +115,7 @@ async def producer_replicas(nodes: int, total: int = 200_000) -> float:
             nc = await connect(settings, name="bench-scale")
             js = nc.jetstream()
             await provision(js, settings)
-            await js.publish("ro.tick", b"")  # the stream has a leader and takes writes
+            await js.publish(subjects.TICK, b"")  # the stream has a leader and takes writes
             start = time.perf_counter()
             await publish_batches(js, batches)
             rate = total / (time.perf_counter() - start)

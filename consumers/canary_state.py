@@ -22,9 +22,7 @@ __all__ = [
     "decode_rollout",
     "encode_rollout",
     "encoder",
-    "map_header",
     "meta_decoder",
-    "parts_decoder",
 ]
 
 NO_SHADOW = -1
@@ -109,16 +107,6 @@ class MetaState(msgspec.Struct, array_like=True, gc=False):
 encoder = msgspec.msgpack.Encoder(order="deterministic")
 _rollout_decoder = msgspec.msgpack.Decoder(_RolloutState)
 meta_decoder = msgspec.msgpack.Decoder(MetaState)
-parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
-
-
-def map_header(count: int) -> bytes:
-    """msgpack header of a map of ``count`` entries (what the encoder writes first)."""
-    if count < 16:
-        return bytes((0x80 | count,))
-    if count < 1 << 16:
-        return b"\xde" + count.to_bytes(2, "big")
-    return b"\xdf" + count.to_bytes(4, "big")
 
 
 def encode_rollout(rs: RolloutStats) -> bytes:

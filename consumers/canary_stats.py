@@ -1,6 +1,7 @@
 """Canary stats: the pure fold of decisions, outcomes and metrics into per-variant stats.
 
-Per rollout and variant, over three windows (seed 001: "last 100 runs or 5 minutes"):
+Per rollout and variant, over three windows (by default the last 100 runs or the last 5
+minutes, whichever a guard asks for, and everything since the start):
 
 - ``"last_n"``: the last N decisions of the rollout (so the split is meaningful), the
   last N outcomes of the variant and the last N samples of each of its metrics;
@@ -16,8 +17,9 @@ by verdict, quality mean and variance, and per metric count, mean and p50/p95/p9
 The rollback consumer composes this same class over the raw log (one instance per
 rollout); the ``canary_stats`` consumer runs one instance for all rollouts and
 publishes summaries for people and dashboards. State is kept compact for 10,000
-active rollouts (rings instead of deques, lazy sketches) and snapshots incrementally:
-:meth:`CanaryStats.changed_parts` encodes only the rollouts touched since last time.
+active rollouts (rings instead of deques, lazy sketches) and snapshots incrementally
+(the projection contract, ``consumers.projection``): a commit encodes only the
+rollouts touched since the last one.
 
 Example::
 
@@ -29,9 +31,8 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rollout_engine.consumers.canary_state import NO_SHADOW as _NO_SHADOW
@@ -40,13 +41,11 @@ from rollout_engine.consumers.canary_state import (
     decode_rollout,
     encode_rollout,
     encoder,
-    map_header,
     meta_decoder,
-    parts_decoder,
 )
 from rollout_engine.consumers.canary_state import RolloutStats as _Rollout
 from rollout_engine.consumers.canary_state import VariantStats as _Variant
-from rollout_engine.consumers.eventtime import bounded
+from rollout_engine.consumers.projection import META, RolloutProjection
 from rollout_engine.consumers.windows import Series, trim
 from rollout_engine.events import AnyEvent, Decision, Event, Metric, Outcome, Tick
 
@@ -57,13 +56,13 @@ VERDICTS = ("win", "loss", "neutral", "inconclusive")
 _VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
 QUALITY = "quality"
 MAX_DIMS = 31
-"""Shadow-diff dimensions tracked per rollout (more are ignored; seed 001 has 4)."""
+"""Shadow-diff dimensions tracked per rollout (more are ignored; a shadow diff usually has 4:
+agent, steps, tools, dry_run). 31 because a decision's diff is two 32-bit masks in one int64."""
 MAX_METRICS = 64
 """Metric names tracked per variant (more are ignored, so a buggy producer cannot exhaust memory)."""
 MAX_VARIANTS = 64
 """Variants tracked per rollout (events of more are ignored, for the same reason)."""
 _MASK = (1 << 32) - 1
-_META = ""  # part key of the engine-wide state; rollout ids are never empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +95,12 @@ class VariantView:
     cost_mean: float | None = None
 
 
-class CanaryStats:
-    """Projection ``canary_stats``: per-rollout, per-variant stats over three windows."""
+class CanaryStats(RolloutProjection[_Rollout]):
+    """Projection ``canary_stats``: per-rollout, per-variant stats over three windows.
+
+    Its meta part holds the window settings (checked on restore), the last engine tick
+    and the latest producer event time.
+    """
 
     name = "canary_stats"
 
@@ -108,38 +111,41 @@ class CanaryStats:
         if last_n < 1 or window_ms < 1 or time_cap < 8:
             raise ValueError(f"CanaryStats needs last_n >= 1, window_ms >= 1, time_cap >= 8; "
                              f"got {last_n}, {window_ms}, {time_cap}")
+        super().__init__()
         self.last_n = last_n
         self.window_ms = window_ms
         self.time_cap = time_cap
         self._cap = max(time_cap, last_n)
-        self.tick_ms = 0
         self.max_ms = 0
-        self._rollouts: dict[str, _Rollout] = {}
-        self._dirty: set[str] = set()
+        """Latest (bounded) producer event time of any rollout."""
+
+    @property
+    def tick_ms(self) -> int:
+        """The last engine tick (0 before the first)."""
+        return self.clock.last_tick_ms
 
     # --- the fold ------------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int = 0) -> list[Event]:
         """Fold one event (any kind; non-producer events other than ticks are ignored)."""
         cls = type(event)
         if cls is Tick:
-            if event.time_ms > self.tick_ms:
-                self.tick_ms = event.time_ms
-                self._dirty.add(_META)
+            self.tick(event.time_ms)
             return []
         if cls is not Metric and cls is not Outcome and cls is not Decision:
             return []
         rollout = event.rollout
-        rs = self._rollouts.get(rollout)
+        rs = self.rollouts.get(rollout)
         if rs is None:
-            rs = self._rollouts[rollout] = _Rollout()
-        t = bounded(event.time_ms, self.tick_ms)  # clock-skew policy: consumers/eventtime.py
+            rs = self.rollouts[rollout] = _Rollout()
+        clock = self.clock
+        t = clock.bound(event.time_ms)  # clock-skew policy: consumers/eventtime.py
         if t > rs.max_ms:
             rs.max_ms = t
             if t > self.max_ms:
                 self.max_ms = t
-                self._dirty.add(_META)
+                self._dirty.add(META)
         self._dirty.add(rollout)
-        tick = self.tick_ms
+        tick = clock.last_tick_ms
         cutoff = (rs.max_ms if rs.max_ms > tick else tick) - self.window_ms
         vs = rs.variants.get(event.variant)  # type: ignore[union-attr]
         if vs is None:
@@ -220,15 +226,11 @@ class CanaryStats:
             rs.dcodes.append(code)
 
     # --- reads ---------------------------------------------------------------------------
-    def rollouts(self) -> list[str]:
-        """Rollouts seen so far, sorted."""
-        return sorted(self._rollouts)
-
     def now_ms(self, rollout: str | None = None) -> int:
         """Latest event or tick time seen (of one rollout's events plus ticks, or of all)."""
         if rollout is None:
             return max(self.tick_ms, self.max_ms)
-        rs = self._rollouts.get(rollout)
+        rs = self.rollouts.get(rollout)
         return max(self.tick_ms, rs.max_ms if rs else 0)
 
     def _cutoff(self, rs: _Rollout) -> int:
@@ -254,7 +256,7 @@ class CanaryStats:
     def split(self, rollout: str, window: str) -> dict[str, int]:
         """Decisions per variant in a window: the observed split."""
         self._check_window(window)
-        rs = self._rollouts.get(rollout)
+        rs = self.rollouts.get(rollout)
         if rs is None:
             return {}
         if window == "all":
@@ -267,7 +269,7 @@ class CanaryStats:
     def view(self, rollout: str, window: str) -> dict[str, VariantView]:
         """Every variant of ``rollout`` in ``window`` (``{}`` for an unknown rollout)."""
         self._check_window(window)
-        rs = self._rollouts.get(rollout)
+        rs = self.rollouts.get(rollout)
         if rs is None:
             return {}
         cutoff = self._cutoff(rs)
@@ -333,7 +335,7 @@ class CanaryStats:
         gives every value while there are at most N, then the last N.
         """
         self._check_window(window)
-        rs = self._rollouts.get(rollout)
+        rs = self.rollouts.get(rollout)
         vs = rs.variants.get(variant) if rs else None
         if vs is None:
             return []
@@ -346,82 +348,32 @@ class CanaryStats:
         """The series behind ``metric`` (or ``"quality"``) of one variant, for reads of
         every sample (count, Welford mean and variance, quantiles, binned histogram)
         without building a view. Read-only: the fold owns it."""
-        rs = self._rollouts.get(rollout)
+        rs = self.rollouts.get(rollout)
         vs = rs.variants.get(variant) if rs else None
         if vs is None:
             return None
         return vs.quality if metric == QUALITY else vs.metrics.get(metric)
 
-    # --- snapshots -----------------------------------------------------------------------
-    def _meta_part(self) -> bytes:
+    # --- parts (the projection contract) -----------------------------------------------
+    def encode_meta(self) -> bytes:
         return encoder.encode(MetaState(self.last_n, self.window_ms, self.time_cap, self.tick_ms, self.max_ms))
 
-    def changed_parts(self) -> dict[str, bytes]:
-        """Encoded parts changed since the last call (key ``""`` is the engine-wide part).
+    def decode_meta(self, blob: bytes) -> None:
+        meta = meta_decoder.decode(blob)
+        if (meta.last_n, meta.window_ms, meta.time_cap) != (self.last_n, self.window_ms, self.time_cap):
+            raise ValueError(
+                f"canary-stats snapshot was made with last_n={meta.last_n}, window_ms={meta.window_ms}, "
+                f"time_cap={meta.time_cap} but this fold uses {self.last_n}, {self.window_ms}, "
+                f"{self.time_cap}; delete the consumer's store to rebuild it from the log"
+            )
+        self.clock.last_tick_ms, self.max_ms = meta.tick_ms, meta.max_ms
 
-        The runtime stores these as rows, so a commit costs what the batch touched,
-        not the size of the whole state.
-        """
-        dirty, self._dirty = self._dirty, set()
-        out: dict[str, bytes] = {}
-        for key in sorted(dirty):
-            out[key] = self._meta_part() if key == _META else encode_rollout(self._rollouts[key])
-        return out
+    def encode_rollout(self, rollout: str) -> bytes:
+        return encode_rollout(self.rollouts[rollout])
 
-    def all_parts(self) -> dict[str, bytes]:
-        """Every part, canonically encoded."""
-        return dict(self._iter_parts())
+    def decode_rollout(self, rollout: str, blob: bytes) -> _Rollout:
+        return decode_rollout(blob)
 
-    def _iter_parts(self) -> Iterator[tuple[str, bytes]]:
-        """Every part in key order (the meta part ``""`` first), one at a time."""
-        yield _META, self._meta_part()
-        for key in sorted(self._rollouts):
-            yield key, encode_rollout(self._rollouts[key])
-
-    def restore_parts(self, parts: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> None:
-        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
-        items = parts.items() if isinstance(parts, Mapping) else parts
-        self._rollouts = {}
-        self._dirty = set()
-        self.tick_ms = self.max_ms = 0
-        for key, blob in items:
-            if key == _META:
-                meta = meta_decoder.decode(blob)
-                if (meta.last_n, meta.window_ms, meta.time_cap) != (self.last_n, self.window_ms, self.time_cap):
-                    raise ValueError(
-                        f"canary-stats snapshot was made with last_n={meta.last_n}, window_ms={meta.window_ms}, "
-                        f"time_cap={meta.time_cap} but this fold uses {self.last_n}, {self.window_ms}, "
-                        f"{self.time_cap}; delete the consumer's store to rebuild it from the log"
-                    )
-                self.tick_ms, self.max_ms = meta.tick_ms, meta.max_ms
-            else:
-                self._rollouts[key] = decode_rollout(blob)
-
-    def snapshot(self) -> bytes:
-        """The whole state, canonically encoded: a msgpack map of the sorted parts.
-
-        Built part by part into one buffer, so the state is never held twice (for
-        10,000 rollouts a snapshot is ~100 MB). Returns that ``bytearray``.
-        """
-        buffer = bytearray(map_header(len(self._rollouts) + 1))
-        encode_into = encoder.encode_into
-        for key, part in self._iter_parts():
-            encode_into(key, buffer, -1)
-            encode_into(part, buffer, -1)
-        return buffer  # type: ignore[return-value]
-
-    def restore(self, data: bytes) -> None:
-        self.restore_parts(parts_decoder.decode(data))
-
-    def digest(self) -> str:
-        """Stable hash of the state: equal for two folds of the same log.
-
-        Equals ``digest_of(self.snapshot())`` but hashes the snapshot part by part, so
-        10,000 rollouts never sit in memory twice (a whole snapshot is ~13 KB a rollout).
-        """
-        hasher = hashlib.blake2b(digest_size=16)
-        hasher.update(map_header(len(self._rollouts) + 1))
-        for key, part in self._iter_parts():
-            hasher.update(encoder.encode(key))
-            hasher.update(encoder.encode(part))
-        return hasher.hexdigest()
+    def clear(self) -> None:
+        super().clear()
+        self.max_ms = 0

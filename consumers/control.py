@@ -1,56 +1,63 @@
 """Control state: the fold of control commands into each rollout's current ControlState.
 
-Every control command (KillSwitch, Resume, ConfigChange) carries the state after it, so
-the fold is "the latest command wins" in log order. The SDK folds the same commands it
-receives live; the ``control`` consumer keeps the KV bucket in step for readers of any
-language and for dashboards.
+Every control command (``events.COMMAND_TYPES``: KillSwitch, Resume, ConfigChange)
+carries the state after it, so the fold is "the latest command wins" in log order. The
+SDK folds the same commands it receives live (:func:`apply_command`); the ``control``
+consumer keeps the KV bucket in step for readers of any language and for dashboards.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from rollout_engine.events import AnyEvent, ConfigChange, ControlState, Event, KillSwitch, Resume
+from rollout_engine.consumers.projection import RolloutProjection
+from rollout_engine.events import COMMAND_TYPES, AnyEvent, ControlState, Event
 
 __all__ = ["ControlProjection", "apply_command"]
 
-COMMANDS = (KillSwitch, Resume, ConfigChange)
+_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_state_decoder = msgspec.msgpack.Decoder(ControlState)
+_legacy_decoder = msgspec.msgpack.Decoder(dict[str, ControlState])
 
 
 def apply_command(states: dict[str, ControlState], event: AnyEvent) -> ControlState | None:
     """Fold one event into ``states``; return the rollout's new state if it changed."""
-    if isinstance(event, COMMANDS):
-        after = event.after
+    if isinstance(event, COMMAND_TYPES):
+        after = event.after  # type: ignore[attr-defined]
         if states.get(event.rollout) != after:
             states[event.rollout] = after
-            return after
+            return after  # type: ignore[no-any-return]
     return None
 
 
-class _Snapshot(msgspec.Struct, array_like=True):
-    states: dict[str, ControlState]
-    changed: list[str]
+class ControlProjection(RolloutProjection[ControlState]):
+    """Projection ``control``: each rollout's current state, one part per rollout.
 
-
-class ControlProjection:
-    """Projection of control commands; ``changed`` lists rollouts to push to KV."""
+    Control state does not depend on time, so it keeps no meta part. Its snapshot is a
+    plain map ``rollout -> ControlState`` (parts written inline), the same bytes the
+    KV bucket's values are made of.
+    """
 
     name = "control"
-
-    def __init__(self) -> None:
-        self.states: dict[str, ControlState] = {}
-        self.changed: set[str] = set()
+    inline_parts = True
 
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
-        if apply_command(self.states, event) is not None:
-            self.changed.add(event.rollout)
+        if apply_command(self.rollouts, event) is not None:
+            self.touch(event.rollout)
         return []
 
-    def snapshot(self) -> bytes:
-        ordered = dict(sorted(self.states.items()))
-        return msgspec.msgpack.encode(_Snapshot(ordered, sorted(self.changed)))
+    @property
+    def states(self) -> dict[str, ControlState]:
+        """Each rollout's current control state."""
+        return self.rollouts
 
-    def restore(self, data: bytes) -> None:
-        snap = msgspec.msgpack.decode(data, type=_Snapshot)
-        self.states = dict(snap.states)
-        self.changed = set(snap.changed)
+    def encode_rollout(self, rollout: str) -> bytes:
+        return _encoder.encode(self.rollouts[rollout])
+
+    def decode_rollout(self, rollout: str, blob: bytes) -> ControlState:
+        return _state_decoder.decode(blob)
+
+    def decode_meta(self, blob: bytes) -> None:
+        # Stores written before control kept one part per rollout hold the whole
+        # snapshot under the meta key: read it, later per-rollout parts override it.
+        self.rollouts.update(_legacy_decoder.decode(blob))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import msgspec
 
-from rollout_engine.consumers.store import OutboxRow
+from rollout_engine.consumers.outbox import OutboxRow
 from rollout_engine.events import subjects
 
 __all__ = ["DeadLetter", "dead_letter_row", "decode_dead_letter", "extra_headers"]

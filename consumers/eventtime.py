@@ -21,7 +21,11 @@ The policy (documented in docs/reliability.md):
 
 from __future__ import annotations
 
-__all__ = ["MAX_AHEAD_MS", "bounded"]
+import msgspec
+
+from rollout_engine.events import AnyEvent, Tick
+
+__all__ = ["MAX_AHEAD_MS", "EventClock", "bounded"]
 
 MAX_AHEAD_MS = 60_000
 """How far past the last engine tick a producer's event time may move *now*."""
@@ -34,3 +38,39 @@ def bounded(time_ms: int, tick_ms: int, ahead_ms: int = MAX_AHEAD_MS) -> int:
     1700000060000
     """
     return time_ms if tick_ms <= 0 or time_ms <= tick_ms + ahead_ms else tick_ms + ahead_ms
+
+
+class EventClock(msgspec.Struct, array_like=True, gc=False):
+    """A projection's event time: the last engine tick and *now*, never the wall clock.
+
+    ``last_tick_ms`` is 0 until the first tick. ``now_ms`` is the latest time seen,
+    ticks and events alike, each event's time :func:`bounded` by the last tick. Every
+    projection holds one (``consumers.projection.RolloutProjection.clock``); the
+    bandit and verification queues persist it whole as their engine-wide part.
+    """
+
+    now_ms: int = 0
+    last_tick_ms: int = 0
+    skew_ms: int = MAX_AHEAD_MS
+
+    def tick(self, time_ms: int) -> bool:
+        """Record an engine tick; True when it is later than every tick before."""
+        if time_ms > self.last_tick_ms:
+            self.last_tick_ms = time_ms
+            return True
+        return False
+
+    def bound(self, time_ms: int) -> int:
+        """A producer's event time under the clock-skew policy (at most ``skew_ms`` past the last tick)."""
+        return bounded(time_ms, self.last_tick_ms, self.skew_ms)
+
+    def advance(self, event: AnyEvent) -> int:
+        """Move *now* forward with ``event`` (a tick, or any event's bounded time); return it."""
+        if isinstance(event, Tick):
+            self.tick(event.time_ms)
+            t = event.time_ms
+        else:
+            t = self.bound(event.time_ms)
+        if t > self.now_ms:
+            self.now_ms = t
+        return self.now_ms

@@ -1,44 +1,104 @@
-"""The pure half of the runtime: fold log messages into a projection, in order, once.
+"""The one fold: log messages into projections, in order, once.
 
-:class:`Folder` owns the rules that make a consumer exactly-once, with no I/O, so they
-are tested in microseconds and shared by the live runtime, ``rollout replay`` and tests:
+Every path that folds the log runs this module: the live runtime
+(``consumers.runtime``), ``rollout replay``, backtests and the API's on-demand
+evaluation (``engine.logtools``), and the benchmarks. "Replay proves the live fold" is
+true because both run :func:`fold_message`.
 
-- messages are folded in stream-sequence order, starting right after the committed
-  position; a sequence at or below it (a redelivery) is skipped;
-- the position advances only over a contiguous prefix: a message after a gap is
-  *held* and handed back, never folded early (PITFALLS: redelivery can arrive out
-  of order), until the runtime fills the gap or declares it deleted (:meth:`skip_to`);
-- a message that does not decode, or whose fold raises, becomes a dead letter with
-  its original bytes, sequence and reason; the fold goes on.
+- :func:`read_message` is the one place where a message's subject and its decoded
+  events meet: what a message may carry is decided here, for every reader of the log;
+- :func:`fold_message` applies a message's events to one or more projections; a bad
+  item or a fold that raises becomes a :class:`Failure` (the runtime dead-letters it)
+  and the fold goes on;
+- :class:`Folder` adds the rules that make a consumer exactly-once, with no I/O, so they
+  are tested in microseconds: messages are folded in stream-sequence order, starting
+  right after the committed position; a sequence at or below it (a redelivery) is
+  skipped; the position advances only over a contiguous prefix, so a message after a
+  gap is *held* and handed back, never folded early (PITFALLS: redelivery can arrive
+  out of order), until the runtime fills the gap or declares it deleted (:meth:`Folder.skip_to`).
 
-A batch's result (new position, changed snapshot parts, outbox rows) is what the
-runtime commits in one SQLite transaction before it acks.
+A batch's result (new position, changed snapshot parts, emitted events, dead letters) is
+what the runtime commits in one SQLite transaction before it acks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rollout_engine.consumers.deadletter import DeadLetter, dead_letter_row
-from rollout_engine.consumers.projection import Projection, digest_of
-from rollout_engine.consumers.store import OutboxRow
-from rollout_engine.events import AnyEvent, Event, decode_from_log, encode, kind_of, subjects
+from rollout_engine.consumers.outbox import OutboxRow, event_row
+from rollout_engine.consumers.projection import Projection
+from rollout_engine.events import AnyEvent, Event, LogMessage, decode_from_log, encode
 
-__all__ = ["BatchResult", "Delivery", "Folder", "fold", "snapshot_parts", "subject_for"]
+__all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_message", "read_message"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """One message of the log: stream sequence, subject, payload."""
+class Failure:
+    """An item of a message that could not be folded: where, which field, why, its bytes.
 
-    seq: int
-    subject: str
+    ``index`` is the item of a batch (-1: the whole message; -2: a decoded event whose
+    fold raised, ``field`` then is ``"projection"``).
+    """
+
+    index: int
+    field: str
+    reason: str
     data: bytes
+
+
+@dataclass(slots=True)
+class Folded:
+    """One message folded into one projection: events folded, events emitted, failures.
+
+    ``failed`` starts with the ``rejected`` items that did not decode (the same for every
+    projection), then the events whose fold raised.
+    """
+
+    events: int
+    emitted: list[Event]
+    failed: list[Failure]
+    rejected: int = 0
+
+    @property
+    def errors(self) -> int:
+        """Events whose fold raised."""
+        return len(self.failed) - self.rejected
+
+
+def read_message(message: LogMessage) -> tuple[list[AnyEvent], list[Failure]]:
+    """The good events of a log message, and a :class:`Failure` for each bad item."""
+    events, rejected = decode_from_log(message.subject, message.data)
+    return events, [Failure(r.index, r.error.field, r.reason, r.data) for r in rejected]
+
+
+def fold_message(message: LogMessage, projections: Sequence[Projection]) -> list[Folded]:
+    """Fold one message into each projection (decoded once); one :class:`Folded` each.
+
+    Items that do not decode are failures of every projection; an event whose ``apply``
+    raises is a failure of that projection only (a reducer bug must not stop the engine).
+    """
+    events, rejected = read_message(message)
+    seq, out = message.seq, []
+    for projection in projections:
+        apply = projection.apply
+        emitted: list[Event] = []
+        failed = list(rejected)
+        for event in events:
+            try:
+                result = apply(event, seq)
+            except Exception as exc:
+                log.exception("%s: fold of seq %d failed", projection.name, seq)
+                failed.append(Failure(-2, "projection", f"{type(exc).__name__}: {exc}", encode(event)))
+                continue
+            if result:
+                emitted.extend(result)
+        out.append(Folded(len(events), emitted, failed, len(rejected)))
+    return out
 
 
 @dataclass(slots=True)
@@ -49,48 +109,25 @@ class BatchResult:
     events: int = 0
     messages: int = 0
     skipped: int = 0
-    held: list[Delivery] = field(default_factory=list)
+    held: list[LogMessage] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
-    outbox: list[OutboxRow] = field(default_factory=list)
+    emitted: list[Event] = field(default_factory=list)
     parts: dict[str, bytes] = field(default_factory=dict)
 
-
-def subject_for(event: Event) -> str:
-    """Where an emitted event is published, from the one subject map."""
-    kind = kind_of(event)
-    if kind in subjects.CONTROL_COMMANDS:
-        return subjects.control(event.rollout, kind)
-    if kind in subjects.PRODUCER_KINDS:
-        return subjects.event(event.rollout, kind)
-    if kind == "tick":
-        return subjects.TICK
-    raise ValueError(
-        f"a projection emitted a {kind!r} event, which has no subject in events.subjects; "
-        "add one there (CONTROL_COMMANDS) before emitting it"
-    )
-
-
-def snapshot_parts(projection: Projection, changed_only: bool) -> dict[str, bytes]:
-    """The projection's state as parts: incremental when it supports it, else one part."""
-    if changed_only and hasattr(projection, "changed_parts"):
-        return projection.changed_parts()  # type: ignore[no-any-return]
-    if hasattr(projection, "all_parts"):
-        return projection.all_parts()  # type: ignore[no-any-return]
-    return {"": projection.snapshot()}
-
-
-def restore_parts(projection: Projection, parts: dict[str, bytes]) -> None:
-    """Inverse of :func:`snapshot_parts`."""
-    if not parts:
-        return
-    if hasattr(projection, "restore_parts"):
-        projection.restore_parts(parts)
-    else:
-        projection.restore(parts[""])
+    def merge(self, part: BatchResult) -> None:
+        """Add a later batch's result to this one (the runtime folds a gap's filling)."""
+        self.seq = part.seq
+        self.events += part.events
+        self.messages += part.messages
+        self.skipped += part.skipped
+        self.dead.extend(part.dead)
+        self.emitted.extend(part.emitted)
+        self.parts.update(part.parts)
+        self.held = part.held
 
 
 class Folder:
-    """Fold batches of deliveries into ``projection``, tracking the committed position."""
+    """Fold batches of log messages into ``projection``, tracking the committed position."""
 
     def __init__(self, projection: Projection, seq: int = 0, consumer: str | None = None,
                  contiguous: bool = True) -> None:
@@ -109,71 +146,40 @@ class Folder:
             log.warning("%s: stream sequences %d..%d are gone from the log; skipping them", self.consumer, self.seq + 1, seq)
             self.seq = seq
 
-    def fold_batch(self, deliveries: Iterable[Delivery]) -> BatchResult:
+    def fold_batch(self, messages: Iterable[LogMessage]) -> BatchResult:
         """Fold what is next in order; return the result to commit (and what was held)."""
-        ordered = sorted(deliveries, key=lambda d: d.seq)
+        ordered = sorted(messages, key=lambda m: m.seq)
         result = BatchResult(self.seq)
-        for index, delivery in enumerate(ordered):
-            seq = delivery.seq
+        projections = [self.projection]
+        for index, message in enumerate(ordered):
+            seq = message.seq
             if seq <= self.seq:
                 result.skipped += 1
                 continue
             if self.contiguous and seq != self.seq + 1:
-                result.held = [d for d in ordered[index:] if d.seq > self.seq]
+                result.held = [m for m in ordered[index:] if m.seq > self.seq]
                 break
-            self._fold_one(delivery, result)
+            folded = fold_message(message, projections)[0]
+            result.messages += 1
+            result.events += folded.events
+            result.emitted.extend(folded.emitted)
+            result.dead.extend(self._dead(message, f) for f in folded.failed)
+            self.events += folded.events
             self.seq = seq
         result.seq = self.seq
-        result.parts = snapshot_parts(self.projection, changed_only=True) if result.messages else {}
+        result.parts = self.projection.changed_parts() if result.messages else {}
         return result
 
-    def _fold_one(self, delivery: Delivery, result: BatchResult) -> None:
-        result.messages += 1
-        events, rejected = decode_from_log(delivery.subject, delivery.data)
-        for bad in rejected:
-            result.dead.append(self._dead(delivery, bad.index, bad.error.field, bad.reason, bad.data))
-        apply = self.projection.apply
-        for event in events:
-            try:
-                emitted = apply(event, delivery.seq)
-            except Exception as exc:  # a reducer bug must not stop the engine: park the event
-                log.exception("%s: fold of seq %d failed", self.consumer, delivery.seq)
-                result.dead.append(self._dead(delivery, -2, "projection", f"{type(exc).__name__}: {exc}", encode(event)))
-                continue
-            if emitted:
-                result.outbox.extend(OutboxRow(e.id, subject_for(e), encode(e)) for e in emitted)
-        result.events += len(events)
-        self.events += len(events)
-
-    def _dead(self, delivery: Delivery, index: int, field_: str, reason: str, data: bytes) -> DeadLetter:
-        return DeadLetter(consumer=self.consumer, seq=delivery.seq, subject=delivery.subject,
-                          index=index, field=field_, reason=reason, data=data)
+    def _dead(self, message: LogMessage, failure: Failure) -> DeadLetter:
+        return DeadLetter(consumer=self.consumer, seq=message.seq, subject=message.subject, index=failure.index,
+                          field=failure.field, reason=failure.reason, data=failure.data)
 
     @staticmethod
     def outbox_of(result: BatchResult) -> list[OutboxRow]:
         """Outbox rows of a batch: emitted events, then dead letters."""
-        return [*result.outbox, *(dead_letter_row(d) for d in result.dead)]
-
-    def digest(self) -> str:
-        return digest_of(self.projection.snapshot())
+        return [*(event_row(e) for e in result.emitted), *(dead_letter_row(d) for d in result.dead)]
 
 
-def fold(projection: Projection, events: Iterable[AnyEvent], start_seq: int = 1) -> list[Event]:
-    """Fold events one at a time (replay from a file, tests); return what was emitted."""
-    out: list[Event] = []
-    for seq, event in enumerate(events, start_seq):
-        out.extend(projection.apply(event, seq))
-    return out
-
-
-def fold_deliveries(projection: Projection, deliveries: Iterable[Delivery]) -> tuple[Folder, BatchResult]:
-    """Fold raw log messages (an export with sequences) exactly as the live runtime does."""
-    folder = Folder(projection)
-    return folder, folder.fold_batch(deliveries)
-
-
-def describe(result: BatchResult) -> dict[str, Any]:
-    """A batch result as plain data, for logs and ``--json`` output."""
-    return {"seq": result.seq, "events": result.events, "messages": result.messages,
-            "skipped": result.skipped, "held": len(result.held), "dead_letters": len(result.dead),
-            "emitted": len(result.outbox)}
+def events_of(message: LogMessage) -> list[AnyEvent]:
+    """The good events of a log message, as every consumer folds them (reports, tools)."""
+    return read_message(message)[0]

@@ -11,7 +11,7 @@ at any point resumes from its checkpoint knowing what was delivered and how many
 attempts each failing webhook already had.
 
 The reducer reads no clock and does no I/O: time is the newest tick or command time it
-has folded. An intent older than the window is forgotten, and so is a command that
+has folded (its event clock, ``consumers.eventtime``). An intent older than the window is forgotten, and so is a command that
 arrives (again, past JetStream's duplicate window) more than the window after its own
 time; within the window a repeated command id is the same intent, so it is never
 notified twice.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
+from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.events import (
     AnyEvent,
     Escalation,
@@ -33,7 +34,7 @@ from rollout_engine.events import (
     kind_of,
 )
 
-__all__ = ["NOTIFIED_KINDS", "NOTIFY_WINDOW_MS", "Attempts", "Intent", "NotifierProjection"]
+__all__ = ["NOTIFIED_KINDS", "NOTIFY_WINDOW_MS", "Attempts", "Intent", "Intents", "NotifierProjection"]
 
 NOTIFY_WINDOW_MS = 6 * 3600 * 1000
 """How long (event time) an intent is kept: longer than any retry schedule the settings allow."""
@@ -61,55 +62,74 @@ class Intent(msgspec.Struct, array_like=True, gc=False):
     targets: dict[str, Attempts] = msgspec.field(default_factory=dict)
 
 
-class _Snapshot(msgspec.Struct, array_like=True):
-    now_ms: int
-    intents: list[Intent]
+class Intents(msgspec.Struct, array_like=True, gc=False):
+    """One rollout's intents, by command id (insertion order: log order)."""
+
+    intents: dict[str, Intent] = msgspec.field(default_factory=dict)
 
 
-_encoder = msgspec.msgpack.Encoder(order="deterministic")
-_decoder = msgspec.msgpack.Decoder(_Snapshot)
+class NotifierProjection(RolloutProjection[Intents]):
+    """Delivery intents of kill switches, resumes and armed escalations; emits nothing.
 
-
-class NotifierProjection:
-    """Delivery intents of kill switches, resumes and armed escalations; emits nothing."""
+    One snapshot part per rollout (its intents), the event clock as the meta part: *now*
+    is the newest tick or notified command time.
+    """
 
     name = "notifier"
-
-    def __init__(self) -> None:
-        self.intents: dict[str, Intent] = {}
-        self.now_ms = 0
+    state_type = Intents
+    clock_is_meta = True
 
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         if isinstance(event, Tick):
-            self._advance(event.time_ms)
+            self._advance(event)
         elif isinstance(event, KillSwitch | Resume) or (isinstance(event, Escalation) and event.state == "armed"):
-            self._advance(event.time_ms)
-            if event.id not in self.intents and event.time_ms >= self.now_ms - NOTIFY_WINDOW_MS:
-                self.intents[event.id] = Intent(event.id, seq, event.rollout, kind_of(event), event.time_ms,
-                                                encode(event))
+            self._advance(event)
+            state = self.rollouts.get(event.rollout)
+            known = state is not None and event.id in state.intents
+            if not known and event.time_ms >= self.clock.now_ms - NOTIFY_WINDOW_MS:
+                if state is None:
+                    state = self.rollouts[event.rollout] = Intents()
+                state.intents[event.id] = Intent(event.id, seq, event.rollout, kind_of(event), event.time_ms,
+                                                 encode(event))
+                self.touch(event.rollout)
         elif isinstance(event, Notification):
             self._record(event)
         return []
 
-    def _advance(self, time_ms: int) -> None:
-        if time_ms <= self.now_ms:
+    @property
+    def now_ms(self) -> int:
+        return self.clock.now_ms
+
+    @property
+    def intents(self) -> dict[str, Intent]:
+        """Every rollout's intents, by command id."""
+        return {key: intent for state in self.rollouts.values() for key, intent in state.intents.items()}
+
+    def _advance(self, event: AnyEvent) -> None:
+        if not self.advance(event):
             return
-        self.now_ms = time_ms
-        horizon = time_ms - NOTIFY_WINDOW_MS
-        for key in [k for k, intent in self.intents.items() if intent.time_ms < horizon]:
-            del self.intents[key]
+        horizon = self.clock.now_ms - NOTIFY_WINDOW_MS
+        for rollout, state in self.rollouts.items():
+            gone = [key for key, intent in state.intents.items() if intent.time_ms < horizon]
+            for key in gone:
+                del state.intents[key]
+            if gone:
+                self.touch(rollout)
 
     def _record(self, event: Notification) -> None:
-        intent = self.intents.get(event.command_id)
+        state = self.rollouts.get(event.rollout)
+        intent = state.intents.get(event.command_id) if state is not None else None
         if intent is None:
             return  # forgotten (past the window) or never ours
-        state = intent.targets.setdefault(event.target, Attempts())
-        if state.final:
+        attempts = intent.targets.setdefault(event.target, Attempts())
+        if attempts.final:
             return  # a repeat of a final record changes nothing
-        state.attempts = max(state.attempts, event.attempt)
-        state.last_ms = max(state.last_ms, event.time_ms)
+        attempts.attempts = max(attempts.attempts, event.attempt)
+        attempts.last_ms = max(attempts.last_ms, event.time_ms)
         if event.status != "failed":
-            state.final = event.status
+            attempts.final = event.status
+        intent.targets = dict(sorted(intent.targets.items()))  # canonical: targets in name order
+        self.touch(event.rollout)
 
     # --- reads for the edge -------------------------------------------------------------
     def owed(self, target: str, kinds: frozenset[str] | None = None) -> list[Intent]:
@@ -117,15 +137,3 @@ class NotifierProjection:
         return sorted((i for i in self.intents.values()
                        if not i.targets.get(target, Attempts()).final and (kinds is None or i.kind in kinds)),
                       key=lambda i: i.seq)
-
-    # --- the Projection protocol ----------------------------------------------------------
-    def snapshot(self) -> bytes:
-        ordered = sorted(self.intents.values(), key=lambda i: (i.seq, i.command_id))
-        for intent in ordered:
-            intent.targets = dict(sorted(intent.targets.items()))
-        return _encoder.encode(_Snapshot(self.now_ms, ordered))
-
-    def restore(self, data: bytes) -> None:
-        snap = _decoder.decode(data)
-        self.now_ms = snap.now_ms
-        self.intents = {i.command_id: i for i in snap.intents}

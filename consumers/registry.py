@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rollout_engine.consumers.runtime import Consumer
-    from rollout_engine.engine.settings import Settings
+    from rollout_engine.consumers.consumer import Consumer, RuntimeSettings
 
 __all__ = ["ConsumerSpec", "build", "get", "names", "specs"]
 
@@ -54,7 +53,7 @@ def names() -> list[str]:
     return [spec.name for spec in specs()]
 
 
-def build(name: str, settings: Settings) -> Consumer:
+def build(name: str, settings: RuntimeSettings | None = None) -> Consumer:
     """The consumer ``name`` built for ``settings`` (its module's ``build``); KeyError if unknown."""
     consumer: Consumer = importlib.import_module(get(name).module).build(settings)
     return consumer

@@ -3,8 +3,9 @@
 A consumer commits its state, its position and the messages it emits (kill switches,
 re-checks, dead letters...) in one SQLite transaction; this relay then publishes the
 outbox rows and deletes the ones JetStream acknowledged. Each message goes out with
-``Nats-Msg-Id`` = the engine's keyed id of the row's deterministic id
-(:class:`~rollout_engine.engine.stack.msg_ids.EngineIds`), so a re-send is stored once.
+``Nats-Msg-Id`` = the engine's keyed id of the row's deterministic id (the engine passes
+its :class:`~rollout_engine.engine.stack.msg_ids.EngineIds` in: anything with
+:class:`MessageIds`'s ``of``), so a re-send is stored once.
 
 A duplicate acknowledgement is therefore normal after a crash (the row was published,
 the process died before deleting it) and suspicious otherwise: someone published under
@@ -27,18 +28,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from nats.js.errors import NotFoundError
 
 from rollout_engine.consumers.deadletter import extra_headers
-from rollout_engine.consumers.store import OutboxRow, SQLiteConsumerStore, fault_of
-from rollout_engine.engine.stack.consumer_metrics import ConsumerMetrics
-from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.consumers.outbox import OutboxRow
+from rollout_engine.consumers.store import SQLiteConsumerStore, fault_of
 from rollout_engine.events import subjects
 
-__all__ = ["MAX_RESENDS", "OutboxRelay", "Preempted"]
+__all__ = ["MAX_RESENDS", "MessageIds", "OutboxRelay", "Preempted"]
+
+
+class MessageIds(Protocol):
+    """How the engine turns a body id into a ``Nats-Msg-Id`` no producer can predict."""
+
+    def of(self, body_id: str, salt: int = 0) -> str:
+        ...
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,8 @@ class Preempted(msgspec.Struct, kw_only=True):
 class OutboxRelay:
     """Publishes one consumer's outbox rows (see the module docstring)."""
 
-    def __init__(self, name: str, store: SQLiteConsumerStore, ids: EngineIds, metrics: ConsumerMetrics) -> None:
+    def __init__(self, name: str, store: SQLiteConsumerStore, ids: MessageIds, metrics: Any) -> None:
+        """``metrics``: the runtime's (``consumers.consumer.RuntimeMetrics``), for ``preempted``."""
         self.name = name
         self.store = store
         self.ids = ids

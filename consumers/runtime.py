@@ -5,13 +5,14 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
 1. fetch up to ``consumer_batch`` messages from a durable pull consumer on ``RO_LOG``
    (the whole log, so stream sequences are contiguous and a gap means something is
    wrong); a fetch ``TimeoutError`` means "no data" and the fetch is re-issued;
-2. fold them with :class:`consumers.folding.Folder` (skip what is committed, hold what
-   is after a gap and fill the gap by a direct get, dead-letter what is bad);
+2. fold them with :class:`consumers.folding.Folder`, the one fold replay and backtests
+   run too (skip what is committed, hold what is after a gap and fill the gap by a
+   direct get, dead-letter what is bad);
 3. commit the changed snapshot parts, the last sequence and the outbox rows (emitted
    events and dead letters) in ONE SQLite transaction;
 4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
    engine's keyed id of the row id), delete what JetStream stored;
-6. run the consumer's ``after_commit`` hook (KV puts, stats snapshots).
+6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook.
 
 A crash between any two steps is harmless: before 3 nothing happened; between 3 and 4
 the redelivered messages are at or below the committed sequence and are skipped;
@@ -31,7 +32,9 @@ a delivery was lost (a dropped pull, a leader change) and the runner rewinds, i.
 re-creates the consumer at the committed position + 1, exactly as on start.
 
 A consumer module registers a :class:`consumers.registry.ConsumerSpec` and exposes
-``build(settings) -> Consumer``; see ``consumers/stats_consumer.py`` for an example.
+``build(settings) -> Consumer`` (``consumers.consumer``); see
+``consumers/stats_consumer.py`` for an example. The engine passes the settings, the NATS
+connection (or how to make one) and its metrics in (``engine/stack/consumer_runner.py``).
 """
 
 from __future__ import annotations
@@ -41,92 +44,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 
-from rollout_engine.consumers.folding import (
-    BatchResult,
-    Delivery,
-    Folder,
-    restore_parts,
-    snapshot_parts,
+from rollout_engine.consumers.consumer import (
+    NO_METRICS,
+    Consumer,
+    RunSummary,
+    RuntimeMetrics,
+    RuntimeSettings,
+    restore,
+    store_name,
 )
-from rollout_engine.consumers.projection import Projection, digest_of
-from rollout_engine.consumers.relay import OutboxRelay
-from rollout_engine.consumers.store import OutboxRow, SQLiteConsumerStore, fault_of
-from rollout_engine.engine.settings import Settings
-from rollout_engine.engine.stack.consumer_metrics import ConsumerMetrics, default_metrics
-from rollout_engine.engine.stack.msg_ids import EngineIds
-from rollout_engine.events import subjects
+from rollout_engine.consumers.folding import BatchResult, Folder
+from rollout_engine.consumers.jetstream import log_message, subscribe
+from rollout_engine.consumers.outbox import OutboxRow
+from rollout_engine.consumers.relay import MessageIds, OutboxRelay
+from rollout_engine.consumers.store import SQLiteConsumerStore
+from rollout_engine.events import LogMessage, subjects
 
-__all__ = ["Consumer", "Hook", "PartitionMismatch", "RunSummary", "Runner", "StoreIncompatible", "StoreStalled",
-           "digest", "store_name", "stored_digest"]
+__all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
-
-Hook = Callable[["Runner", BatchResult], Awaitable[None]]
-
-
-@dataclass
-class Consumer:
-    """What a consumer module builds: the projection and its publishing hooks.
-
-    ``on_start`` runs once after the state is restored (e.g. republish every KV key, in
-    case the last process died between its commit and its KV puts); ``after_commit``
-    after each committed batch and, with an empty result, when the log is idle.
-    """
-
-    projection: Projection
-    after_commit: Hook | None = None
-    on_start: Callable[[Runner], Awaitable[None]] | None = None
-    on_stop: Callable[[Runner], Awaitable[None]] | None = None
-
-
-class PartitionMismatch(RuntimeError):
-    """The runner asks for a partition the log does not have."""
-
-
-def store_name(consumer: str, partition: int | None) -> str:
-    """Durable consumer and store name: ``<consumer>`` or ``<consumer>_p<partition>``."""
-    return consumer if partition is None else f"{consumer}_p{partition}"
-
-
-class StoreIncompatible(RuntimeError):
-    """The stored snapshot does not restore into this projection (another version's)."""
-
-
-class StoreStalled(RuntimeError):
-    """Stopped while the store refused a commit: the batch was neither committed nor acked."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    """Where a run ended: position, events folded in this run, and the state digest."""
-
-    consumer: str
-    seq: int
-    events: int
-    dead_letters: int
-    digest: str
-
-
-def _merge(total: BatchResult, part: BatchResult) -> None:
-    total.seq = part.seq
-    total.events += part.events
-    total.messages += part.messages
-    total.skipped += part.skipped
-    total.dead.extend(part.dead)
-    total.outbox.extend(part.outbox)
-    total.parts.update(part.parts)
-    total.held = part.held
 
 
 class Runner:
@@ -135,19 +78,30 @@ class Runner:
     def __init__(
         self,
         consumer: Consumer,
-        settings: Settings,
+        settings: RuntimeSettings,
         *,
         nc: Client | None = None,
+        connect: Callable[[], Awaitable[Client]] | None = None,
         batch: int | None = None,
         until_idle: bool = False,
         fetch_timeout: float = 0.5,
-        metrics: ConsumerMetrics | None = None,
+        metrics: RuntimeMetrics | None = None,
         partition: int | None = None,
-        msg_ids: EngineIds | None = None,
+        msg_ids: MessageIds | None = None,
         standby: bool = False,
     ) -> None:
-        """``standby``: when another process runs this consumer, wait for its store lock
-        (warm: built, imports done) and take over the moment it exits, instead of failing."""
+        """``nc`` is a connection to use (not closed here); without one, ``connect()``
+        makes one when the run starts (closed at the end). ``msg_ids`` makes the keyed
+        ``Nats-Msg-Id`` of what the consumer emits (the deployment's key: engine code passes
+        ``EngineIds.load(settings)``). ``metrics`` default to none. ``standby``: when
+        another process runs this consumer, wait for its store lock (warm: built,
+        connected) and take over the moment it exits, instead of failing."""
+        if nc is None and connect is None:
+            raise ValueError("Runner needs a NATS connection: pass nc=, or connect= (engine code passes "
+                             "engine.bus.connect; see engine/stack/consumer_runner.py)")
+        if msg_ids is None:
+            raise ValueError("Runner needs the engine's message ids (msg_ids=EngineIds.load(settings)): "
+                             "run consumers through engine/stack/consumer_runner.py")
         self.consumer = consumer
         self.projection = consumer.projection
         self.partition = partition
@@ -157,15 +111,16 @@ class Runner:
         self.until_idle = until_idle
         self.standby = standby
         self.fetch_timeout = fetch_timeout
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics or NO_METRICS
         self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
-        self.relay = OutboxRelay(self.name, self.store, msg_ids or EngineIds.load(settings), self.metrics)
+        self.relay = OutboxRelay(self.name, self.store, msg_ids, self.metrics)
         self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None)
         self._next_delivery = 1  # partitioned: the consumer sequence expected next
         self._stuck = 0  # partitioned: idle checks in a row that saw undelivered messages
         self.stop_event = asyncio.Event()
         self.dead_letters = 0
         self._nc = nc
+        self._connect = connect
         self._own_nc = nc is None
         self._kv: Any = None
         self._sub: Any = None
@@ -197,36 +152,26 @@ class Runner:
         await self.store.open()
         try:
             stored = await self.store.load()
-            try:
-                restore_parts(self.projection, stored.parts)
-            except Exception as exc:
-                raise StoreIncompatible(
-                    f"consumer {self.name!r} cannot restore its state from {self.store.path} "
-                    f"({type(exc).__name__}: {exc}); it was probably written by another version. "
-                    f"Delete that file (and its -wal, -shm) to rebuild the projection from the log"
-                ) from exc
+            restore(self.projection, stored.parts, self.store.path)
             self.folder.seq = stored.seq
             self.metrics.position.labels(self.name).set(stored.seq)
             self.metrics.stalled.labels(self.name).set(0)  # a series from the start, 0 after a restart
-            if self._nc is None:
-                from rollout_engine.engine.bus import connect
-
-                self._nc = await connect(self.settings, name=f"consumer-{self.name}")
+            await self._connected()
             await self._relay(stored.outbox)
-            if self.consumer.on_start is not None:
+            for hook in self._hooks("on_start"):
                 try:
-                    await self.consumer.on_start(self)
+                    await hook(self)
                 except Exception:  # publishing is not state: fold anyway
                     log.exception("%s: on_start hook failed; continuing", self.name)
-            self._sub = await self._subscribe_retrying()
+            self._sub = await self._subscribe()
             try:
                 await self._loop()
             finally:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
-            if self.consumer.on_stop is not None:
+            for hook in self._hooks("on_stop"):
                 try:
-                    await self.consumer.on_stop(self)
+                    await hook(self)
                 except Exception:
                     log.exception("%s: on_stop hook failed", self.name)
         finally:
@@ -235,57 +180,34 @@ class Runner:
                 with contextlib.suppress(Exception):
                     await self._nc.drain()
         return RunSummary(self.name, self.folder.seq, self.folder.events, self.dead_letters,
-                          digest(self.projection))
+                          self.projection.digest())
+
+    async def _connected(self) -> None:
+        if self._nc is None:
+            assert self._connect is not None
+            self._nc = await self._connect()
 
     async def _stand_by(self) -> bool:
         """Connect first, then wait for the store lock: the takeover costs no connect (False: stopped)."""
-        if self._nc is None:
-            from rollout_engine.engine.bus import connect
-
-            self._nc = await connect(self.settings, name=f"consumer-{self.name}")
+        await self._connected()
         if await self.store.wait_lock(self.stop_event):
             return True
-        if self._own_nc:
+        if self._own_nc and self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
         return False
 
-    async def _subscribe(self) -> Any:
-        """(Re)create the durable consumer at the committed position + 1 and bind to it."""
-        js = self.js
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(subjects.LOG_STREAM, self.name)
-        start = self.folder.seq + 1
-        filters = await self._partition_filters(js)
-        self._next_delivery = 1
-        config = ConsumerConfig(
-            durable_name=self.name,
-            description=f"rollout-engine consumer {self.name} (position kept in its SQLite store)",
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
-            opt_start_seq=start if start > 1 else None,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait_s,
-            max_deliver=self.settings.consumer_max_deliver,
-            max_ack_pending=max(4 * self.batch, 1000),
-            filter_subjects=filters,
-        )
-        await js.add_consumer(subjects.LOG_STREAM, config)
-        return await js.pull_subscribe_bind(durable=self.name, stream=subjects.LOG_STREAM)
+    def _hooks(self, name: str) -> list[Callable[..., Awaitable[None]]]:
+        """The mirror's hook ``name`` (when there is a mirror), then the consumer's own."""
+        mirror = self.consumer.mirror
+        return [h for h in (getattr(mirror, name, None), getattr(self.consumer, name)) if h is not None]
 
-    async def _partition_filters(self, js: JetStreamContext) -> list[str] | None:
-        """Filter subjects of this runner's partition (None: the whole log)."""
-        if self.partition is None:
-            return None
-        info = await js.stream_info(subjects.LOG_STREAM)
-        transform = info.config.subject_transform
-        count = subjects.partition_count(transform.dest if transform else None)
-        if self.partition >= count:
-            raise PartitionMismatch(
-                f"consumer {self.name!r} asks for partition {self.partition} but stream {subjects.LOG_STREAM} has "
-                f"{count or 'no'} partitions; create the log with `partitions` set (docs/scaling.md) or pick "
-                f"partitions 0..{max(count - 1, 0)}"
-            )
-        return subjects.partition_filters(self.partition)
+    async def _subscribe(self, wait_s: float = 60.0) -> Any:
+        """(Re)create the durable consumer at the committed position + 1 and bind to it."""
+        self._next_delivery = 1
+        return await subscribe(self.js, self.name, self.folder.seq + 1, partition=self.partition,
+                               settings=self.settings, batch=self.batch, stopping=self.stop_event.is_set,
+                               wait_s=wait_s)
 
     async def _rewind(self, ahead: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """Drop the current pull and re-create the consumer at the committed position + 1."""
@@ -296,25 +218,8 @@ class Runner:
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
         self._stuck = 0
-        self._sub = await self._subscribe_retrying()
+        self._sub = await self._subscribe()
         return self._fetch()
-
-    async def _subscribe_retrying(self, wait_s: float = 60.0) -> Any:
-        """:meth:`_subscribe`, waiting out a cluster that does not answer yet.
-
-        A JetStream cluster electing a leader (a node lost, or just started) times out
-        API requests for a few seconds; anything else (no stream, a bad partition) is
-        raised at once.
-        """
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                return await self._subscribe()
-            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-                if self.stop_event.is_set() or time.monotonic() > deadline:
-                    raise
-                log.warning("%s: could not create the consumer (%s); retrying", self.name, type(exc).__name__)
-                await asyncio.sleep(0.5)
 
     def _in_order(self, msgs: list[Any]) -> int:
         """How many of ``msgs`` continue the consumer's delivery sequence without a hole."""
@@ -352,7 +257,7 @@ class Runner:
                     await asyncio.sleep(0.25)
                     if failures % 8 == 0:  # two seconds of errors: re-create the consumer
                         with contextlib.suppress(Exception):
-                            self._sub = await self._subscribe()
+                            self._sub = await self._subscribe(wait_s=0)
                     ahead = self._fetch()
                     continue
                 failures = 0
@@ -366,8 +271,7 @@ class Runner:
                 if not msgs:
                     ahead = await self._rewind(ahead)
                     continue
-                deliveries = [Delivery(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
-                await self._process(deliveries)
+                await self._process([log_message(m) for m in msgs])
                 for m in msgs:
                     with contextlib.suppress(Exception):  # an ack lost is a harmless redelivery
                         await m.ack()
@@ -386,11 +290,11 @@ class Runner:
             with contextlib.suppress(BaseException):
                 await ahead
 
-    async def _process(self, deliveries: list[Delivery]) -> BatchResult:
-        """Fold, fill gaps, commit, relay, run the hook."""
+    async def _process(self, messages: list[LogMessage]) -> BatchResult:
+        """Fold, fill gaps, commit, relay, run the hooks."""
         start = self.folder.seq
         total = BatchResult(start)
-        _merge(total, self.folder.fold_batch(deliveries))
+        total.merge(self.folder.fold_batch(messages))
         while total.held:
             await self._fill_gap(total)
         if total.skipped:
@@ -398,73 +302,36 @@ class Runner:
         if total.seq == start:
             return total
         if not total.parts and total.messages == 0:
-            total.parts = snapshot_parts(self.projection, changed_only=True)
+            total.parts = self.projection.changed_parts()
         rows = Folder.outbox_of(total)
         began = time.perf_counter()
-        await self._commit(total.seq, total.parts, rows)
+        await self.store.commit_waiting(total.seq, total.parts, rows, metrics=self.metrics, name=self.name,
+                                        stopping=self.stop_event.is_set)
         self._count(total, time.perf_counter() - began)
         await self._relay(rows)
-        if self.consumer.after_commit is not None:
+        for hook in self._hooks("after_commit"):
             try:
-                await self.consumer.after_commit(self, total)
+                await hook(self, total)
             except Exception:
                 log.exception("%s: after_commit hook failed (state is committed; continuing)", self.name)
         return total
-
-    async def _commit(self, seq: int, parts: dict[str, bytes], rows: list[OutboxRow]) -> None:
-        """Commit, waiting out a store fault (locked, read-only, full disk, I/O error).
-
-        While the store refuses, the consumer takes no further events and acks nothing
-        (the batch's messages stay unacked; redeliveries are skipped once committed).
-        It logs the fault once, counts every failed attempt in
-        ``rollout_consumer_store_errors_total{reason}`` and sets ``rollout_consumer_stalled``
-        to 1; the same commit is retried with backoff until it succeeds. Stopped while
-        stalled, it raises :class:`StoreStalled` (nothing was committed or acked).
-        """
-        delay, since = 0.05, 0.0
-        while True:
-            try:
-                await self.store.commit(seq, parts, rows)
-            except Exception as exc:
-                reason = fault_of(exc)
-                if reason is None:
-                    raise
-                self.metrics.store_errors.labels(self.name, reason).inc()
-                if not since:
-                    since = time.monotonic()
-                    self.metrics.stalled.labels(self.name).set(1)
-                    log.error("%s: store %s refused the commit of sequence %d (%s: %s); taking no events and "
-                              "retrying until the fault clears (free disk space, release the lock, make it writable)",
-                              self.name, self.store.path, seq, reason, exc)
-                if self.stop_event.is_set():
-                    raise StoreStalled(f"consumer {self.name!r} stopped while its store {self.store.path} refused "
-                                       f"the commit of sequence {seq} ({reason}: {exc}); nothing was acked, "
-                                       "the next run folds these events again") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            if since:
-                self.metrics.stalled.labels(self.name).set(0)
-                log.warning("%s: store accepts commits again after %.1f s; resuming at sequence %d",
-                            self.name, time.monotonic() - since, seq)
-            return
 
     async def _fill_gap(self, total: BatchResult) -> None:
         """The next sequence is missing from what was delivered: get it directly, or skip it."""
         held, total.held = total.held, []
         wanted = self.folder.seq + 1
-        delivery = await self._get(wanted)
-        if delivery is None:
+        message = await self._get(wanted)
+        if message is None:
             first = await self._first_seq()
             self.folder.skip_to(max(wanted, first - 1) if first > wanted else wanted)
-        _merge(total, self.folder.fold_batch(([delivery] if delivery else []) + held))
+        total.merge(self.folder.fold_batch(([message] if message else []) + held))
 
-    async def _get(self, seq: int) -> Delivery | None:
+    async def _get(self, seq: int) -> LogMessage | None:
         try:
             msg = await self.js.get_msg(subjects.LOG_STREAM, seq)
         except NotFoundError:
             return None
-        return Delivery(seq, msg.subject or "", msg.data or b"")
+        return LogMessage(seq, msg.subject or "", msg.data or b"")
 
     async def _first_seq(self) -> int:
         info = await self.js.stream_info(subjects.LOG_STREAM)
@@ -475,9 +342,9 @@ class Runner:
         pending = await self.store.pending()
         if pending:
             await self._relay(pending)
-        if self.consumer.after_commit is not None:
+        for hook in self._hooks("after_commit"):
             with contextlib.suppress(Exception):
-                await self.consumer.after_commit(self, BatchResult(self.folder.seq))
+                await hook(self, BatchResult(self.folder.seq))
         if self.partition is not None:
             return await self._idle_partition()
         try:
@@ -540,26 +407,3 @@ class Runner:
     async def _relay(self, rows: list[OutboxRow]) -> None:
         """Publish outbox rows under the engine's keyed ids; delete the ones JetStream stored."""
         await self.relay.relay(self.js, rows)
-
-
-async def stored_digest(consumer: Consumer, settings: Settings, partition: int | None = None) -> tuple[int, str]:
-    """(position, digest) of a consumer's (or one partition's) committed state, from its store alone."""
-    name = store_name(consumer.projection.name, partition)
-    store = SQLiteConsumerStore.for_consumer(settings.data_dir, name, exclusive=False)
-    if not store.path.exists():  # nothing committed yet: the empty state (create nothing)
-        return 0, digest(consumer.projection)
-    async with store:
-        stored = await store.load()
-    try:
-        restore_parts(consumer.projection, stored.parts)
-    except Exception as exc:
-        raise StoreIncompatible(
-            f"cannot restore {store.path} ({type(exc).__name__}: {exc}); delete it to rebuild from the log"
-        ) from exc
-    return stored.seq, digest(consumer.projection)
-
-
-def digest(projection: Projection) -> str:
-    """The projection's digest: its own streaming ``digest()`` when it has one."""
-    own = getattr(projection, "digest", None)
-    return own() if callable(own) else digest_of(projection.snapshot())

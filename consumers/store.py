@@ -24,15 +24,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
-__all__ = ["ConsumerLocked", "DuplicateCommit", "OutboxRow", "SQLiteConsumerStore", "StoredState", "fault_of"]
+from rollout_engine.consumers.outbox import OutboxRow
+
+__all__ = ["ConsumerLocked", "DuplicateCommit", "SQLiteConsumerStore", "StoreStalled", "StoredState", "fault_of"]
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracking (consumer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (consumer, seq));
@@ -53,6 +60,10 @@ class DuplicateCommit(RuntimeError):
     """The tracking row already exists: another process committed this position."""
 
 
+class StoreStalled(RuntimeError):
+    """Stopped while the store refused a commit: the batch was neither committed nor acked."""
+
+
 _FAULTS = {"SQLITE_BUSY": "locked", "SQLITE_LOCKED": "locked", "SQLITE_READONLY": "read_only",
            "SQLITE_FULL": "disk_full", "SQLITE_IOERR": "io_error", "SQLITE_CANTOPEN": "io_error"}
 
@@ -63,7 +74,7 @@ def fault_of(exc: BaseException) -> str | None:
 
     These clear without touching the data (a lock is released, a disk is remounted
     read-write or freed), so the runtime waits and retries the same commit instead of
-    dying: see ``consumers.runtime.Runner._commit``.
+    dying: see :meth:`SQLiteConsumerStore.commit_waiting`.
     """
     if not isinstance(exc, sqlite3.Error):
         return None
@@ -79,21 +90,6 @@ def fault_of(exc: BaseException) -> str | None:
     if "disk is full" in text:
         return "disk_full"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One message to publish after the commit: its dedupe id, subject and payload."""
-
-    id: str
-    subject: str
-    data: bytes
-    headers: bytes | None = None
-    """Extra headers, msgpack-encoded ``dict[str, str]`` (dead letters carry their reason)."""
-    attempts: int = 0
-    """Publishes attempted so far under the current ``salt`` (counted before each publish)."""
-    salt: int = 0
-    """0, or the re-send number after the row's message id was found taken (see consumers/relay.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +235,45 @@ class SQLiteConsumerStore:
             if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL and some I/O errors
                 await db.execute("ROLLBACK")
             raise
+
+    async def commit_waiting(self, seq: int, parts: Mapping[str, bytes], outbox: list[OutboxRow], *, metrics: Any,
+                             name: str, stopping: Callable[[], bool]) -> None:
+        """:meth:`commit`, waiting out a store fault (locked, read-only, full disk, I/O error).
+
+        While the store refuses, the consumer takes no further events and acks nothing
+        (the batch's messages stay unacked; redeliveries are skipped once committed).
+        It logs the fault once, counts every failed attempt in ``metrics.store_errors``
+        (``rollout_consumer_store_errors_total{reason}``) and sets ``metrics.stalled`` to 1;
+        the same commit is retried with backoff until it succeeds. Stopped while stalled
+        (``stopping()``), it raises :class:`StoreStalled` (nothing was committed or acked).
+        """
+        delay, since = 0.05, 0.0
+        while True:
+            try:
+                await self.commit(seq, parts, outbox)
+            except Exception as exc:
+                reason = fault_of(exc)
+                if reason is None:
+                    raise
+                metrics.store_errors.labels(name, reason).inc()
+                if not since:
+                    since = time.monotonic()
+                    metrics.stalled.labels(name).set(1)
+                    log.error("%s: store %s refused the commit of sequence %d (%s: %s); taking no events and "
+                              "retrying until the fault clears (free disk space, release the lock, make it writable)",
+                              name, self.path, seq, reason, exc)
+                if stopping():
+                    raise StoreStalled(f"consumer {name!r} stopped while its store {self.path} refused "
+                                       f"the commit of sequence {seq} ({reason}: {exc}); nothing was acked, "
+                                       "the next run folds these events again") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if since:
+                metrics.stalled.labels(name).set(0)
+                log.warning("%s: store accepts commits again after %.1f s; resuming at sequence %d",
+                            name, time.monotonic() - since, seq)
+            return
 
     async def mark_attempted(self, ids: Iterable[str]) -> None:
         """Count a publish attempt for each row, committed before the publish leaves.

@@ -1,4 +1,4 @@
-"""The verification-retry queue (seed 002): outcomes that did not convince are re-checked.
+"""The verification-retry queue: outcomes that did not convince are re-checked.
 
 A pure fold of the log. An ``Outcome`` that is ``inconclusive``, or whose ``confidence``
 is below ``min_confidence``, opens an item for its decision (``pending_recheck`` in the
@@ -15,20 +15,22 @@ time, so a replay emits the same events and JetStream de-duplicates a re-publish
 Defaults follow the runbook (``VERIFICATION_RETRY_INTERVAL_SECONDS=300``,
 ``VERIFICATION_RETRY_MAX_ATTEMPTS=3``); a rollout overrides them with the ``verification``
 table of a ``BanditConfig`` event. The queue is bounded (``max_items``; the oldest item is
-closed as ``evicted``; the bound is per rollout), and its depth and oldest age are Prometheus gauges, so "pending
-re-checks must not grow unbounded" is an alert rule, not a manual check.
+closed as ``evicted``; the bound is per rollout), and its depth and oldest age
+(:meth:`VerificationProjection.depth`, :meth:`VerificationProjection.oldest_age_s`) are
+exported by the engine as Prometheus gauges, so "pending re-checks must not grow
+unbounded" is an alert rule, not a manual check.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from rollout_engine.consumers.bandit.clock import EventClock
+from rollout_engine.consumers.eventtime import EventClock
+from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.events import (
     AnyEvent,
     BanditConfig,
@@ -41,7 +43,6 @@ from rollout_engine.events import (
 )
 
 __all__ = [
-    "RecheckGauges",
     "VerificationPolicy",
     "VerificationProjection",
     "parse_verification_policy",
@@ -94,12 +95,9 @@ class Queue(msgspec.Struct, kw_only=True):
         self.counters[name] = self.counters.get(name, 0) + 1
 
 
-META = ""
-"""Snapshot part of the clock; the other parts are rollout ids."""
 _encoder = msgspec.msgpack.Encoder()
 _queue_decoder = msgspec.msgpack.Decoder(Queue)
 _clock_decoder = msgspec.msgpack.Decoder(EventClock)
-_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
 def _evidence(event: Outcome) -> Evidence:
@@ -109,33 +107,36 @@ def _evidence(event: Outcome) -> Evidence:
     )
 
 
-class VerificationProjection:
-    """Projection ``verification``: see the module docstring. ``max_items`` is per rollout."""
+class VerificationProjection(RolloutProjection[Queue]):
+    """Projection ``verification``: see the module docstring. ``max_items`` is per rollout.
+
+    One snapshot part per rollout's queue, and the event clock as the meta part.
+    """
 
     name = "verification"
 
     def __init__(self, max_items: int = 100_000) -> None:
+        super().__init__()
         self.max_items = max_items
-        self.clock = EventClock()
-        self.queues: dict[str, Queue] = {}
         self._due: list[tuple[int, str, str]] = []
-        self._dirty: set[str] = set()
+
+    @property
+    def queues(self) -> dict[str, Queue]:
+        """Each rollout's queue."""
+        return self.rollouts
 
     def _queue(self, rollout: str) -> Queue:
         self._dirty.add(rollout)
-        queue = self.queues.get(rollout)
+        queue = self.rollouts.get(rollout)
         if queue is None:
-            queue = self.queues[rollout] = Queue()
+            queue = self.rollouts[rollout] = Queue()
         return queue
 
     # --- the fold ---------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
-        before = self.clock.now_ms
-        now = self.clock.advance(event)
         out: list[Event] = []
-        if now != before:
-            self._dirty.add(META)
-            out = self._run_due(now)
+        if self.advance(event):
+            out = self._run_due(self.clock.now_ms)
         if isinstance(event, Outcome):
             out.extend(self._on_outcome(event))
         elif isinstance(event, BanditConfig) and event.verification is not None:
@@ -154,7 +155,7 @@ class VerificationProjection:
 
     def _on_outcome(self, event: Outcome) -> list[Event]:
         rollout = event.rollout
-        queue = self.queues.get(rollout)
+        queue = self.rollouts.get(rollout)
         policy = queue.policy if queue is not None else DEFAULT_POLICY
         weak = self._weak(event, policy)
         item = queue.items.get(event.decision_id) if queue is not None else None
@@ -192,7 +193,7 @@ class VerificationProjection:
         due = self._due
         while due and due[0][0] <= now:
             due_ms, rollout, decision_id = heapq.heappop(due)
-            queue = self.queues.get(rollout)
+            queue = self.rollouts.get(rollout)
             item = queue.items.get(decision_id) if queue is not None else None
             if queue is None or item is None or item.due_ms != due_ms:
                 continue  # closed or rescheduled: a stale heap entry
@@ -229,82 +230,38 @@ class VerificationProjection:
     # --- metrics ----------------------------------------------------------------------
     def depth(self) -> dict[str, int]:
         """Pending re-check items per rollout (rollouts with none are left out)."""
-        return {r: len(q.items) for r, q in sorted(self.queues.items()) if q.items}
+        return {r: len(q.items) for r, q in sorted(self.rollouts.items()) if q.items}
 
     def oldest_age_s(self) -> dict[str, float]:
         """Age in seconds (event time) of each rollout's oldest pending item."""
         now = self.clock.now_ms
         return {
             r: max(0, now - min(i.first_seen_ms for i in q.items.values())) / 1000.0
-            for r, q in sorted(self.queues.items()) if q.items
+            for r, q in sorted(self.rollouts.items()) if q.items
         }
 
-    # --- persistence (parts: one per rollout, META for the clock) ----------------------
-    def changed_parts(self) -> dict[str, bytes]:
-        """Encoded parts changed since the last call; the runtime stores each as a row."""
-        dirty, self._dirty = self._dirty, set()
-        return {key: self._part(key) for key in sorted(dirty)}
+    # --- parts (the projection contract) -----------------------------------------------
+    def encode_meta(self) -> bytes:
+        return _encoder.encode(self.clock)
 
-    def all_parts(self) -> dict[str, bytes]:
-        """Every part, canonically encoded."""
-        return {key: self._part(key) for key in [META, *sorted(self.queues)]}
+    def decode_meta(self, blob: bytes) -> None:
+        self.clock = _clock_decoder.decode(blob)
 
-    def _part(self, key: str) -> bytes:
+    def encode_rollout(self, rollout: str) -> bytes:
         # ``items`` keeps open order (a function of the log): eviction takes the oldest.
-        return _encoder.encode(self.clock if key == META else self.queues[key])
+        return _encoder.encode(self.rollouts[rollout])
 
-    def restore_parts(self, parts: Mapping[str, bytes]) -> None:
-        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
-        self.clock = EventClock()
-        self.queues = {}
-        for key, blob in parts.items():
-            if key == META:
-                self.clock = _clock_decoder.decode(blob)
-            else:
-                self.queues[key] = _queue_decoder.decode(blob)
+    def decode_rollout(self, rollout: str, blob: bytes) -> Queue:
+        return _queue_decoder.decode(blob)
+
+    def clear(self) -> None:
+        super().clear()
+        self._due = []
+
+    def restored(self) -> None:
         self._due = [
             (item.due_ms, rollout, decision_id)
-            for rollout, queue in self.queues.items()
+            for rollout, queue in self.rollouts.items()
             for decision_id, item in queue.items.items()
         ]
         heapq.heapify(self._due)
-        self._dirty = set()
-
-    def snapshot(self) -> bytes:
-        return _encoder.encode(self.all_parts())
-
-    def restore(self, data: bytes) -> None:
-        self.restore_parts(_parts_decoder.decode(data))
-
-
-class RecheckGauges:
-    """``rollout_recheck_pending`` and ``rollout_recheck_oldest_age_seconds`` per rollout.
-
-    Create once per process (a registry refuses duplicate names) and call :meth:`update`
-    after each committed batch. Alert on growth, e.g. ``rollout_recheck_oldest_age_seconds
-    > 3600``: with the defaults an item closes within 20 minutes, so an older one means the
-    queue is not being drained.
-    """
-
-    def __init__(self, registry: Any = None) -> None:
-        from prometheus_client import REGISTRY, Gauge
-
-        reg = REGISTRY if registry is None else registry
-        self.pending = Gauge(
-            "rollout_recheck_pending", "Outcomes pending re-check (verification queue depth)",
-            ["rollout"], registry=reg, multiprocess_mode="livemax",
-        )
-        self.oldest = Gauge(
-            "rollout_recheck_oldest_age_seconds", "Event-time age of the oldest pending re-check",
-            ["rollout"], registry=reg, multiprocess_mode="livemax",
-        )
-        self._seen: set[str] = set()
-
-    def update(self, projection: VerificationProjection) -> None:
-        depth = projection.depth()
-        ages = projection.oldest_age_s()
-        known = self._seen | set(projection.queues)  # every rollout that ever queued, 0 when drained
-        for rollout in known:
-            self.pending.labels(rollout).set(depth.get(rollout, 0))
-            self.oldest.labels(rollout).set(ages.get(rollout, 0.0))
-        self._seen = known

@@ -8,8 +8,13 @@ backtests and test scenarios):
   *kill*; the command carrying it is a :class:`KillSwitch` on ``ro.ctl.<rollout>.kill_switch``;
   "rollback" names the consumer that decides it automatically, not the act;
 - :func:`resume`: lift the kill switch, candidate back at a percentage;
-- :func:`configure`: a canary step (an operator's ``set``, a progression step up, a
-  staged step down) and/or a new policy, in one command.
+- :func:`configure`: a canary step (an operator's ``set`` or ``promote``, a progression
+  step up, a staged step down), a new policy, and/or automatic progression paused or
+  unpaused, in one command.
+
+Operators reach them through the API's verbs (``abort`` kills, ``retry`` and
+``resume`` resume, ``promote``, ``pause``, ``unpause`` and ``set`` configure), recorded
+in the command's ``action``; the rollback consumer's own commands carry no action.
 
 **The config_version rule.** Every transition that changes control state adds exactly 1
 to ``config_version``; a transition that would change nothing returns the state as it
@@ -30,7 +35,14 @@ from typing import Any
 
 import msgspec
 
-from rollout_engine.events.schema import Breach, ConfigChange, ControlState, KillSwitch, Resume
+from rollout_engine.events.schema import (
+    Breach,
+    ConfigChange,
+    ControlState,
+    KillSwitch,
+    OperatorAction,
+    Resume,
+)
 
 __all__ = ["config_command", "configure", "kill", "kill_command", "resume", "resume_command"]
 
@@ -52,33 +64,39 @@ def resume(before: ControlState, canary_pct: float) -> ControlState:
     return _changed(before, msgspec.structs.replace(before, canary_pct=canary_pct, kill_switch=False))
 
 
-def configure(before: ControlState, *, canary_pct: float | None = None, new_policy: bool = False) -> ControlState:
-    """The canary at ``canary_pct`` and/or a new policy (``policy_version`` + 1); kill switch unchanged."""
+def configure(before: ControlState, *, canary_pct: float | None = None, new_policy: bool = False,
+              paused: bool | None = None) -> ControlState:
+    """The canary at ``canary_pct``, a new policy (``policy_version`` + 1) and/or automatic
+    progression ``paused``; the kill switch is unchanged."""
     after = msgspec.structs.replace(
         before,
         canary_pct=before.canary_pct if canary_pct is None else canary_pct,
         policy_version=before.policy_version + (1 if new_policy else 0),
+        paused=before.paused if paused is None else paused,
     )
     return _changed(before, after)
 
 
 def kill_command(before: ControlState, *, id: str, rollout: str, time_ms: int, producer: str, actor: str,
-                 reason: str, breaches: Sequence[Breach] = (), cause_id: str | None = None) -> KillSwitch:
+                 reason: str, breaches: Sequence[Breach] = (), cause_id: str | None = None,
+                 action: OperatorAction | None = None) -> KillSwitch:
     """The :class:`KillSwitch` that kills ``rollout`` from ``before``."""
     return KillSwitch(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
-                      before=before, after=kill(before), breaches=list(breaches), cause_id=cause_id)
+                      before=before, after=kill(before), breaches=list(breaches), cause_id=cause_id, action=action)
 
 
 def resume_command(before: ControlState, canary_pct: float, *, id: str, rollout: str, time_ms: int, producer: str,
-                   actor: str, reason: str) -> Resume:
+                   actor: str, reason: str, action: OperatorAction | None = None) -> Resume:
     """The :class:`Resume` that re-enables ``rollout`` at ``canary_pct``."""
     return Resume(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
-                  before=before, after=resume(before, canary_pct))
+                  before=before, after=resume(before, canary_pct), action=action)
 
 
 def config_command(before: ControlState, *, id: str, rollout: str, time_ms: int, producer: str, actor: str,
-                   reason: str, canary_pct: float | None = None, policy: dict[str, Any] | None = None) -> ConfigChange:
-    """The :class:`ConfigChange` that moves the canary and/or carries a new ``policy`` document."""
-    after = configure(before, canary_pct=canary_pct, new_policy=policy is not None)
+                   reason: str, canary_pct: float | None = None, policy: dict[str, Any] | None = None,
+                   paused: bool | None = None, action: OperatorAction | None = None) -> ConfigChange:
+    """The :class:`ConfigChange` that moves the canary, carries a new ``policy`` document
+    and/or pauses or unpauses automatic progression."""
+    after = configure(before, canary_pct=canary_pct, new_policy=policy is not None, paused=paused)
     return ConfigChange(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
-                        before=before, after=after, policy=policy)
+                        before=before, after=after, policy=policy, action=action)

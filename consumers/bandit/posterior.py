@@ -18,15 +18,15 @@ choice's exact propensity (what off-policy evaluation needs).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import msgspec
 import numpy as np
 from scipy import special
 
-__all__ = ["GRID", "ArmStats", "RewardKind", "apply_floor", "discount", "observe", "thompson_weights"]
+from rollout_engine.consumers.bandit.state import RewardKind
 
-RewardKind = Literal["binary", "gaussian"]
+__all__ = ["GRID", "ArmStats", "apply_floor", "discount", "observe", "thompson_weights"]
+
 GRID = 1024
 """Quadrature points; the error of P(best) is far below the floor of any sane policy."""
 

@@ -20,15 +20,15 @@ defaulted early and counted as ``evicted``) and ``max_settled`` remembered settl
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
 
 from rollout_engine.consumers.bandit import posterior
-from rollout_engine.consumers.bandit.clock import EventClock
 from rollout_engine.consumers.bandit.state import BanditPolicy, BanditView, parse_policy
+from rollout_engine.consumers.eventtime import EventClock
 from rollout_engine.consumers.guardrails import cooldown_event, prune_normal_times, start_cooldown
+from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.events import (
     AnyEvent,
     BanditConfig,
@@ -79,40 +79,31 @@ class RolloutBandit(msgspec.Struct, kw_only=True):
         self.counters[name] = self.counters.get(name, 0) + by
 
 
-META = ""
-"""Snapshot part of the engine-wide state (the clock); other parts are rollout ids."""
 _encoder = msgspec.msgpack.Encoder()
 _rollout_decoder = msgspec.msgpack.Decoder(RolloutBandit)
 _clock_decoder = msgspec.msgpack.Decoder(EventClock)
-_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
-class BanditProjection:
+class BanditProjection(RolloutProjection[RolloutBandit]):
     """Projection ``bandit``: see the module docstring.
 
-    ``changed`` lists rollouts whose published view changed (the consumer publishes them
-    to KV); the snapshot is kept as parts, one per rollout plus the clock, so a commit
-    costs what a batch touched.
+    One snapshot part per rollout, and the event clock as the meta part; a rollout's part
+    changes exactly when its published view does, so the KV mirror puts those.
     """
 
     name = "bandit"
 
     def __init__(self, max_pending: int = 100_000, max_settled: int = 100_000) -> None:
+        super().__init__()
         self.max_pending = max_pending
         self.max_settled = max_settled
-        self.clock = EventClock()
-        self.rollouts: dict[str, RolloutBandit] = {}
         self._due: list[tuple[int, str, str]] = []
-        self.changed: set[str] = set()
-        self._dirty: set[str] = set()
 
     # --- the fold ---------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
-        before = self.clock.now_ms
-        now = self.clock.advance(event)
-        if now != before:
-            self._dirty.add(META)
-            self._expire(now, seq)
+        if self.advance(event):
+            self._expire(self.clock.now_ms, seq)
+        now = self.clock.now_ms
         if isinstance(event, Decision):
             self._on_decision(event, seq, now)
             return []
@@ -129,7 +120,6 @@ class BanditProjection:
 
     def _touch(self, rollout: str, state: RolloutBandit, seq: int) -> None:
         state.seq = seq
-        self.changed.add(rollout)
         self._dirty.add(rollout)
 
     def _on_config(self, event: BanditConfig, seq: int) -> None:
@@ -310,47 +300,29 @@ class BanditProjection:
             normal_times=normal_times, policy_version=state.policy_version,
         )
 
-    def take_changed(self) -> list[str]:
-        """Rollouts whose view changed since the last call (the runtime publishes them)."""
-        changed = sorted(self.changed)
-        self.changed.clear()
-        return changed
+    # --- parts (the projection contract) -----------------------------------------------
+    def encode_meta(self) -> bytes:
+        return _encoder.encode(self.clock)
 
-    # --- persistence (parts: one per rollout, META for the clock) ----------------------
-    def changed_parts(self) -> dict[str, bytes]:
-        """Encoded parts changed since the last call; the runtime stores each as a row."""
-        dirty, self._dirty = self._dirty, set()
-        return {key: self._part(key) for key in sorted(dirty)}
+    def decode_meta(self, blob: bytes) -> None:
+        self.clock = _clock_decoder.decode(blob)
 
-    def all_parts(self) -> dict[str, bytes]:
-        """Every part, canonically encoded."""
-        return {key: self._part(key) for key in [META, *sorted(self.rollouts)]}
-
-    def _part(self, key: str) -> bytes:
+    def encode_rollout(self, rollout: str) -> bytes:
         # Dicts keep insertion order, itself a function of the log: ``pending`` and
         # ``settled`` are FIFOs whose order must survive a restore, so they are not sorted.
-        return _encoder.encode(self.clock if key == META else self.rollouts[key])
+        return _encoder.encode(self.rollouts[rollout])
 
-    def restore_parts(self, parts: Mapping[str, bytes]) -> None:
-        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
-        self.clock = EventClock()
-        self.rollouts = {}
-        for key, blob in parts.items():
-            if key == META:
-                self.clock = _clock_decoder.decode(blob)
-            else:
-                self.rollouts[key] = _rollout_decoder.decode(blob)
+    def decode_rollout(self, rollout: str, blob: bytes) -> RolloutBandit:
+        return _rollout_decoder.decode(blob)
+
+    def clear(self) -> None:
+        super().clear()
+        self._due = []
+
+    def restored(self) -> None:
         self._due = [
             (p.due_ms, rollout, decision_id)
             for rollout, state in self.rollouts.items()
             for decision_id, p in state.pending.items()
         ]
         heapq.heapify(self._due)
-        self.changed = set()
-        self._dirty = set()
-
-    def snapshot(self) -> bytes:
-        return _encoder.encode(self.all_parts())
-
-    def restore(self, data: bytes) -> None:
-        self.restore_parts(_parts_decoder.decode(data))

@@ -1,38 +1,30 @@
 """The bandit's policy document and the view it publishes to KV for the SDK.
 
 A rollout opts in with a ``BanditConfig`` event whose ``bandit`` table is a
-:class:`BanditPolicy`; the consumer validates it, so every policy version is in the log. The consumer publishes one :class:`BanditView` per rollout under KV key
-``bandit.<rollout>``; ``engine.choice.BanditChooser`` reads nothing else.
+:class:`BanditPolicy`; the consumer validates it, so every policy version is in the log.
+The consumer publishes one :class:`BanditView` per rollout under KV key
+``bandit.<rollout>`` (``events.subjects.kv_key("bandit", rollout)``);
+``engine.sdk.choice.BanditChooser`` reads nothing else.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from rollout_engine.consumers.bandit.posterior import RewardKind
-from rollout_engine.events import GuardrailState, check_token
+from rollout_engine.events import GuardrailState
 from rollout_engine.events.schema import Finite, Token
 
-__all__ = ["BanditPolicy", "BanditView", "kv_key", "parse_policy", "rollout_of_key"]
+__all__ = ["BanditPolicy", "BanditView", "RewardKind", "parse_policy"]
 
-KV_PREFIX = "bandit."
-
-
-def kv_key(rollout: str) -> str:
-    """KV key of a rollout's bandit view: ``bandit.<rollout>``."""
-    return KV_PREFIX + check_token(rollout, "rollout")
-
-
-def rollout_of_key(key: str) -> str | None:
-    """The rollout of a ``bandit.<rollout>`` key, or None for any other key."""
-    return key[len(KV_PREFIX):] if key.startswith(KV_PREFIX) else None
+RewardKind = Literal["binary", "gaussian"]
+"""How outcomes become rewards: 0/1 (Beta posterior) or a number (Gaussian posterior)."""
 
 
 class BanditPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """The ``bandit`` table of a ``BanditConfig`` event. Defaults follow issue 6 and seed 002."""
+    """The ``bandit`` table of a ``BanditConfig`` event (fields and defaults: docs/bandit.md)."""
 
     arms: Annotated[list[Token], Meta(min_length=1, max_length=32)]
     reward: RewardKind = "binary"

@@ -3,17 +3,26 @@
 Each id derives from the cause (``command_id("kill", rollout, cause_id)``), so a refold
 of the same log emits the same bytes and JetStream's ``Nats-Msg-Id`` (the engine's keyed
 id of it, consumers/relay.py) drops repeats; each
-reason is seed 001's breach lines joined, then the policy, within the contract's
+reason is the breach lines joined (``quality (baseline: 95.0, candidate: 82.0, drop:
+13.0)``, what an operator needs to see why), then the policy, within the contract's
 1,024 characters (a command a service cannot decode would be no command at all).
+
+The kill itself is the contract's transition (``events.transitions.kill``), the same an
+operator's kill through the API makes, so both give the same after-state (config_version + 1).
 """
 
 from __future__ import annotations
 
-import msgspec
-
 from rollout_engine.consumers.rollback.guards import GuardResult
 from rollout_engine.consumers.rollback.policy import Policy
-from rollout_engine.events import ControlState, Escalation, KillSwitch, WouldKill, command_id
+from rollout_engine.events import (
+    ControlState,
+    Escalation,
+    KillSwitch,
+    WouldKill,
+    command_id,
+    transitions,
+)
 from rollout_engine.events.schema import MAX_BREACHES
 
 __all__ = ["ACTOR", "escalation", "kill_switch", "reason", "would_kill"]
@@ -29,16 +38,15 @@ def reason(failing: list[GuardResult], suffix: str) -> str:
 
 def kill_switch(rollout: str, before: ControlState, policy: Policy, failing: list[GuardResult],
                 cause_id: str, now: int) -> KillSwitch:
-    """Canary to 0 and kill switch on, with the breaches that caused it."""
-    return KillSwitch(
+    """The kill (``events.transitions.kill``), with the breaches that caused it."""
+    return transitions.kill_command(
+        before,
         id=command_id("kill", rollout, cause_id),
         rollout=rollout,
         time_ms=now,
         producer=ACTOR,
         actor=ACTOR,
         reason=reason(failing, f" [policy {policy.name} v{policy.version}]"),
-        before=before,
-        after=msgspec.structs.replace(before, canary_pct=0.0, kill_switch=True),
         breaches=[res.breach() for res in failing][:MAX_BREACHES],
         cause_id=cause_id,
     )
@@ -46,7 +54,7 @@ def kill_switch(rollout: str, before: ControlState, policy: Policy, failing: lis
 
 def would_kill(rollout: str, control: ControlState, policy: Policy, failing: list[GuardResult],
                cause_id: str, now: int) -> WouldKill:
-    """What a dry-run policy would have done here; nothing obeys it."""
+    """What a dry-run policy would have done here (the kill's after-state); nothing obeys it."""
     return WouldKill(
         id=command_id("would_kill", rollout, policy.name, policy.version, cause_id),
         rollout=rollout,
@@ -57,7 +65,7 @@ def would_kill(rollout: str, control: ControlState, policy: Policy, failing: lis
         policy_name=policy.name,
         policy_version=policy.version,
         before=control,
-        after=msgspec.structs.replace(control, canary_pct=0.0, kill_switch=True),
+        after=transitions.kill(control),
         breaches=[res.breach() for res in failing][:MAX_BREACHES],
         cause_id=cause_id,
     )
@@ -65,7 +73,8 @@ def would_kill(rollout: str, control: ControlState, policy: Policy, failing: lis
 
 def escalation(rollout: str, trigger: str, state: str, count: int, expires_ms: int, text: str,
                cause_id: str, now: int, policy_version: int) -> Escalation:
-    """An escalation flag armed or expired (seed 004), or an inconclusive-limit notice."""
+    """An escalation flag armed or expired (a guard that breached ``count`` times within the
+    policy's window: a human should look), or an inconclusive-limit notice."""
     return Escalation(
         id=command_id("escalation", rollout, trigger, state, cause_id),
         rollout=rollout,

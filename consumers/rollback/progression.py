@@ -19,7 +19,7 @@ from __future__ import annotations
 import msgspec
 
 from rollout_engine.consumers.rollback.policy import Policy, Progression
-from rollout_engine.events import ConfigChange, ControlState, command_id
+from rollout_engine.events import ConfigChange, ControlState, command_id, transitions
 
 __all__ = ["Progress", "canary_move", "next_down", "next_up", "tick_progress"]
 
@@ -68,14 +68,13 @@ def tick_progress(p: Progress, cfg: Progression, now_ms: int, candidate_total: i
 def canary_move(rollout: str, before: ControlState, pct: float, *, why: str, action: str,
                 cause_id: str, time_ms: int) -> ConfigChange:
     """The ConfigChange that moves the canary to ``pct`` (deterministic id from the cause)."""
-    after = msgspec.structs.replace(before, canary_pct=pct, config_version=before.config_version + 1)
-    return ConfigChange(
+    return transitions.config_command(
+        before,
+        canary_pct=pct,
         id=command_id(action, rollout, cause_id, f"{pct:g}"),
         rollout=rollout,
         time_ms=time_ms,
         producer="rollback",
         actor="rollback",
         reason=f"{action}: canary {before.canary_pct:g} -> {pct:g}% ({why})"[:1024],
-        before=before,
-        after=after,
     )

@@ -20,12 +20,12 @@ The statistical tests run only when a threshold is crossed and then at most once
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from rollout_engine.consumers.eventtime import bounded
+from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.consumers.rollback import evidence
 from rollout_engine.consumers.rollback.commands import ACTOR, escalation, kill_switch, would_kill
 from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
@@ -47,6 +47,8 @@ from rollout_engine.consumers.rollback.progression import (
 )
 from rollout_engine.consumers.rollback.state import CachedTest, PolicyRun, RolloutState
 from rollout_engine.events import (
+    COMMAND_TYPES,
+    PRODUCER_TYPES,
     AnyEvent,
     ConfigChange,
     Decision,
@@ -54,15 +56,11 @@ from rollout_engine.events import (
     Event,
     KillSwitch,
     Metric,
-    Outcome,
     Resume,
     Tick,
 )
 
 __all__ = ["ACTOR", "RollbackProjection"]
-
-_COMMANDS = (KillSwitch, Resume, ConfigChange)
-_PRODUCER = (Decision, Outcome, Metric)
 
 
 class _Part(msgspec.Struct, array_like=True):
@@ -72,36 +70,38 @@ class _Part(msgspec.Struct, array_like=True):
     stats: bytes
 
 
-_CLOCK = ""  # part key of the last engine tick (clock-skew policy); rollout ids are never empty
 _encoder = msgspec.msgpack.Encoder(order="sorted")
 _clock_decoder = msgspec.msgpack.Decoder(int)
 _part_decoder = msgspec.msgpack.Decoder(_Part)
-_parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 
 
-class RollbackProjection:
-    """Regression guards with statistics, hysteresis and dry-run; emits kill switches."""
+class RollbackProjection(RolloutProjection[RolloutState]):
+    """Regression guards with statistics, hysteresis and dry-run; emits kill switches.
+
+    One snapshot part per rollout (its state and its canary-stats fold); the meta part
+    is the last engine tick, stored once the first tick arrived.
+    """
 
     name = "rollback"
 
     def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
         """``stats_factory((last_n, window_ms, time_cap))`` makes one rollout's canary-stats fold."""
+        super().__init__()
         self._new_stats = stats_factory or evidence.new_stats
-        self.rollouts: dict[str, RolloutState] = {}
         self._stats: dict[str, Any] = {}
-        self._dirty: set[str] = set()
         self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
         self._metrics: dict[int, tuple[Policy, frozenset[str], frozenset[str]]] = {}
-        self.tick_ms = 0
-        """The last engine tick: producer time may run at most a minute past it (consumers/eventtime.py)."""
 
-    # --- the Projection protocol ----------------------------------------------------
+    @property
+    def tick_ms(self) -> int:
+        """The last engine tick: producer time may run at most a minute past it (consumers/eventtime.py)."""
+        return self.clock.last_tick_ms
+
+    # --- the fold ---------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         out: list[Event] = []
         if isinstance(event, Tick):
-            if event.time_ms > self.tick_ms:
-                self.tick_ms = event.time_ms
-                self._dirty.add(_CLOCK)
+            self.tick(event.time_ms)
             for rollout in sorted(self.rollouts):
                 r = self.rollouts[rollout]
                 if r.shape[2] > SMALL_TIME_CAP:  # the time window moves with ticks
@@ -111,7 +111,7 @@ class RollbackProjection:
                 self._dirty.add(rollout)
                 self._evaluate(rollout, event, out)
             return out
-        if isinstance(event, _PRODUCER):
+        if isinstance(event, PRODUCER_TYPES):
             r = self._rollout(event.rollout)
             self._dirty.add(event.rollout)
             self._stats[event.rollout].apply(event, seq)
@@ -122,45 +122,31 @@ class RollbackProjection:
                 self._evaluate(event.rollout, event, out, event.name, event.variant)
             elif event.quality is not None:
                 self._evaluate(event.rollout, event, out, QUALITY, event.variant)
-        elif isinstance(event, _COMMANDS):
-            self._control(self._rollout(event.rollout), event)
+        elif isinstance(event, COMMAND_TYPES):
+            self._control(self._rollout(event.rollout), event)  # type: ignore[arg-type]
             self._dirty.add(event.rollout)
         return out
 
-    def snapshot(self) -> bytes:
-        return _encoder.encode(self.all_parts())
+    # --- parts (the projection contract) -----------------------------------------------
+    def encode_meta(self) -> bytes | None:
+        return _encoder.encode(self.tick_ms) if self.tick_ms else None
 
-    def restore(self, data: bytes) -> None:
-        self.restore_parts(_parts_decoder.decode(data))
+    def decode_meta(self, blob: bytes) -> None:
+        self.clock.last_tick_ms = _clock_decoder.decode(blob)
 
-    # --- incremental snapshots (the runtime stores one row per rollout) ----------------
-    def _part(self, rollout: str) -> bytes:
-        if rollout == _CLOCK:
-            return _encoder.encode(self.tick_ms)
+    def encode_rollout(self, rollout: str) -> bytes:
         return _encoder.encode(_Part(self.rollouts[rollout], self._stats[rollout].snapshot()))
 
-    def changed_parts(self) -> dict[str, bytes]:
-        """Parts of the rollouts touched since the last call: a commit costs what changed."""
-        dirty, self._dirty = self._dirty, set()
-        return {name: self._part(name) for name in sorted(dirty)}
+    def decode_rollout(self, rollout: str, blob: bytes) -> RolloutState:
+        part = _part_decoder.decode(blob)
+        stats = self._new_stats(tuple(part.state.shape))
+        stats.restore(part.stats)
+        self._stats[rollout] = stats
+        return part.state
 
-    def all_parts(self) -> dict[str, bytes]:
-        self._dirty = set()
-        names = ([_CLOCK] if self.tick_ms else []) + sorted(self.rollouts)
-        return {name: self._part(name) for name in names}
-
-    def restore_parts(self, parts: Mapping[str, bytes]) -> None:
-        """Replace the state with parts made by :meth:`changed_parts` / :meth:`all_parts`."""
-        self.rollouts, self._stats, self._dirty, self.tick_ms = {}, {}, set(), 0
-        for name, blob in sorted(parts.items()):
-            if name == _CLOCK:
-                self.tick_ms = _clock_decoder.decode(blob)
-                continue
-            part = _part_decoder.decode(blob)
-            self.rollouts[name] = part.state
-            stats = self._new_stats(tuple(part.state.shape))
-            stats.restore(part.stats)
-            self._stats[name] = stats
+    def clear(self) -> None:
+        super().clear()
+        self._stats = {}
 
     # --- reads ------------------------------------------------------------------------
     def status(self, rollout: str) -> dict[str, Any]:
@@ -244,7 +230,7 @@ class RollbackProjection:
             r.srm_baseline += 1
 
     def _control(self, r: RolloutState, event: KillSwitch | Resume | ConfigChange) -> None:
-        r.now_ms = max(r.now_ms, bounded(event.time_ms, self.tick_ms))
+        r.now_ms = max(r.now_ms, self.clock.bound(event.time_ms))
         if isinstance(event, ConfigChange) and event.policy is not None:
             try:
                 policy = load_policy(event.policy, version=event.after.policy_version)
@@ -297,7 +283,7 @@ class RollbackProjection:
     def _judges(self, policy: Policy, only: str, relative_only: bool, r: RolloutState) -> bool:
         """Whether :meth:`_results` would evaluate anything for a sample of metric ``only``.
 
-        Profiled (bench workload, seed-001 policy): 43% of producer events are samples no
+        Profiled (bench workload, default policy): 43% of producer events are samples no
         guard reads (``error`` metrics; baseline samples of absolute guards), and each
         paid ~1 us of judging that could not change anything. Skipping them is exact:
         with no results, no machine steps and no command or flag is emitted.
@@ -320,7 +306,7 @@ class RollbackProjection:
         those are left to the next candidate sample or tick. Ticks judge everything.
         """
         r = self.rollouts[rollout]
-        now = r.now_ms = max(r.now_ms, bounded(cause.time_ms, self.tick_ms))
+        now = r.now_ms = max(r.now_ms, self.clock.bound(cause.time_ms))
         if r.escalation.armed:
             for flag in r.escalation.expire(now):
                 out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,

@@ -1,7 +1,7 @@
-"""Synthetic canary traffic and control commands, for seed 001's simulated-canary cases.
+"""Synthetic canary traffic and control commands, for simulated-canary cases.
 
-Seed 001 tested its regression detector with a ``FakeMetricsStore(v1_quality=95,
-v2_quality=85, v2_samples=50)``. Here the same cases are *events*: each run is a
+A regression detector is tested on known cases, e.g. a baseline at quality 95 and a
+candidate at 85 over 50 candidate samples. Here such cases are *events*: each run is a
 Decision, an Outcome with its quality and two Metrics (``latency_ms``, ``cost_cents``),
 split between baseline and candidate exactly at ``canary_pct`` (no random sample-ratio
 mismatch). Tests, the benchmark and the demo publish them through a real nats-server.
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import msgspec
-
 from rollout_engine.events import (
     ConfigChange,
     ControlState,
@@ -28,6 +26,7 @@ from rollout_engine.events import (
     Outcome,
     Resume,
     new_event_id,
+    transitions,
 )
 
 __all__ = ["T0", "Profile", "policy_change", "resume", "runs"]
@@ -84,20 +83,12 @@ def policy_change(rollout: str, policy: dict | None, *, before: ControlState = _
                   canary_pct: float | None = None, time_ms: int = T0 - 1, actor: str = "operator",
                   reason: str = "policy") -> ConfigChange:
     """A ConfigChange carrying a policy document (version = before's + 1) and/or a new canary."""
-    after = msgspec.structs.replace(
-        before,
-        canary_pct=before.canary_pct if canary_pct is None else canary_pct,
-        policy_version=before.policy_version + (1 if policy is not None else 0),
-        config_version=before.config_version + 1,
-    )
-    return ConfigChange(id=new_event_id(time_ms), rollout=rollout, time_ms=time_ms, producer="sim",
-                        actor=actor, reason=reason, before=before, after=after, policy=policy)
+    return transitions.config_command(before, canary_pct=canary_pct, policy=policy, id=new_event_id(time_ms),
+                                      rollout=rollout, time_ms=time_ms, producer="sim", actor=actor, reason=reason)
 
 
 def resume(rollout: str, before: ControlState, canary_pct: float, *, time_ms: int,
            actor: str = "operator", reason: str = "fix_applied") -> Resume:
-    """Seed 001's manual re-enable: kill switch off, canary back at ``canary_pct``."""
-    after = msgspec.structs.replace(before, canary_pct=canary_pct, kill_switch=False,
-                                    config_version=before.config_version + 1)
-    return Resume(id=new_event_id(time_ms), rollout=rollout, time_ms=time_ms, producer="sim",
-                  actor=actor, reason=reason, before=before, after=after)
+    """The runbook's manual re-enable: kill switch off, canary back at ``canary_pct``."""
+    return transitions.resume_command(before, canary_pct, id=new_event_id(time_ms), rollout=rollout,
+                                      time_ms=time_ms, producer="sim", actor=actor, reason=reason)

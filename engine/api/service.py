@@ -1,25 +1,29 @@
-"""The operator API: seed 001's guard API as a ``nats.micro`` service on ``ro.api.*``.
+"""The operator API: the guard API as a ``nats.micro`` service on ``ro.api.*``.
 
-Endpoints (JSON request -> JSON reply): ``status``, ``rollback``, ``resume``,
-``evaluate``, ``config``, ``health``, and the operator verbs ``abort``, ``retry``,
-``promote``, ``pause``, ``unpause`` (``engine/api/verbs.py``). The service is discoverable like any NATS micro
-service (``$SRV.PING|INFO|STATS.rollout-api``) and runs in a queue group, so several
-instances share the load.
+Endpoints (JSON request -> JSON reply, ``engine.api.client.ENDPOINTS``): ``status``,
+``resume``, ``evaluate``, ``config``, ``health``, the operator verbs ``abort``, ``retry``,
+``promote``, ``pause``, ``unpause`` (``engine/api/verbs.py``), and ``rollback``, the older
+name of ``abort``, kept for existing clients. The service is discoverable like any NATS
+micro service (``$SRV.PING|INFO|STATS.rollout-api``) and runs in a queue group, so
+several instances share the load.
 
 The API changes nothing directly: every change is published as a control command
-(KillSwitch, Resume, ConfigChange) on the log, carrying the operator (``actor``), the
-reason, the time and the state before and after. That is the audit trail, and the
-same command is what services and consumers obey. Changes are guarded three ways:
+(KillSwitch, Resume, ConfigChange, built by ``events.transitions``: one rule for the
+after-state and ``config_version`` whoever changes it) on the log, carrying the operator
+(``actor``), the reason, the time and the state before and after. That is the audit
+trail, and the same command is what services and consumers obey. Every change goes
+through ONE guarded publish (:meth:`ControlApi._change`), guarded three ways:
 
-* validation first (unknown rollout, percentage out of range, malformed policy, no
-  operator identity): a clear error and nothing published;
+* validation first (``engine.api.requests``: unknown rollout, percentage out of range,
+  malformed policy, no operator identity): a clear error and nothing published;
 * optimistic concurrency: the command is published with
   ``Nats-Expected-Last-Subject-Sequence`` over ``ro.ctl.<rollout>.*``, so two operators
   racing cannot both compute ``before`` from the same state; the loser re-reads and
   retries;
-* idempotence: the command id derives from the client's ``request_id``, so a retried
-  request is stored once (JetStream ``Nats-Msg-Id``, the engine's keyed id of it, which
-  no producer can compute and burn first: ``engine/stack/msg_ids.py``).
+* idempotence: the command id derives from the client's ``request_id`` (or, for the
+  kill ``evaluate`` finds missing, from its cause, as the rollback consumer's), so a
+  retried request is stored once (JetStream ``Nats-Msg-Id``, the engine's keyed id of
+  it, which no producer can compute and burn first: ``engine/stack/msg_ids.py``).
 """
 
 from __future__ import annotations
@@ -32,155 +36,58 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 from nats.micro import add_service
 from nats.micro.request import Request
 
+from rollout_engine.consumers.rollback.policy import policy_document
+from rollout_engine.engine.api.client import ENDPOINTS
 from rollout_engine.engine.api.control_log import ControlView, known_rollouts, read_control
 from rollout_engine.engine.api.propagation import status_section
+from rollout_engine.engine.api.requests import (
+    MAX_DEPTH,
+    ApiError,
+    actor_of,
+    now_ms,
+    parse_body,
+    pct_of,
+    policy_of,
+    reason_of,
+    request_id_of,
+    rollout_of,
+)
+from rollout_engine.engine.api.verbs import (
+    VERB_ENDPOINTS,
+    handler_for,
+    policy_in_force,
+    progression_view,
+)
+from rollout_engine.engine.logtools.backtest import evaluate_rollout
+from rollout_engine.engine.stack.metrics import EVALUATIONS
 from rollout_engine.engine.stack.msg_ids import EngineIds
-from rollout_engine.events import ConfigChange, ControlState, KillSwitch, Resume, encode, subjects
+from rollout_engine.events import ControlState, KillSwitch, encode, kind_of, subjects, transitions
 from rollout_engine.events.errors import EventError
-from rollout_engine.events.ids import command_id, is_token, new_event_id
+from rollout_engine.events.ids import command_id
+from rollout_engine.events.schema import OperatorAction
 
-__all__ = ["ENDPOINTS", "SERVICE_NAME", "ApiError", "ControlApi", "call", "serve_api"]
+__all__ = ["SERVICE_NAME", "ControlApi", "serve_api"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "rollout-api"
 SERVICE_VERSION = "0.1.0"
-ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health",
-             "abort", "retry", "promote", "pause", "unpause")
-"""``rollback`` is the older name of ``abort`` (no ``action`` recorded); the verbs from
-``abort`` on live in ``engine/api/verbs.py``."""
 RESUME_DEFAULT_PCT = 5.0
-"""The runbook's re-enable percentage after a kill (seed 001: "re-enable at 5%")."""
-MAX_REASON = 1000
-"""Reasons are event Text (at most 1024 characters); room is left for the "manual: " prefix."""
-MAX_BODY_BYTES = 1024 * 1024
-"""Largest request body (a policy document is a few KB): bigger ones get a 413."""
-MAX_DEPTH = 32
-"""Deepest nesting of objects and arrays in a request (a policy needs 4): deeper ones get a 400."""
+"""The runbook's re-enable percentage after a kill: back to a small canary (5%), not to where it was."""
 _WRONG_LAST_SEQUENCE = 10071
 _RETRIES = 5
 
-
-class ApiError(Exception):
-    """A refused request: HTTP-like ``code`` (400 bad input, 404 unknown rollout, 409
-    conflict with the current state, 413 too large, 503 not available) and a message
-    saying what was wrong and what to do."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 _json = msgspec.json.Encoder()
+Make = Callable[[ControlView, str], Any]
 
 
 def _builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
-
-
-# --- request validation -----------------------------------------------------------------
-def _body(request_data: bytes) -> dict[str, Any]:
-    """The request as a JSON object, or a 4xx saying why not (whatever its size or depth)."""
-    if len(request_data) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request is {len(request_data)} bytes; at most {MAX_BODY_BYTES} are accepted")
-    if not request_data.strip():
-        return {}
-    try:
-        body = msgspec.json.decode(request_data)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"request is not valid JSON ({exc}); send a JSON object") from None
-    except RecursionError:
-        raise ApiError(400, f"request nests objects or arrays deeper than {MAX_DEPTH} levels") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request must be a JSON object, e.g. {\"rollout\": \"checkout-v2\"}")
-    _check_depth(body)
-    return body
-
-
-def _check_depth(body: Any) -> None:
-    """Refuse nesting deeper than :data:`MAX_DEPTH` (walked without recursion)."""
-    stack: list[tuple[Any, int]] = [(body, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ApiError(400, f"request nests objects or arrays deeper than {MAX_DEPTH} levels")
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for item in value.values() if isinstance(item, dict | list))
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
-
-
-def _rollout(body: dict[str, Any]) -> str:
-    rollout = body.get("rollout")
-    if not is_token(rollout) or str(rollout).startswith("_"):
-        raise ApiError(400, f"rollout: expected 1-64 of A-Z a-z 0-9 _ - (not starting with '_'), got {rollout!r}")
-    return str(rollout)
-
-
-def _actor(body: dict[str, Any]) -> str:
-    actor = body.get("actor")
-    if actor in (None, ""):
-        raise ApiError(400, "actor: a change needs an operator identity (who is making it); "
-                            "pass --actor or set ROLLOUT_ACTOR")
-    if not is_token(actor):
-        raise ApiError(400, f"actor: expected 1-64 of A-Z a-z 0-9 _ -, got {actor!r}")
-    return str(actor)
-
-
-def _reason(body: dict[str, Any], required: bool) -> str:
-    reason = body.get("reason", "")
-    if not isinstance(reason, str):
-        raise ApiError(400, f"reason: expected text, got {type(reason).__name__}")
-    if required and not reason.strip():
-        raise ApiError(400, "reason: say why (it is recorded in the audit trail)")
-    if len(reason) > MAX_REASON or any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in reason):
-        raise ApiError(400, f"reason: at most {MAX_REASON} characters, no control characters")
-    return reason
-
-
-def _pct(value: Any, field: str = "canary_pct") -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(400, f"{field}: expected a number 0-100, got {value!r}")
-    pct = float(value)
-    if not 0.0 <= pct <= 100.0:
-        raise ApiError(400, f"{field}: {value} is out of range; expected 0-100 (percent of traffic)")
-    return pct
-
-
-def _request_id(body: dict[str, Any]) -> str:
-    rid = body.get("request_id")
-    if rid is None:
-        return new_event_id()
-    if not is_token(rid):
-        raise ApiError(400, f"request_id: expected 1-64 of A-Z a-z 0-9 _ -, got {rid!r}")
-    return str(rid)
-
-
-def _policy(body: dict[str, Any], version: int) -> dict[str, Any] | None:
-    policy = body.get("policy")
-    if policy is None:
-        return None
-    if not isinstance(policy, dict):
-        raise ApiError(400, "policy: expected a policy document (the TOML tables as a JSON object)")
-    try:
-        from rollout_engine.consumers.rollback.policy import load_policy, policy_document
-    except ImportError:  # pragma: no cover - the rollback consumer ships with the engine
-        return policy
-    try:
-        loaded = load_policy(policy, version=version)
-    except EventError as exc:
-        raise ApiError(400, f"policy: {exc}") from None
-    # a preset is expanded here, so the log records every number, not a name whose
-    # meaning a later release could change
-    return policy_document(loaded) if "preset" in policy else policy
 
 
 class ControlApi:
@@ -188,13 +95,14 @@ class ControlApi:
 
     def __init__(self, nc: Client, js: JetStreamContext | None = None, *, evaluator: Any = None,
                  msg_ids: EngineIds | None = None) -> None:
-        """``msg_ids``: the deployment's key (``EngineIds.load(settings)``); without it a key of
+        """``evaluator(js, rollout)`` judges a rollout now (default: ``engine.logtools.backtest.evaluate_rollout``).
+        ``msg_ids``: the deployment's key (``EngineIds.load(settings)``); without it a key of
         this process only, so a request retried against another instance is not de-duplicated."""
         self.nc = nc
         self.js = js or nc.jetstream()
         self.msg_ids = msg_ids or EngineIds.ephemeral()
         self.started_ms = int(time.time() * 1000)
-        self.evaluator = evaluator
+        self.evaluator = evaluator or evaluate_rollout
 
     # --- reads ------------------------------------------------------------------------
     async def _require_known(self, rollout: str, create: bool = False) -> None:
@@ -228,22 +136,19 @@ class ControlApi:
             views = await asyncio.gather(*(one(name) for name in rollouts))
             return {"rollouts": [{"rollout": v.rollout, "control": _builtins(v.state), "counts": rollouts[v.rollout]}
                                  for v in views]}
-        rollout = _rollout(body)
+        rollout = rollout_of(body)
         counts = (await known_rollouts(self.js, rollout)).get(rollout)
         if not counts:
             raise ApiError(404, f"unknown rollout {rollout!r}: nothing in the log; `rollout status` lists rollouts")
         view = await read_control(self.js, rollout)
-        from rollout_engine.consumers.rollback.policy import policy_document
-        from rollout_engine.engine.api.verbs import policy_in_force, progression_view
-
         policy = await policy_in_force(self, rollout)
         return {
             "rollout": rollout,
             "control": _builtins(view.state),
             "last_command": _command_summary(view),
             "counts": counts,
-            "stats": await self._kv_json(f"stats.{rollout}"),
-            "evaluation": await self._kv_json(f"rollback.{rollout}"),
+            "stats": await self._kv_json(subjects.kv_key("stats", rollout)),
+            "evaluation": await self._kv_json(subjects.kv_key("rollback", rollout)),
             "thresholds": policy_document(policy),
             "progression": progression_view(policy, view.state),
             "propagation": await status_section(self.js, view),  # who applied the revision (engine/api/propagation.py)
@@ -264,14 +169,14 @@ class ControlApi:
                 continue
         return None
 
-    # --- changes ----------------------------------------------------------------------
-    async def _change(
-        self,
-        rollout: str,
-        request_id: str,
-        make: Callable[[ControlView, str], Any],
-    ) -> dict[str, Any]:
-        """Read the state, build the command, publish it guarded by the last control seq."""
+    # --- changes: one guarded publish -------------------------------------------------------
+    async def _change(self, rollout: str, request_id: str, make: Make) -> dict[str, Any]:
+        """Read the state, build the command, publish it guarded by the last control seq.
+
+        ``make(view, id)`` returns the command to publish from the current state, or None
+        when there is nothing to change; it is called again with the new state when
+        another change won the race.
+        """
         for _attempt in range(_RETRIES):
             view = await read_control(self.js, rollout)
             event = make(view, command_id("api", rollout, request_id))
@@ -282,9 +187,9 @@ class ControlApi:
                 **{"Nats-Expected-Last-Subject-Sequence": str(view.control_seq),
                    "Nats-Expected-Last-Subject-Sequence-Subject": subjects.log_filter(rollout, "ctl")},
             )
-            kind = type(event).__struct_config__.tag
+            kind = kind_of(event)
             try:
-                ack = await self.js.publish(subjects.control(rollout, kind), encode(event), headers=headers, timeout=5)
+                ack = await self.js.publish(subjects.for_event(event), encode(event), headers=headers, timeout=5)
             except BadRequestError as exc:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
                     await asyncio.sleep(0.01)
@@ -301,50 +206,53 @@ class ControlApi:
             }
         raise ApiError(409, f"rollout {rollout!r} kept changing under this request; try again")
 
-    async def rollback(self, body: dict[str, Any]) -> dict[str, Any]:
-        rollout, actor = _rollout(body), _actor(body)
-        reason, rid = _reason(body, required=True), _request_id(body)
+    async def kill(self, rollout: str, actor: str, reason: str, request_id: str,
+                   action: OperatorAction | None = None) -> dict[str, Any]:
+        """The operator's kill (``events.transitions.kill``); no change when already killed.
+
+        The ``abort`` verb and the older ``rollback`` endpoint both come here.
+        """
         await self._require_known(rollout)
 
         def make(view: ControlView, eid: str) -> KillSwitch | None:
             if view.state.kill_switch:
                 return None
-            after = msgspec.structs.replace(view.state, canary_pct=0.0, kill_switch=True,
-                                            config_version=view.state.config_version + 1)
-            return KillSwitch(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                              reason=f"manual: {reason}", before=view.state, after=after)
+            return transitions.kill_command(view.state, id=eid, rollout=rollout, time_ms=now_ms(), producer="api",
+                                            actor=actor, reason=f"manual: {reason}", action=action)
 
-        return await self._change(rollout, rid, make)
+        return await self._change(rollout, request_id, make)
+
+    async def rollback(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The older name of ``abort``: the same kill, with no ``action`` recorded."""
+        return await self.kill(rollout_of(body), actor_of(body), reason_of(body, required=True), request_id_of(body))
 
     async def resume(self, body: dict[str, Any]) -> dict[str, Any]:
-        rollout, actor = _rollout(body), _actor(body)
-        reason, rid = _reason(body, required=False), _request_id(body)
-        pct = _pct(body.get("canary_pct", RESUME_DEFAULT_PCT))
+        rollout, actor = rollout_of(body), actor_of(body)
+        reason, rid = reason_of(body, required=False), request_id_of(body)
+        pct = pct_of(body.get("canary_pct", RESUME_DEFAULT_PCT))
         await self._require_known(rollout)
         view = await read_control(self.js, rollout)
         if not view.state.kill_switch:
             raise ApiError(409, f"rollout {rollout!r} is not killed (canary at {view.state.canary_pct:g}%); "
                                 "use `rollout set` to change the percentage")
 
-        def make(view: ControlView, eid: str) -> Resume | None:
+        def make(view: ControlView, eid: str) -> Any:
             if not view.state.kill_switch:
                 return None
-            after = msgspec.structs.replace(view.state, canary_pct=pct, kill_switch=False,
-                                            config_version=view.state.config_version + 1)
-            return Resume(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                          reason=reason or f"re-enable at {pct:g}%", before=view.state, after=after,
-                          action="resume")
+            return transitions.resume_command(view.state, pct, id=eid, rollout=rollout, time_ms=now_ms(),
+                                              producer="api", actor=actor, reason=reason or f"re-enable at {pct:g}%",
+                                              action="resume")
 
         return await self._change(rollout, rid, make)
 
     async def config(self, body: dict[str, Any]) -> dict[str, Any]:
-        rollout, actor = _rollout(body), _actor(body)
-        reason, rid = _reason(body, required=False), _request_id(body)
+        rollout, actor = rollout_of(body), actor_of(body)
+        reason, rid = reason_of(body, required=False), request_id_of(body)
         unknown = set(body) - {"rollout", "actor", "reason", "request_id", "canary_pct", "kill_switch",
                                "policy", "create"}
         if unknown:
             raise ApiError(400, f"unknown field(s) {sorted(unknown)}; config takes canary_pct, kill_switch, policy")
-        pct = _pct(body["canary_pct"]) if "canary_pct" in body else None
+        pct = pct_of(body["canary_pct"]) if "canary_pct" in body else None
         kill = body.get("kill_switch")
         if kill is not None and not isinstance(kill, bool):
             raise ApiError(400, f"kill_switch: expected true or false, got {kill!r}")
@@ -352,48 +260,42 @@ class ControlApi:
             raise ApiError(400, "nothing to change: give canary_pct, kill_switch or policy")
         await self._require_known(rollout, create=bool(body.get("create")))
         if kill is True:
-            return await self.rollback({**body, "reason": reason or "kill switch set by config"})
+            return await self.kill(rollout, actor, reason or "kill switch set by config", rid)
         view0 = await read_control(self.js, rollout)
         if kill is False and view0.state.kill_switch:
             return await self.resume({**body, "canary_pct": pct if pct is not None else RESUME_DEFAULT_PCT})
         if pct is not None and pct > 0 and view0.state.kill_switch:
             raise ApiError(409, f"rollout {rollout!r} is killed; lift the kill switch with `rollout resume` first")
-        policy = _policy(body, view0.state.policy_version + 1)
+        policy = policy_of(body, view0.state.policy_version + 1)
 
-        def make(view: ControlView, eid: str) -> ConfigChange | None:
+        def make(view: ControlView, eid: str) -> Any:
             state = view.state
-            after = msgspec.structs.replace(
-                state,
-                canary_pct=state.canary_pct if pct is None else pct,
-                policy_version=state.policy_version + (1 if policy is not None else 0),
-            )
-            if after == state and policy is None:
+            after = transitions.configure(state, canary_pct=pct, new_policy=policy is not None)
+            if after == state:
                 return None
-            after = msgspec.structs.replace(after, config_version=state.config_version + 1)
-            return ConfigChange(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                                reason=reason or _describe_change(state, after, policy),
-                                before=state, after=after, policy=policy, action="set")
+            return transitions.config_command(state, canary_pct=pct, policy=policy, id=eid, rollout=rollout,
+                                              time_ms=now_ms(), producer="api", actor=actor,
+                                              reason=reason or _describe_change(state, after, policy), action="set")
 
         return await self._change(rollout, rid, make)
 
     async def evaluate(self, body: dict[str, Any]) -> dict[str, Any]:
-        rollout = _rollout(body)
+        """Judge the rollout now (a read-only fold); a kill the log lacks is published
+        through the guarded publish unless ``act`` is false."""
+        rollout = rollout_of(body)
         await self._require_known(rollout)
-        if self.evaluator is None:
-            from functools import partial
+        reply, missing = await self.evaluator(self.js, rollout)
+        killed_now = False
+        if missing is not None and body.get("act", True):
 
-            from rollout_engine.engine.logtools.backtest import evaluate_rollout
+            def make(view: ControlView, _eid: str) -> KillSwitch | None:
+                if view.state.kill_switch:
+                    return None
+                return msgspec.structs.replace(missing, before=view.state, after=transitions.kill(view.state))
 
-            self.evaluator = partial(evaluate_rollout, msg_ids=self.msg_ids)
-        reply = await self.evaluator(self.js, rollout, body)
-        from rollout_engine.engine.stack.metrics import EVALUATIONS
-
+            killed_now = (await self._change(rollout, missing.id, make))["changed"]
         EVALUATIONS.labels("fail" if reply.get("would_kill") else "pass").inc()
-        return reply
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000
+        return {**reply, "killed_now": killed_now}
 
 
 def _describe_change(before: ControlState, after: ControlState, policy: dict[str, Any] | None) -> str:
@@ -410,7 +312,7 @@ def _command_summary(view: ControlView) -> dict[str, Any] | None:
     if cmd is None:
         return None
     out = {
-        "kind": type(cmd).__struct_config__.tag,
+        "kind": kind_of(cmd),
         "id": cmd.id,
         "seq": view.command_seq,
         "time_ms": cmd.time_ms,
@@ -428,7 +330,7 @@ def _command_summary(view: ControlView) -> dict[str, Any] | None:
 def _endpoint(func: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Callable[[Request], Awaitable[None]]:
     async def handle(request: Request) -> None:
         try:
-            reply = await func(_body(request.data))
+            reply = await func(parse_body(request.data))
         except ApiError as exc:
             await request.respond_error(str(exc.code), exc.message, data=_json.encode({"error": exc.message, "code": exc.code}))
             return
@@ -456,8 +358,6 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
     service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=SERVICE_NAME,
                                 description="rollout-engine operator API: status, abort, retry, promote, pause, unpause, "
                                             "resume, config, evaluate, health")
-    from rollout_engine.engine.api.verbs import VERB_ENDPOINTS, handler_for
-
     for name in ENDPOINTS:
         func = handler_for(api, name) if name in VERB_ENDPOINTS else getattr(api, name)
         await service.add_endpoint(name=name, subject=subjects.api(name), handler=_endpoint(func))
@@ -468,20 +368,3 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
         await stop.wait()
     finally:
         await service.stop()
-
-
-# --- the client -------------------------------------------------------------------------
-async def call(nc: Client, endpoint: str, payload: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    """Request one endpoint; raise :class:`ApiError` with the service's message on refusal."""
-    if endpoint not in ENDPOINTS:
-        raise ApiError(400, f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
-    try:
-        msg = await nc.request(subjects.api(endpoint), _json.encode(payload or {}), timeout=timeout)
-    except NoRespondersError:
-        raise ApiError(503, "no rollout API is running; start it with `rollout up` (or `rollout api`)") from None
-    except NatsTimeout:
-        raise ApiError(503, f"the rollout API did not answer {endpoint!r} within {timeout:g}s") from None
-    headers = msg.headers or {}
-    if "Nats-Service-Error-Code" in headers:
-        raise ApiError(int(headers["Nats-Service-Error-Code"]), headers.get("Nats-Service-Error", "error"))
-    return msgspec.json.decode(msg.data)

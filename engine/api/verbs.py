@@ -2,10 +2,11 @@
 
 Each is one endpoint of the ``rollout-api`` service (``ro.api.<verb>``) and, like every
 change, one control command on the log with who (``actor``), why (``reason``), the
-state before and after, and the verb itself in ``action``, so ``rollout events`` and the
-notifier show it. They go through :meth:`ControlApi._change`: validated first,
-published with optimistic concurrency over the rollout's control subjects, idempotent
-by ``request_id``.
+state before and after (the contract's transitions, ``events.transitions``: one
+``config_version`` rule), and the verb itself in ``action``, so ``rollout events`` and
+the notifier show it. They go through :meth:`ControlApi._change`, the API's one guarded
+publish: validated first, published with optimistic concurrency over the rollout's
+control subjects, idempotent by ``request_id``.
 
 =========  ===============================================================================
 abort      kill switch on, candidate to 0% (``KillSwitch``; ``rollout kill`` is its alias)
@@ -26,24 +27,24 @@ policy in the rollout's config commands), else the built-in policy's
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY, Policy, load_policy
 from rollout_engine.consumers.rollback.progression import next_up
 from rollout_engine.engine.api.control_log import ControlView, read_control, read_policy_document
-from rollout_engine.engine.api.service import (
+from rollout_engine.engine.api.requests import (
     ApiError,
-    ControlApi,
-    _actor,
-    _now,
-    _reason,
-    _request_id,
-    _rollout,
+    actor_of,
+    now_ms,
+    reason_of,
+    request_id_of,
+    rollout_of,
 )
-from rollout_engine.events import ConfigChange, ControlState, KillSwitch, Resume
+from rollout_engine.events import ConfigChange, ControlState, Resume, transitions
 from rollout_engine.events.errors import EventError
+
+if TYPE_CHECKING:
+    from rollout_engine.engine.api.service import ControlApi
 
 __all__ = ["VERB_ENDPOINTS", "handler_for", "policy_in_force", "progression_view"]
 
@@ -79,28 +80,13 @@ def _base(body: dict[str, Any], allowed: set[str]) -> tuple[str, str, str, str]:
     if unknown:
         raise ApiError(400, f"unknown field(s) {sorted(unknown)}; this verb takes rollout, actor, reason, "
                             f"request_id{''.join(', ' + a for a in sorted(allowed))}")
-    return _rollout(body), _actor(body), _reason(body, required=False), _request_id(body)
-
-
-def _bump(state: ControlState, **changes: Any) -> ControlState:
-    after = msgspec.structs.replace(state, **changes)
-    return msgspec.structs.replace(after, config_version=state.config_version + 1)
+    return rollout_of(body), actor_of(body), reason_of(body, required=False), request_id_of(body)
 
 
 async def abort(api: ControlApi, body: dict[str, Any]) -> dict[str, Any]:
     """Kill switch on now; the reason is required (the first thing the runbook asks for)."""
     rollout, actor, _, rid = _base(body, set())
-    reason = _reason(body, required=True)
-    await api._require_known(rollout)
-
-    def make(view: ControlView, eid: str) -> KillSwitch | None:
-        if view.state.kill_switch:
-            return None
-        after = _bump(view.state, canary_pct=0.0, kill_switch=True)
-        return KillSwitch(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                          reason=f"manual: {reason}", before=view.state, after=after, action="abort")
-
-    return await api._change(rollout, rid, make)
+    return await api.kill(rollout, actor, reason_of(body, required=True), rid, action="abort")
 
 
 async def retry(api: ControlApi, body: dict[str, Any]) -> dict[str, Any]:
@@ -117,10 +103,9 @@ async def retry(api: ControlApi, body: dict[str, Any]) -> dict[str, Any]:
     def make(view: ControlView, eid: str) -> Resume | None:
         if not view.state.kill_switch:
             return None
-        after = _bump(view.state, canary_pct=first, kill_switch=False)
-        return Resume(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                      reason=reason or f"retry from the first step ({first:g}%)", before=view.state,
-                      after=after, action="retry")
+        return transitions.resume_command(view.state, first, id=eid, rollout=rollout, time_ms=now_ms(),
+                                          producer="api", actor=actor,
+                                          reason=reason or f"retry from the first step ({first:g}%)", action="retry")
 
     return await api._change(rollout, rid, make)
 
@@ -151,10 +136,10 @@ async def promote(api: ControlApi, body: dict[str, Any]) -> dict[str, Any]:
         target = target_of(view.state)
         if view.state.kill_switch or target is None:
             return None
-        after = _bump(view.state, canary_pct=target)
-        return ConfigChange(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                            reason=reason or f"promote: canary {view.state.canary_pct:g} -> {target:g}%",
-                            before=view.state, after=after, action="promote_full" if full else "promote")
+        return transitions.config_command(view.state, canary_pct=target, id=eid, rollout=rollout, time_ms=now_ms(),
+                                          producer="api", actor=actor,
+                                          reason=reason or f"promote: canary {view.state.canary_pct:g} -> {target:g}%",
+                                          action="promote_full" if full else "promote")
 
     return await api._change(rollout, rid, make)
 
@@ -167,10 +152,9 @@ async def _set_paused(api: ControlApi, body: dict[str, Any], paused: bool) -> di
     def make(view: ControlView, eid: str) -> ConfigChange | None:
         if view.state.paused == paused:
             return None
-        after = _bump(view.state, paused=paused)
         default = "automatic progression paused" if paused else "automatic progression resumed"
-        return ConfigChange(id=eid, rollout=rollout, time_ms=_now(), producer="api", actor=actor,
-                            reason=reason or default, before=view.state, after=after, action=verb)
+        return transitions.config_command(view.state, paused=paused, id=eid, rollout=rollout, time_ms=now_ms(),
+                                          producer="api", actor=actor, reason=reason or default, action=verb)
 
     return await api._change(rollout, rid, make)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from rollout_engine.engine.api.client import ENDPOINTS
 from rollout_engine.engine.api.gate import start_gate
-from rollout_engine.engine.api.service import ENDPOINTS, serve_api
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -24,11 +24,15 @@ from rollout_engine.engine.cli.common import (
 )
 from rollout_engine.engine.settings import SettingsError
 from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.events import subjects
 
 __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # The service loads the statistics libraries: imported when the API runs, not for `rollout --help`.
+    from rollout_engine.engine.api.service import serve_api
+
     settings = settings_from(args)
     stop = asyncio.Event()
     stop_on_signals(stop.set)
@@ -45,9 +49,9 @@ async def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     gate_url = f"http://{settings.gate_host}:{gate.port}" if gate else None
     if args.json:
-        print_json({"service": "rollout-api", "serving": [f"ro.api.{name}" for name in ENDPOINTS], "gate": gate_url})
+        print_json({"service": "rollout-api", "serving": [subjects.api(name) for name in ENDPOINTS], "gate": gate_url})
     else:
-        print(f"rollout api: serving {', '.join(ENDPOINTS)} on ro.api.*"
+        print(f"rollout api: serving {', '.join(ENDPOINTS)} on {subjects.API_ALL}"
               + (f"; deployment gate on {gate_url}" if gate_url else ""), flush=True)
     await task
     if gate is not None:

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
-from rollout_engine.consumers.bandit.state import BanditView, kv_key, parse_policy
+from rollout_engine.consumers.bandit.state import BanditView, parse_policy
 from rollout_engine.consumers.verification import parse_verification_policy
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
@@ -64,7 +64,7 @@ async def _read_view(args: argparse.Namespace, rollout: str) -> BanditView | Non
     nc = await connect(settings_from(args), name="rollout-bandit", reconnect=False)
     try:
         kv = await nc.jetstream().key_value(subjects.STATE_BUCKET)
-        entry = await kv.get(kv_key(rollout))
+        entry = await kv.get(subjects.kv_key("bandit", rollout))
     except (KeyNotFoundError, BucketNotFoundError, NotFoundError):
         return None
     finally:

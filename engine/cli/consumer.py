@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -21,47 +20,35 @@ from rollout_engine.engine.cli.common import (
     stop_on_signals,
 )
 
-if TYPE_CHECKING:
-    from rollout_engine.consumers.runtime import Consumer
-    from rollout_engine.engine.settings import Settings
-
-__all__ = ["register", "start_metrics"]
-
-
-def _build(name: str, settings: Settings) -> Consumer:
-    from rollout_engine.consumers import registry
-
-    try:
-        return registry.build(name, settings)
-    except KeyError as exc:
-        raise CliError(str(exc.args[0])) from None
+__all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.consumers.runtime import Runner, stored_digest
+    # The command's machinery is imported when it runs: `rollout` imports every command
+    # module to build its parser, and the consumers load the statistics libraries.
+    from rollout_engine.engine.cli.consumer_partitions import build, run_partitioned, start_metrics
+    from rollout_engine.engine.stack.consumer_runner import (
+        ConsumerLocked,
+        StoreIncompatible,
+        consumer_runner,
+        stored_digest,
+    )
 
     overrides = {"consumer_batch": args.batch} if args.batch else {}
     settings = settings_from(args, **overrides)
     if args.partitions is not None or args.process is not None:
-        from rollout_engine.engine.cli.consumer_partitions import run_partitioned
-
         return await run_partitioned(args, settings)
-    consumer = _build(args.name, settings)
+    consumer = build(args.name, settings)
     if args.digest:
-        from rollout_engine.consumers.runtime import StoreIncompatible
-
         try:
-            seq, digest = await stored_digest(consumer, settings)  # type: ignore[arg-type]
+            seq, digest = await stored_digest(consumer, settings)
         except StoreIncompatible as exc:
             raise CliError(str(exc)) from None
         _report(args, {"consumer": args.name, "seq": seq, "digest": digest})
         return 0
     start_metrics(args, settings)
-    runner = Runner(consumer, settings, until_idle=args.until_idle, standby=args.standby)  # type: ignore[arg-type]
+    runner = consumer_runner(consumer, settings, until_idle=args.until_idle, standby=args.standby)
     stop_on_signals(runner.stop)
-    from rollout_engine.consumers.runtime import StoreIncompatible
-    from rollout_engine.consumers.store import ConsumerLocked
-
     try:
         summary = await runner.run()
     except (ConsumerLocked, StoreIncompatible) as exc:
@@ -70,16 +57,6 @@ async def _run(args: argparse.Namespace) -> int:
         _report(args, {"consumer": summary.consumer, "seq": summary.seq, "events": summary.events,
                        "dead_letters": summary.dead_letters, "digest": summary.digest})
     return 0
-
-
-def start_metrics(args: argparse.Namespace, settings: Settings) -> None:
-    """Serve /metrics on ``--metrics-port``, else on the ``metrics_port`` setting (none
-    under ``rollout up``, which serves its children's metrics itself)."""
-    from rollout_engine.engine.stack.consumer_metrics import metrics_port, serve_metrics
-
-    port = metrics_port(args.metrics_port, settings.metrics_port)
-    if port:
-        serve_metrics(port, settings.host)  # a taken port: MetricsPortInUse, one line (common.handler)
 
 
 def _report(args: argparse.Namespace, data: dict[str, object]) -> None:

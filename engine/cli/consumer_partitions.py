@@ -1,8 +1,9 @@
 """``rollout consumer NAME --partitions LIST | --process K --of M``: one runner per owned
 partition of a partitioned log, in this process (docs/scaling.md).
 
-Kept apart from ``engine/cli/consumer.py`` so the unpartitioned command reads exactly as
-before; output is one line per partition, or with ``--json`` one object with a row each.
+Kept apart from ``engine/cli/consumer.py`` (which imports it when the command runs, so
+``rollout --help`` loads no consumer); output is one line per partition, or with
+``--json`` one object with a row each.
 """
 
 from __future__ import annotations
@@ -10,23 +11,40 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rollout_engine.consumers.runtime import (
+from rollout_engine.consumers import registry
+from rollout_engine.consumers.consumer import (
     Consumer,
     PartitionMismatch,
-    Runner,
     StoreIncompatible,
     stored_digest,
 )
+from rollout_engine.consumers.runtime import Runner
 from rollout_engine.consumers.store import ConsumerLocked
+from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import CliError, print_json, stop_on_signals
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.consumer_metrics import metrics_port, serve_metrics
+from rollout_engine.engine.stack.partitioning import (
+    assign,
+    log_partitions,
+    parse_partitions,
+    run_partitions,
+)
 
-__all__ = ["run_partitioned"]
+__all__ = ["build", "run_partitioned", "start_metrics"]
 
 
-def _build(name: str, settings: Settings) -> Consumer:
-    from rollout_engine.consumers import registry
+def start_metrics(args: argparse.Namespace, settings: Settings) -> None:
+    """Serve /metrics on ``--metrics-port``, else on the ``metrics_port`` setting (none
+    under ``rollout up``, which serves its children's metrics itself)."""
+    port = metrics_port(args.metrics_port, settings.metrics_port)
+    if port:
+        serve_metrics(port, settings.host)  # a taken port: MetricsPortInUse, one line (common.handler)
 
+
+
+def build(name: str, settings: Settings) -> Consumer:
+    """The registered consumer ``name``; an unknown name is a CLI error listing the known ones."""
     try:
         return registry.build(name, settings)
     except KeyError as exc:
@@ -35,15 +53,11 @@ def _build(name: str, settings: Settings) -> Consumer:
 
 async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
     """The partitions this process owns: ``--partitions`` as given, or ``K of M`` of the log's."""
-    from rollout_engine.engine.stack.partitioning import assign, log_partitions, parse_partitions
-
     if args.process is not None and args.of is None:
         raise CliError("--process K needs --of M (the number of processes sharing the partitions)")
     try:
         if args.partitions is not None:
             return parse_partitions(args.partitions)
-        from rollout_engine.engine.bus import connect
-
         nc = await connect(settings, name="consumer-assignment")
         try:
             count = await log_partitions(nc.jetstream())
@@ -59,15 +73,12 @@ async def _owned(args: argparse.Namespace, settings: Settings) -> list[int]:
 
 async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
     """Run (or, with ``--digest``, read) the owned partitions of consumer ``args.name``."""
-    from rollout_engine.engine.cli.consumer import start_metrics
-    from rollout_engine.engine.stack.partitioning import run_partitions
-
     owned = await _owned(args, settings)
     if args.digest:
         rows: list[dict[str, object]] = []
         try:
             for partition in owned:
-                seq, digest = await stored_digest(_build(args.name, settings), settings, partition)
+                seq, digest = await stored_digest(build(args.name, settings), settings, partition)
                 rows.append({"partition": partition, "seq": seq, "digest": digest})
         except StoreIncompatible as exc:
             raise CliError(str(exc)) from None
@@ -82,7 +93,7 @@ async def run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
 
     stop_on_signals(stop)
     try:
-        summaries = await run_partitions(lambda: _build(args.name, settings), settings, owned,
+        summaries = await run_partitions(lambda: build(args.name, settings), settings, owned,
                                          until_idle=args.until_idle, on_runners=runners.extend,
                                          standby=args.standby)
     except (ConsumerLocked, StoreIncompatible, PartitionMismatch) as exc:

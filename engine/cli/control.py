@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any
 
-from rollout_engine.engine.api.service import ApiError, call
+from rollout_engine.engine.api.client import ApiError, call
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,

@@ -10,12 +10,13 @@ __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from rollout_engine.engine.cli.up import serve
     from rollout_engine.engine.stack.demo import run_demo
 
     settings = settings_from(args)
     data_dir = settings.data_path / "demo"
     quiet = args.json
-    result = await run_demo(data_dir, out=(lambda _line: None) if quiet else print)
+    result = await run_demo(data_dir, serve, out=(lambda _line: None) if quiet else print)
     if args.json:
         print_json(result)
         return 0 if result.killed else 1

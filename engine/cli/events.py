@@ -17,7 +17,8 @@ from typing import Any
 
 import msgspec
 
-from rollout_engine.engine.api.control_log import known_rollouts, read_messages, rollout_subjects
+from rollout_engine.consumers.folding import events_of
+from rollout_engine.engine.api.control_log import known_rollouts
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -29,7 +30,8 @@ from rollout_engine.engine.cli.common import (
     settings_from,
 )
 from rollout_engine.engine.logtools.export import ExportError, parse_time, write_export
-from rollout_engine.events import kind_of
+from rollout_engine.engine.logtools.reader import read_messages
+from rollout_engine.events import kind_of, subjects
 from rollout_engine.events.ids import is_token
 
 __all__ = ["describe_event", "register"]
@@ -81,8 +83,8 @@ async def _events(args: argparse.Namespace) -> int:
             if not args.follow:
                 raise CliError(unknown, "not_found")
             sys.stderr.write(f"rollout: {unknown}; waiting for its first event (Ctrl-C stops)\n")
-        async for msg in read_messages(js, rollout_subjects(args.rollout), since_ms=since, follow=args.follow):
-            for event in msg.events():
+        async for msg in read_messages(js, subjects.rollout_filters(args.rollout), since_ms=since, follow=args.follow):
+            for event in events_of(msg):
                 printed += 1
                 if args.json:
                     record = {"seq": msg.seq, "subject": msg.subject, "event": msgspec.to_builtins(event)}
@@ -107,7 +109,7 @@ async def _export(args: argparse.Namespace) -> int:
         since, until = parse_time(args.since), parse_time(args.until)
     except ExportError as exc:
         raise CliError(str(exc)) from None
-    filters = rollout_subjects(args.rollout) if args.rollout else None
+    filters = subjects.rollout_filters(args.rollout) if args.rollout else None
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-export", reconnect=False)
     try:

@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rollout_engine.consumers.folding import events_of
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -30,7 +31,7 @@ from rollout_engine.engine.logtools.ope import (
     join_rounds,
     parse_policy_text,
 )
-from rollout_engine.events import AnyEvent, decode_from_log, subjects
+from rollout_engine.events import AnyEvent, subjects
 from rollout_engine.events.ids import is_token
 
 __all__ = ["register"]
@@ -44,18 +45,15 @@ async def _load_events(args: argparse.Namespace) -> list[AnyEvent]:
         except ExportError as exc:
             raise CliError(str(exc)) from None
         for record in records:
-            if record.events is not None:
-                events.extend(record.events)
-            elif record.data is not None:
-                events.extend(decode_from_log(record.subject, record.data)[0])
+            events.extend(events_of(record))
         return events
-    from rollout_engine.engine.api.control_log import read_messages
+    from rollout_engine.engine.logtools.reader import read_messages
 
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-ope", reconnect=False)
     try:
         async for msg in read_messages(nc.jetstream(), [subjects.events_filter(args.rollout)]):
-            events.extend(msg.events())
+            events.extend(events_of(msg))
     finally:
         await nc.close()
     return events

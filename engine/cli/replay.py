@@ -29,6 +29,7 @@ from rollout_engine.engine.cli.common import (
     settings_from,
 )
 from rollout_engine.engine.logtools.export import ExportError
+from rollout_engine.events import LogMessage
 
 __all__ = ["progress_bar", "register"]
 
@@ -66,16 +67,16 @@ def progress_bar(label: str, stream: Any = None) -> Any:
     return draw
 
 
-async def _load_messages(args: argparse.Namespace) -> list[tuple[int, str, bytes]]:
-    from rollout_engine.engine.logtools.replay import iter_pairs, messages_from_file
+async def _load_messages(args: argparse.Namespace) -> list[LogMessage]:
+    from rollout_engine.engine.logtools.replay import messages_from_file
 
     if args.stream:
-        from rollout_engine.engine.api.control_log import read_messages
         from rollout_engine.engine.bus import connect
+        from rollout_engine.engine.logtools.reader import read_messages
 
         nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
         try:
-            return list(iter_pairs([m async for m in read_messages(nc.jetstream())]))
+            return [m async for m in read_messages(nc.jetstream())]
         finally:
             await nc.close()
     if not args.file:
@@ -93,8 +94,8 @@ async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
     when the replay began (ticks and traffic go on arriving while it runs), so the
     progress total is the exact number of messages replayed.
     """
-    from rollout_engine.engine.api.control_log import read_messages
     from rollout_engine.engine.bus import connect
+    from rollout_engine.engine.logtools.reader import read_messages
     from rollout_engine.events import subjects
 
     nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
@@ -103,12 +104,12 @@ async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
         state = (await js.stream_info(subjects.LOG_STREAM)).state
         replayer.total, last = state.messages, state.last_seq
         replayer.every = max(1, replayer.total // 200)
-        chunk: list[tuple[int, str, bytes]] = []
+        chunk: list[LogMessage] = []
         async with contextlib.aclosing(read_messages(js)) as messages:
             async for msg in messages:
                 if msg.seq > last:
                     break
-                chunk.append((msg.seq, msg.subject, msg.data))
+                chunk.append(msg)
                 if len(chunk) >= 1000:
                     replayer.feed(chunk)
                     chunk = []

@@ -27,8 +27,8 @@ __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from rollout_engine.consumers.folding import events_of
     from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
-    from rollout_engine.events import decode_from_log
 
     now = int(time.time() * 1000)
     try:
@@ -44,12 +44,12 @@ async def _run(args: argparse.Namespace) -> int:
             messages = messages_from_file(args.file)[1]
         except ExportError as exc:
             raise CliError(str(exc)) from None
-        for _seq, subject, data in messages:
-            for event in decode_from_log(subject, data)[0]:
+        for message in messages:
+            for event in events_of(message):
                 rollup.add(event)
     else:
-        from rollout_engine.engine.api.control_log import read_messages
         from rollout_engine.engine.bus import connect
+        from rollout_engine.engine.logtools.reader import read_messages
         from rollout_engine.events import subjects
 
         nc = await connect(settings, name="rollout-report", reconnect=False)
@@ -57,10 +57,10 @@ async def _run(args: argparse.Namespace) -> int:
         try:
             # Policies set before the period still guard it: the control subjects before it (few messages).
             async for msg in read_messages(nc.jetstream(), [subjects.CONTROL_ALL], until_ms=since - 1):
-                for event in msg.events():
+                for event in events_of(msg):
                     rollup.add(event)
             async for msg in read_messages(nc.jetstream(), [subjects.EVENTS_ALL, subjects.CONTROL_ALL], since_ms=since):
-                for event in msg.events():
+                for event in events_of(msg):
                     rollup.add(event)
         finally:
             await nc.close()

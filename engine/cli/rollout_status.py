@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
+from rollout_engine.engine.api.client import ApiError, call
 from rollout_engine.engine.api.control_log import known_rollouts, read_control
-from rollout_engine.engine.api.service import ApiError, ControlApi, call
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -78,6 +78,9 @@ async def show_rollout(args: argparse.Namespace) -> int:
         except ApiError as exc:
             if exc.code != 503:
                 raise CliError.from_api(exc.code, exc.message) from None
+            # No API running: read the log here (the service loads the statistics, hence the late import).
+            from rollout_engine.engine.api.service import ControlApi
+
             try:
                 reply = await ControlApi(nc).status({"rollout": args.rollout})
             except ApiError as inner:

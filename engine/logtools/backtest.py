@@ -3,9 +3,10 @@
 The rollback consumer is a pure fold, so a policy can be judged against any recorded
 log offline. For each policy run (the live one, as the log configured it, and the
 candidate from a TOML file) the log is folded through a fresh
-:class:`~consumers.rollback.projection.RollbackProjection` with the recorded automatic
-commands taken out, and the run's own commands fed back in their place, exactly as the
-live consumer's commands come back through the log. Operators' commands stay.
+:class:`~consumers.rollback.projection.RollbackProjection` by the live runtime's fold
+(``consumers.folding.fold_message``) with the recorded automatic commands taken out, and
+the run's own commands fed back in their place, as the live consumer's commands come
+back through the log. Operators' commands stay.
 
 Per rollout the report says when the live policy killed in the recording, when the
 replayed live policy kills (it must be the same moment: a check on determinism), and
@@ -18,9 +19,9 @@ the baseline's, or its loss rate is higher by more than ``loss_margin`` (absolut
 a two-proportion z-test below ``alpha``.
 
 ``evaluate_rollout`` is the API's on-demand ``evaluate``: the same fold over one
-rollout's log, its live status, and -- when the fold decides a kill that is not in the
-log (the rollback consumer is down or behind) -- that kill published with its
-deterministic id.
+rollout's log and its live status. It is read-only, as everything here: when the fold
+decides a kill that is not in the log (the rollback consumer is down or behind), it
+returns that kill, and the API publishes it through its one guarded publish.
 """
 
 from __future__ import annotations
@@ -32,31 +33,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from nats.js import JetStreamContext
 from scipy.stats import norm
 
-from rollout_engine.consumers.rollback.policy import (
-    Policy,
-    load_policy,
-    load_policy_file,
-    policy_document,
-)
+from rollout_engine.consumers.folding import events_of, fold_message, read_message
+from rollout_engine.consumers.projection import Projection
+from rollout_engine.consumers.rollback.policy import Policy, load_policy_file, policy_document
 from rollout_engine.consumers.rollback.projection import ACTOR, RollbackProjection
+from rollout_engine.engine.logtools.reader import read_messages
 from rollout_engine.events import (
+    COMMAND_TYPES,
     AnyEvent,
     ConfigChange,
     ControlState,
     Event,
     KillSwitch,
+    LogMessage,
     Outcome,
-    Resume,
-    decode_from_log,
+    encode,
+    encode_batch,
     new_event_id,
+    subjects,
+    transitions,
 )
 
-__all__ = ["MIN_OUTCOMES", "BacktestReport", "PolicyRunResult", "backtest", "evaluate_rollout", "load_candidate"]
+__all__ = ["MIN_OUTCOMES", "BacktestReport", "PolicyRunResult", "backtest", "evaluate_rollout", "fold_back",
+           "load_candidate", "recorded_kills", "run_policy"]
 
 MIN_OUTCOMES = 30
-_COMMANDS = (KillSwitch, Resume, ConfigChange)
 
 
 @dataclass
@@ -87,19 +91,43 @@ def load_candidate(path: str) -> Policy:
 
 
 def _is_auto(event: AnyEvent) -> bool:
-    return isinstance(event, _COMMANDS) and (event.actor == ACTOR or event.producer == ACTOR)
+    return isinstance(event, COMMAND_TYPES) and (event.actor == ACTOR or event.producer == ACTOR)  # type: ignore[attr-defined]
 
 
-def recorded_kills(events: Iterable[tuple[int, AnyEvent]]) -> dict[str, list[int]]:
+def fold_back(projection: Projection, message: LogMessage) -> list[Event]:
+    """Fold a message with the live fold, then what it emits, as the relay sends it back
+    through the log (at the same sequence: nothing else comes in between here)."""
+    emitted: list[Event] = []
+    pending = [message]
+    while pending:
+        current = pending.pop(0)
+        for command in fold_message(current, [projection])[0].emitted:
+            emitted.append(command)
+            pending.append(LogMessage(current.seq, subjects.for_event(command), encode(command), current.time_ms))
+    return emitted
+
+
+def recorded_kills(messages: Iterable[LogMessage]) -> dict[str, list[int]]:
     """Automatic kill moments as they were recorded in the log."""
     kills: dict[str, list[int]] = {}
-    for _seq, event in events:
-        if isinstance(event, KillSwitch) and _is_auto(event):
-            kills.setdefault(event.rollout, []).append(event.time_ms)
+    for message in messages:
+        for event in events_of(message):
+            if isinstance(event, KillSwitch) and _is_auto(event):
+                kills.setdefault(event.rollout, []).append(event.time_ms)
     return kills
 
 
-def run_policy(events: list[tuple[int, AnyEvent]], name: str, policy: Policy | None = None) -> PolicyRunResult:
+def _seed(projection: RollbackProjection, rollout: str, name: str, document: dict[str, Any], seq: int,
+          time_ms: int) -> LogMessage:
+    """The ConfigChange that puts the candidate policy in force for ``rollout``, as a log message."""
+    state = projection.rollouts[rollout].control if rollout in projection.rollouts else ControlState()
+    seed = transitions.config_command(state, policy=document, id=new_event_id(time_ms), rollout=rollout,
+                                      time_ms=time_ms, producer="backtest", actor="backtest",
+                                      reason=f"candidate policy {name}")
+    return LogMessage(seq, subjects.for_event(seed), encode(seed))
+
+
+def run_policy(messages: Iterable[LogMessage], name: str, policy: Policy | None = None) -> PolicyRunResult:
     """Fold the log with recorded automatic commands replaced by this run's own.
 
     ``policy`` None: the live policy as the log configured it. Otherwise the candidate
@@ -109,37 +137,33 @@ def run_policy(events: list[tuple[int, AnyEvent]], name: str, policy: Policy | N
     result = PolicyRunResult(name)
     document = policy_document(policy) if policy is not None else None
     seeded: set[str] = set()
-    for seq, event in events:
-        if _is_auto(event):
-            continue
+    for message in messages:
+        events, _bad = read_message(message)
+        kept = [e for e in events if not _is_auto(e)]
         if document is not None:
-            if isinstance(event, ConfigChange) and event.policy is not None:
-                event = msgspec.structs.replace(event, policy=None)
-            rollout = event.rollout
-            if rollout not in seeded and not rollout.startswith("_"):
-                seeded.add(rollout)
-                state = projection.rollouts[rollout].control if rollout in projection.rollouts else ControlState()
-                after = msgspec.structs.replace(state, policy_version=state.policy_version + 1)
-                seed = ConfigChange(id=new_event_id(event.time_ms), rollout=rollout, time_ms=event.time_ms,
-                                    producer="backtest", actor="backtest", reason=f"candidate policy {name}",
-                                    before=state, after=after, policy=document)
-                projection.apply(seed, seq)
-        pending = projection.apply(event, seq)
-        while pending:
-            command = pending.pop(0)
+            kept = [msgspec.structs.replace(e, policy=None) if isinstance(e, ConfigChange) and e.policy is not None
+                    else e for e in kept]
+            for event in kept:
+                if event.rollout not in seeded and not event.rollout.startswith("_"):
+                    seeded.add(event.rollout)
+                    seed = _seed(projection, event.rollout, name, document, message.seq, event.time_ms)
+                    result.commands.extend(fold_back(projection, seed))
+        if kept != events:
+            if not kept:
+                continue
+            message = LogMessage(message.seq, message.subject, encode_batch(kept), message.time_ms)
+        for command in fold_back(projection, message):
             result.commands.append(command)
             if isinstance(command, KillSwitch):
                 result.kills.setdefault(command.rollout, []).append(command.time_ms)
                 result.reasons.setdefault(command.rollout, []).append(command.reason)
-            pending.extend(projection.apply(command, seq))
     return result
 
 
-def _truth(events: list[tuple[int, AnyEvent]], quality_drop: float, loss_margin: float,
-           alpha: float) -> dict[str, str]:
+def _truth(events: list[AnyEvent], quality_drop: float, loss_margin: float, alpha: float) -> dict[str, str]:
     """Per rollout: ``regressed``, ``healthy`` or ``unknown`` from its outcomes."""
     tally: dict[str, dict[str, list[float]]] = {}
-    for _seq, event in events:
+    for event in events:
         if isinstance(event, Outcome):
             per = tally.setdefault(event.rollout, {})
             n_q_sum_loss = per.setdefault(event.variant, [0.0, 0.0, 0.0, 0.0])
@@ -166,23 +190,16 @@ def _truth(events: list[tuple[int, AnyEvent]], quality_drop: float, loss_margin:
     return truth
 
 
-def decode_messages(messages: Iterable[tuple[int, str, bytes]]) -> list[tuple[int, AnyEvent]]:
-    """Good events with their stream sequences, in log order."""
-    out: list[tuple[int, AnyEvent]] = []
-    for seq, subject, data in messages:
-        out.extend((seq, event) for event in decode_from_log(subject, data)[0])
-    return out
-
-
-def backtest(messages: Iterable[tuple[int, str, bytes]], candidate: Policy, *, candidate_name: str = "candidate",
+def backtest(messages: Iterable[LogMessage], candidate: Policy, *, candidate_name: str = "candidate",
              quality_drop: float = 5.0, loss_margin: float = 0.05, alpha: float = 0.05) -> BacktestReport:
     """Compare the live policy (recorded and replayed) with ``candidate`` over the log."""
-    events = decode_messages(messages)
-    recorded = recorded_kills(events)
-    live = run_policy(events, "live")
-    cand = run_policy(events, candidate_name, candidate)
+    log = list(messages)
+    events = [event for message in log for event in events_of(message)]
+    recorded = recorded_kills(log)
+    live = run_policy(log, "live")
+    cand = run_policy(log, candidate_name, candidate)
     truth = _truth(events, quality_drop, loss_margin, alpha)
-    names = sorted({e.rollout for _s, e in events if not e.rollout.startswith("_")})
+    names = sorted({e.rollout for e in events if not e.rollout.startswith("_")})
     rows = []
     totals = {"rollouts": len(names), "live_kills": 0, "candidate_kills": 0, "same_moment": 0,
               "live_false_kills": 0, "live_missed_regressions": 0,
@@ -212,46 +229,30 @@ def backtest(messages: Iterable[tuple[int, str, bytes]], candidate: Policy, *, c
     return BacktestReport(candidate_name, rows, totals)
 
 
-async def evaluate_rollout(js: Any, rollout: str, body: dict[str, Any], *, msg_ids: Any = None) -> dict[str, Any]:
-    """The API's ``evaluate``: fold the rollout's log now; publish a kill the log lacks."""
-    from rollout_engine.engine.api.control_log import read_control, read_messages, rollout_subjects
-    from rollout_engine.events import encode, subjects
+async def evaluate_rollout(js: JetStreamContext, rollout: str) -> tuple[dict[str, Any], KillSwitch | None]:
+    """The API's ``evaluate``, read-only: fold the rollout's log now with the live policy.
 
-    events: list[tuple[int, AnyEvent]] = []
+    Returns the evaluation and the last kill the fold decided that the log lacks (None
+    when the log has every kill): publishing it is the API's, through its guarded publish.
+    """
+    log: list[LogMessage] = []
     first = 0
-    async with contextlib.aclosing(read_messages(js, rollout_subjects(rollout), batch=1)) as head:
+    async with contextlib.aclosing(read_messages(js, subjects.rollout_filters(rollout), batch=1)) as head:
         async for msg in head:
             first = msg.seq  # ticks before the rollout's first message cannot change its state
             break
     if first:
-        async for msg in read_messages(js, [*rollout_subjects(rollout), subjects.TICK], start_seq=first):
-            events.extend((msg.seq, e) for e in msg.events())
+        log = [m async for m in read_messages(js, [*subjects.rollout_filters(rollout), subjects.TICK], start_seq=first)]
     projection = RollbackProjection()
-    seen = {e.id for _s, e in events if isinstance(e, _COMMANDS)}
-    missing: list[KillSwitch] = []
-    for seq, event in events:
-        for command in projection.apply(event, seq):
-            if isinstance(command, KillSwitch) and command.id not in seen:
-                missing.append(command)
-            projection.apply(command, seq)
+    events = [e for m in log for e in events_of(m)]
+    seen = {e.id for e in events if isinstance(e, COMMAND_TYPES)}
+    missing = [c for m in log for c in fold_back(projection, m) if isinstance(c, KillSwitch) and c.id not in seen]
     status = projection.status(rollout)
-    killed_now = False
-    if missing and body.get("act", True) and not (await read_control(js, rollout)).state.kill_switch:
-        kill = missing[-1]
-        if msg_ids is None:
-            from rollout_engine.engine.stack.msg_ids import EngineIds
-
-            msg_ids = EngineIds.ephemeral()
-        await js.publish(subjects.control(rollout, "kill_switch"), encode(kill), headers=msg_ids.headers(kill.id))
-        killed_now = True
-    return {
+    reply = {
         "rollout": rollout,
         "would_kill": bool(missing) or bool(status.get("kill_switch")),
-        "killed_now": killed_now,
         "reasons": [k.reason for k in missing],
         "evaluation": status,
         "events": len(events),
     }
-
-
-__all__ += ["decode_messages", "load_policy", "recorded_kills", "run_policy"]
+    return reply, (missing[-1] if missing else None)

@@ -11,7 +11,9 @@ Two formats, chosen by the file name (``.jsonl`` or ``.msgpack``/``.mpk``):
   exactly what the live consumers decoded.
 
 Both keep every message's stream sequence, because projections receive it; that is what
-makes a replay of an export give the live projections' digests exactly. The footer's
+makes a replay of an export give the live projections' digests exactly. Read back, either
+format gives the same :class:`events.LogMessage` records the live consumers received (a
+JSONL line's events re-encoded as one msgpack batch). The footer's
 ``sha256`` covers every byte before the footer; :func:`read_export` refuses a file whose
 checksum does not match (edited, truncated or corrupt) instead of replaying it.
 """
@@ -30,8 +32,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from rollout_engine.engine.api.control_log import LogMessage
-from rollout_engine.events import decode_from_log, encode_json, subjects
+from rollout_engine.consumers.folding import read_message
+from rollout_engine.events import LogMessage, decode_json, encode_batch, encode_json, subjects
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -101,7 +103,7 @@ def format_for(path: str | Path) -> str:
 
 
 def _json_record(msg: LogMessage) -> tuple[bytes, int, int]:
-    good, bad = decode_from_log(msg.subject, msg.data)
+    good, bad = read_message(msg)
     parts = [b'{"seq":', str(msg.seq).encode(), b',"subject":', _json_enc.encode(msg.subject),
              b',"time_ms":', str(msg.time_ms).encode(), b',"events":[', b",".join(encode_json(e) for e in good), b"]"]
     if bad:
@@ -152,9 +154,8 @@ async def write_export(
                 line, good, bad = _json_record(msg)
                 out.raw(line)
             else:
-                good, rejected = decode_from_log(msg.subject, msg.data)
-                bad = len(rejected)
-                good = len(good)
+                events, rejected = read_message(msg)
+                good, bad = len(events), len(rejected)
                 out.record({"seq": msg.seq, "subject": msg.subject, "time_ms": msg.time_ms, "data": msg.data})
             n_msgs += 1
             n_events += good
@@ -171,26 +172,15 @@ async def write_export(
     return ExportSummary(str(target), fmt, n_msgs, n_events, n_bad, first, last, digest)
 
 
-@dataclass(frozen=True, slots=True)
-class ExportRecord:
-    """One message read back from an export: ``data`` (msgpack) or ``events`` (JSONL)."""
-
-    seq: int
-    subject: str
-    time_ms: int
-    data: bytes | None = None
-    events: list[Any] | None = None
-
-
-def read_export(path: str | Path, *, verify: bool = True) -> tuple[dict[str, Any], list[ExportRecord], dict[str, Any]]:
-    """Read an export: (header, records, footer); raise :class:`ExportError` when the
+def read_export(path: str | Path, *, verify: bool = True) -> tuple[dict[str, Any], list[LogMessage], dict[str, Any]]:
+    """Read an export: (header, messages, footer); raise :class:`ExportError` when the
     checksum does not match or the file is not an export."""
     fmt = format_for(path)
     try:
         blob = Path(path).read_bytes()
     except OSError as exc:
         raise ExportError(f"{path}: {exc.strerror or exc}") from None
-    records: list[ExportRecord] = []
+    records: list[LogMessage] = []
     if fmt == "jsonl":
         end = blob.rstrip(b"\n").rfind(b"\n") + 1
         body, footer_line = blob[:end], blob[end:]
@@ -201,12 +191,10 @@ def read_export(path: str | Path, *, verify: bool = True) -> tuple[dict[str, Any
         except (msgspec.DecodeError, IndexError):
             raise ExportError(f"{path}: not a rollout export (no header/footer line); was it truncated?") from None
         _check(path, header, footer, body, verify)
-        from rollout_engine.events import decode_json
-
         for line in lines[1:]:
             item = msgspec.json.decode(line)
             events = [decode_json(_json_enc.encode(e)) for e in item.get("events", [])]
-            records.append(ExportRecord(item["seq"], item["subject"], item.get("time_ms", 0), events=events))
+            records.append(LogMessage(item["seq"], item["subject"], encode_batch(events), item.get("time_ms", 0)))
         return header, records, footer
     decoder = msgspec.msgpack.Decoder()
     try:
@@ -218,7 +206,7 @@ def read_export(path: str | Path, *, verify: bool = True) -> tuple[dict[str, Any
     header, footer = items[0][0], items[-1][0]
     _check(path, header, footer, blob[: items[-1][1]], verify)
     for item, _offset in items[1:-1]:
-        records.append(ExportRecord(item["seq"], item["subject"], item.get("time_ms", 0), data=item["data"]))
+        records.append(LogMessage(item["seq"], item["subject"], item["data"], item.get("time_ms", 0)))
     return header, records, footer
 
 

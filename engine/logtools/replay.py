@@ -5,34 +5,36 @@ the same stream sequences gives byte-identical snapshots; comparing the digests 
 live consumers' proves the live state is exactly what the log says (invariant 1).
 
 The source is an export file (``rollout export``) or the live stream (``--stream``). Each
-message is decoded once and applied to every projection in log order, with the live
-runtime's rules: bad items are skipped (the live consumer dead-letters them) and a
-fold that raises is skipped for that projection. The result goes into a fresh SQLite
-store (one row per projection: position, digest, snapshot) that nothing else uses.
+message goes through the live runtime's fold (``consumers.folding.fold_message``: decoded
+once, applied to every projection in log order): bad items are counted (the live
+consumer dead-letters them) and a fold that raises is counted for that projection. The
+result goes into a fresh SQLite store (one row per projection: position, digest,
+snapshot) that nothing else uses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from rollout_engine.consumers import registry
+from rollout_engine.consumers.consumer import RuntimeSettings
+from rollout_engine.consumers.folding import fold_message
 from rollout_engine.consumers.projection import Projection, digest_of
 from rollout_engine.engine.logtools.export import read_export
-from rollout_engine.events import decode_from_log, encode_batch
+from rollout_engine.events import LogMessage
 
 __all__ = [
-    "Message",
     "ReplayResult",
     "Replayer",
     "make_projections",
@@ -43,9 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Message = tuple[int, str, bytes]
-"""(stream sequence, subject, payload): what a live consumer receives."""
 
 WARMUP = 200
 """Messages folded in one process to time each projection before :meth:`Replayer.feed_parallel` splits them."""
@@ -76,54 +75,15 @@ class ReplayResult:
                 "events_per_s": round(self.events_per_s)}
 
 
-def _factory(spec: Any, settings: Any) -> Callable[[], Projection]:
-    """How a registered consumer makes a fresh projection: its module's ``build(settings)``
-    (the runtime's contract) gives a Consumer whose ``projection`` is folded here."""
-    module = importlib.import_module(spec.module)
-    build = getattr(module, "build", None)
-    if not callable(build):
-        raise LookupError(f"consumer {spec.name!r} ({spec.module}) has no build(settings); see consumers/runtime.py")
-    return lambda: build(settings).projection
-
-
-def _matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` one token, ``>`` the rest."""
-    want, have = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
-
-
-def _subject_filter(name: str) -> Callable[[str], bool] | None:
-    """The subjects a registered consumer reads (None: the whole log)."""
-    try:
-        from rollout_engine.consumers import registry
-
-        spec = registry.get(name)
-    except (KeyError, ImportError):
-        return None
-    patterns = next((getattr(spec, a) for a in ("filter_subjects", "subjects", "filters") if getattr(spec, a, None)), None)
-    if not patterns:
-        return None
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    return lambda subject: any(_matches(p, subject) for p in patterns)
-
-
-def make_projections(names: Iterable[str] | None = None, settings: Any = None) -> list[Projection]:
-    """A fresh instance of every registered projection (or of the named ones)."""
-    from rollout_engine.consumers import registry
-    from rollout_engine.engine.settings import load_settings
-
-    settings = settings if settings is not None else load_settings(env={})
+def make_projections(names: Iterable[str] | None = None, settings: RuntimeSettings | None = None) -> list[Projection]:
+    """A fresh instance of every registered projection (or of the named ones), as each
+    registered consumer's ``build(settings)`` makes it for the live runtime."""
     wanted = set(names) if names is not None else None
     out = []
     for spec in registry.specs():
         if wanted is not None and spec.name not in wanted:
             continue
-        out.append(_factory(spec, settings)())
+        out.append(registry.build(spec.name, settings).projection)
     if wanted is not None:
         missing = wanted - {p.name for p in out}
         if missing:
@@ -131,15 +91,9 @@ def make_projections(names: Iterable[str] | None = None, settings: Any = None) -
     return out
 
 
-def messages_from_file(path: str | Path) -> tuple[dict[str, Any], list[Message]]:
-    """(footer, messages) of a verified export file; JSONL events are re-encoded once."""
-    _header, records, footer = read_export(path)
-    messages: list[Message] = []
-    for record in records:
-        if record.data is not None:
-            messages.append((record.seq, record.subject, record.data))
-        elif record.events:
-            messages.append((record.seq, record.subject, encode_batch(record.events)))
+def messages_from_file(path: str | Path) -> tuple[dict[str, Any], list[LogMessage]]:
+    """(footer, messages) of a verified export file."""
+    _header, messages, footer = read_export(path)
     return footer, messages
 
 
@@ -155,37 +109,31 @@ class Replayer:
         self.messages = self.events = self.rejected = self.last = 0
         self.emitted = {p.name: 0 for p in projections}
         self.errors = {p.name: 0 for p in projections}
-        self.appliers = [(p.name, p.apply, _subject_filter(p.name)) for p in projections]
+        self.active = list(projections)
+        """The projections this process folds (a subset while :meth:`feed_parallel` splits them)."""
         self.seconds = 0.0
 
-    def feed(self, messages: Iterable[Message]) -> Replayer:
+    def feed(self, messages: Iterable[LogMessage]) -> Replayer:
         start = time.perf_counter()
         emitted, errors, progress = self.emitted, self.errors, self.progress
-        for seq, subject, data in messages:
-            if seq <= self.last:
+        for message in messages:
+            if message.seq <= self.last:
                 continue  # a duplicate delivery: the live runtime skips it too
-            self.last = seq
-            events, rejected = decode_from_log(subject, data)
-            self.rejected += len(rejected)
+            self.last = message.seq
+            folded = fold_message(message, self.active)
             self.messages += 1
-            self.events += len(events)
-            for name, apply, wants in self.appliers:
-                if wants is not None and not wants(subject):
-                    continue
-                for event in events:
-                    try:
-                        out = apply(event, seq)
-                    except Exception:  # the live runtime dead-letters it and goes on
-                        errors[name] += 1
-                        continue
-                    if out:
-                        emitted[name] += len(out)
+            if folded:
+                self.events += folded[0].events
+                self.rejected += folded[0].rejected
+            for projection, out in zip(self.active, folded, strict=True):
+                emitted[projection.name] += len(out.emitted)
+                errors[projection.name] += out.errors
             if progress is not None and self.messages % self.every == 0:
                 progress(self.messages, self.total)
         self.seconds += time.perf_counter() - start
         return self
 
-    def feed_parallel(self, messages: Sequence[Message], workers: int | None = None) -> Replayer:
+    def feed_parallel(self, messages: Sequence[LogMessage], workers: int | None = None) -> Replayer:
         """:meth:`feed` a whole log using up to ``workers`` processes (default: the CPUs).
 
         Why: projections are independent folds of the same log, so on a multi-core
@@ -197,23 +145,23 @@ class Replayer:
         cheap beside the folds); the digests equal a one-process replay's, byte for byte.
         Falls back to :meth:`feed` without ``os.fork``, on one CPU, or for small logs.
         """
-        workers = min(workers or os.cpu_count() or 1, len(self.appliers))
+        workers = min(workers or os.cpu_count() or 1, len(self.active))
         if workers < 2 or not hasattr(os, "fork") or len(messages) < 2 * WARMUP:
             return self.feed(messages)
         start, seconds = time.perf_counter(), self.seconds
         head, rest = messages[:WARMUP], messages[WARMUP:]
         costs: dict[str, float] = {}
-        everything = self.appliers
+        everything = self.active
         last, counts = self.last, (self.messages, self.events, self.rejected)
-        for applier in everything:  # the head once per projection, timed; counted once
-            self.appliers, self.last = [applier], last
+        for projection in everything:  # the head once per projection, timed; counted once
+            self.active, self.last = [projection], last
             self.messages, self.events, self.rejected = counts
             t0 = time.perf_counter()
             self.feed(head)
-            costs[applier[0]] = time.perf_counter() - t0
+            costs[projection.name] = time.perf_counter() - t0
         groups = _balance(costs, workers)
-        children = [self._fork([a for a in everything if a[0] in group], rest) for group in groups[1:]]
-        self.appliers = [a for a in everything if a[0] in groups[0]]
+        children = [self._fork([p for p in everything if p.name in group], rest) for group in groups[1:]]
+        self.active = [p for p in everything if p.name in groups[0]]
         by_name = {p.name: p for p in self.projections}
         try:
             self.feed(rest)
@@ -236,19 +184,19 @@ class Replayer:
                     os.waitpid(pid, 0)
             raise
         finally:
-            self.appliers = everything
+            self.active = everything
         self.seconds = seconds + time.perf_counter() - start
         return self
 
-    def _fork(self, appliers: list[Any], rest: Sequence[Message]) -> tuple[int, int, set[str]]:
-        group = {a[0] for a in appliers}
+    def _fork(self, projections: list[Projection], rest: Sequence[LogMessage]) -> tuple[int, int, set[str]]:
+        group = {p.name for p in projections}
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: fold its group, send the snapshots, exit without cleanup
             code = 1
             try:
                 os.close(read_fd)
-                self.appliers, self.progress = appliers, None
+                self.active, self.progress = projections, None
                 self.feed(rest)
                 out = _WorkerResult({p.name: p.snapshot() for p in self.projections if p.name in group},
                                     {n: self.emitted[n] for n in group}, {n: self.errors[n] for n in group})
@@ -291,7 +239,7 @@ def _balance(costs: dict[str, float], groups: int) -> list[set[str]]:
 
 
 def replay_messages(
-    messages: Iterable[Message],
+    messages: Iterable[LogMessage],
     projections: list[Projection],
     *,
     total: int = 0,
@@ -301,7 +249,7 @@ def replay_messages(
     return Replayer(projections, total=total, progress=progress).feed(messages).result()
 
 
-def replay_parallel(messages: Sequence[Message], projections: list[Projection], *, workers: int | None = None,
+def replay_parallel(messages: Sequence[LogMessage], projections: list[Projection], *, workers: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> ReplayResult:
     """:func:`replay_messages` folding the projections in up to ``workers`` processes."""
     replayer = Replayer(projections, total=len(messages), progress=progress)
@@ -320,9 +268,3 @@ def write_store(result: ReplayResult, path: str | Path) -> Path:
         db.executemany("INSERT INTO projection VALUES (?, ?, ?, ?)",
                        [(name, result.last_seq, result.digests[name], snap) for name, snap in result.snapshots.items()])
     return target
-
-
-def iter_pairs(records: Iterable[Any]) -> Iterator[Message]:
-    """(seq, data) pairs from log messages read off the stream."""
-    for msg in records:
-        yield msg.seq, msg.subject, msg.data

@@ -224,5 +224,5 @@ _VERSION = sdk_version()
 
 
 def _revisions(client: Any) -> dict[str, int]:
-    """The client's control revision per rollout (its ``control_seq`` table)."""
-    return getattr(client, "_state_seq", {})
+    """The client's control revision per rollout (its control follower's ``control_seq`` table)."""
+    return client.control.revisions()

@@ -33,7 +33,7 @@ import msgspec
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
-from rollout_engine.consumers.bandit.state import KV_PREFIX, BanditView, kv_key
+from rollout_engine.consumers.bandit.state import BanditView
 from rollout_engine.consumers.guardrails import decide_mode, prune_normal_times
 from rollout_engine.events import Decision, new_event_id, subjects
 
@@ -95,7 +95,7 @@ class BanditChooser:
         ``choose()`` does not race the first KV delivery.
         """
         kv = await js.key_value(subjects.STATE_BUCKET)
-        key = kv_key(rollout) if rollout else KV_PREFIX + "*"
+        key = subjects.kv_filter("bandit", rollout)
 
         async def on_message(msg: Any) -> None:
             op = (msg.headers or {}).get("KV-Operation")
@@ -107,7 +107,7 @@ class BanditChooser:
                 log.warning("ignoring bad bandit view on %s: %s", msg.subject, exc)
 
         sub = await js.subscribe(
-            f"$KV.{subjects.STATE_BUCKET}.{key}", cb=on_message, ordered_consumer=True,
+            subjects.kv_subject(key), cb=on_message, ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
         self._subs.append(sub)

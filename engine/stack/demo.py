@@ -23,15 +23,18 @@ import random
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from rollout_engine.engine.api.service import call
+from rollout_engine.consumers.folding import events_of
+from rollout_engine.engine.api.client import call
 from rollout_engine.engine.bus import connect
+from rollout_engine.engine.logtools.reader import read_messages
+from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
 from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import Settings, load_settings
 from rollout_engine.engine.stack.demo_acks import (
@@ -40,7 +43,7 @@ from rollout_engine.engine.stack.demo_acks import (
     kill_propagation,
     start_replicas,
 )
-from rollout_engine.events import KillSwitch, decode, subjects
+from rollout_engine.events import KillSwitch, LogMessage, subjects
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -114,7 +117,7 @@ def _line(elapsed: float, pct: float, stats: dict[str, Any] | None) -> str:
 
 async def _stats(kv: Any) -> dict[str, Any] | None:
     with contextlib.suppress(Exception):
-        entry = await kv.get(f"stats.{ROLLOUT}")
+        entry = await kv.get(subjects.kv_key("stats", ROLLOUT))
         return msgspec.json.decode(entry.value) if entry and entry.value else None
     return None
 
@@ -137,10 +140,12 @@ async def _traffic(client: RolloutClient, service: SyntheticService, result: Dem
         del i
 
 
-async def run_demo(data_dir: Path, out: Callable[[str], None] = print) -> DemoResult:
-    """Run the whole story against a fresh embedded stack in ``data_dir``."""
-    from rollout_engine.engine.cli.up import serve
+async def run_demo(data_dir: Path, serve: Callable[..., Awaitable[Any]], out: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole story against a fresh embedded stack in ``data_dir``.
 
+    ``serve`` runs the stack as ``rollout up`` does (``engine.cli.up.serve``; passed in by
+    the ``rollout demo`` command, so the stack's room does not import the CLI).
+    """
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     result = DemoResult()
@@ -263,21 +268,18 @@ async def _wait_for_api(nc: Any, timeout: float = 20.0) -> None:
 async def _last_kill(nc: Any) -> KillSwitch | None:
     with contextlib.suppress(Exception):
         msg = await nc.jetstream().get_last_msg(subjects.LOG_STREAM, subjects.control(ROLLOUT, "kill_switch"))
-        event = decode(msg.data)
-        return event if isinstance(event, KillSwitch) else None
+        events = events_of(LogMessage(int(msg.seq or 0), msg.subject or "", bytes(msg.data or b"")))
+        return next((e for e in reversed(events) if isinstance(e, KillSwitch)), None)
     return None
 
 
 async def _report(nc: Any, data_dir: Path) -> tuple[str, str]:
     """The weekly report of this week's log, as `rollout report --week` writes it."""
-    from rollout_engine.engine.api.control_log import read_messages
-    from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
-
     now = int(time.time() * 1000)
     start, end, label = week_bounds("last", now + 1000)  # the last event may be stamped a moment after now
     rollup = WeeklyRollup(start, end)
     async for msg in read_messages(nc.jetstream(), [subjects.EVENTS_ALL, subjects.CONTROL_ALL], since_ms=0):
-        for event in msg.events():
+        for event in events_of(msg):
             rollup.add(event)
     markdown, chart = render(rollup, label, data_dir / "reports")
     return str(markdown), str(chart)

@@ -50,7 +50,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from rollout_engine.engine.api.control_log import read_messages
+from rollout_engine.consumers.folding import events_of
+from rollout_engine.engine.logtools.reader import read_messages
 from rollout_engine.engine.stack.consumer_metrics import serve_metrics as start_server
 from rollout_engine.engine.stack.propagation_metrics import PropagationMetrics
 from rollout_engine.events import (
@@ -181,7 +182,7 @@ class LogMetrics(Collector):
         self.last_tick_ms = await _last_tick_ms(js) or self.last_tick_ms
         if self.next_seq <= info.state.last_seq:
             async for msg in read_messages(js, [subjects.CONTROL_ALL], start_seq=self.next_seq):
-                for event in msg.events():
+                for event in events_of(msg):
                     self.observe(event, msg.time_ms)
                     self.propagation.note_command(event, msg.seq, msg.time_ms)
                 self.next_seq = msg.seq + 1

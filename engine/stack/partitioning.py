@@ -21,8 +21,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from rollout_engine.consumers.runtime import Consumer, Runner, RunSummary
+from rollout_engine.consumers.consumer import Consumer, RunSummary
+from rollout_engine.consumers.runtime import Runner
+from rollout_engine.engine.bus import connect
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import subjects
 
 __all__ = ["assign", "log_partitions", "parse_partitions", "run_partitions"]
@@ -97,10 +100,8 @@ async def run_partitions(
     runner fails, the others are stopped (they commit their batch) and the error is raised.
     ``standby``: each runner waits for its partition's store lock (see ``Runner``).
     """
-    from rollout_engine.engine.bus import connect
-
     nc = await connect(settings, name=f"consumer-partitions-{','.join(map(str, partitions))}")
-    runners = [Runner(build(), settings, nc=nc, until_idle=until_idle, partition=p, standby=standby)
+    runners = [consumer_runner(build(), settings, nc=nc, until_idle=until_idle, partition=p, standby=standby)
                for p in partitions]
     if on_runners is not None:
         on_runners(runners)

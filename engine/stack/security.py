@@ -45,7 +45,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rollout_engine.consumers import registry
+from rollout_engine.consumers.consumer import store_name
 from rollout_engine.engine.stack.private_files import PrivateDir, write_private
+from rollout_engine.engine.stack.tls import write_certificates
 from rollout_engine.events import subjects
 
 __all__ = [
@@ -67,7 +70,7 @@ ROLES: tuple[str, ...] = ("producer", "engine", "service", "app", "operator")
 """The roles, in the order the configuration lists them."""
 
 _JS = "$JS.API"
-_KV_STREAM = f"KV_{subjects.STATE_BUCKET}"
+_KV_STREAM = subjects.KV_STREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +117,9 @@ def engine_consumer_names(partitions: int = 0) -> tuple[str, ...]:
     """Every durable consumer name the engine may create on RO_LOG.
 
     One per registered consumer, and on a log of ``partitions`` partitions also each
-    partition's ``<consumer>_p<k>`` (``consumers.runtime.store_name``), whichever
+    partition's ``<consumer>_p<k>`` (``consumers.consumer.store_name``), whichever
     process runs it.
     """
-    from rollout_engine.consumers import registry
-    from rollout_engine.consumers.runtime import store_name
-
     names = sorted(registry.names())
     return tuple(store_name(name, k) for name in names for k in (None, *range(partitions)))
 
@@ -170,9 +170,9 @@ def roles(partitions: int = 0) -> dict[str, Role]:
                 f"{_JS}.>",
                 "$JS.ACK.>",
                 "$JS.FC.>",
-                f"$KV.{subjects.STATE_BUCKET}.>",
+                subjects.KV_ALL,
             ),
-            subscribe=("ro.>", "$SRV.>", f"{inbox_prefix('engine')}.>"),
+            subscribe=(subjects.ALL, "$SRV.>", f"{inbox_prefix('engine')}.>"),
             allow_responses=True,
         ),
         "service": Role(
@@ -196,7 +196,7 @@ def roles(partitions: int = 0) -> dict[str, Role]:
             "operator",
             "the operator API (ro.api.>, $SRV.>), read-only JetStream info, live stats",
             publish=(
-                f"{subjects.ROOT}.api.>",
+                subjects.API_ALL,
                 "$SRV.>",
                 f"{_JS}.INFO",
                 f"{_JS}.STREAM.NAMES",
@@ -392,8 +392,6 @@ def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, host
         auth = private.write("auth.conf", render_authorization(hashes, partitions=partitions))
     tls_files = None
     if tls:
-        from rollout_engine.engine.stack.tls import write_certificates
-
         tls_files = write_certificates(directory / "tls", hosts)
     return SecureFiles(directory, auth, settings_files, passwords, tls_files)
 

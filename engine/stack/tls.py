@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rollout_engine.engine.stack.private_files import PrivateDir
+
 __all__ = ["write_certificates"]
 
 _VALID_DAYS = 365
@@ -50,8 +52,6 @@ def write_certificates(directory: Path, hosts: Iterable[str] = ("127.0.0.1",)) -
     certificate's subject alternative names (loopback names are always included). The
     directory must be this user's with no group or world access (it is created so).
     """
-    from rollout_engine.engine.stack.private_files import PrivateDir
-
     paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
     with PrivateDir(directory) as private:
         if all(private.exists(p.name) for p in paths.values()):

@@ -16,10 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from rollout_engine.consumers import registry
-from rollout_engine.consumers.folding import Delivery, Folder
-from rollout_engine.consumers.runtime import digest
+from rollout_engine.consumers.folding import Folder
 from rollout_engine.engine.settings import Settings
-from rollout_engine.events import Decision, Event, Metric, Outcome, encode_batch, subjects
+from rollout_engine.events import (
+    Decision,
+    Event,
+    LogMessage,
+    Metric,
+    Outcome,
+    encode_batch,
+    subjects,
+)
 
 T0 = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,8 +75,8 @@ async def clean_fold(js: Any, name: str, settings: Settings, last: int) -> tuple
     folder = Folder(build(name, settings).projection)
     for seq in range(1, last + 1):
         msg = await js.get_msg(subjects.LOG_STREAM, seq)
-        folder.fold_batch([Delivery(seq, msg.subject or "", msg.data or b"")])
-    return digest(folder.projection), folder.events
+        folder.fold_batch([LogMessage(seq, msg.subject or "", msg.data or b"")])
+    return folder.projection.digest(), folder.events
 
 
 async def last_seq(js: Any) -> int:

@@ -112,7 +112,7 @@ class Rig:
 
     async def kv_control(self, rollout: str) -> ControlState:
         kv = await self.js.key_value(subjects.STATE_BUCKET)
-        entry = await kv.get(control_consumer.kv_key(rollout))
+        entry = await kv.get(subjects.kv_key("control", rollout))
         return msgspec.msgpack.decode(entry.value, type=ControlState)
 
 
@@ -225,7 +225,9 @@ async def test_rollback_audit_metadata(rig: Rig) -> None:
     [kill] = rig.commands(KillSwitch)
     assert kill.actor == "rollback" and kill.producer == "rollback"
     assert kill.before.canary_pct == 50.0 and not kill.before.kill_switch
-    assert kill.after == msgspec.structs.replace(kill.before, canary_pct=0.0, kill_switch=True)
+    # the one kill transition: the same after-state an operator's kill gives (config_version + 1)
+    assert kill.after == msgspec.structs.replace(kill.before, canary_pct=0.0, kill_switch=True,
+                                                 config_version=kill.before.config_version + 1)
     [breach] = kill.breaches
     assert (breach.guard, breach.type, breach.observed, breach.threshold, breach.window) == (
         "cost", "threshold", 3.5, 3.0, "last_n")

@@ -150,7 +150,7 @@ async def test_weekly_report_from_the_stream_and_from_an_export(api, settings, r
 async def test_rollout_api_serves_until_sigterm(bus, settings) -> None:
     import signal
 
-    from rollout_engine.engine.api.service import ApiError, call
+    from rollout_engine.engine.api.client import ApiError, call
 
     nc, _js = bus
     cmd = [sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", settings.nats_url, "api"]

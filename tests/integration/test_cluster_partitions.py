@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from rollout_engine.consumers.folding import subject_for
 from rollout_engine.consumers.rollback.scenario import policy_change
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.sdk.client import RolloutClient
@@ -74,7 +73,7 @@ async def test_partitioned_consumers_on_a_cluster_survive_a_node_and_a_process_l
         await provision(js, settings)
         for rollout in ROLLOUTS:  # the operator opens each canary at 50 %
             start = policy_change(rollout, None, canary_pct=50.0, time_ms=1)
-            await js.publish(subject_for(start), encode(start))
+            await js.publish(subjects.for_event(start), encode(start))
 
         rollback_a = await spawn(cluster.url, data_dir, "rollback", "--partitions", "0,1", "--batch", "64")
         rollback_b = await spawn(cluster.url, data_dir, "rollback", "--partitions", "2,3", "--batch", "64")

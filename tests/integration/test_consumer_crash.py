@@ -19,11 +19,20 @@ from typing import Any
 import pytest
 
 from rollout_engine.consumers.canary_stats import CanaryStats
-from rollout_engine.consumers.folding import Delivery, Folder
+from rollout_engine.consumers.folding import Folder
 from rollout_engine.engine.settings import Settings
 from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.engine.stack.ticks import make_tick
-from rollout_engine.events import Decision, Event, Metric, Outcome, encode, encode_batch, subjects
+from rollout_engine.events import (
+    Decision,
+    Event,
+    LogMessage,
+    Metric,
+    Outcome,
+    encode,
+    encode_batch,
+    subjects,
+)
 
 T0 = 1_700_000_000_000
 KILLS = 20
@@ -121,7 +130,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
     folder = Folder(CanaryStats())
     for seq in range(1, last + 1):
         msg = await js.get_msg(subjects.LOG_STREAM, seq)
-        folder.fold_batch([Delivery(seq, msg.subject or "", msg.data or b"")])
+        folder.fold_batch([LogMessage(seq, msg.subject or "", msg.data or b"")])
 
     assert result["seq"] == last
     assert result["digest"] == folder.projection.digest()
@@ -155,5 +164,5 @@ async def test_sigterm_drains_commits_and_exits_cleanly(fresh_server: EmbeddedSe
     folder = Folder(CanaryStats())
     for seq in range(1, position + 1):
         msg = await js.get_msg(subjects.LOG_STREAM, seq)
-        folder.fold_batch([Delivery(seq, msg.subject or "", msg.data or b"")])
+        folder.fold_batch([LogMessage(seq, msg.subject or "", msg.data or b"")])
     assert stored == {"consumer": "canary_stats", "seq": position, "digest": folder.projection.digest()}

@@ -10,11 +10,12 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.consumer import Consumer
 from rollout_engine.consumers.deadletter import decode_dead_letter
-from rollout_engine.consumers.runtime import Consumer, Runner
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.consumer_metrics import default_metrics
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import Metric, encode, encode_batch, subjects
 
@@ -60,7 +61,7 @@ async def test_bad_messages_are_dead_lettered_with_their_reason_and_valid_ones_p
     before = default_metrics().dead.labels("canary_stats", "payload")._value.get()
     missing = default_metrics().dead.labels("canary_stats", "$.variant")._value.get()
 
-    summary = await Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True).run()
+    summary = await consumer_runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True).run()
 
     assert summary.dead_letters == len(BAD) + 1
     assert default_metrics().dead.labels("canary_stats", "payload")._value.get() - before == 2  # garbage, 2 MB
@@ -88,13 +89,12 @@ async def test_bad_messages_are_dead_lettered_with_their_reason_and_valid_ones_p
 
 async def _stored(settings) -> CanaryStats:  # type: ignore[no-untyped-def]
     """The committed state, read back from the consumer's SQLite store."""
-    from rollout_engine.consumers.folding import restore_parts
     from rollout_engine.consumers.store import SQLiteConsumerStore
 
     async with SQLiteConsumerStore.for_consumer(settings.data_dir, "canary_stats", exclusive=False) as store:
         stored = await store.load()
     stats = CanaryStats()
-    restore_parts(stats, stored.parts)
+    stats.restore_parts(stored.parts)
     return stats
 
 

@@ -11,11 +11,10 @@ import pytest
 
 from rollout_engine.consumers import registry
 from rollout_engine.consumers.rollback.scenario import Profile, runs
-from rollout_engine.consumers.runtime import Runner
-from rollout_engine.engine.api.control_log import read_messages
 from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.logtools.export import ExportError, read_export, write_export
+from rollout_engine.engine.logtools.reader import read_messages
 from rollout_engine.engine.logtools.replay import (
     make_projections,
     messages_from_file,
@@ -23,6 +22,7 @@ from rollout_engine.engine.logtools.replay import (
     write_store,
 )
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import subjects
 from rollout_engine.events.codec import log_messages
 
@@ -34,7 +34,7 @@ async def _live_digests(settings, js) -> dict[str, tuple[int, str]]:
         last = (await js.stream_info(subjects.LOG_STREAM)).state.last_seq
         for spec in registry.specs():
             consumer = registry.build(spec.name, settings)
-            summary = await Runner(consumer, settings, until_idle=True, fetch_timeout=0.2).run()
+            summary = await consumer_runner(consumer, settings, until_idle=True, fetch_timeout=0.2).run()
             digests[spec.name] = (summary.seq, summary.digest)
         if all(seq == last for seq, _ in digests.values()) and \
                 (await js.stream_info(subjects.LOG_STREAM)).state.last_seq == last:

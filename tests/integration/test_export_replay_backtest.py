@@ -11,14 +11,15 @@ import time
 
 import pytest
 
+from rollout_engine.consumers.consumer import Consumer
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import Profile, runs
-from rollout_engine.consumers.runtime import Consumer, Runner
-from rollout_engine.engine.api.control_log import read_messages
 from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.logtools.export import write_export
+from rollout_engine.engine.logtools.reader import read_messages
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import KillSwitch, decode_lenient, subjects
 from rollout_engine.events.codec import log_messages
 
@@ -52,7 +53,7 @@ async def incident(fresh_server, tmp_path):
     for stream in (events, healthy):
         for subject, payload in log_messages(stream, 20):
             await js.publish(subject, payload)
-    summary = await Runner(Consumer(RollbackProjection()), settings, until_idle=True, fetch_timeout=0.2).run()
+    summary = await consumer_runner(Consumer(RollbackProjection()), settings, until_idle=True, fetch_timeout=0.2).run()
     assert summary.events > 0
     path = tmp_path / "incident.msgpack"
     await write_export(read_messages(js), path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_engine.consumers.runtime import stored_digest
+from rollout_engine.consumers.consumer import stored_digest
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import load_settings

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from rollout_engine.consumers.folding import subject_for
 from rollout_engine.consumers.rollback.scenario import Profile, policy_change, runs
 from rollout_engine.engine.settings import Settings
 from rollout_engine.engine.stack.server import EmbeddedServer
@@ -31,7 +30,7 @@ NAME = "rollback"
 
 async def _publish(js: object, events: list[Event]) -> None:
     for event in events:
-        await js.publish_async(subject_for(event), encode(event))  # type: ignore[attr-defined]
+        await js.publish_async(subjects.for_event(event), encode(event))  # type: ignore[attr-defined]
     await js.publish_async_completed()  # type: ignore[attr-defined]
 
 

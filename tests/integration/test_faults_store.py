@@ -29,6 +29,7 @@ from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.consumer_metrics import ConsumerMetrics
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import subjects
 from tests.integration.faultkit import (
@@ -84,7 +85,7 @@ async def test_store_fault_stalls_without_acking_then_resumes_with_nothing_lost(
 
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry)
-    runner = Runner(build(NAME, settings), settings, metrics=metrics, fetch_timeout=0.2)
+    runner = consumer_runner(build(NAME, settings), settings, metrics=metrics, fetch_timeout=0.2)
     task = asyncio.create_task(runner.run())
     await wait_for(lambda: committed(settings.data_dir, NAME) == 60, 20, "the backlog to be committed")
 

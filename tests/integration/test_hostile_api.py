@@ -30,7 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollout_engine.engine.api.service import ENDPOINTS, serve_api
+from rollout_engine.engine.api.client import ENDPOINTS
+from rollout_engine.engine.api.service import serve_api
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.cli import main as cli_main
 from rollout_engine.engine.settings import Settings, load_settings

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rollout_engine.consumers.folding import subject_for
+from rollout_engine.consumers.consumer import PartitionMismatch
 from rollout_engine.consumers.rollback.scenario import policy_change
-from rollout_engine.consumers.runtime import PartitionMismatch, Runner
+from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.api.control_log import known_rollouts, read_control
 from rollout_engine.engine.bus import BusUnavailable, connect, provision
 from rollout_engine.engine.settings import Settings, load_settings
@@ -63,7 +63,7 @@ async def test_the_partition_of_a_rollout_is_the_servers_mapping(fresh_server: E
 
     # Rollout-scoped reads (status, the operator API) find a rollout's subjects in either layout.
     change = policy_change("r7", None, canary_pct=25.0, time_ms=5)
-    await js.publish(subject_for(change), encode(change))
+    await js.publish(subjects.for_event(change), encode(change))
     view = await read_control(js, "r7")
     assert view.state.canary_pct == 25.0 and view.control_seq == view.command_seq > 0
     assert (await known_rollouts(js, "r7")) == {"r7": {"config": 1, "metric": 1}}
@@ -131,7 +131,7 @@ async def test_moving_a_partition_to_another_process_moves_its_checkpoint(
     clean = _settings(fresh_server, tmp_path / "clean")
     clean_parts = await _parts(clean, [0, 1, 2, 3])
     moved = {o["partition"]: o["digest"] for o in outputs}
-    from rollout_engine.consumers.runtime import stored_digest
+    from rollout_engine.consumers.consumer import stored_digest
 
     for partition in range(N):
         _, digest_clean = await stored_digest(build("canary_stats", clean), clean, partition)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rollout_engine.consumers.folding import Delivery, fold_deliveries
+from rollout_engine.consumers.folding import Folder
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, resume, runs
 from rollout_engine.engine.stack.server import EmbeddedServer
@@ -26,6 +26,7 @@ from rollout_engine.events import (
     Escalation,
     Event,
     KillSwitch,
+    LogMessage,
     WouldKill,
     encode,
     subjects,
@@ -63,12 +64,12 @@ async def _incident(rig: Rig) -> list[list[Event]]:
     return phases
 
 
-async def _recorded(rig: Rig) -> tuple[list[Delivery], list[Event]]:
+async def _recorded(rig: Rig) -> tuple[list[LogMessage], list[Event]]:
     info = await rig.js.stream_info(subjects.LOG_STREAM)
     deliveries = []
     for seq in range(1, info.state.last_seq + 1):
         msg = await rig.js.get_msg(subjects.LOG_STREAM, seq)
-        deliveries.append(Delivery(seq, msg.subject, msg.data))
+        deliveries.append(LogMessage(seq, msg.subject, msg.data))
     commands = [e for e in await rig.log_commands() if e.producer == "rollback"]
     return deliveries, commands
 
@@ -91,10 +92,9 @@ async def test_recorded_incident_replays_to_the_identical_command_sequence(
     assert [encode(e) for e in seen_by_service] == [encode(e) for e in recorded]  # a service got each, on time
 
     # 1. fold the recorded log as the runtime does
-    _, result = fold_deliveries(RollbackProjection(), deliveries)
-    assert [row.data for row in result.outbox] == [encode(e) for e in recorded]
-    assert [row.subject for row in result.outbox][:2] == [subjects.control(R, "would_kill"),
-                                                          subjects.control(R, "kill_switch")]
+    rows = Folder.outbox_of(Folder(RollbackProjection()).fold_batch(deliveries))
+    assert [row.data for row in rows] == [encode(e) for e in recorded]
+    assert [row.subject for row in rows][:2] == [subjects.control(R, "would_kill"), subjects.control(R, "kill_switch")]
 
     # 2. publish the same inputs into an empty server: the same commands, byte for byte
     second = EmbeddedServer(tmp_path / "nats-2", port=0)

@@ -8,9 +8,13 @@ import msgspec
 import pytest
 
 from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.consumer import Consumer, stored_digest
 from rollout_engine.consumers.control_consumer import build as build_control
-from rollout_engine.consumers.folding import Delivery, fold
-from rollout_engine.consumers.runtime import Consumer, Runner, stored_digest
+from rollout_engine.consumers.folding import fold_message
+from rollout_engine.consumers.projection import RolloutProjection
+from rollout_engine.consumers.rollback.projection import RollbackProjection
+from rollout_engine.consumers.rollback.scenario import Profile, runs
+from rollout_engine.consumers.runtime import Runner
 from rollout_engine.consumers.stats_consumer import build as build_stats
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import Settings, load_settings
@@ -21,6 +25,7 @@ from rollout_engine.events import (
     Decision,
     Event,
     KillSwitch,
+    LogMessage,
     Metric,
     Outcome,
     decode,
@@ -85,8 +90,7 @@ async def test_runner_folds_the_log_commits_and_resumes_after_the_committed_sequ
     resumed = Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True, batch=7)
     second = await resumed.run()
     assert (second.seq, second.events) == (30, 150)  # only what was new: nothing counted twice
-    clean = CanaryStats()
-    fold(clean, [e for b in batches for e in b])
+    clean = one_at_a_time(CanaryStats(), batches)
     assert second.digest == clean.digest()
     assert (await stored_digest(Consumer(CanaryStats()), settings)) == (30, clean.digest())
     assert resumed.projection.split("r1", "all") == clean.split("r1", "all")
@@ -100,36 +104,39 @@ async def test_a_gap_in_deliveries_is_filled_from_the_stream_in_order(stack) -> 
     await runner.store.open()
     try:
         raw = [await js.get_msg(subjects.LOG_STREAM, s) for s in range(1, 6)]
-        deliveries = [Delivery(m.seq, m.subject, m.data) for m in raw]
+        deliveries = [LogMessage(m.seq, m.subject, m.data) for m in raw]
         result = await runner._process([deliveries[0], deliveries[3], deliveries[4], deliveries[0]])
         assert result.seq == 5 and result.messages == 5 and result.skipped == 1
     finally:
         await runner.store.close()
-    clean = CanaryStats()
-    fold(clean, [e for b in batches for e in b])
-    assert runner.projection.digest() == clean.digest()
+    assert runner.projection.digest() == one_at_a_time(CanaryStats(), batches).digest()
 
 
-class Echo:
-    """A projection that emits one config command per kill switch it sees (tests the outbox)."""
+def one_at_a_time(projection: CanaryStats, batches: list[list[Event]]) -> CanaryStats:
+    """Every event applied in log order, one at a time: what any batching must equal."""
+    for seq, event in enumerate((e for b in batches for e in b), 1):
+        projection.apply(event, seq)
+    return projection
+
+
+class Echo(RolloutProjection[list[str]]):
+    """A projection that emits one kill switch per test kill switch it sees (tests the outbox)."""
 
     name = "echo"
 
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
     def apply(self, event: Event, seq: int) -> list[Event]:
         if isinstance(event, KillSwitch) and event.actor == "test":
-            self.seen.append(event.id)
+            self.rollouts.setdefault(event.rollout, []).append(event.id)
+            self.touch(event.rollout)
             return [KillSwitch(id=f"echo-{event.id}", rollout=event.rollout, time_ms=event.time_ms, producer="echo",
                                actor="echo", reason="echo", before=event.after, after=event.after)]
         return []
 
-    def snapshot(self) -> bytes:
-        return msgspec.msgpack.encode(self.seen)
+    def encode_rollout(self, rollout: str) -> bytes:
+        return msgspec.msgpack.encode(self.rollouts[rollout])
 
-    def restore(self, data: bytes) -> None:
-        self.seen = msgspec.msgpack.decode(data, type=list[str])
+    def decode_rollout(self, rollout: str, blob: bytes) -> list[str]:
+        return msgspec.msgpack.decode(blob, type=list[str])
 
 
 def kill(rollout: str, n: int) -> KillSwitch:
@@ -206,7 +213,7 @@ async def test_a_second_process_of_the_same_consumer_is_refused(stack, tmp_path:
 
 
 async def test_a_store_from_another_version_is_refused_with_what_to_do(stack) -> None:  # type: ignore[no-untyped-def]
-    from rollout_engine.consumers.runtime import StoreIncompatible
+    from rollout_engine.consumers.consumer import StoreIncompatible
     from rollout_engine.consumers.store import SQLiteConsumerStore
 
     settings, nc, _ = stack
@@ -214,5 +221,35 @@ async def test_a_store_from_another_version_is_refused_with_what_to_do(stack) ->
         await store.commit(3, {"": b"\x93not a canary-stats part"})
     with pytest.raises(StoreIncompatible, match="Delete that file"):
         await Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True).run()
-    with pytest.raises(StoreIncompatible, match="delete it to rebuild"):
+    with pytest.raises(StoreIncompatible, match="Delete that file"):
         await stored_digest(Consumer(CanaryStats()), settings)
+
+
+async def test_the_live_runner_and_a_replay_of_its_log_run_the_same_fold(stack) -> None:  # type: ignore[no-untyped-def]
+    """Replay proves the live fold only if both run the same code: each ``apply`` of the
+    live runner and of ``rollout replay --stream``'s fold records who called it."""
+    import sys
+
+    from rollout_engine.engine.logtools.reader import read_messages
+    from rollout_engine.engine.logtools.replay import replay_messages
+
+    callers: dict[str, set[object]] = {"live": set(), "replay": set()}
+
+    class Spy(RollbackProjection):
+        path = "live"
+
+        def apply(self, event, seq):  # type: ignore[no-untyped-def]
+            callers[self.path].add(sys._getframe(1).f_code)
+            return super().apply(event, seq)
+
+    settings, nc, js = stack
+    events = runs("spy", 60, canary_pct=50.0, candidate=Profile(quality=80.0))  # regresses: a kill is emitted
+    for start in range(0, len(events), 50):
+        await js.publish(subjects.event("spy", "decision"), encode_batch(events[start:start + 50]))
+    live = await Runner(Consumer(Spy()), settings, nc=nc, until_idle=True, fetch_timeout=0.2).run()
+    replayed = Spy()
+    replayed.path = "replay"
+    messages = [m async for m in read_messages(js)]
+    result = replay_messages([m for m in messages if m.seq <= live.seq], [replayed])
+    assert callers["live"] == callers["replay"] == {fold_message.__code__}
+    assert result.digests["rollback"] == live.digest and result.emitted["rollback"] >= 1

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from rollout_engine.consumers.canary_stats import CanaryStats
-from rollout_engine.consumers.folding import Delivery, Folder
-from rollout_engine.consumers.runtime import Consumer, Runner
+from rollout_engine.consumers.consumer import Consumer
+from rollout_engine.consumers.folding import Folder
+from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.server import EmbeddedServer
-from rollout_engine.events import encode_batch, subjects
+from rollout_engine.events import LogMessage, encode_batch, subjects
 from tests.integration.test_consumer_crash import batch_of
 
 
@@ -59,7 +60,7 @@ async def test_consumer_survives_a_server_restart_mid_stream(fresh_server: Embed
     folder = Folder(CanaryStats())
     for seq in range(1, last + 1):
         msg = await js.get_msg(subjects.LOG_STREAM, seq)
-        folder.fold_batch([Delivery(seq, msg.subject or "", msg.data or b"")])
+        folder.fold_batch([LogMessage(seq, msg.subject or "", msg.data or b"")])
     await runner.nc.close()
     await nc.close()
     assert summary.seq == last == 600

@@ -453,7 +453,7 @@ async def test_sdk_follower_resets_under_a_new_name_and_keeps_following(
         async with RolloutClient(_app_settings(secure, tmp_path), producer="app-reset", catch_up_timeout_s=20) as client:
             (first,) = await _followers(ejs, prefix)
             # 1. A gap, as nats-py handles one (the old consumer still exists).
-            jsi = client._sub._sub._jsi
+            jsi = client.control._sub._sub._jsi
             await jsi.reset_ordered_consumer(jsi._sseq + 1)
             second: set[str] = set()
             for _ in range(150):  # the re-create runs in a background task

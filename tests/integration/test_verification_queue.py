@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from rollout_engine.consumers.runtime import Runner
 from rollout_engine.consumers.verification_consumer import build as build_verification
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import (
     Outcome,
     RecheckClosed,
@@ -33,7 +33,7 @@ def outcome(decision: str, t: int, verdict: str = "inconclusive", confidence: fl
 
 
 async def fold(settings: object, nc: object):  # type: ignore[no-untyped-def]
-    runner = Runner(build_verification(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1)  # type: ignore[arg-type]
+    runner = consumer_runner(build_verification(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1)  # type: ignore[arg-type]
     return await runner.run()
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import special
 
-from rollout_engine.consumers.bandit import BanditProjection, parse_policy
 from rollout_engine.consumers.bandit.posterior import ArmStats, apply_floor, thompson_weights
+from rollout_engine.consumers.bandit.projection import BanditProjection
+from rollout_engine.consumers.bandit.state import parse_policy
 from rollout_engine.engine.sdk.choice import BanditChooser, NoBanditState
 from rollout_engine.events import (
     BanditConfig,
@@ -300,8 +301,9 @@ def simulate(seed: int) -> tuple[float, list[str]]:
     best = max(PROBS.values())
     for step in range(HORIZON):
         now = T0 + step * 1_000
-        for rollout in log.projection.take_changed():
-            chooser.update(encode_view(log.projection, rollout))
+        for rollout in log.projection.changed_parts():  # what the KV mirror puts: the touched rollouts
+            if rollout:
+                chooser.update(encode_view(log.projection, rollout))
         choice = chooser.choose(R, f"u{step}", decision_id=f"s{seed}-{step}", time_ms=now)
         log(chooser.decision(choice, producer="sim"))
         won = rng.random() < PROBS[choice.variant]

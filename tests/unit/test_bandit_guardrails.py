@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from rollout_engine.consumers.bandit import BanditProjection
+from rollout_engine.consumers.bandit.projection import BanditProjection
 from rollout_engine.consumers.guardrails import decide_mode
 from rollout_engine.engine.sdk.choice import BanditChooser
 from rollout_engine.events import Guardrail, GuardrailState, command_id

@@ -51,7 +51,7 @@ def test_split_counts_last_n_decisions_of_the_rollout_and_all_time() -> None:
     assert stats.split("r1", "all") == {"baseline": 20, "candidate": 4}
     assert stats.split("r1", "last_n") == {"baseline": 6, "candidate": 4}
     assert stats.view("r1", "last_n")["candidate"].decisions == 4
-    assert stats.rollouts() == ["r1"]
+    assert sorted(stats.rollouts) == ["r1"]
 
 
 def test_shadow_diff_rate_per_dimension() -> None:

@@ -15,23 +15,23 @@ from rollout_engine.engine.logtools.replay import (
     replay_messages,
     replay_parallel,
 )
-from rollout_engine.events import Metric, Tick, encode, encode_batch, subjects
+from rollout_engine.events import LogMessage, Metric, Tick, encode, encode_batch, subjects
 
 
-def _log() -> list[tuple[int, str, bytes]]:
+def _log() -> list[LogMessage]:
     """The bench workload, ticks, and a candidate whose latency degrades (so kills happen)."""
-    messages: list[tuple[int, str, bytes]] = []
+    messages: list[LogMessage] = []
     for rollout, kind, events in make_batches(2 * WARMUP * 100 + 5_000, rollouts=6):
-        messages.append((len(messages) + 1, subjects.event(rollout, kind), encode_batch(events)))
+        messages.append(LogMessage(len(messages) + 1, subjects.event(rollout, kind), encode_batch(events)))
         if len(messages) % 50 == 0:
             tick = Tick(id=f"tick-{len(messages)}", time_ms=events[-1].time_ms, producer="test")
-            messages.append((len(messages) + 1, subjects.TICK, encode(tick)))
+            messages.append(LogMessage(len(messages) + 1, subjects.TICK, encode(tick)))
     last = events[-1].time_ms
     for i in range(300):
         bad = Metric(id=f"bad-{i}", rollout="bench-1", time_ms=last + i, producer="test", variant="candidate",
                      name="latency_ms", value=50_000.0)
-        messages.append((len(messages) + 1, subjects.event("bench-1", "metric"), encode(bad)))
-    messages.append((len(messages) + 1, subjects.event("bench-1", "metric"), b"\xc1 not msgpack"))
+        messages.append(LogMessage(len(messages) + 1, subjects.event("bench-1", "metric"), encode(bad)))
+    messages.append(LogMessage(len(messages) + 1, subjects.event("bench-1", "metric"), b"\xc1 not msgpack"))
     return messages
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from rollout_engine.consumers.verification import RecheckGauges, VerificationProjection
+from rollout_engine.consumers.verification import VerificationProjection
+from rollout_engine.engine.stack.consumer_runner import RecheckGauges
 from rollout_engine.events import (
     BanditConfig,
     Outcome,
