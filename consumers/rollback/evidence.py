@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.rollback.guards import EMPTY, Summary
 from rollout_engine.consumers.rollback.policy import Policy
 from rollout_engine.consumers.windows import Histogram, Series, quantile
@@ -36,10 +37,8 @@ def stats_shape(live: Policy, shadow: Policy | None = None) -> tuple[int, int, i
     return live.last_n, live.window_ms, 5000 if timed else SMALL_TIME_CAP
 
 
-def new_stats(shape: tuple[int, int, int]) -> Any:
+def new_stats(shape: tuple[int, int, int]) -> CanaryStats:
     """A fresh canary-stats fold of the given shape."""
-    from rollout_engine.consumers.canary_stats import CanaryStats
-
     last_n, window_ms, time_cap = shape
     return CanaryStats(last_n=last_n, window_ms=window_ms, time_cap=time_cap)
 

@@ -7,7 +7,7 @@ rollout with its policy on every relevant event and on every tick:
 1. guards (:mod:`.guards`) -> pass / hold / fail / inconclusive with the numbers;
 2. per-guard hysteresis (:mod:`.hysteresis`) -> a conclusive alarm, a recovery, or an
    inconclusive limit;
-3. actions: a :class:`events.KillSwitch` (or a staged step down, :mod:`.progression`),
+3. actions (:mod:`.actions`): a :class:`events.KillSwitch` (or a staged step down, :mod:`.progression`),
    a :class:`events.WouldKill` for a dry-run policy, an :class:`events.Escalation` for
    repeated breaches (:mod:`.escalation`), a step up when progression is on.
 
@@ -27,7 +27,8 @@ import msgspec
 
 from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.consumers.rollback import evidence
-from rollout_engine.consumers.rollback.commands import ACTOR, escalation, kill_switch, would_kill
+from rollout_engine.consumers.rollback.actions import act, progress, would_kill_now
+from rollout_engine.consumers.rollback.commands import ACTOR, escalation
 from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
 from rollout_engine.consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
 from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
@@ -40,12 +41,13 @@ from rollout_engine.consumers.rollback.policy import (
 )
 from rollout_engine.consumers.rollback.progression import (
     Progress,
-    canary_move,
-    next_down,
-    next_up,
-    tick_progress,
 )
-from rollout_engine.consumers.rollback.state import CachedTest, PolicyRun, RolloutState
+from rollout_engine.consumers.rollback.state import (
+    CachedTest,
+    PolicyRun,
+    RolloutState,
+    rollout_status,
+)
 from rollout_engine.events import (
     COMMAND_TYPES,
     PRODUCER_TYPES,
@@ -152,51 +154,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     def status(self, rollout: str) -> dict[str, Any]:
         """Where a rollout stands, as plain data (the API's ``evaluation``, dashboards)."""
         r = self.rollouts.get(rollout)
-        if r is None:
-            return {}
+        return {} if r is None else rollout_status(rollout, r)
 
-        def guards(run: PolicyRun) -> dict[str, Any]:
-            return {name: {"state": m.state, "since_ms": m.since_ms, "failures": m.failures,
-                           "inconclusive": m.inconclusive, "penalized": m.penalized(r.now_ms)}
-                    for name, m in sorted(run.machines.items())}
-
-        return {
-            "rollout": rollout,
-            "now_ms": r.now_ms,
-            "kill_switch": r.control.kill_switch,
-            "canary_pct": r.control.canary_pct,
-            "paused": r.control.paused,
-            "policy": {"name": r.live.policy.name, "version": r.live.policy.version},
-            "policy_error": r.policy_error,
-            "guards": guards(r.live),
-            "shadow": None if r.shadow is None else {
-                "policy": {"name": r.shadow.policy.name, "version": r.shadow.policy.version},
-                "tripped_ms": r.shadow.tripped_ms, "guards": guards(r.shadow)},
-            "epoch": r.epoch,
-            "kills": r.kills,
-            "would_kills": r.would_kills,
-            "escalations": sorted(r.escalation.armed),
-            "candidate_samples": r.candidate_total,
-            "verdict": self._verdict(r),
-        }
-
-    @staticmethod
-    def _verdict(r: RolloutState) -> str:
-        """One word for people and ``rollout wait --for healthy``.
-
-        ``killed``; ``idle`` (no candidate traffic asked for); ``unhealthy`` (a live guard
-        is not ``ok`` or an escalation is armed); ``insufficient`` (fewer candidate
-        decisions than the policy's ``min_samples`` since the last epoch); else ``healthy``.
-        """
-        if r.control.kill_switch:
-            return "killed"
-        if r.control.canary_pct <= 0:
-            return "idle"
-        if r.escalation.armed or any(m.state != "ok" for m in r.live.machines.values()):
-            return "unhealthy"
-        if r.candidate_total < r.live.policy.min_samples:
-            return "insufficient"
-        return "healthy"
 
     # --- folding ----------------------------------------------------------------------
     def _rollout(self, rollout: str) -> RolloutState:
@@ -325,20 +284,20 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
             everything = self._results(r, live, evidence, variants, None)
-            out.append(self._act(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+            out.append(act(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
         elif staged or live.policy.progression.enabled:
             unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
             if staged and not unhealthy:
                 live.last_step_ms = -1  # recovered: a staged rollback stops where it is
             elif live.policy.progression.enabled:
-                self._progress(rollout, r, unhealthy, cause, out, now)
+                progress(rollout, r, unhealthy, cause, out, now)
         out.extend(flags)
         shadow = r.shadow
         if shadow is not None and shadow.tripped_ms < 0 and self._judge(
             rollout, r, shadow, evidence, variants, cause, out, only, candidate_only
         )[0]:
             everything = self._results(r, shadow, evidence, variants, None)
-            out.append(self._would_kill(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+            out.append(would_kill_now(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
 
     def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
                  only: str | None, relative_only: bool = False) -> list[GuardResult]:
@@ -398,44 +357,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     def _step_due(self, r: RolloutState, now: int) -> bool:
         """A staged rollback under way takes its next step every hold_down_ms."""
         return r.live.last_step_ms >= 0 and now - r.live.last_step_ms >= r.live.policy.hysteresis.hold_down_ms
-
-    # --- actions --------------------------------------------------------------------
-    def _act(self, rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
-        target = next_down(r.live.policy, r.control.canary_pct)
-        if target is not None and target > 0:
-            why = "; ".join(res.describe() for res in failing)
-            move = canary_move(rollout, r.control, target, why=why, action="staged_rollback",
-                               cause_id=cause.id, time_ms=now)
-            r.control, r.live.last_step_ms, r.progress = move.after, now, Progress()
-            return move
-        kill = kill_switch(rollout, r.control, r.live.policy, failing, cause.id, now)
-        r.control, r.killed_ms, r.kills = kill.after, now, r.kills + 1
-        r.live.last_step_ms = -1
-        return kill
-
-    def _would_kill(self, rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
-        run = r.shadow
-        assert run is not None
-        run.tripped_ms = now
-        r.would_kills += 1
-        return would_kill(rollout, r.control, run.policy, failing, cause.id, now)
-
-    def _progress(self, rollout: str, r: RolloutState, unhealthy: bool, cause: Event, out: list[Event], now: int) -> None:
-        policy = r.live.policy
-        cfg = policy.progression
-        if r.killed_ms >= 0 and now - r.killed_ms < policy.hysteresis.hold_down_ms:
-            return  # hold-down after a kill: no automatic moves yet
-        if r.live.last_step_ms >= 0 or r.control.canary_pct <= 0 or r.control.paused:
-            return  # a staged rollback stopped here, nothing to progress, or an operator paused it
-        if not tick_progress(r.progress, cfg, now, r.candidate_total, unhealthy):
-            return
-        target = next_up(cfg, r.control.canary_pct)
-        if target is None:
-            return
-        move = canary_move(rollout, r.control, target, why=f"{cfg.healthy_intervals} healthy intervals",
-                           action="progression", cause_id=cause.id, time_ms=now)
-        r.control, r.progress = move.after, Progress()
-        out.append(move)
 
     def _escalation(self, rollout: str, r: RolloutState, trigger: str, state: str, count: int,
                     expires_ms: int, reason: str, cause_id: str, now: int) -> Escalation:

@@ -2,10 +2,13 @@
 
 Plain msgspec Structs (array-like, canonical msgpack), one :class:`RolloutState` per
 rollout, stored by the runtime as that rollout's snapshot part together with its
-canary-stats fold. Everything here is data; :mod:`.projection` owns the behaviour.
+canary-stats fold. Everything here is data (and :func:`rollout_status`, the data an
+operator reads); :mod:`.projection` owns the behaviour.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
@@ -16,7 +19,7 @@ from rollout_engine.consumers.rollback.progression import Progress
 from rollout_engine.consumers.rollback.stats_tests import TestResult
 from rollout_engine.events import ControlState
 
-__all__ = ["CachedTest", "PolicyRun", "RolloutState"]
+__all__ = ["CachedTest", "PolicyRun", "RolloutState", "rollout_status", "verdict"]
 
 
 class CachedTest(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -55,3 +58,50 @@ class RolloutState(msgspec.Struct, array_like=True, gc=False):
     would_kills: int = 0
     policy_error: str = ""
     shape: list[int] = msgspec.field(default_factory=list)  # (last_n, window_ms, time_cap) of the evidence
+
+
+def _guards(run: PolicyRun, now_ms: int) -> dict[str, Any]:
+    return {name: {"state": m.state, "since_ms": m.since_ms, "failures": m.failures,
+                   "inconclusive": m.inconclusive, "penalized": m.penalized(now_ms)}
+            for name, m in sorted(run.machines.items())}
+
+
+def rollout_status(rollout: str, r: RolloutState) -> dict[str, Any]:
+    """Where a rollout stands, as plain data (KV ``rollback.<rollout>``, the API, dashboards)."""
+    return {
+        "rollout": rollout,
+        "now_ms": r.now_ms,
+        "kill_switch": r.control.kill_switch,
+        "canary_pct": r.control.canary_pct,
+        "paused": r.control.paused,
+        "policy": {"name": r.live.policy.name, "version": r.live.policy.version},
+        "policy_error": r.policy_error,
+        "guards": _guards(r.live, r.now_ms),
+        "shadow": None if r.shadow is None else {
+            "policy": {"name": r.shadow.policy.name, "version": r.shadow.policy.version},
+            "tripped_ms": r.shadow.tripped_ms, "guards": _guards(r.shadow, r.now_ms)},
+        "epoch": r.epoch,
+        "kills": r.kills,
+        "would_kills": r.would_kills,
+        "escalations": sorted(r.escalation.armed),
+        "candidate_samples": r.candidate_total,
+        "verdict": verdict(r),
+    }
+
+
+def verdict(r: RolloutState) -> str:
+    """One word for people and ``rollout wait --for healthy``.
+
+    ``killed``; ``idle`` (no candidate traffic asked for); ``unhealthy`` (a live guard
+    is not ``ok`` or an escalation is armed); ``insufficient`` (fewer candidate
+    decisions than the policy's ``min_samples`` since the last epoch); else ``healthy``.
+    """
+    if r.control.kill_switch:
+        return "killed"
+    if r.control.canary_pct <= 0:
+        return "idle"
+    if r.escalation.armed or any(m.state != "ok" for m in r.live.machines.values()):
+        return "unhealthy"
+    if r.candidate_total < r.live.policy.min_samples:
+        return "insufficient"
+    return "healthy"

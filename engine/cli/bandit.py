@@ -30,6 +30,7 @@ from rollout_engine.engine.cli.common import (
     sanitize,
     settings_from,
 )
+from rollout_engine.engine.cli.control import default_actor
 from rollout_engine.events import (
     BanditConfig,
     Event,
@@ -45,8 +46,6 @@ __all__ = ["register"]
 
 
 def _actor(args: argparse.Namespace) -> str:
-    from rollout_engine.engine.cli.control import default_actor
-
     actor = args.actor or default_actor()
     if not is_token(actor):
         raise CliError(f"--actor {actor!r}: expected 1-64 of A-Z a-z 0-9 _ - (or set ROLLOUT_ACTOR)")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from rollout_engine.engine.bus import BusUnavailable
 from rollout_engine.engine.settings import Settings, SettingsError, load_settings
 
 __all__ = [
@@ -191,7 +192,7 @@ def handler(func: Callable[[argparse.Namespace], Coroutine[Any, Any, int | None]
     """Adapt an async command to argparse's ``handler``; map bus errors to CliError."""
 
     def wrapper(args: argparse.Namespace) -> int:
-        from rollout_engine.engine.bus import BusUnavailable
+        # at call time: consumer_metrics loads prometheus_client, which most commands never need
         from rollout_engine.engine.stack.consumer_metrics import MetricsPortInUse
 
         try:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 
 from rollout_engine.engine.cli.common import color, handler, print_json, settings_from
+from rollout_engine.engine.cli.up import serve
+from rollout_engine.engine.stack.demo import run_demo
 
 __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.cli.up import serve
-    from rollout_engine.engine.stack.demo import run_demo
-
     settings = settings_from(args)
     data_dir = settings.data_path / "demo"
     quiet = args.json

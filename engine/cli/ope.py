@@ -31,6 +31,7 @@ from rollout_engine.engine.logtools.ope import (
     join_rounds,
     parse_policy_text,
 )
+from rollout_engine.engine.logtools.reader import read_messages
 from rollout_engine.events import AnyEvent, subjects
 from rollout_engine.events.ids import is_token
 
@@ -47,7 +48,6 @@ async def _load_events(args: argparse.Namespace) -> list[AnyEvent]:
         for record in records:
             events.extend(events_of(record))
         return events
-    from rollout_engine.engine.logtools.reader import read_messages
 
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-ope", reconnect=False)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
     add_json_flag,
@@ -29,7 +30,14 @@ from rollout_engine.engine.cli.common import (
     settings_from,
 )
 from rollout_engine.engine.logtools.export import ExportError
-from rollout_engine.events import LogMessage
+from rollout_engine.engine.logtools.reader import read_messages
+from rollout_engine.engine.logtools.replay import (
+    Replayer,
+    make_projections,
+    messages_from_file,
+    write_store,
+)
+from rollout_engine.events import LogMessage, subjects
 
 __all__ = ["progress_bar", "register"]
 
@@ -68,12 +76,7 @@ def progress_bar(label: str, stream: Any = None) -> Any:
 
 
 async def _load_messages(args: argparse.Namespace) -> list[LogMessage]:
-    from rollout_engine.engine.logtools.replay import messages_from_file
-
     if args.stream:
-        from rollout_engine.engine.bus import connect
-        from rollout_engine.engine.logtools.reader import read_messages
-
         nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
         try:
             return [m async for m in read_messages(nc.jetstream())]
@@ -94,10 +97,6 @@ async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
     when the replay began (ticks and traffic go on arriving while it runs), so the
     progress total is the exact number of messages replayed.
     """
-    from rollout_engine.engine.bus import connect
-    from rollout_engine.engine.logtools.reader import read_messages
-    from rollout_engine.events import subjects
-
     nc = await connect(settings_from(args), name="rollout-replay", reconnect=False)
     try:
         js = nc.jetstream()
@@ -119,8 +118,6 @@ async def _replay_stream(args: argparse.Namespace, replayer: Any) -> None:
 
 
 async def _replay(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.logtools.replay import Replayer, make_projections, write_store
-
     settings = settings_from(args)
     try:
         projections = make_projections(args.only.split(",") if args.only else None, settings)

@@ -14,6 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
+from rollout_engine.consumers.folding import events_of
+from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
     add_json_flag,
@@ -22,14 +24,15 @@ from rollout_engine.engine.cli.common import (
     settings_from,
 )
 from rollout_engine.engine.logtools.export import ExportError
+from rollout_engine.engine.logtools.reader import read_messages
+from rollout_engine.engine.logtools.replay import messages_from_file
+from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
+from rollout_engine.events import subjects
 
 __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.consumers.folding import events_of
-    from rollout_engine.engine.logtools.report import WeeklyRollup, render, week_bounds
-
     now = int(time.time() * 1000)
     try:
         start, end, label = week_bounds(args.week, now)
@@ -38,8 +41,6 @@ async def _run(args: argparse.Namespace) -> int:
     rollup = WeeklyRollup(start, end)
     settings = settings_from(args)
     if args.file:
-        from rollout_engine.engine.logtools.replay import messages_from_file
-
         try:
             messages = messages_from_file(args.file)[1]
         except ExportError as exc:
@@ -48,10 +49,6 @@ async def _run(args: argparse.Namespace) -> int:
             for event in events_of(message):
                 rollup.add(event)
     else:
-        from rollout_engine.engine.bus import connect
-        from rollout_engine.engine.logtools.reader import read_messages
-        from rollout_engine.events import subjects
-
         nc = await connect(settings, name="rollout-report", reconnect=False)
         since = start - 86_400_000  # store time can trail event time by the producers' outbox delays: a day more
         try:

@@ -26,6 +26,7 @@ from rollout_engine.engine.cli.common import (
     print_json,
     settings_from,
 )
+from rollout_engine.engine.cli.rollout_status import rollouts_summary, show_rollout
 from rollout_engine.events import subjects
 
 __all__ = ["collect_status", "register"]
@@ -93,14 +94,11 @@ async def _run(args: argparse.Namespace) -> int:
     if args.watch and not args.rollout:
         raise CliError("--watch follows one rollout: give ROLLOUT (`rollout status ROLLOUT --watch`)", "usage")
     if getattr(args, "rollout", None):
-        from rollout_engine.engine.cli.rollout_status import show_rollout
-
         return await show_rollout(args)
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-status", reconnect=False)
     try:
         status = await collect_status(nc.jetstream(), nc.connected_url.geturl() if nc.connected_url else "")
-        from rollout_engine.engine.cli.rollout_status import rollouts_summary
 
         status["rollouts"] = await rollouts_summary(nc.jetstream(), nc)
     finally:

@@ -19,6 +19,7 @@ import logging
 
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.cli.common import handler, settings_from, stop_on_signals
+from rollout_engine.engine.stack.metrics import serve_metrics
 from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.engine.stack.ticks import run_ticks
 
@@ -41,8 +42,6 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     tasks = [asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop, EngineIds.load(settings)))]
     if settings.metrics_port:
-        from rollout_engine.engine.stack.metrics import serve_metrics
-
         tasks.append(asyncio.create_task(serve_metrics(js, settings.metrics_port, stop, host=settings.host)))
     await asyncio.gather(*tasks)
     await nc.drain()

@@ -21,6 +21,8 @@ import time
 from typing import TYPE_CHECKING
 
 from rollout_engine.engine.cli.common import handler, settings_from, stop_on_signals
+from rollout_engine.engine.sdk.client import RolloutClient
+from rollout_engine.engine.stack.demo import SyntheticService
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -29,9 +31,6 @@ __all__ = ["register"]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.sdk.client import RolloutClient
-    from rollout_engine.engine.stack.demo import SyntheticService
-
     settings = settings_from(args)
     stop = asyncio.Event()
     stop_on_signals(stop.set)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+from rollout_engine.consumers import registry
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.cli.common import CliError, handler, settings_from, stop_on_signals
 from rollout_engine.engine.cli.secure import SecureMode, add_up_flags, prepare
@@ -166,8 +167,6 @@ def _owned(partitions: int) -> list[str]:
 
 
 def _consumer_names() -> list[str]:
-    from rollout_engine.consumers import registry
-
     return registry.names()
 
 
