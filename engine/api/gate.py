@@ -49,6 +49,8 @@ import msgspec
 from prometheus_client import Counter
 
 from rollout_engine.engine.api.verdict import ADVANCE, HALT, UnknownRollout, Verdict, read_verdict
+from rollout_engine.engine.settings import SettingsError
+from rollout_engine.engine.stack.server import is_loopback
 from rollout_engine.events.ids import is_token
 
 __all__ = ["GATE_REQUESTS", "Gate", "GateError", "RateLimiter", "start_gate"]
@@ -284,9 +286,6 @@ async def start_gate(js: Any, settings: Any) -> Gate | None:
     """Start the gate ``settings`` configure; None when it is off (``gate_port = 0``) or its
     port is taken. A taken port is logged, not fatal: the NATS API goes on serving (a second
     API instance on one host shares the API's load, not the gate's port)."""
-    from rollout_engine.engine.settings import SettingsError
-    from rollout_engine.engine.stack.server import is_loopback
-
     if not settings.gate_port:
         return None
     if not is_loopback(settings.gate_host) and not settings.gate_token:

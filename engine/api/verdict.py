@@ -125,7 +125,7 @@ async def read_verdict(js: JetStreamContext, rollout: str) -> Verdict:
     evaluation: dict[str, Any] | None = None
     try:
         kv = await js.key_value(subjects.STATE_BUCKET)
-        entry = await kv.get(f"rollback.{rollout}")
+        entry = await kv.get(subjects.kv_key("rollback", rollout))
         decoded = msgspec.json.decode(entry.value or b"{}")
         evaluation = decoded if isinstance(decoded, dict) and decoded else None
     except Exception:  # no evaluation published yet: inconclusive, never a failure

@@ -7,7 +7,7 @@ the KV state bucket and the operator API), one message per event kind of
 :mod:`events.schema` whose payload is a ``$ref`` to that kind's JSON Schema file, and
 the engine's operations (what it receives, what it sends, what it answers). Nothing here
 is written by hand twice: subjects come from the subject map, kinds from the Structs,
-API endpoints from the service. The official parser (``@asyncapi/parser``) validates it
+API endpoints from the API's client (``engine.api.client.ENDPOINTS``). The official parser (``@asyncapi/parser``) validates it
 in ``make test`` with no errors or warnings (tests/integration/test_asyncapi.py).
 
 JSON, not YAML: the engine needs no YAML library, and AsyncAPI accepts both.
@@ -19,6 +19,9 @@ from typing import Any
 
 import msgspec
 
+from rollout_engine.consumers.deadletter import DeadLetter
+from rollout_engine.engine.api.client import ENDPOINTS
+from rollout_engine.engine.cli.contract_text import canonical_schema, canonical_text
 from rollout_engine.events import subjects
 from rollout_engine.events.acks import InstanceAck
 from rollout_engine.events.codec import MAX_BATCH
@@ -48,9 +51,6 @@ _CONTROL_SENDER = {
     "recheck_closed": "the verification consumer",
     "notification": "the notifier consumer (one record per webhook delivery attempt)",
 }
-_ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health",
-              "abort", "retry", "promote", "pause", "unpause")
-"""The operator API's endpoints (``engine.api.service.ENDPOINTS``; a test keeps them equal)."""
 
 
 def _title(kind: str) -> str:
@@ -58,8 +58,6 @@ def _title(kind: str) -> str:
 
 
 def _description(event_type: type) -> str:
-    from rollout_engine.engine.cli.schemas import canonical_text
-
     return canonical_text(event_type.__doc__ or "")
 
 
@@ -87,8 +85,6 @@ def _event_messages(kind: str, schema_dir: str) -> dict[str, Any]:
 
 def _struct_schema(struct: type) -> dict[str, Any]:
     """An inline JSON Schema for a Struct that has no file in docs/schemas."""
-    from rollout_engine.engine.cli.schemas import canonical_schema
-
     (schema,), components = msgspec.json.schema_components([struct], ref_template="#/components/schemas/{name}")
     return {"schema": canonical_schema(schema), "components": canonical_schema(components)}
 
@@ -122,8 +118,6 @@ def _operation(action: str, channel: str, summary: str, messages: list[str], tag
 
 def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
     """The AsyncAPI 3.0 document; payloads refer to ``./<schema_dir>/<kind>.schema.json``."""
-    from rollout_engine.consumers.deadletter import DeadLetter
-
     rollout = {"$ref": "#/components/parameters/rollout"}
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -221,7 +215,7 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
         "payload": {"type": "object"},
     }
     channels["kv_state"] = _channel(
-        f"$KV.{subjects.STATE_BUCKET}.{{key}}",
+        subjects.kv_subject("{key}"),
         f"The KV bucket {subjects.STATE_BUCKET}: current state for readers of any language (a cache; the log is the truth).",
         ["ControlStateValue", "SnapshotValue"], {"key": {"$ref": "#/components/parameters/key"}})
     operations["sendState"] = _operation("send", "kv_state", "consumers keep current state in the KV bucket",
@@ -293,7 +287,7 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
             "parameters": {
                 "rollout": {"description": "rollout id: 1-64 of A-Z a-z 0-9 _ - (user rollouts never start with _)"},
                 "consumer": {"description": "consumer name (rollback, canary_stats, control, ...)"},
-                "endpoint": {"description": "API endpoint", "enum": list(_ENDPOINTS)},
+                "endpoint": {"description": "API endpoint", "enum": list(ENDPOINTS)},
                 "key": {"description": "control.<rollout>, stats.<rollout>, rollback.<rollout> or bandit.<rollout>"},
                 "service": {"description": "the SDK instance's service (its producer id)"},
                 "instance": {"description": "the SDK instance id: <host>-<pid>-<random>"},

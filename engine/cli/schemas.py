@@ -22,40 +22,12 @@ from pathlib import Path
 
 import msgspec
 
+from rollout_engine.engine.cli.asyncapi import ASYNCAPI_FILE, render_asyncapi, render_asyncapi_bytes
 from rollout_engine.engine.cli.common import CliError
+from rollout_engine.engine.cli.contract_text import canonical_schema
 from rollout_engine.events.schema import EVENT_TYPES, kind_of
 
-__all__ = ["canonical_schema", "canonical_text", "register", "render_schemas", "stale_asyncapi", "stale_schemas"]
-
-
-def canonical_text(text: str) -> str:
-    """A docstring as paragraphs of single spaces: the same text whatever its indentation.
-
-    >>> canonical_text("Engine time: windows\\n    move on ticks.\\n\\n  Replay too.")
-    'Engine time: windows move on ticks.\\n\\nReplay too.'
-    """
-    paragraphs: list[list[str]] = [[]]
-    for line in text.strip().splitlines():
-        if line.strip():
-            paragraphs[-1].append(line.strip())
-        elif paragraphs[-1]:
-            paragraphs.append([])
-    return "\n\n".join(" ".join(words) for words in paragraphs if words)
-
-
-def _canonical(node: object) -> object:
-    """``node`` with every ``description`` in :func:`canonical_text` form."""
-    if isinstance(node, dict):
-        return {k: canonical_text(v) if k == "description" and isinstance(v, str) else _canonical(v)
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [_canonical(v) for v in node]
-    return node
-
-
-def canonical_schema(node: object) -> object:
-    """A JSON Schema with every ``description`` in :func:`canonical_text` form."""
-    return _canonical(node)
+__all__ = ["register", "render_schemas", "stale_asyncapi", "stale_schemas"]
 
 
 def render_schemas() -> dict[str, bytes]:
@@ -70,7 +42,7 @@ def render_schemas() -> dict[str, bytes]:
             "$defs": {k: v for k, v in components.items() if k != event_type.__name__},
         }
         name = f"{kind_of(event_type)}.schema.json"  # type: ignore[arg-type]
-        out[name] = msgspec.json.format(msgspec.json.encode(_canonical(document)), indent=2) + b"\n"
+        out[name] = msgspec.json.format(msgspec.json.encode(canonical_schema(document)), indent=2) + b"\n"
     return out
 
 
@@ -81,7 +53,7 @@ def stale_schemas(target: Path) -> list[str]:
     for name, body in rendered.items():
         path = target / name
         try:
-            committed = _canonical(json.loads(path.read_bytes()))
+            committed = canonical_schema(json.loads(path.read_bytes()))
         except (OSError, ValueError):
             stale.append(name)
             continue
@@ -92,8 +64,6 @@ def stale_schemas(target: Path) -> list[str]:
 
 def stale_asyncapi(target: Path) -> bool:
     """True when the AsyncAPI document beside ``target`` differs from the contract (or is missing)."""
-    from rollout_engine.engine.cli.asyncapi import ASYNCAPI_FILE, render_asyncapi
-
     try:
         committed = json.loads((target.parent / ASYNCAPI_FILE).read_bytes())
     except (OSError, ValueError):
@@ -102,8 +72,6 @@ def stale_asyncapi(target: Path) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rollout_engine.engine.cli.asyncapi import ASYNCAPI_FILE, render_asyncapi_bytes
-
     target = Path(args.out)
     rendered = render_schemas()
     document = target.parent / ASYNCAPI_FILE

@@ -33,7 +33,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from rollout_engine.engine.api.service import ApiError, ControlApi, call
+from rollout_engine.engine.api.client import ApiError, call
+from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.cli.common import CliError, sanitize, stop_on_signals
 from rollout_engine.engine.cli.rollout_view import RolloutView
 from rollout_engine.events import decode_from_log, kind_of, subjects

@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from rollout_engine.consumers.rollback.scenario import Profile, runs
-from rollout_engine.engine.api.service import call
+from rollout_engine.engine.api.client import call
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import Settings, load_settings

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from rollout_engine.engine.api.service import ENDPOINTS
-from rollout_engine.engine.cli import asyncapi
+from rollout_engine.engine.api.client import ENDPOINTS
 from rollout_engine.engine.cli.schemas import stale_asyncapi
 from rollout_engine.events import subjects
 from tests.integration.npm import CONTRACT_CHECKS, ROOT, run_json
@@ -37,7 +36,8 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_committed_document_matches_the_contract() -> None:
     assert not stale_asyncapi(ROOT / "docs" / "schemas"), "docs/asyncapi.json is stale: run `make schemas`"
-    assert asyncapi._ENDPOINTS == ENDPOINTS
+    document = json.loads((ROOT / "docs" / "asyncapi.json").read_text())
+    assert set(ENDPOINTS) <= set(json.dumps(document).split('"')), "every API endpoint is in the document"
 
 
 def test_official_parser_finds_no_error_or_warning(parsed: dict[str, Any]) -> None:

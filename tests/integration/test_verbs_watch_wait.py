@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from rollout_engine.engine.api.service import ApiError, call
+from rollout_engine.engine.api.client import ApiError, call
 from rollout_engine.engine.cli import build_parser
 from rollout_engine.engine.cli.events import describe_event
 from rollout_engine.events import Metric, decode, decode_json, encode, subjects

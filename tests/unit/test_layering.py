@@ -19,6 +19,7 @@ Dependencies run one way: ``bench -> engine -> consumers -> events``.
 from __future__ import annotations
 
 import ast
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,7 @@ def test_no_import_cycles() -> None:
         for target in graph.get(node, {}):
             if state.get(target) == 1:
                 loop = [*path[path.index(target):], target]
-                cycles.append(" -> ".join(f"{graph[a][b]} ({b})" for a, b in zip(loop, loop[1:], strict=False)))
+                cycles.append(" -> ".join(f"{graph[a][b]} ({b})" for a, b in itertools.pairwise(loop)))
             elif state.get(target) is None:
                 visit(target, [*path, target])
         state[node] = 2

@@ -8,7 +8,7 @@ import pytest
 
 from rollout_engine.consumers import registry
 from rollout_engine.consumers.runtime import store_name
-from rollout_engine.engine.api.service import MAX_BODY_BYTES, MAX_DEPTH, ApiError, _body
+from rollout_engine.engine.api.requests import MAX_BODY_BYTES, MAX_DEPTH, ApiError, parse_body
 from rollout_engine.engine.stack.security import render_authorization, roles
 from rollout_engine.events import subjects
 
@@ -36,7 +36,7 @@ def test_readers_are_denied_every_engine_durable_of_the_log(partitions: int) -> 
 ])
 def test_any_body_gets_a_4xx_with_a_reason(data: bytes, code: int, reason: str) -> None:
     with pytest.raises(ApiError) as refused:
-        _body(data)
+        parse_body(data)
     assert refused.value.code == code and reason in refused.value.message
 
 
@@ -44,4 +44,4 @@ def test_a_policy_within_the_depth_limit_is_accepted() -> None:
     nested: object = 1
     for _ in range(MAX_DEPTH - 1):
         nested = [nested]
-    assert _body(msgspec.json.encode({"policy": nested}))["policy"] == nested
+    assert parse_body(msgspec.json.encode({"policy": nested}))["policy"] == nested

@@ -48,7 +48,7 @@ VERIFICATION = {"retry_interval_s": 1.0, "max_attempts": 2}
 
 def _control(seq: int, rollout: str, rng: random.Random, t: int) -> LogMessage:
     before = ControlState(canary_pct=50.0, config_version=seq)
-    kind = rng.randrange(4)
+    kind = {1: 3, 2: 0}.get(seq, rng.randrange(4))  # the log opens with a bandit config, then a policy
     common = {"id": f"c{seq}", "rollout": rollout, "time_ms": t, "producer": "api", "actor": "op", "reason": "x"}
     if kind == 0:
         event = ConfigChange(before=before, after=ControlState(canary_pct=50.0, policy_version=1), policy=POLICY,
@@ -76,7 +76,7 @@ def _producer(seq: int, rollout: str, rng: random.Random, t: int) -> LogMessage:
                                   canary_pct=50.0, config_version=1, propensity=0.5, shadow=shadow,
                                   dry_run=rng.random() < 0.5, **common))
         elif kind == 1:
-            batch.append(Outcome(decision_id=f"e{seq - rng.randrange(1, 4)}-0", variant=variant,
+            batch.append(Outcome(decision_id=f"e{seq - rng.randrange(1, 4)}-{rng.randrange(3)}", variant=variant,
                                  verdict=rng.choice(("win", "loss", "inconclusive")), quality=rng.gauss(90, 3),
                                  confidence=rng.choice((None, 0.3, 0.95)), **common))
         else:
@@ -84,7 +84,7 @@ def _producer(seq: int, rollout: str, rng: random.Random, t: int) -> LogMessage:
     return LogMessage(seq, subjects.event(rollout, ("decision", "outcome", "metric")[kind]), encode_batch(batch))
 
 
-def make_log(n_messages: int = 70, seed: int = 5) -> list[LogMessage]:
+def make_log(n_messages: int = 70, seed: int = 4) -> list[LogMessage]:
     """Producer batches, ticks, every control command, bandit configs, guardrails, bad messages."""
     rng = random.Random(seed)
     out: list[LogMessage] = []
