@@ -1,4 +1,4 @@
-"""Issue 6 figures: ``choose()`` calls/s and the bandit and verification folds' events/s.
+"""Bandit figures: ``choose()`` calls/s and the bandit and verification folds' events/s.
 
 Each function is a coroutine returning one value, so ``bench.harness.measure`` can take
 the median of runs, e.g. ``await measure("choose()", "calls/s", choose_calls_per_s)``.

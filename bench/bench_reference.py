@@ -1,4 +1,4 @@
-"""Reference figures measured beside ours in the same run (issue 9).
+"""Reference figures measured beside ours in the same run (the ceiling, the naive design, the peer).
 
 - transport ceiling: raw nats-py pull fetch + msgspec decode of the stream, no projection, no acks;
 - naive design: one JetStream message per event, one ack per event, one SQLite commit per event;

@@ -1,4 +1,4 @@
-"""Issue 11 figures: scale-out on this machine.
+"""Scale-out figures on this machine.
 
 - Partitioned consumers: the same log (4 partitions by rollout) folded by 1, 2 and 4
   ``rollout consumer canary_stats --process K --of M`` processes running at once;

@@ -51,7 +51,7 @@ async def replay() -> list[Figure]:
 
 
 async def sdk() -> list[Figure]:
-    """Issue 3: assign() calls/s and JetStream-acked producer events/s (targets 200k each)."""
+    """The SDK: assign() calls/s and JetStream-acked producer events/s (targets 200k each)."""
     from bench.bench_sdk import assign_rate, publish_rate
 
     ceiling = cached("transport ceiling")
@@ -65,7 +65,7 @@ async def sdk() -> list[Figure]:
 
 
 async def bandit() -> list[Figure]:
-    """Issue 6: choose() calls/s and the bandit and verification folds' events/s."""
+    """The bandit: choose() calls/s and the bandit and verification folds' events/s."""
     from bench.bench_bandit import (
         bandit_events_per_s,
         choose_calls_per_s,
@@ -82,14 +82,14 @@ async def bandit() -> list[Figure]:
 
 
 async def rollback() -> list[Figure]:
-    """Issue 5: breach -> kill switch p50/p99 under 50,000 events/s of background load."""
+    """The rollback consumer: breach -> kill switch p50/p99 under 50,000 events/s of background load."""
     from bench.bench_rollback import rollback_figures
 
     return await rollback_figures(100, 50_000)
 
 
 async def consumer() -> list[Figure]:
-    """Issue 4/9: one consumer process, stream -> committed canary-stats projection."""
+    """One consumer process, stream -> committed canary-stats projection (target 200,000 events/s)."""
     from bench.bench_consumer import consumer_vs_ceiling
 
     runs = [await consumer_vs_ceiling(300_000) for _ in range(REPEAT)]
@@ -115,7 +115,7 @@ async def consumer() -> list[Figure]:
 
 
 async def memory() -> list[Figure]:
-    """Issue 4/9: resident memory of the canary-stats fold with 10,000 active rollouts."""
+    """Resident memory of the canary-stats fold with 10,000 active rollouts (target < 300 MB)."""
     from bench.bench_consumer import memory_10k_rollouts
 
     runs = [await memory_10k_rollouts() for _ in range(2)]
@@ -133,7 +133,7 @@ async def restart() -> list[Figure]:
 
 
 async def scale() -> list[Figure]:
-    """Issue 11: 1, 2 and 4 partitioned consumer processes; R1 against R3 producers."""
+    """Scale-out: 1, 2 and 4 partitioned consumer processes; R1 against R3 producers."""
     from bench.bench_scale import scale_figures
 
     return await scale_figures(REPEAT)

@@ -1,4 +1,4 @@
-"""Seed 002's guardrails as a pure fold: execution modes, the normal-mode canary, the
+"""The self-learning guardrails as a pure fold: execution modes, the normal-mode canary, the
 loss cooldown, and the switches that disable the bandit or the executor.
 
 The state per rollout is a :class:`events.GuardrailState`. Operators change it with a
@@ -56,7 +56,7 @@ def decide_mode(
     priority: float = 0.0,
     risk: str = "low",
 ) -> ModeDecision:
-    """The mode a choice runs in, under seed 002's rules, in the order the runbook lists.
+    """The mode a choice runs in, under the guardrail rules, in the order the runbook lists.
 
     - executor disabled: nothing executes (safe, ``execute=False``);
     - safe unless normal is asked for (``requested``, else ``mode_default``);

@@ -127,7 +127,7 @@ class Event(Struct, tag_field="kind", kw_only=True, frozen=True, gc=False):
 class ShadowResult(Struct, kw_only=True, frozen=True, gc=False):
     """What the variant that was *not* served would have done, and how it differed.
 
-    ``diff`` maps a named dimension (seed 001: ``agent``, ``steps``, ``tools``,
+    ``diff`` maps a named dimension (for an agent planner: ``agent``, ``steps``, ``tools``,
     ``dry_run``) to whether it changed. ``error`` records a failed or timed-out shadow.
     """
 
@@ -257,7 +257,8 @@ class Tick(Event, tag="tick"):
 
 # --- rollback consumer outputs (ro.ctl.<rollout>.escalation | would_kill) --------------
 class Escalation(Event, tag="escalation"):
-    """Seed 004: one guard breached ``count`` times within the window; a human should look.
+    """One guard breached ``count`` times within the window (3 in 24 hours by default): the
+    fix is not working, a human should look.
 
     ``state`` is ``armed`` until ``expires_ms`` (event time), then an ``expired`` event
     follows. ``trigger`` is the guard name, or ``inconclusive`` when a guard stayed
@@ -287,12 +288,12 @@ class WouldKill(Event, tag="would_kill"):
     cause_id: Token | None = None
 
 
-# --- seed 002: guardrails and verification re-checks (ro.ctl.<rollout>.guardrail | recheck)
+# --- guardrails and verification re-checks (ro.ctl.<rollout>.guardrail | recheck) -----
 Risk = Literal["low", "medium", "high"]
 
 
 class GuardrailState(Struct, kw_only=True, frozen=True, gc=False):
-    """Seed 002's switches as state: what ``choose()`` obeys for one rollout.
+    """The guardrail switches as state: what ``choose()`` obeys for one rollout.
 
     ``cooldown_until_ms`` is set by the bandit consumer when a ``loss`` follows a
     normal-mode decision; until then choices are forced back to ``safe`` mode.

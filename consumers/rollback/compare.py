@@ -1,7 +1,7 @@
 """Dry-run against live: what a shadow policy would have done, beside what happened.
 
-Seed 000's validation mode runs a new policy in shadow for a while, then compares its
-"would have" decisions with the live ones before switching it on. Both are in the log
+A new policy is validated by running it in shadow (``dry_run = true``) for a while, then
+comparing its "would have" decisions with the live ones before switching it on. Both are in the log
 (``would_kill`` and ``kill_switch`` events), so the comparison is a pure function of
 events, usable by reports, the CLI and tests alike.
 

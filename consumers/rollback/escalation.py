@@ -1,4 +1,4 @@
-"""Escalation flags (seed 004): repeated breaches of one kind arm a flag with a TTL.
+"""Escalation flags: repeated breaches of one kind arm a flag with a TTL.
 
 One breach is handled by the kill switch; the *same* guard breaching again and again
 (by default 3 times in 24 hours, across kills and manual re-enables) means the fix is

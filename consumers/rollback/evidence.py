@@ -3,7 +3,8 @@
 The rollback consumer never reads derived snapshots (``ro.stats.*``): it folds the raw
 log through its own :class:`consumers.canary_stats.CanaryStats`, one instance per
 rollout and *evidence epoch*. A manual re-enable after a kill starts a new epoch, so
-the samples that caused the kill cannot re-trigger it (seed 001's recovery case).
+the samples that caused the kill cannot re-trigger it (a fixed candidate re-enabled at 5%
+is judged on what it does now, not on the regression that killed it).
 
 :class:`StatsEvidence` adapts the canary-stats read API to the :class:`Evidence`
 protocol of :mod:`consumers.rollback.guards`.

@@ -7,7 +7,7 @@ check, so the expensive part costs nothing on healthy traffic. Too little data o
 crossing that is not significant is *inconclusive*, never a failure.
 
 Every result can be rendered as a :class:`events.Breach` and as one line of the kill
-switch's reason, in seed 001's format::
+switch's reason, in the format operators read in the runbook::
 
     quality (baseline: 95.0, candidate: 82.0, drop: 13.0)
     latency (candidate p95: 1850ms > 1600ms)
@@ -91,7 +91,7 @@ class GuardResult:
     kind: str = "threshold"
 
     def describe(self) -> str:
-        """Seed 001's one-line explanation of this result."""
+        """The one-line explanation of this result (the kill switch's reason joins them)."""
         g = self.guard
         if self.kind == "srm":
             return (f"srm (candidate share: {self.observed:.1f}% vs configured {self.threshold:.1f}%, "

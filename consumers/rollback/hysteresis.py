@@ -1,4 +1,5 @@
-"""Per-guard hysteresis (seed 000): sustain, recovery, hold-down and flap penalty.
+"""Per-guard hysteresis: sustain, recovery, hold-down and flap penalty, so one noisy sample
+neither kills a candidate nor lifts an alarm.
 
 Each guard of a rollout owns a :class:`GuardMachine`. Every evaluation feeds it one
 :data:`Status` at an event time; the machine answers whether the guard just went into

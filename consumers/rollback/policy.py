@@ -3,8 +3,9 @@
 A policy is a plain document (TOML tables, or the ``policy`` mapping of a
 :class:`events.ConfigChange`), validated here into frozen Structs. Every policy the
 consumer obeys comes from the log, so a replay judges with the same versions; a rollout
-with no policy in the log is judged by :data:`DEFAULT_POLICY` (version 0, seed 001's
-guards), which is part of the code and therefore just as reproducible.
+with no policy in the log is judged by :data:`DEFAULT_POLICY` (version 0: quality drop
+over 5 points, latency p95 over 1,600 ms, cost over 3 cents), which is part of the code
+and therefore just as reproducible.
 
 Example::
 
@@ -109,8 +110,9 @@ class Guard(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 class Thresholds(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Seed 001's three guards. A negative value disables that guard; anything else
-    belongs in a generic :class:`Guard`."""
+    """The three built-in guards: quality drop (points), latency p95 (ms), cost (cents).
+
+    A negative value disables that guard; anything else belongs in a generic :class:`Guard`."""
 
     max_quality_drop: Number = 5.0
     max_latency_p95_ms: Number = 1600.0
@@ -118,7 +120,8 @@ class Thresholds(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 class Hysteresis(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Seed 000's anti-flap controls, in event-time milliseconds."""
+    """Anti-flap controls, in event-time milliseconds: how long a breach must last, how long
+    a recovery, how long after a kill nothing moves, and the penalty for a flapping guard."""
 
     sustain_ms: Ms = 0
     recovery_sustain_ms: Ms = 0
@@ -169,7 +172,8 @@ class Progression(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True)
 
 
 class EscalationConfig(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Seed 004: ``threshold`` breaches of one guard within ``window_ms`` arm a flag for ``ttl_ms``."""
+    """``threshold`` breaches of one guard within ``window_ms`` arm a flag for ``ttl_ms``
+    (3 in 24 hours arm it for 4 hours: the fix is not working, a human should look)."""
 
     threshold: PositiveInt = 3
     window_ms: Ms = 24 * 3600 * 1000
@@ -196,7 +200,7 @@ class Policy(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     escalation: EscalationConfig = EscalationConfig()
 
     def all_guards(self) -> list[Guard]:
-        """Seed 001's guards (unless disabled with -1) followed by the generic guards."""
+        """The three built-in guards (unless disabled with -1) followed by the generic guards."""
         t = self.thresholds
         out: list[Guard] = []
         if t.max_quality_drop >= 0:
@@ -219,7 +223,7 @@ def _check(policy: Policy) -> Policy:
     dupes = sorted({n for n in names if names.count(n) > 1} | ({"srm"} & set(names)))
     if dupes:
         raise PolicyError("policy.guards", f"guard names must be unique and not 'srm'; repeated or reserved: {dupes}",
-                          "rename the generic guard, or disable the seed-001 guard with -1 in [thresholds]")
+                          "rename the generic guard, or disable the built-in guard with -1 in [thresholds]")
     for i, guard in enumerate(policy.guards):
         if guard.test == "mann_whitney" and not guard.relative:
             raise PolicyError(f"policy.guards[{i}].test", "mann_whitney compares two distributions; it needs a relative mode",

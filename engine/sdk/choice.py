@@ -1,7 +1,7 @@
 """``choose(rollout, unit)``: pick a bandit arm locally from the published bandit view.
 
 The ``bandit`` consumer publishes a :class:`consumers.bandit.BanditView` per rollout to
-KV key ``bandit.<rollout>`` (arm weights per context + seed 002's guardrails). A
+KV key ``bandit.<rollout>`` (arm weights per context and the guardrails). A
 :class:`BanditChooser` watches those keys and answers ``choose()`` with no round trip:
 
 - the arm is drawn from the weights with a uniform number derived from the decision id

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the producer SDK (seed 001's planner metrics, generalized).
+"""Prometheus metrics of the producer SDK (a planner's selection and diff counters, generalized to any rollout).
 
 ``planner_selection_total{planner, reason}`` becomes ``rollout_selection_total{rollout,
 variant, reason}``; ``planner_decision_diff_total`` becomes ``rollout_decision_diff_total

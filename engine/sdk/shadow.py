@@ -1,8 +1,9 @@
 """Shadow compare: run the variant that was not served, and say how it differed.
 
-Seed 001 ran both planners on every request and counted four changed dimensions
-(agent, steps, tools, dry_run). Here a *differ* maps (baseline result, candidate
-result) to named dimensions -> changed; the default one knows seed 001's dimensions and
+Running both variants on a request and counting which named dimensions of the result
+changed (for an agent planner: agent, steps, tools, dry_run) shows how far a candidate
+diverges before it serves anyone. Here a *differ* maps (baseline result, candidate
+result) to named dimensions -> changed; the default one knows those four dimensions and
 falls back to one ``result`` dimension. The shadow is isolated from the caller: its
 exception, a timeout or a failing differ become ``ShadowResult.error``, never the
 caller's problem.
@@ -25,22 +26,23 @@ from rollout_engine.events import ShadowResult
 from rollout_engine.events.ids import is_token
 from rollout_engine.events.schema import MAX_DIMENSIONS, MAX_TEXT
 
-__all__ = ["SEED_DIMENSIONS", "Differ", "Observed", "compare", "default_differ", "invoke", "observe"]
+__all__ = ["PLANNER_DIMENSIONS", "Differ", "Observed", "compare", "default_differ", "invoke", "observe"]
 
-SEED_DIMENSIONS = ("agent", "steps", "tools", "dry_run")
+PLANNER_DIMENSIONS = ("agent", "steps", "tools", "dry_run")
+"""What an agent planner's result is compared on by default: which agent, which steps, which tools, dry run."""
 
 Differ = Callable[[Any, Any], Mapping[str, bool]]
 """``differ(baseline_result, candidate_result) -> {dimension: changed}``."""
 
 
 def default_differ(baseline: Any, candidate: Any) -> dict[str, bool]:
-    """Seed 001's dimensions for mappings that carry any of them, else ``result``.
+    """The four planner dimensions for mappings that carry any of them, else ``result``.
 
     >>> default_differ({"agent": "a", "steps": [1]}, {"agent": "b", "steps": [1]})
     {'agent': True, 'steps': False}
     """
     if isinstance(baseline, Mapping) and isinstance(candidate, Mapping):
-        present = [d for d in SEED_DIMENSIONS if d in baseline or d in candidate]
+        present = [d for d in PLANNER_DIMENSIONS if d in baseline or d in candidate]
         if present:
             return {d: baseline.get(d) != candidate.get(d) for d in present}
     return {"result": baseline != candidate}

@@ -1,4 +1,4 @@
-"""Seed 001's 23 simulated-canary cases, end to end through a real nats-server.
+"""23 simulated-canary cases (healthy, regressed, borderline, recovered...), end to end through a real nats-server.
 
 Each test gets its own server (``fresh_server``) and runs the engine's own consumers
 with the shared runtime: ``rollback`` (the unit under test) and ``control`` (so the KV

@@ -1,4 +1,4 @@
-"""Seed 000's hysteresis cases end to end: sustain, recovery, hold-down and flap penalty.
+"""The hysteresis cases end to end: sustain, recovery, hold-down and flap penalty.
 
 Time is event time: the synthetic runs carry it, and engine ticks (published here as
 the tick publisher would) move it when no traffic arrives.

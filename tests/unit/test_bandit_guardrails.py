@@ -1,4 +1,4 @@
-"""Seed 002's guardrails as events: normal-mode canary limits, loss cooldown forcing safe
+"""The guardrails as events: normal-mode canary limits, loss cooldown forcing safe
 mode, switches that disable the bandit or the executor."""
 
 from __future__ import annotations

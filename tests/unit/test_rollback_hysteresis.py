@@ -1,4 +1,4 @@
-"""Seed 000's hysteresis cases on the pure guard machine: sustain, recovery, hold-down, flap."""
+"""The hysteresis cases on the pure guard machine: sustain, recovery, hold-down, flap."""
 
 from __future__ import annotations
 
