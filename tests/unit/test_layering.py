@@ -168,3 +168,20 @@ def test_no_module_is_over_400_lines() -> None:
     long = sorted(f"{path.relative_to(ROOT)}: {n} lines (split it by job below {MAX_LINES})"
                   for path in MODULES.values() if (n := len(path.read_text().splitlines())) > MAX_LINES)
     assert long == []
+
+
+def test_the_where_things_live_table_matches_the_tree() -> None:
+    """docs/architecture.md names every package folder and every module in it, in its row."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")}
+    missing = []
+    for folder in sorted({path.parent for path in MODULES.values()}):
+        key = f"{folder.relative_to(ROOT)}/"
+        if key not in rows:
+            missing.append(f"no row for {key}")
+            continue
+        for path in sorted(folder.glob("*.py")):
+            if path.name != "__init__.py" and f"`{path.name}`" not in rows[key]:
+                missing.append(f"{path.relative_to(ROOT)} is not in the row of {key}")
+    assert missing == []
