@@ -15,8 +15,6 @@ from rollout_engine.events import COMMAND_TYPES, AnyEvent, ControlState, Event
 
 __all__ = ["ControlProjection", "apply_command"]
 
-_encoder = msgspec.msgpack.Encoder(order="deterministic")
-_state_decoder = msgspec.msgpack.Decoder(ControlState)
 _legacy_decoder = msgspec.msgpack.Decoder(dict[str, ControlState])
 
 
@@ -39,6 +37,7 @@ class ControlProjection(RolloutProjection[ControlState]):
     """
 
     name = "control"
+    state_type = ControlState
     inline_parts = True
 
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
@@ -50,12 +49,6 @@ class ControlProjection(RolloutProjection[ControlState]):
     def states(self) -> dict[str, ControlState]:
         """Each rollout's current control state."""
         return self.rollouts
-
-    def encode_rollout(self, rollout: str) -> bytes:
-        return _encoder.encode(self.rollouts[rollout])
-
-    def decode_rollout(self, rollout: str, blob: bytes) -> ControlState:
-        return _state_decoder.decode(blob)
 
     def decode_meta(self, blob: bytes) -> None:
         # Stores written before control kept one part per rollout hold the whole

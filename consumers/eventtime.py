@@ -21,11 +21,14 @@ The policy (documented in docs/reliability.md):
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Iterator
+
 import msgspec
 
 from rollout_engine.events import AnyEvent, Tick
 
-__all__ = ["MAX_AHEAD_MS", "EventClock", "bounded"]
+__all__ = ["MAX_AHEAD_MS", "DueTimers", "EventClock", "bounded"]
 
 MAX_AHEAD_MS = 60_000
 """How far past the last engine tick a producer's event time may move *now*."""
@@ -74,3 +77,32 @@ class EventClock(msgspec.Struct, array_like=True, gc=False):
         if t > self.now_ms:
             self.now_ms = t
         return self.now_ms
+
+
+class DueTimers:
+    """What falls due at an event time: ``(due_ms, rollout, key)`` entries in a heap.
+
+    Folds that wait for event time (a bandit join's reward wait, a verification
+    re-check) push an entry and pop what :meth:`due` yields once *now* reaches it. Entries
+    are not removed when their item closes early: the fold skips a popped entry whose
+    item is gone or rescheduled. Not persisted: :meth:`rebuild` makes it again from the
+    restored state.
+    """
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str, str]] = []
+
+    def push(self, due_ms: int, rollout: str, key: str) -> None:
+        heapq.heappush(self._heap, (due_ms, rollout, key))
+
+    def due(self, now_ms: int) -> Iterator[tuple[int, str, str]]:
+        """Pop entries due at ``now_ms`` in due order (an entry pushed meanwhile counts too)."""
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            yield heapq.heappop(heap)
+
+    def rebuild(self, entries: Iterable[tuple[int, str, str]]) -> None:
+        self._heap = list(entries)
+        heapq.heapify(self._heap)

@@ -28,9 +28,10 @@ consumer, through crashes and redeliveries).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -44,6 +45,12 @@ META = ""
 
 S = TypeVar("S")
 _encoder = msgspec.msgpack.Encoder()
+
+
+@functools.cache
+def _decoder(struct: type) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(struct)
+
 _parts_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 _inline_decoder = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 
@@ -97,14 +104,19 @@ def _map_header(count: int) -> bytes:
 class RolloutProjection(Generic[S]):
     """The base of every projection: per-rollout state, meta part, event clock, dirty set.
 
-    Subclasses set ``name``, write :meth:`apply`, and encode parts with
-    :meth:`encode_rollout` / :meth:`decode_rollout` (and :meth:`encode_meta` /
-    :meth:`decode_meta` when they keep engine-wide state). ``inline_parts`` writes each
-    part into the snapshot as the msgpack value it is rather than as bytes, so the
-    control projection's snapshot reads as a plain map ``rollout -> ControlState``.
+    Subclasses set ``name`` and write :meth:`apply`. A rollout's state that is one msgspec
+    Struct needs only ``state_type`` (its part is that Struct, msgpack-encoded; dicts keep
+    their insertion order, itself a function of the log); other states write
+    :meth:`encode_rollout` / :meth:`decode_rollout`. ``clock_is_meta`` stores the whole
+    event clock as the meta part; other engine-wide state writes :meth:`encode_meta` /
+    :meth:`decode_meta`. ``inline_parts`` writes each part into the snapshot as the msgpack
+    value it is rather than as bytes, so the control projection's snapshot reads as a
+    plain map ``rollout -> ControlState``.
     """
 
     name: ClassVar[str]
+    state_type: ClassVar[type[msgspec.Struct] | None] = None
+    clock_is_meta: ClassVar[bool] = False
     inline_parts: ClassVar[bool] = False
 
     def __init__(self) -> None:
@@ -117,19 +129,25 @@ class RolloutProjection(Generic[S]):
         raise NotImplementedError
 
     def encode_rollout(self, rollout: str) -> bytes:
-        """One rollout's part, canonically encoded."""
-        raise NotImplementedError
+        """One rollout's part, canonically encoded (by default: its ``state_type`` Struct)."""
+        if self.state_type is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no state_type: write encode_rollout")
+        return _encoder.encode(self.rollouts[rollout])
 
     def decode_rollout(self, rollout: str, blob: bytes) -> S:
         """Inverse of :meth:`encode_rollout`."""
-        raise NotImplementedError
+        if self.state_type is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no state_type: write decode_rollout")
+        return _decoder(self.state_type).decode(blob)  # type: ignore[no-any-return]
 
     def encode_meta(self) -> bytes | None:
-        """The engine-wide part, or None when there is nothing to store."""
-        return None
+        """The engine-wide part (by default the clock, with ``clock_is_meta``), or None."""
+        return _encoder.encode(self.clock) if self.clock_is_meta else None
 
     def decode_meta(self, blob: bytes) -> None:
         """Inverse of :meth:`encode_meta` (raise ValueError for a part made with other settings)."""
+        if self.clock_is_meta:
+            self.clock = _decoder(EventClock).decode(blob)
 
     def clear(self) -> None:
         """Forget every state (a restore starts here); subclasses reset their own fields too."""

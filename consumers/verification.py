@@ -23,13 +23,12 @@ unbounded" is an alert rule, not a manual check.
 
 from __future__ import annotations
 
-import heapq
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from rollout_engine.consumers.eventtime import EventClock
+from rollout_engine.consumers.eventtime import DueTimers
 from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.events import (
     AnyEvent,
@@ -95,9 +94,6 @@ class Queue(msgspec.Struct, kw_only=True):
         self.counters[name] = self.counters.get(name, 0) + 1
 
 
-_encoder = msgspec.msgpack.Encoder()
-_queue_decoder = msgspec.msgpack.Decoder(Queue)
-_clock_decoder = msgspec.msgpack.Decoder(EventClock)
 
 
 def _evidence(event: Outcome) -> Evidence:
@@ -118,7 +114,7 @@ class VerificationProjection(RolloutProjection[Queue]):
     def __init__(self, max_items: int = 100_000) -> None:
         super().__init__()
         self.max_items = max_items
-        self._due: list[tuple[int, str, str]] = []
+        self._due = DueTimers()
 
     @property
     def queues(self) -> dict[str, Queue]:
@@ -175,7 +171,7 @@ class VerificationProjection(RolloutProjection[Queue]):
             evidence=[_evidence(event)],
         )
         queue.items[event.decision_id] = item
-        heapq.heappush(self._due, (item.due_ms, rollout, event.decision_id))
+        self._due.push(item.due_ms, rollout, event.decision_id)
         queue.count("opened")
         out: list[Event] = []
         while len(queue.items) > self.max_items:
@@ -190,9 +186,7 @@ class VerificationProjection(RolloutProjection[Queue]):
 
     def _run_due(self, now: int) -> list[Event]:
         out: list[Event] = []
-        due = self._due
-        while due and due[0][0] <= now:
-            due_ms, rollout, decision_id = heapq.heappop(due)
+        for due_ms, rollout, decision_id in self._due.due(now):
             queue = self.rollouts.get(rollout)
             item = queue.items.get(decision_id) if queue is not None else None
             if queue is None or item is None or item.due_ms != due_ms:
@@ -208,7 +202,7 @@ class VerificationProjection(RolloutProjection[Queue]):
                 ))
                 queue.count("requests")
                 item.due_ms = due_ms + item.interval_ms
-                heapq.heappush(due, (item.due_ms, rollout, decision_id))
+                self._due.push(item.due_ms, rollout, decision_id)
             else:
                 out.append(self._close(rollout, decision_id, "expired", due_ms))
         return out
@@ -240,28 +234,15 @@ class VerificationProjection(RolloutProjection[Queue]):
             for r, q in sorted(self.rollouts.items()) if q.items
         }
 
-    # --- parts (the projection contract) -----------------------------------------------
-    def encode_meta(self) -> bytes:
-        return _encoder.encode(self.clock)
-
-    def decode_meta(self, blob: bytes) -> None:
-        self.clock = _clock_decoder.decode(blob)
-
-    def encode_rollout(self, rollout: str) -> bytes:
-        # ``items`` keeps open order (a function of the log): eviction takes the oldest.
-        return _encoder.encode(self.rollouts[rollout])
-
-    def decode_rollout(self, rollout: str, blob: bytes) -> Queue:
-        return _queue_decoder.decode(blob)
+    # --- parts (the projection contract: one Queue per rollout, the clock as meta) --------
+    # ``items`` keeps open order (a function of the log): eviction takes the oldest.
+    state_type = Queue
+    clock_is_meta = True
 
     def clear(self) -> None:
         super().clear()
-        self._due = []
+        self._due = DueTimers()
 
     def restored(self) -> None:
-        self._due = [
-            (item.due_ms, rollout, decision_id)
-            for rollout, queue in self.rollouts.items()
-            for decision_id, item in queue.items.items()
-        ]
-        heapq.heapify(self._due)
+        self._due.rebuild((item.due_ms, rollout, decision_id) for rollout, queue in self.rollouts.items()
+                          for decision_id, item in queue.items.items())

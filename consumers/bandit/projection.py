@@ -19,14 +19,13 @@ defaulted early and counted as ``evicted``) and ``max_settled`` remembered settl
 
 from __future__ import annotations
 
-import heapq
 from typing import Literal
 
 import msgspec
 
 from rollout_engine.consumers.bandit import posterior
 from rollout_engine.consumers.bandit.state import BanditPolicy, BanditView, parse_policy
-from rollout_engine.consumers.eventtime import EventClock
+from rollout_engine.consumers.eventtime import DueTimers
 from rollout_engine.consumers.guardrails import cooldown_event, prune_normal_times, start_cooldown
 from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.events import (
@@ -79,11 +78,6 @@ class RolloutBandit(msgspec.Struct, kw_only=True):
         self.counters[name] = self.counters.get(name, 0) + by
 
 
-_encoder = msgspec.msgpack.Encoder()
-_rollout_decoder = msgspec.msgpack.Decoder(RolloutBandit)
-_clock_decoder = msgspec.msgpack.Decoder(EventClock)
-
-
 class BanditProjection(RolloutProjection[RolloutBandit]):
     """Projection ``bandit``: see the module docstring.
 
@@ -97,7 +91,7 @@ class BanditProjection(RolloutProjection[RolloutBandit]):
         super().__init__()
         self.max_pending = max_pending
         self.max_settled = max_settled
-        self._due: list[tuple[int, str, str]] = []
+        self._due = DueTimers()
 
     # --- the fold ---------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
@@ -167,7 +161,7 @@ class BanditProjection(RolloutProjection[RolloutBandit]):
             state.normal_times = times[-MAX_NORMAL_TIMES:]
         due = event.time_ms + int(policy.reward_wait_s * 1000)
         state.pending[event.id] = Pending(event.variant, context, normal, event.time_ms, due)
-        heapq.heappush(self._due, (due, rollout, event.id))
+        self._due.push(due, rollout, event.id)
         while len(state.pending) > self.max_pending:
             self._settle_default(rollout, state, next(iter(state.pending)), "evicted")
         self._touch(rollout, state, seq)
@@ -250,9 +244,7 @@ class BanditProjection(RolloutProjection[RolloutBandit]):
         self._remember(state, decision_id, Settled(pend.arm, pend.context, pend.normal, status))
 
     def _expire(self, now: int, seq: int) -> None:
-        due = self._due
-        while due and due[0][0] <= now:
-            _, rollout, decision_id = heapq.heappop(due)
+        for _due_ms, rollout, decision_id in self._due.due(now):
             state = self.rollouts.get(rollout)
             if state is not None and decision_id in state.pending:
                 self._settle_default(rollout, state, decision_id, "defaulted")
@@ -300,29 +292,16 @@ class BanditProjection(RolloutProjection[RolloutBandit]):
             normal_times=normal_times, policy_version=state.policy_version,
         )
 
-    # --- parts (the projection contract) -----------------------------------------------
-    def encode_meta(self) -> bytes:
-        return _encoder.encode(self.clock)
-
-    def decode_meta(self, blob: bytes) -> None:
-        self.clock = _clock_decoder.decode(blob)
-
-    def encode_rollout(self, rollout: str) -> bytes:
-        # Dicts keep insertion order, itself a function of the log: ``pending`` and
-        # ``settled`` are FIFOs whose order must survive a restore, so they are not sorted.
-        return _encoder.encode(self.rollouts[rollout])
-
-    def decode_rollout(self, rollout: str, blob: bytes) -> RolloutBandit:
-        return _rollout_decoder.decode(blob)
+    # --- parts (the projection contract: one RolloutBandit per rollout, the clock as meta) ---
+    # Dicts keep insertion order, itself a function of the log: ``pending`` and ``settled``
+    # are FIFOs whose order must survive a restore, so they are not sorted.
+    state_type = RolloutBandit
+    clock_is_meta = True
 
     def clear(self) -> None:
         super().clear()
-        self._due = []
+        self._due = DueTimers()
 
     def restored(self) -> None:
-        self._due = [
-            (p.due_ms, rollout, decision_id)
-            for rollout, state in self.rollouts.items()
-            for decision_id, p in state.pending.items()
-        ]
-        heapq.heapify(self._due)
+        self._due.rebuild((p.due_ms, rollout, decision_id) for rollout, state in self.rollouts.items()
+                          for decision_id, p in state.pending.items())

@@ -28,6 +28,7 @@ labelled with its new ``pid``.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -71,15 +72,11 @@ class ConsumerMetrics:
                              label, registry=reg, multiprocess_mode="mostrecent")
 
 
-_default: ConsumerMetrics | None = None
-
-
+@functools.cache
 def default_metrics() -> ConsumerMetrics:
-    """The process-wide metrics in the default registry (created on first use)."""
-    global _default
-    if _default is None:
-        _default = ConsumerMetrics()
-    return _default
+    """The process-wide metrics in the default registry (created on first use: the
+    registry refuses a second set of the same names)."""
+    return ConsumerMetrics()
 
 
 class MetricsPortInUse(OSError):

@@ -16,6 +16,7 @@ and the edges some consumers feed (:func:`attach_edges`):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -74,15 +75,10 @@ class RecheckGauges:
         self._seen = known
 
 
-_recheck_gauges: RecheckGauges | None = None
-
-
+@functools.cache
 def _recheck() -> RecheckGauges:
     """The process-wide recheck gauges (the default registry refuses a second set)."""
-    global _recheck_gauges
-    if _recheck_gauges is None:
-        _recheck_gauges = RecheckGauges()
-    return _recheck_gauges
+    return RecheckGauges()
 
 
 def _arm_share(_rollout: str, value: bytes) -> None:
