@@ -41,6 +41,7 @@ from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import Event, LogMessage, encode, encode_batch, kind_of, subjects
+from rollout_engine.events.codec import log_messages
 
 __all__ = ["LiveFold", "kill_latency", "rollback_figures"]
 
@@ -168,8 +169,8 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
                 events = runs(rollout, 60, canary_pct=50, candidate=Profile(quality=82.0))
                 trigger_at = 237  # the outcome of the 30th candidate run: quality is conclusive
                 head, trigger = events[:trigger_at], events[trigger_at]
-                for i in range(0, len(head), 100):
-                    ack = await js.publish(subjects.event(rollout, "decision"), encode_batch(head[i:i + 100]))
+                for subject, payload in log_messages(head, 100):
+                    ack = await js.publish(subject, payload)
                 if runner is not None:
                     await _wait_runner(runner, ack.seq)
                 else:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from rollout_engine.events import subjects
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import TOKEN_MAX, TOKEN_PATTERN
 from rollout_engine.events.origin import rule_of
@@ -344,15 +345,9 @@ def log_messages(events: Iterable[Event], batch: int = 100) -> list[tuple[str, b
 
     For tools and tests that write a prepared log; services use the SDK's publisher.
     """
-    from rollout_engine.events import (
-        subjects,  # the subject map imports the contract, not the codec
-    )
-
     out: list[tuple[str, bytes]] = []
-    for (rollout, kind), group in itertools.groupby(events, key=lambda e: (e.rollout, e.__struct_config__.tag)):
+    for subject, group in itertools.groupby(events, key=subjects.for_event):
         items = list(group)
-        subject = subjects.TICK if kind == "tick" else (
-            subjects.event(rollout, kind) if kind in subjects.PRODUCER_KINDS else subjects.control(rollout, kind))  # type: ignore[arg-type]
         out.extend((subject, encode_batch(items[i:i + batch])) for i in range(0, len(items), batch))
     return out
 

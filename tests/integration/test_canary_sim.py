@@ -37,7 +37,6 @@ from rollout_engine.events import (
     command_id,
     decode,
     encode,
-    kind_of,
     subjects,
 )
 
@@ -75,10 +74,7 @@ class Rig:
     async def publish(self, events: Iterable[Event]) -> None:
         """Publish in order, one event per message with its id as Nats-Msg-Id."""
         for event in events:
-            kind = kind_of(event)
-            subject = subjects.event(event.rollout, kind) if kind in subjects.PRODUCER_KINDS else (
-                subjects.TICK if kind == "tick" else subjects.control(event.rollout, kind))
-            await self.js.publish_async(subject, encode(event), headers={"Nats-Msg-Id": event.id})
+            await self.js.publish_async(subjects.for_event(event), encode(event), headers={"Nats-Msg-Id": event.id})
         await self.js.publish_async_completed()
         await self.settle()
 

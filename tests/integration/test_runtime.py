@@ -34,6 +34,7 @@ from rollout_engine.events import (
     new_event_id,
     subjects,
 )
+from rollout_engine.events.codec import log_messages
 
 T0 = 1_700_000_000_000
 
@@ -244,8 +245,8 @@ async def test_the_live_runner_and_a_replay_of_its_log_run_the_same_fold(stack) 
 
     settings, nc, js = stack
     events = runs("spy", 60, canary_pct=50.0, candidate=Profile(quality=80.0))  # regresses: a kill is emitted
-    for start in range(0, len(events), 50):
-        await js.publish(subjects.event("spy", "decision"), encode_batch(events[start:start + 50]))
+    for subject, payload in log_messages(events, 50):
+        await js.publish(subject, payload)
     live = await Runner(Consumer(Spy()), settings, nc=nc, until_idle=True, fetch_timeout=0.2).run()
     replayed = Spy()
     replayed.path = "replay"
