@@ -74,7 +74,6 @@ class SdkConnection:
         self.settings = settings or load_settings()
         self.producer = check_token(producer, "producer")
         self.outbox_path = Path(outbox_path or self.settings.data_path / f"outbox-{producer}.sqlite")
-        self.on_change = on_change
         self.allow_offline = allow_offline
         self._publisher_args = {
             "batch_size": batch_size,
@@ -206,6 +205,16 @@ class SdkConnection:
         return self._js if nc is not None and nc.is_connected else None
 
     # --- control state ----------------------------------------------------------------
+    @property
+    def on_change(self) -> OnChange | None:
+        """``callback(rollout, state)`` after each state change; may be replaced at any time
+        (the OpenFeature provider chains itself in front of it)."""
+        return self.control.on_change
+
+    @on_change.setter
+    def on_change(self, callback: OnChange | None) -> None:
+        self.control.on_change = callback
+
     def state(self, rollout: str) -> ControlState:
         """The rollout's current control state (the safe default before any command)."""
         return self.control.state(rollout)

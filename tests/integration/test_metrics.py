@@ -60,11 +60,8 @@ async def _publish_control(js, rollout: str) -> None:
         RecheckClosed(id=new_event_id(), rollout=rollout, time_ms=now, producer="verification",
                       decision_id="d1", variant="candidate", status="resolved", attempts=1, first_seen_ms=now),
     ]
-    from rollout_engine.events import kind_of
-
-    for event in events:
-        kind = kind_of(event)
-        await js.publish(subjects.control(rollout, kind), encode(event))  # each kind on its own subject
+    for event in events:  # each on its own subject: the subject says what a message may carry
+        await js.publish(subjects.for_event(event), encode(event))
 
 
 async def test_exposition_has_the_engine_metrics_and_passes_promtool(bus, rollout_id) -> None:
