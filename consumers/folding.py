@@ -2,14 +2,15 @@
 
 Every path that folds the log runs this module: the live runtime
 (``consumers.runtime``), ``rollout replay``, backtests and the API's on-demand
-evaluation (``engine.logtools``), and the benchmarks. "Replay proves the live fold" is
-true because both run :func:`fold_message`.
+evaluation (``engine.logtools``), the policy simulator (its events were never a message:
+it runs :func:`fold_events`, the part after reading), and the benchmarks. "Replay proves
+the live fold" is true because both run :func:`fold_message`.
 
 - :func:`read_message` is the one place where a message's subject and its decoded
   events meet: what a message may carry is decided here, for every reader of the log;
-- :func:`fold_message` applies a message's events to one or more projections; a bad
-  item or a fold that raises becomes a :class:`Failure` (the runtime dead-letters it)
-  and the fold goes on;
+- :func:`fold_message` applies a message's events to one or more projections
+  (:func:`fold_events`); a bad item or a fold that raises becomes a :class:`Failure`
+  (the runtime dead-letters it) and the fold goes on;
 - :class:`Folder` adds the rules that make a consumer exactly-once, with no I/O, so they
   are tested in microseconds: messages are folded in stream-sequence order, starting
   right after the committed position; a sequence at or below it (a redelivery) is
@@ -32,7 +33,7 @@ from rollout_engine.consumers.outbox import OutboxRow, event_row
 from rollout_engine.consumers.projection import Projection
 from rollout_engine.events import AnyEvent, Event, LogMessage, decode_from_log, encode
 
-__all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_message", "read_message"]
+__all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_events", "fold_message", "read_message"]
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +84,33 @@ def fold_message(message: LogMessage, projections: Sequence[Projection]) -> list
     raises is a failure of that projection only (a reducer bug must not stop the engine).
     """
     events, rejected = read_message(message)
-    seq, out = message.seq, []
+    out = []
     for projection in projections:
-        apply = projection.apply
-        emitted: list[Event] = []
-        failed = list(rejected)
-        for event in events:
-            try:
-                result = apply(event, seq)
-            except Exception as exc:
-                log.exception("%s: fold of seq %d failed", projection.name, seq)
-                failed.append(Failure(-2, "projection", f"{type(exc).__name__}: {exc}", encode(event)))
-                continue
-            if result:
-                emitted.extend(result)
-        out.append(Folded(len(events), emitted, failed, len(rejected)))
+        emitted, raised = fold_events(projection, events, message.seq)
+        out.append(Folded(len(events), emitted, [*rejected, *raised], len(rejected)))
     return out
+
+
+def fold_events(projection: Projection, events: Iterable[AnyEvent], seq: int) -> tuple[list[Event], list[Failure]]:
+    """Apply events already read from the log at ``seq`` to one projection: what it emits,
+    and a :class:`Failure` for each event whose fold raised (logged; the fold goes on).
+
+    :func:`fold_message` runs this after :func:`read_message`; the policy simulator
+    (``engine.logtools.simulate``), whose events never were a message, runs it directly.
+    """
+    apply = projection.apply
+    emitted: list[Event] = []
+    failed: list[Failure] = []
+    for event in events:
+        try:
+            result = apply(event, seq)
+        except Exception as exc:
+            log.exception("%s: fold of seq %d failed", projection.name, seq)
+            failed.append(Failure(-2, "projection", f"{type(exc).__name__}: {exc}", encode(event)))
+            continue
+        if result:
+            emitted.extend(result)
+    return emitted, failed
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from rollout_engine.engine.cli.common import (
     when,
 )
 from rollout_engine.engine.cli.propagation_view import propagation_lines
+from rollout_engine.engine.cli.watch import watch
 
 __all__ = ["rollouts_summary", "show_rollout"]
 
@@ -64,11 +65,9 @@ async def rollouts_summary(js: Any, nc: Any = None) -> list[dict[str, Any]]:
 async def show_rollout(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if getattr(args, "watch", False):
-        from rollout_engine.engine.cli.watch import watch
-
         nc = await connect(settings, name="rollout-watch")
         try:
-            return await watch(nc, args)
+            return await watch(nc, args, _print)
         finally:
             await nc.close()
     nc = await connect(settings, name="rollout-status", reconnect=False)

@@ -33,11 +33,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from rollout_engine.consumers.folding import events_of
 from rollout_engine.engine.api.client import ApiError, call
 from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.cli.common import CliError, sanitize, stop_on_signals
 from rollout_engine.engine.cli.rollout_view import RolloutView
-from rollout_engine.events import decode_from_log, kind_of, subjects
+from rollout_engine.engine.sdk.follower import fresh_name_on_reset
+from rollout_engine.events import LogMessage, kind_of, subjects
 
 __all__ = ["SOURCES", "Change", "follow", "initial_view", "json_line", "watch"]
 
@@ -106,8 +108,6 @@ async def follow(nc: Client, rollout: str, sources: Collection[str] = SOURCES,
 
 
 async def _follow_control(nc: Client, rollout: str, cb: Any) -> Any:
-    from rollout_engine.engine.sdk.client import _fresh_name_on_reset
-
     def fresh_name() -> str:
         return f"watch-{secrets.token_hex(6)}"
 
@@ -116,14 +116,14 @@ async def _follow_control(nc: Client, rollout: str, cb: Any) -> Any:
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=2.0,
         config=ConsumerConfig(name=fresh_name(), inactive_threshold=WATCHER_INACTIVE_S),
     )
-    _fresh_name_on_reset(sub, fresh_name)
+    fresh_name_on_reset(sub, fresh_name)
     return sub
 
 
 def _fold(view: RolloutView, source: str, msg: Msg) -> list[Change]:
     if source == "control":
         seq = int(msg.metadata.sequence.stream)
-        return [Change(kind_of(e), seq, view, e) for e in decode_from_log(msg.subject, msg.data)[0]
+        return [Change(kind_of(e), seq, view, e) for e in events_of(LogMessage(seq, msg.subject, msg.data))
                 if view.apply_event(e, seq)]
     try:
         document = msgspec.json.decode(msg.data)
@@ -161,11 +161,10 @@ def _text_line(change: Change) -> str:
     return f"{head}  <- {change.kind}"
 
 
-async def watch(nc: Client, args: argparse.Namespace) -> int:
-    """Print the rollout on every change until Ctrl-C: redrawn in place on a terminal, one
-    line per change to a pipe, one JSON object per line with ``--json``."""
-    from rollout_engine.engine.cli.rollout_status import _print as print_status
-
+async def watch(nc: Client, args: argparse.Namespace, print_status: Callable[[dict[str, Any]], None]) -> int:
+    """Print the rollout on every change until Ctrl-C: redrawn in place on a terminal (with
+    ``print_status``, ``rollout status``'s printer), one line per change to a pipe, one
+    JSON object per line with ``--json``."""
     stop = asyncio.Event()
     stop_on_signals(stop.set)
     tty = sys.stdout.isatty() and not args.json

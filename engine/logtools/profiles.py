@@ -25,7 +25,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rollout_engine.events import Decision, Metric, Outcome, decode_from_log
+from rollout_engine.consumers.folding import events_of
+from rollout_engine.engine.logtools.export import read_export
+from rollout_engine.events import Decision, Metric, Outcome
 
 __all__ = ["PROFILES", "REGRESSIONS", "Regression", "TrafficProfile", "fit_profile", "parse_regression"]
 
@@ -166,14 +168,11 @@ def fit_profile(path: str | Path, *, rollout: str | None = None, variant: str = 
     event-time span, the request rate a split divides. Raises ValueError when the file
     holds no values of that variant.
     """
-    from rollout_engine.engine.logtools.export import read_export
-
     _, records, _ = read_export(path)
     values: dict[str, list[float]] = {m: [] for m in METRICS}
     times: list[int] = []
     for record in records:
-        events = record.events if record.events is not None else decode_from_log(record.subject, record.data or b"")[0]
-        for event in events:
+        for event in events_of(record):
             if rollout is not None and getattr(event, "rollout", None) != rollout:
                 continue
             if isinstance(event, Decision):

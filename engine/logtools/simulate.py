@@ -4,9 +4,10 @@ Each simulated rollout is a log: a ConfigChange carrying the policy and the cana
 split, then requests drawn from a :class:`~engine.logtools.profiles.TrafficProfile`
 (a Decision, an Outcome with its quality, a ``latency_ms`` and a ``cost_cents`` Metric
 each, Poisson arrivals) with an engine tick every 250 ms of event time. The log is
-folded by the rollback consumer's own projection (``RollbackProjection.apply``, every
-emitted command fed back as the live consumer's come back through the log), so what
-is measured is exactly what the engine would do, judging after every event.
+folded by the rollback consumer's own projection through the engine's one fold
+(``consumers.folding.fold_events``, every emitted command fed back as the live
+consumer's come back through the log), so what is measured is exactly what the engine
+would do, judging after every event.
 
 A rollout ends at its first automatic action against the candidate (a kill switch or a
 staged step down), at the horizon (``minutes`` of event time) or, when the candidate
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
+from rollout_engine.consumers.folding import fold_events
 from rollout_engine.consumers.rollback.projection import ACTOR, RollbackProjection
 from rollout_engine.consumers.rollback.scenario import T0, policy_change
 from rollout_engine.engine.logtools.profiles import Regression, TrafficProfile
@@ -138,7 +140,13 @@ def run_rollout(scenario: Scenario, index: int) -> RolloutRun:
     """Fold one simulated rollout through the rollback projection; how it ended."""
     rng = random.Random(f"{scenario.seed}:{scenario.split}:{index}")
     projection = RollbackProjection()
-    apply = projection.apply
+
+    def apply(event: Event, seq: int) -> list[Event]:
+        emitted, failed = fold_events(projection, (event,), seq)
+        if failed:  # a simulation measures the fold: one that raises is a bug, not a data point
+            raise RuntimeError(f"the rollback fold raised at seq {seq}: {failed[0].reason}")
+        return emitted
+
     split = scenario.split
     horizon = T0 + int(scenario.minutes * 60_000)
     budget = scenario.budget if not scenario.regression.healthy else math.inf

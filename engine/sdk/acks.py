@@ -41,7 +41,8 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
-from rollout_engine.events import decode_from_log, subjects
+from rollout_engine.consumers.folding import events_of
+from rollout_engine.events import LogMessage, subjects
 from rollout_engine.events.acks import AppliedRevision, InstanceAck, encode_ack
 
 __all__ = ["FORGET_FACTOR", "AckReporter", "instance_id", "sdk_version"]
@@ -129,7 +130,7 @@ class AckReporter:
         applied_us = time.time_ns() // 1000
         stamp = getattr(meta, "timestamp", None)
         published_us = int(stamp.timestamp() * 1_000_000) if stamp is not None else 0
-        events = decode_from_log(msg.subject, msg.data)[0]
+        events = events_of(LogMessage(seq, msg.subject, msg.data))
         command = events[-1].id if events else ""
         self._applied[rollout] = AppliedRevision(seq, command[:64], published_us, applied_us)
         self._wake.set()

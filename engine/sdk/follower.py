@@ -34,7 +34,7 @@ from rollout_engine.engine.bus import BusUnavailable
 from rollout_engine.engine.sdk.assignment import Split, split_of
 from rollout_engine.events import ControlState, LogMessage, subjects
 
-__all__ = ["FOLLOWER_INACTIVE_S", "ControlFollower", "OnChange"]
+__all__ = ["FOLLOWER_INACTIVE_S", "ControlFollower", "OnChange", "fresh_name_on_reset"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class ControlFollower:
                 idle_heartbeat=2.0,
                 config=ConsumerConfig(name=self._name(), inactive_threshold=FOLLOWER_INACTIVE_S),
             )
-            _fresh_name_on_reset(self._sub, self._name)
+            fresh_name_on_reset(self._sub, self._name)
             info = await self._sub.consumer_info()
         except Exception as exc:
             if not wait:
@@ -217,7 +217,7 @@ def _fold_into(states: dict[str, ControlState], seqs: dict[str, int], message: L
             seqs[event.rollout] = message.seq
 
 
-def _fresh_name_on_reset(sub: Any, fresh_name: Callable[[], str]) -> None:
+def fresh_name_on_reset(sub: Any, fresh_name: Callable[[], str]) -> None:
     """Make nats-py re-create a reset ordered consumer under a new name.
 
     After a gap or missed heartbeats nats-py 2.16 re-creates an ordered consumer from

@@ -57,9 +57,9 @@ from rollout_engine.engine.stack.propagation_metrics import PropagationMetrics
 from rollout_engine.events import (
     Escalation,
     KillSwitch,
+    LogMessage,
     Tick,
     WouldKill,
-    decode_from_log,
     subjects,
 )
 
@@ -274,7 +274,7 @@ async def _last_tick_ms(js: JetStreamContext) -> int:
         msg = await js.get_last_msg(subjects.LOG_STREAM, subjects.TICK)
     except NotFoundError:
         return 0
-    events = decode_from_log(msg.subject or subjects.TICK, bytes(msg.data or b""))[0]
+    events = events_of(LogMessage(msg.seq or 0, msg.subject or subjects.TICK, bytes(msg.data or b"")))
     return max((e.time_ms for e in events if isinstance(e, Tick)), default=0)
 
 

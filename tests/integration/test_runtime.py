@@ -10,7 +10,7 @@ import pytest
 from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.consumer import Consumer, stored_digest
 from rollout_engine.consumers.control_consumer import build as build_control
-from rollout_engine.consumers.folding import fold_message
+from rollout_engine.consumers.folding import fold_events
 from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import Profile, runs
@@ -34,7 +34,7 @@ from rollout_engine.events import (
     new_event_id,
     subjects,
 )
-from rollout_engine.events.codec import log_messages
+from rollout_engine.events.message import log_messages
 
 T0 = 1_700_000_000_000
 
@@ -252,5 +252,5 @@ async def test_the_live_runner_and_a_replay_of_its_log_run_the_same_fold(stack) 
     replayed.path = "replay"
     messages = [m async for m in read_messages(js)]
     result = replay_messages([m for m in messages if m.seq <= live.seq], [replayed])
-    assert callers["live"] == callers["replay"] == {fold_message.__code__}
+    assert callers["live"] == callers["replay"] == {fold_events.__code__}
     assert result.digests["rollback"] == live.digest and result.emitted["rollback"] >= 1

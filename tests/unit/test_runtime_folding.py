@@ -12,10 +12,12 @@ import sys
 from rollout_engine.consumers import folding
 from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.control import ControlProjection
-from rollout_engine.consumers.folding import Folder, fold_message
+from rollout_engine.consumers.folding import Folder, fold_events, fold_message
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.engine.logtools.backtest import run_policy
+from rollout_engine.engine.logtools.profiles import PROFILES, REGRESSIONS
 from rollout_engine.engine.logtools.replay import replay_messages
+from rollout_engine.engine.logtools.simulate import Scenario, run_rollout
 from rollout_engine.events import ControlState, KillSwitch, LogMessage, encode, subjects
 from tests.unit.test_projection_contract import LOG, T0
 
@@ -65,7 +67,9 @@ def test_emitted_events_go_to_their_subject() -> None:
 
 
 def test_the_live_fold_replay_and_backtest_run_the_same_function(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Every path records who called each ``apply``: always ``fold_message``, one code object."""
+    """Every path records who called each ``apply``: always ``fold_events`` (which
+    ``fold_message`` runs after reading the message), one code object; the policy
+    simulator, whose events never were a message, runs the same function."""
     callers: dict[str, set[object]] = {}
 
     def spying(path: str) -> RollbackProjection:
@@ -81,7 +85,9 @@ def test_the_live_fold_replay_and_backtest_run_the_same_function(monkeypatch) ->
     replay_messages(LOG, [replayed])
     monkeypatch.setattr("rollout_engine.engine.logtools.backtest.RollbackProjection", lambda: spying("backtest"))
     run_policy(LOG, "live")
-    assert set(callers) == {"runtime", "replay", "backtest"}
-    assert all(found == {fold_message.__code__} for found in callers.values()), callers
+    monkeypatch.setattr("rollout_engine.engine.logtools.simulate.RollbackProjection", lambda: spying("simulate"))
+    run_rollout(Scenario(None, PROFILES["typical"], 50.0, REGRESSIONS["none"], rollouts=1, minutes=0.05), 0)
+    assert set(callers) == {"runtime", "replay", "backtest", "simulate"}
+    assert all(found == {fold_events.__code__} for found in callers.values()), callers
     assert live.digest() == replayed.digest()
     assert folding.fold_message is fold_message
