@@ -41,7 +41,7 @@ from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import Event, LogMessage, encode, encode_batch, kind_of, subjects
-from rollout_engine.events.codec import log_messages
+from rollout_engine.events.message import log_messages
 
 __all__ = ["LiveFold", "kill_latency", "rollback_figures"]
 

@@ -3,7 +3,9 @@
 - :func:`subscribe` (re)creates a consumer's durable JetStream consumer at a start
   sequence, filtered to one partition when asked, and binds a pull subscription to it;
   a cluster electing a leader is waited out;
-- :func:`log_message` turns a fetched JetStream message into the one log-message record.
+- :func:`log_message` turns a fetched JetStream message into the one log-message record;
+  :func:`get_message` reads one by sequence (a gap's filling), :func:`first_seq` says
+  where the stream starts now.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 from rollout_engine.consumers.consumer import PartitionMismatch, RuntimeSettings
 from rollout_engine.events import LogMessage, subjects
 
-__all__ = ["log_message", "subscribe"]
+__all__ = ["first_seq", "get_message", "log_message", "subscribe"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,21 @@ def log_message(msg: Any) -> LogMessage:
     meta = msg.metadata
     stamp = int(meta.timestamp.timestamp() * 1000) if meta.timestamp else 0
     return LogMessage(meta.sequence.stream, msg.subject, msg.data, stamp)
+
+
+async def get_message(js: JetStreamContext, seq: int) -> LogMessage | None:
+    """The log's message at ``seq`` (a direct get), or None when it is gone."""
+    try:
+        msg = await js.get_msg(subjects.LOG_STREAM, seq)
+    except NotFoundError:
+        return None
+    return LogMessage(seq, msg.subject or "", msg.data or b"")
+
+
+async def first_seq(js: JetStreamContext) -> int:
+    """The first sequence the log still holds."""
+    info = await js.stream_info(subjects.LOG_STREAM)
+    return int(info.state.first_seq)
 
 
 async def _partition_filters(js: JetStreamContext, name: str, partition: int | None) -> list[str] | None:

@@ -49,7 +49,6 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from rollout_engine.consumers.consumer import (
     NO_METRICS,
@@ -61,7 +60,7 @@ from rollout_engine.consumers.consumer import (
     store_name,
 )
 from rollout_engine.consumers.folding import BatchResult, Folder
-from rollout_engine.consumers.jetstream import log_message, subscribe
+from rollout_engine.consumers.jetstream import first_seq, get_message, log_message, subscribe
 from rollout_engine.consumers.outbox import OutboxRow
 from rollout_engine.consumers.relay import MessageIds, OutboxRelay
 from rollout_engine.consumers.store import SQLiteConsumerStore
@@ -158,22 +157,14 @@ class Runner:
             self.metrics.stalled.labels(self.name).set(0)  # a series from the start, 0 after a restart
             await self._connected()
             await self._relay(stored.outbox)
-            for hook in self._hooks("on_start"):
-                try:
-                    await hook(self)
-                except Exception:  # publishing is not state: fold anyway
-                    log.exception("%s: on_start hook failed; continuing", self.name)
+            await self._run_hooks("on_start")  # publishing is not state: fold anyway
             self._sub = await self._subscribe()
             try:
                 await self._loop()
             finally:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
-            for hook in self._hooks("on_stop"):
-                try:
-                    await hook(self)
-                except Exception:
-                    log.exception("%s: on_stop hook failed", self.name)
+            await self._run_hooks("on_stop")
         finally:
             await self.store.close()
             if self._own_nc and self._nc is not None:
@@ -197,10 +188,16 @@ class Runner:
                 await self._nc.drain()
         return False
 
-    def _hooks(self, name: str) -> list[Callable[..., Awaitable[None]]]:
-        """The mirror's hook ``name`` (when there is a mirror), then the consumer's own."""
+    async def _run_hooks(self, name: str, *args: Any) -> None:
+        """The mirror's hook ``name`` (when there is a mirror), then the consumer's own;
+        one that raises is logged and the runner goes on (hooks publish, they hold no state)."""
         mirror = self.consumer.mirror
-        return [h for h in (getattr(mirror, name, None), getattr(self.consumer, name)) if h is not None]
+        for hook in (getattr(mirror, name, None), getattr(self.consumer, name)):
+            if hook is not None:
+                try:
+                    await hook(self, *args)
+                except Exception:
+                    log.exception("%s: %s hook failed; continuing", self.name, name)
 
     async def _subscribe(self, wait_s: float = 60.0) -> Any:
         """(Re)create the durable consumer at the committed position + 1 and bind to it."""
@@ -309,42 +306,25 @@ class Runner:
                                         stopping=self.stop_event.is_set)
         self._count(total, time.perf_counter() - began)
         await self._relay(rows)
-        for hook in self._hooks("after_commit"):
-            try:
-                await hook(self, total)
-            except Exception:
-                log.exception("%s: after_commit hook failed (state is committed; continuing)", self.name)
+        await self._run_hooks("after_commit", total)  # the state is committed: a failure is logged
         return total
 
     async def _fill_gap(self, total: BatchResult) -> None:
         """The next sequence is missing from what was delivered: get it directly, or skip it."""
         held, total.held = total.held, []
         wanted = self.folder.seq + 1
-        message = await self._get(wanted)
+        message = await get_message(self.js, wanted)
         if message is None:
-            first = await self._first_seq()
+            first = await first_seq(self.js)
             self.folder.skip_to(max(wanted, first - 1) if first > wanted else wanted)
         total.merge(self.folder.fold_batch(([message] if message else []) + held))
-
-    async def _get(self, seq: int) -> LogMessage | None:
-        try:
-            msg = await self.js.get_msg(subjects.LOG_STREAM, seq)
-        except NotFoundError:
-            return None
-        return LogMessage(seq, msg.subject or "", msg.data or b"")
-
-    async def _first_seq(self) -> int:
-        info = await self.js.stream_info(subjects.LOG_STREAM)
-        return int(info.state.first_seq)
 
     async def _idle(self) -> bool:
         """Nothing fetched: relay leftovers, catch up a stuck tail; True when done (until_idle)."""
         pending = await self.store.pending()
         if pending:
             await self._relay(pending)
-        for hook in self._hooks("after_commit"):
-            with contextlib.suppress(Exception):
-                await hook(self, BatchResult(self.folder.seq))
+        await self._run_hooks("after_commit", BatchResult(self.folder.seq))
         if self.partition is not None:
             return await self._idle_partition()
         try:
@@ -352,16 +332,11 @@ class Runner:
         except Exception as exc:
             log.warning("%s: stream info failed: %s", self.name, exc)
             return False
-        last = int(info.state.last_seq)
-        if last < self.folder.seq:
-            raise RuntimeError(
-                f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at {last}: "
-                f"the stream was recreated. Delete {self.store.path} to rebuild the projection from the log"
-            )
+        last = self._not_ahead(int(info.state.last_seq))
         if last > self.folder.seq:
             # Messages exist but none were delivered (an orphaned pull, a delivery lost in
             # a reconnect): read the next ones directly rather than wait for ack_wait.
-            tail = [d for d in [await self._get(s) for s in range(self.folder.seq + 1, min(last, self.folder.seq + 64) + 1)] if d]
+            tail = [d for d in [await get_message(self.js, s) for s in range(self.folder.seq + 1, min(last, self.folder.seq + 64) + 1)] if d]
             if tail:
                 await self._process(tail)
             else:
@@ -381,16 +356,20 @@ class Runner:
         except Exception as exc:
             log.warning("%s: consumer info failed: %s", self.name, exc)
             return False
-        if int(stream.state.last_seq) < self.folder.seq:
-            raise RuntimeError(
-                f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at "
-                f"{stream.state.last_seq}: the stream was recreated. Delete {self.store.path} to rebuild the projection"
-            )
+        self._not_ahead(int(stream.state.last_seq))
         if info.num_pending or info.num_ack_pending:
             self._stuck += 1
             return False
         self._stuck = 0
         return self.until_idle and not await self.store.pending()
+
+    def _not_ahead(self, last: int) -> int:
+        """The stream's last sequence, checked: below the committed position, the stream was recreated."""
+        if last < self.folder.seq:
+            raise RuntimeError(
+                f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at {last}: "
+                f"the stream was recreated. Delete {self.store.path} to rebuild the projection from the log")
+        return last
 
     def _count(self, total: BatchResult, seconds: float) -> None:
         m, name = self.metrics, self.name

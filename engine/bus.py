@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from nats.aio.client import Client
 from nats.errors import AuthorizationError, NoRespondersError
@@ -21,6 +22,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransfo
 from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from rollout_engine.engine.settings import Settings
+from rollout_engine.engine.stack.private_files import UnsafeSecrets, read_private_file
 from rollout_engine.events import subjects
 
 __all__ = ["BusUnavailable", "connect", "provision", "stream_config"]
@@ -207,10 +209,6 @@ def _password_from_file(path: str) -> str:
     """The password in ``password_file`` (checked: no symlink, ours, mode 0600), or ""."""
     if not path:
         return ""
-    from pathlib import Path
-
-    from rollout_engine.engine.stack.private_files import UnsafeSecrets, read_private_file
-
     try:
         return read_private_file(Path(path)).decode().strip()
     except UnsafeSecrets as exc:

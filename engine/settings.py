@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from rollout_engine.consumers.notifier import NOTIFY_WINDOW_MS
+
 __all__ = ["SETTINGS_DOC", "WEBHOOK_DOC", "Settings", "SettingsError", "Webhook", "load_settings"]
 
 ENV_PREFIX = "ROLLOUT_"
@@ -204,8 +206,6 @@ def _check_webhooks(settings: Settings, source: str) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SettingsError(f"webhooks: names must be unique, repeated: {repeated}{source}")
-    from rollout_engine.consumers.notifier import NOTIFY_WINDOW_MS
-
     longest = settings.notify_max_age_s + settings.notify_max_attempts * settings.notify_backoff_max_s
     if longest * 1000 >= NOTIFY_WINDOW_MS:
         raise SettingsError(

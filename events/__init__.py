@@ -28,7 +28,7 @@ from rollout_engine.events.codec import (
 )
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import check_token, command_id, is_token, new_event_id
-from rollout_engine.events.message import LogMessage
+from rollout_engine.events.message import LogMessage, log_messages
 from rollout_engine.events.schema import (
     COMMAND_TYPES,
     ENGINE_ROLLOUT,
@@ -103,6 +103,7 @@ __all__ = [
     "encode_json",
     "is_token",
     "kind_of",
+    "log_messages",
     "new_event_id",
     "subjects",
     "transitions",

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from rollout_engine.events import subjects
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import TOKEN_MAX, TOKEN_PATTERN
 from rollout_engine.events.origin import rule_of
@@ -48,7 +47,6 @@ __all__ = [
     "encode_batch",
     "encode_json",
     "iter_json_lines",
-    "log_messages",
     "validate",
 ]
 
@@ -337,19 +335,6 @@ def _decode_lenient(data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:
         except EventError as exc:
             bad.append(Rejected(index, exc, item))
     return good, bad
-
-
-def log_messages(events: Iterable[Event], batch: int = 100) -> list[tuple[str, bytes]]:
-    """``(subject, payload)`` messages for ``events`` in order: consecutive events of one rollout
-    and kind share a batch of at most ``batch`` on their own subject (the subject is checked).
-
-    For tools and tests that write a prepared log; services use the SDK's publisher.
-    """
-    out: list[tuple[str, bytes]] = []
-    for subject, group in itertools.groupby(events, key=subjects.for_event):
-        items = list(group)
-        out.extend((subject, encode_batch(items[i:i + batch])) for i in range(0, len(items), batch))
-    return out
 
 
 def decode_from_log(subject: str, data: bytes) -> tuple[list[AnyEvent], list[Rejected]]:

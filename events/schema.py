@@ -16,7 +16,24 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from rollout_engine.events.ids import TOKEN_PATTERN
+from rollout_engine.events.fields import (
+    MAX_BREACHES,
+    MAX_DIMENSIONS,
+    SCHEMA_VERSION,
+    Count,
+    DecisionReason,
+    Finite,
+    Id,
+    OperatorAction,
+    Pct,
+    Prob,
+    Text,
+    TimeMs,
+    Token,
+    UnitId,
+    Verdict,
+    Version,
+)
 
 __all__ = [
     "COMMAND_TYPES",
@@ -51,63 +68,8 @@ __all__ = [
     "kind_of",
 ]
 
-SCHEMA_VERSION = 1
-"""The newest schema version this code reads and writes."""
-
 ENGINE_ROLLOUT = "_engine"
 """Reserved rollout id carried by engine-wide events (ticks). User rollouts never start with '_'."""
-
-MAX_TEXT = 1024
-MAX_DIMENSIONS = 32
-MAX_BREACHES = 32
-FLOAT_BOUND = 1e12
-
-# --- constrained field types (the rules a decoder enforces) --------------------------
-Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="subject-safe id: 1-64 of A-Z a-z 0-9 _ -")]
-Id = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=64,
-        extra_json_schema={"pattern": TOKEN_PATTERN},
-        description="subject-safe id: 1-64 of A-Z a-z 0-9 _ -",
-    ),
-]
-"""A token on the hot path of producer events. Same rule as :data:`Token`, but checked by
-``events.codec`` for a whole message in one regex call instead of one call per field
-(msgspec's per-field pattern check cost 75% of decoding). Never decode these Structs
-without going through ``events.codec`` or :func:`events.codec.validate`."""
-UnitId = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=256,
-        pattern=r"^[^\x00-\x1f\x7f]+$(?!\n)",
-        description="stickiness key (user, session, request): 1-256 printable characters",
-    ),
-]
-Text = Annotated[
-    str,
-    Meta(max_length=MAX_TEXT, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$(?!\n)", description="free text, no control characters"),
-]
-TimeMs = Annotated[int, Meta(ge=0, le=2**53, description="event time, ms since the Unix epoch")]
-Finite = Annotated[float, Meta(ge=-FLOAT_BOUND, le=FLOAT_BOUND, description="finite number, |x| <= 1e12")]
-Pct = Annotated[float, Meta(ge=0.0, le=100.0, description="percentage, 0-100")]
-Prob = Annotated[float, Meta(ge=0.0, le=1.0, description="probability, 0-1")]
-Count = Annotated[int, Meta(ge=0, le=2**53)]
-Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION, description="schema version")]
-
-Verdict = Literal["win", "loss", "neutral", "inconclusive"]
-OperatorAction = Annotated[
-    str,
-    Meta(pattern=TOKEN_PATTERN, description="the operator verb that made a control command: abort, retry, resume, "
-         "promote, promote_full, pause, unpause, set (absent: the engine's own command). A token, not a closed "
-         "set, so a verb added later never makes an older service refuse a control command"),
-]
-DecisionReason = Literal[
-    "default", "canary", "kill_switch", "bandit", "forced_safe", "override", "disabled"
-]
-
 
 class Event(Struct, tag_field="kind", kw_only=True, frozen=True, gc=False):
     """Fields every event carries.

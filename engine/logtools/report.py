@@ -33,6 +33,7 @@ from rollout_engine.consumers.rollback.policy import (
     PolicyError,
     load_policy,
 )
+from rollout_engine.engine.logtools.report_chart import guard_summary, render_chart
 from rollout_engine.events import (
     AnyEvent,
     ConfigChange,
@@ -296,8 +297,6 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
 
 
 def render_markdown(rollup: WeeklyRollup, label: str, chart_name: str | None) -> str:
-    from rollout_engine.engine.logtools.report_chart import guard_summary
-
     lines = [f"# Rollout weekly report: {label}", "",
              f"**Period:** {_minute(rollup.start_ms)} to {_minute(rollup.end_ms)} UTC (event time)  ",
              f"**Rollouts:** {len(rollup.rollouts)}  ",
@@ -354,8 +353,6 @@ def render(rollup: WeeklyRollup, label: str, out_dir: str | Path, now_ms: int | 
     ``now_ms`` (default: the end of the period) bounds the chart's time axis, so a
     period that ends in the future is drawn up to now.
     """
-    from rollout_engine.engine.logtools.report_chart import render_chart
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     chart = render_chart(rollup, out / f"report-{label}.png", now_ms=now_ms)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollout_engine.events import ShadowResult
+from rollout_engine.events.fields import MAX_DIMENSIONS, MAX_TEXT
 from rollout_engine.events.ids import is_token
-from rollout_engine.events.schema import MAX_DIMENSIONS, MAX_TEXT
 
 __all__ = ["PLANNER_DIMENSIONS", "Differ", "Observed", "compare", "default_differ", "invoke", "observe"]
 

@@ -40,13 +40,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rollout_engine.consumers import registry
 from rollout_engine.consumers.consumer import store_name
+from rollout_engine.engine.stack.passwords import (
+    env_reference,
+    hash_password,
+    new_password,
+    read_password,
+)
 from rollout_engine.engine.stack.private_files import PrivateDir, write_private
 from rollout_engine.engine.stack.tls import write_certificates
 from rollout_engine.events import subjects
@@ -223,29 +228,6 @@ def roles(partitions: int = 0) -> dict[str, Role]:
     }
 
 
-def env_reference(role: str) -> str:
-    """Name of the environment variable holding a role's password (compose): RO_<ROLE>_PASSWORD."""
-    return f"RO_{role.upper()}_PASSWORD"
-
-
-def new_password() -> str:
-    """A fresh 192-bit password that survives NATS config variable expansion.
-
-    nats-server parses a ``$VAR`` reference's value as a config token, so a
-    ``token_urlsafe`` value that happened to start with digits and a dash ("2024-...")
-    was read as a date and the server refused to start. A letter followed by hex digits
-    is always a plain string.
-    """
-    return "r" + secrets.token_hex(24)
-
-
-def hash_password(password: str, rounds: int = 10) -> str:
-    """bcrypt hash as nats-server verifies it (``$2a$`` prefix, which every version accepts)."""
-    import bcrypt
-
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds, prefix=b"2a")).decode()
-
-
 def _quoted(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(json.dumps(item) for item in items) + "]"
 
@@ -375,7 +357,7 @@ def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, host
     with PrivateDir(directory) as private:
         for role in ROLES:
             name = f"{role}.toml"
-            password = _read_password(private.read(name)) or new_password()
+            password = read_password(private.read(name)) or new_password()
             passwords[role] = password
             settings_files[role] = private.write(
                 name,
@@ -394,15 +376,3 @@ def write_secure_dir(directory: Path, data_dir: Path, *, tls: bool = False, host
     if tls:
         tls_files = write_certificates(directory / "tls", hosts)
     return SecureFiles(directory, auth, settings_files, passwords, tls_files)
-
-
-def _read_password(raw: bytes | None) -> str | None:
-    import tomllib
-
-    if raw is None:
-        return None
-    try:
-        value = tomllib.loads(raw.decode()).get("engine", {}).get("password")
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    return value if isinstance(value, str) and len(value) >= 32 else None

@@ -128,7 +128,7 @@ async def test_evaluate_judges_now_and_kills_what_the_log_lacks(api, rollout_id)
     import time as _time
 
     from rollout_engine.consumers.rollback.scenario import Profile, runs
-    from rollout_engine.events.codec import log_messages
+    from rollout_engine.events.message import log_messages
 
     nc, js = api
     await call(nc, "config", {"rollout": rollout_id, "actor": "alice", "canary_pct": 50, "create": True})

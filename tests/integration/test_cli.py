@@ -175,7 +175,7 @@ async def test_evaluate_through_the_cli(api, settings, rollout_id) -> None:
     import time as _time
 
     from rollout_engine.consumers.rollback.scenario import Profile, runs
-    from rollout_engine.events.codec import log_messages
+    from rollout_engine.events.message import log_messages
 
     _nc, js = api
     await rollout_cli(settings, "set", rollout_id, "--canary-pct", "50", "--create")

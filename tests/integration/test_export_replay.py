@@ -24,7 +24,7 @@ from rollout_engine.engine.logtools.replay import (
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import subjects
-from rollout_engine.events.codec import log_messages
+from rollout_engine.events.message import log_messages
 
 
 async def _live_digests(settings, js) -> dict[str, tuple[int, str]]:

@@ -21,7 +21,7 @@ from rollout_engine.engine.logtools.reader import read_messages
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import KillSwitch, decode_lenient, subjects
-from rollout_engine.events.codec import log_messages
+from rollout_engine.events.message import log_messages
 
 STRICT = """
 [policy]

@@ -28,7 +28,7 @@ from rollout_engine.engine.logtools.simulate import (
     wilson,
 )
 from rollout_engine.events import Metric, Outcome
-from rollout_engine.events.codec import log_messages
+from rollout_engine.events.message import log_messages
 
 TYPICAL = PROFILES["typical"]
 
