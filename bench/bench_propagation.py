@@ -34,7 +34,7 @@ from rollout_engine.engine.api.propagation import watch_acks
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.cluster import EmbeddedCluster
-from rollout_engine.events import ControlState, KillSwitch, Resume, encode, new_event_id, subjects
+from rollout_engine.events import ControlState, encode, new_event_id, subjects, transitions
 
 __all__ = ["fleet_propagation", "propagation_figures"]
 
@@ -77,20 +77,18 @@ async def _stop_fleet(procs: list[Any]) -> None:
             await asyncio.wait_for(proc.wait(), 60)
 
 
-async def _command(js: Any, kind: str, version: int) -> tuple[int, float]:
-    """Publish a kill (or a resume); return its sequence and the bench clock before publishing."""
+async def _command(js: Any, before: ControlState) -> tuple[int, float, ControlState]:
+    """Publish a kill (of a live rollout) or a resume at 10% (of a killed one), built by the
+    control vocabulary (``events.transitions``) as the API builds it; return its sequence,
+    the bench clock before publishing, and the state after it."""
     now = int(time.time() * 1000)
-    killed = ControlState(canary_pct=0.0, kill_switch=True, config_version=version)
-    live = ControlState(canary_pct=10.0, config_version=version)
-    if kind == "kill_switch":
-        event: Any = KillSwitch(id=new_event_id(), rollout=ROLLOUT, time_ms=now, producer="api", actor="bench",
-                                reason="bench", before=live, after=killed)
-    else:
-        event = Resume(id=new_event_id(), rollout=ROLLOUT, time_ms=now, producer="api", actor="bench",
-                       reason="bench", before=killed, after=live)
+    common = {"id": new_event_id(), "rollout": ROLLOUT, "time_ms": now, "producer": "api", "actor": "bench",
+              "reason": "bench"}
+    event = (transitions.resume_command(before, 10.0, **common) if before.kill_switch
+             else transitions.kill_command(before, **common))
     started = time.perf_counter()
-    ack = await js.publish(subjects.control(ROLLOUT, kind), encode(event), headers={"Nats-Msg-Id": event.id})
-    return int(ack.seq), started
+    ack = await js.publish(subjects.for_event(event), encode(event), headers={"Nats-Msg-Id": event.id})
+    return int(ack.seq), started, event.after
 
 
 async def fleet_propagation(urls: list[str], js: Any, processes: int, clients: int, kills: int) -> dict[str, list[float]]:
@@ -126,19 +124,16 @@ async def fleet_propagation(urls: list[str], js: Any, processes: int, clients: i
                              and latest[i].ack.rollouts[ROLLOUT].latency_us is not None]
                 return max(arrived.values()), latencies
 
-            version = 1
-            seq, _ = await _command(js, "resume", version)
+            seq, _, state = await _command(js, ControlState(canary_pct=0.0, kill_switch=True))  # a resume
             await until_all(seq)
             for _ in range(kills):
-                version += 1
-                seq, published = await _command(js, "kill_switch", version)
+                seq, published, state = await _command(js, state)  # the kill
                 last, latencies = await until_all(seq)
                 out["last_ack"].append((last - published) * 1000)
                 out["p50"].append(statistics.median(latencies))
                 out["p99"].append(_percentile(latencies, 0.99))
                 out["max"].append(max(latencies))
-                version += 1
-                seq, _ = await _command(js, "resume", version)
+                seq, _, state = await _command(js, state)  # the resume
                 await until_all(seq)
                 await asyncio.sleep(0.2)  # let the fleet's heartbeats and the servers settle
     finally:

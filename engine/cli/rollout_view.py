@@ -20,12 +20,17 @@ from typing import Any
 import msgspec
 
 from rollout_engine.consumers.rollback.policy import Progression
-from rollout_engine.events import ConfigChange, Escalation, KillSwitch, Resume, kind_of
+from rollout_engine.events import (
+    COMMAND_TYPES,
+    ConfigChange,
+    Escalation,
+    KillSwitch,
+    kind_of,
+)
 
 __all__ = ["PHASES", "RolloutView"]
 
 PHASES = ("aborted", "paused", "promoted", "progressing", "idle")
-_STATE_COMMANDS = (KillSwitch, Resume, ConfigChange)
 _DEFAULT_STEPS = list(Progression().steps)
 
 
@@ -57,7 +62,7 @@ class RolloutView:
     # --- folding ----------------------------------------------------------------------
     def apply_event(self, event: Any, seq: int) -> bool:
         """Fold one control-subject event found at stream sequence ``seq``."""
-        if isinstance(event, _STATE_COMMANDS):
+        if isinstance(event, COMMAND_TYPES):
             if seq <= self.command_seq:
                 return False
             self.command_seq = seq

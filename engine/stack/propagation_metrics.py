@@ -31,13 +31,12 @@ from nats.js import JetStreamContext
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from rollout_engine.engine.api.propagation import AckEntry, judge, read_acks
-from rollout_engine.events import ConfigChange, KillSwitch, Resume
+from rollout_engine.events import COMMAND_TYPES
 
 __all__ = ["PROPAGATION_BUCKETS_S", "PropagationMetrics"]
 
 PROPAGATION_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                          30.0, 60.0, 300.0)
-_STATE_COMMANDS = (KillSwitch, Resume, ConfigChange)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +62,7 @@ class PropagationMetrics:
 
     def note_command(self, event: Any, seq: int, stored_ms: int) -> None:
         """A control message of the log: a state command sets the rollout's current revision."""
-        if isinstance(event, _STATE_COMMANDS):
+        if isinstance(event, COMMAND_TYPES):
             self.current[event.rollout] = _Revision(seq, bool(event.after.kill_switch), stored_ms)
             self.following.setdefault(event.rollout, 0)
             self.lagging.setdefault(event.rollout, 0)
