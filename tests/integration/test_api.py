@@ -30,7 +30,7 @@ async def test_config_kill_resume_are_audited_commands_on_the_log(api, rollout_i
     reply = await call(nc, "config", {"rollout": rollout_id, "actor": "alice", "canary_pct": 5, "create": True,
                                       "reason": "initial canary"})
     assert reply["changed"] and reply["before"]["canary_pct"] == 0 and reply["after"]["canary_pct"] == 5
-    killed = await call(nc, "kill", {"rollout": rollout_id, "actor": "bob", "reason": "quality drop"})
+    killed = await call(nc, "abort", {"rollout": rollout_id, "actor": "bob", "reason": "quality drop"})
     assert killed["after"]["kill_switch"] is True and killed["after"]["canary_pct"] == 0
     assert killed["before"]["canary_pct"] == 5
     again = await call(nc, "rollback", {"rollout": rollout_id, "actor": "bob", "reason": "again"})
@@ -108,7 +108,7 @@ async def test_retried_request_is_stored_once(api, rollout_id) -> None:
 async def test_status_health_and_discovery(api, rollout_id) -> None:
     nc, js = api
     await _seed(js, rollout_id)
-    await call(nc, "kill", {"rollout": rollout_id, "actor": "ops", "reason": "manual test"})
+    await call(nc, "abort", {"rollout": rollout_id, "actor": "ops", "reason": "manual test"})
     status = await call(nc, "status", {"rollout": rollout_id})
     assert status["control"]["kill_switch"] is True
     assert status["last_command"]["actor"] == "ops" and status["last_command"]["kind"] == "kill_switch"

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from rollout_engine.consumers.bandit.consumer import build as build_bandit
-from rollout_engine.consumers.runtime import Runner
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import Decision, Outcome, encode_batch, subjects
 
 T0 = 1_700_000_000_000
@@ -58,12 +58,12 @@ async def test_rollout_bandit_config_guardrail_and_show(stack) -> None:  # type:
     settings, nc, _ = stack
     done = rollout(settings, "bandit", "config", R, "--arms", "a,b", "--floor", "0.1", "--max-attempts", "2")
     assert done.returncode == 0, done.stderr
-    await Runner(build_bandit(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1).run()
+    await consumer_runner(build_bandit(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1).run()
     shown = json.loads(rollout(settings, "bandit", "show", R, "--json").stdout)
     assert shown["arms"] == ["a", "b"] and shown["enabled"] is True
     off = rollout(settings, "bandit", "guardrail", R, "--bandit", "off", "--max-per-hour", "2", "--reason", "incident-7")
     assert off.returncode == 0, off.stderr
-    await Runner(build_bandit(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1).run()
+    await consumer_runner(build_bandit(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1).run()
     shown = json.loads(rollout(settings, "bandit", "show", R, "--json").stdout)
     assert shown["enabled"] is False and shown["weights"][""] == [1.0, 0.0]
     assert shown["guardrail"]["normal_max_per_hour"] == 2

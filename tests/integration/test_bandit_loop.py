@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rollout_engine.consumers.bandit.consumer import build as build_bandit
-from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.sdk.choice import BanditChooser
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import (
     BanditConfig,
     Event,
@@ -40,7 +40,7 @@ async def publish(js: object, events: list[Event], kind: str) -> None:
 
 
 async def fold(settings: object, nc: object):  # type: ignore[no-untyped-def]
-    runner = Runner(build_bandit(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1)  # type: ignore[arg-type]
+    runner = consumer_runner(build_bandit(settings), settings, nc=nc, until_idle=True, fetch_timeout=0.1)  # type: ignore[arg-type]
     return await runner.run()
 
 

@@ -27,6 +27,7 @@ from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_chang
 from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.engine.stack.ticks import make_tick
 from rollout_engine.events import (
@@ -56,7 +57,7 @@ class Rig:
 
     async def start(self, name: str) -> None:
         module = {"rollback": rollback_consumer, "control": control_consumer}[name]
-        runner = Runner(module.build(self.settings), self.settings, nc=await connect(self.settings, name=name),
+        runner = consumer_runner(module.build(self.settings), self.settings, nc=await connect(self.settings, name=name),
                         fetch_timeout=0.05)
         self.runners[name] = runner
         self.tasks[name] = asyncio.create_task(runner.run())

@@ -21,9 +21,10 @@ import pytest
 
 from rollout_engine.consumers import registry
 from rollout_engine.consumers.deadletter import decode_dead_letter
-from rollout_engine.consumers.runtime import Runner
+from rollout_engine.consumers.folding import events_of
 from rollout_engine.engine.api.control_log import read_messages
 from rollout_engine.engine.settings import Webhook
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import (
     ControlState,
     Escalation,
@@ -95,7 +96,7 @@ def _kill(rollout: str) -> KillSwitch:
 async def _records(js, rollout: str) -> list[Notification]:
     out = []
     async for msg in read_messages(js, [subjects.control(rollout, "notification")]):
-        out.extend(e for e in msg.events() if isinstance(e, Notification))
+        out.extend(e for e in events_of(msg) if isinstance(e, Notification))
     return out
 
 
@@ -168,7 +169,7 @@ async def test_a_webhook_that_stays_down_ends_in_the_dead_letters(stack, endpoin
                                                  Webhook(name="ok", url=f"{endpoint.url}/ok", events=["resume"])])
     kill = _kill("search-v3")
     await _command(js, kill)
-    runner = Runner(registry.build("notifier", settings), settings, nc=nc)
+    runner = consumer_runner(registry.build("notifier", settings), settings, nc=nc)
     task = asyncio.create_task(runner.run())
     try:
         dead = await js.subscribe(subjects.dlq("notifier"), stream=subjects.DLQ_STREAM, ordered_consumer=True)

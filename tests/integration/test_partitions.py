@@ -16,6 +16,7 @@ from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.api.control_log import known_rollouts, read_control
 from rollout_engine.engine.bus import BusUnavailable, connect, provision
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.engine.stack.partitioning import run_partitions
 from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import Metric, encode, new_event_id, subjects
@@ -71,7 +72,7 @@ async def test_the_partition_of_a_rollout_is_the_servers_mapping(fresh_server: E
     with pytest.raises(BusUnavailable, match="partition count is fixed"):
         await provision(js, _settings(fresh_server, tmp_path, partitions=8))
     with pytest.raises(PartitionMismatch, match="has 4 partitions"):
-        await Runner(build("canary_stats", settings), settings, nc=nc, partition=N, until_idle=True).run()
+        await consumer_runner(build("canary_stats", settings), settings, nc=nc, partition=N, until_idle=True).run()
     await nc.close()
 
 
@@ -87,7 +88,7 @@ async def test_each_rollout_is_folded_by_its_partition_exactly_as_by_one_whole_l
         await js.publish(subjects.TICK, b"")
 
     whole = build("canary_stats", settings)
-    await Runner(whole, load_settings(env={}, nats_url=fresh_server.url, data_dir=str(tmp_path / "whole")),
+    await consumer_runner(whole, load_settings(env={}, nats_url=fresh_server.url, data_dir=str(tmp_path / "whole")),
                  nc=nc, until_idle=True).run()
     expected = whole.projection.all_parts()  # type: ignore[attr-defined]
     parts = await _parts(settings, list(range(N)))
@@ -149,7 +150,7 @@ async def test_a_delivery_lost_to_another_pull_makes_the_partition_rewind_and_fo
     await provision(js, settings)
     rollout = next(r for r in ROLLOUTS if subjects.partition_of(r, N) == 0)
     await publish(js, 0, 3, lambda n: rollout)
-    runner = Runner(build("canary_stats", settings), settings, nc=nc, partition=0, fetch_timeout=0.2)
+    runner = consumer_runner(build("canary_stats", settings), settings, nc=nc, partition=0, fetch_timeout=0.2)
     task = asyncio.create_task(runner.run())
     await wait_for(lambda: runner.folder.events == 60, 10, "the first batches to be folded")
 
@@ -168,6 +169,6 @@ async def test_a_delivery_lost_to_another_pull_makes_the_partition_rewind_and_fo
     assert "rewinding" in caplog.text
 
     clean = _settings(fresh_server, tmp_path / "clean")
-    clean_run = await Runner(build("canary_stats", clean), clean, nc=nc, partition=0, until_idle=True).run()
+    clean_run = await consumer_runner(build("canary_stats", clean), clean, nc=nc, partition=0, until_idle=True).run()
     assert summary.digest == clean_run.digest
     await nc.close()

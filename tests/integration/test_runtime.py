@@ -14,10 +14,10 @@ from rollout_engine.consumers.folding import fold_events
 from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import Profile, runs
-from rollout_engine.consumers.runtime import Runner
 from rollout_engine.consumers.stats_consumer import build as build_stats
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import Settings, load_settings
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import (
     ConfigChange,
@@ -85,10 +85,10 @@ async def test_runner_folds_the_log_commits_and_resumes_after_the_committed_sequ
     settings, nc, js = stack
     batches = workload(300)
     await publish(js, batches[:15])
-    first = await Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True, batch=4).run()
+    first = await consumer_runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True, batch=4).run()
     assert (first.seq, first.events) == (15, 150)
     await publish(js, batches[15:])
-    resumed = Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True, batch=7)
+    resumed = consumer_runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True, batch=7)
     second = await resumed.run()
     assert (second.seq, second.events) == (30, 150)  # only what was new: nothing counted twice
     clean = one_at_a_time(CanaryStats(), batches)
@@ -101,7 +101,7 @@ async def test_a_gap_in_deliveries_is_filled_from_the_stream_in_order(stack) -> 
     settings, nc, js = stack
     batches = workload(50)
     await publish(js, batches)
-    runner = Runner(Consumer(CanaryStats()), settings, nc=nc)
+    runner = consumer_runner(Consumer(CanaryStats()), settings, nc=nc)
     await runner.store.open()
     try:
         raw = [await js.get_msg(subjects.LOG_STREAM, s) for s in range(1, 6)]
@@ -150,10 +150,10 @@ async def test_emitted_events_are_committed_then_published_once_with_their_ids(s
     settings, nc, js = stack
     for n in range(3):
         await js.publish(subjects.control("r1", "kill_switch"), encode(kill("r1", n)))
-    await Runner(Consumer(Echo()), settings, nc=nc, until_idle=True).run()
+    await consumer_runner(Consumer(Echo()), settings, nc=nc, until_idle=True).run()
     # a second process re-folding from scratch emits the same ids: JetStream keeps one copy
     (Path(settings.data_dir) / "consumers" / "echo.sqlite").unlink()
-    await Runner(Consumer(Echo()), settings, nc=nc, until_idle=True).run()
+    await consumer_runner(Consumer(Echo()), settings, nc=nc, until_idle=True).run()
     info = await js.stream_info(subjects.LOG_STREAM)
     assert info.state.messages == 6
     echoed = [decode((await js.get_msg(subjects.LOG_STREAM, s)).data) for s in range(4, 7)]
@@ -166,13 +166,13 @@ async def test_control_consumer_puts_each_rollouts_state_in_kv(stack) -> None:  
                           before=ControlState(), after=ControlState(canary_pct=25.0, config_version=1))
     await js.publish(subjects.control("r2", "config"), encode(change))
     await js.publish(subjects.control("r1", "kill_switch"), encode(kill("r1", 7)))
-    summary = await Runner(build_control(settings), settings, nc=nc, until_idle=True).run()
+    summary = await consumer_runner(build_control(settings), settings, nc=nc, until_idle=True).run()
     kv = await js.key_value(subjects.STATE_BUCKET)
     r1 = msgspec.msgpack.decode((await kv.get("control.r1")).value, type=ControlState)
     r2 = msgspec.msgpack.decode((await kv.get("control.r2")).value, type=ControlState)
     assert r1.kill_switch and r1.canary_pct == 0.0
     assert r2.canary_pct == 25.0 and not r2.kill_switch
-    again = await Runner(build_control(settings), settings, nc=nc, until_idle=True).run()
+    again = await consumer_runner(build_control(settings), settings, nc=nc, until_idle=True).run()
     assert again.digest == summary.digest and again.events == 0
 
 
@@ -180,7 +180,7 @@ async def test_canary_stats_consumer_publishes_summaries_to_kv(stack) -> None:  
     settings, nc, js = stack
     await publish(js, workload(60, rollout="shop"))
     live = await nc.subscribe(subjects.stats("shop"))
-    await Runner(build_stats(settings), settings, nc=nc, until_idle=True).run()
+    await consumer_runner(build_stats(settings), settings, nc=nc, until_idle=True).run()
     pushed = msgspec.json.decode((await live.next_msg(timeout=2)).data)
     kv = await js.key_value(subjects.STATE_BUCKET)
     published = msgspec.json.decode((await kv.get("stats.shop")).value)
@@ -197,7 +197,7 @@ async def test_a_second_process_of_the_same_consumer_is_refused(stack, tmp_path:
     import sys
 
     settings, nc, _ = stack
-    first = Runner(Consumer(CanaryStats()), settings, nc=nc)
+    first = consumer_runner(Consumer(CanaryStats()), settings, nc=nc)
     task = asyncio.create_task(first.run())
     while first.store._db is None:
         await asyncio.sleep(0.01)
@@ -221,7 +221,7 @@ async def test_a_store_from_another_version_is_refused_with_what_to_do(stack) ->
     async with SQLiteConsumerStore.for_consumer(settings.data_dir, "canary_stats") as store:
         await store.commit(3, {"": b"\x93not a canary-stats part"})
     with pytest.raises(StoreIncompatible, match="Delete that file"):
-        await Runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True).run()
+        await consumer_runner(Consumer(CanaryStats()), settings, nc=nc, until_idle=True).run()
     with pytest.raises(StoreIncompatible, match="Delete that file"):
         await stored_digest(Consumer(CanaryStats()), settings)
 
@@ -247,7 +247,7 @@ async def test_the_live_runner_and_a_replay_of_its_log_run_the_same_fold(stack) 
     events = runs("spy", 60, canary_pct=50.0, candidate=Profile(quality=80.0))  # regresses: a kill is emitted
     for subject, payload in log_messages(events, 50):
         await js.publish(subject, payload)
-    live = await Runner(Consumer(Spy()), settings, nc=nc, until_idle=True, fetch_timeout=0.2).run()
+    live = await consumer_runner(Consumer(Spy()), settings, nc=nc, until_idle=True, fetch_timeout=0.2).run()
     replayed = Spy()
     replayed.path = "replay"
     messages = [m async for m in read_messages(js)]

@@ -11,9 +11,9 @@ import pytest
 from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.consumer import Consumer
 from rollout_engine.consumers.folding import Folder
-from rollout_engine.consumers.runtime import Runner
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
+from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.engine.stack.server import EmbeddedServer
 from rollout_engine.events import LogMessage, encode_batch, subjects
 from tests.integration.test_consumer_crash import batch_of
@@ -36,7 +36,7 @@ async def test_consumer_survives_a_server_restart_mid_stream(fresh_server: Embed
     rng = random.Random(11)
     await _publish(js, 0, 400, rng)
 
-    runner = Runner(Consumer(CanaryStats()), settings, nc=await connect(settings, name="test-consumer"))
+    runner = consumer_runner(Consumer(CanaryStats()), settings, nc=await connect(settings, name="test-consumer"))
     task = asyncio.create_task(runner.run())
     await asyncio.sleep(0.3)
     fresh_server.port = fresh_server.client_port  # come back on the same port
