@@ -137,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--split", type=_split, action="append",
                         help="canary percentage; repeat for several (default: 10 and 50)")
     parser.add_argument("--regression", action="append",
-                        help=f"the candidate: {', '.join(REGRESSIONS)} or METRIC:+N / METRIC:-N / METRIC:xF "
+                        help=f"the candidate: {', '.join(REGRESSIONS).replace('%', '%%')} or METRIC:+N / METRIC:-N / METRIC:xF "
                              "(comma-joined); repeat for several (default: all four named)")
     parser.add_argument("--rollouts", type=_positive, default=100, help="simulated rollouts per row (default 100)")
     parser.add_argument("--minutes", type=float, default=5.0,
