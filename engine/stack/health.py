@@ -133,18 +133,19 @@ async def _partitions(js: Any, log_info: Any) -> dict[str, Any]:
     transform = log_info.config.subject_transform if log_info is not None else None
     count = subjects.partition_count(transform.dest if transform else None)
     owners: list[dict[str, Any]] = [{"partition": k, "consumers": []} for k in range(count)]
+    unknown = ""
     if count:
         try:
             consumers = await js.consumers_info(subjects.LOG_STREAM)
-        except Exception:
-            consumers = []
+        except Exception as exc:  # e.g. the stream's leader is being elected: say so, never "no consumer"
+            consumers, unknown = [], f"{type(exc).__name__}: {exc}".rstrip(": ")
         for info in consumers:
             base, _, part = info.name.rpartition("_p")
             if base and part.isdigit() and int(part) < count:
                 owners[int(part)]["consumers"].append({
                     "name": info.name, "leader": info.cluster.leader if info.cluster else "",
                     "pulling": bool(info.num_waiting), "lag": info.num_pending})
-    return {"count": count, "owners": owners}
+    return {"count": count, "owners": owners, "consumers_unknown": unknown}
 
 
 def text_lines(health: dict[str, Any], cluster: dict[str, Any] | None) -> list[str]:
@@ -157,7 +158,11 @@ def text_lines(health: dict[str, Any], cluster: dict[str, Any] | None) -> list[s
             behind = f", behind: {', '.join(view['lagging'])}" if view["lagging"] else ""
             lines.append(f"  stream {stream}: leader {view['leader'] or 'NONE'}, replicas {', '.join(view['replicas']) or '-'}"
                          f"{behind}")
+        unknown = cluster["partitions"].get("consumers_unknown")
         for owner in cluster["partitions"]["owners"]:
+            if unknown:
+                lines.append(f"  partition {owner['partition']}: consumers unknown ({unknown}); try again in a few seconds")
+                continue
             who = ", ".join(f"{c['name']} (leader {c['leader'] or '?'}, {'pulling' if c['pulling'] else 'idle'}, "
                             f"lag {c['lag']})" for c in owner["consumers"]) or "no consumer"
             lines.append(f"  partition {owner['partition']}: {who}")

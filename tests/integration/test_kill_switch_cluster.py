@@ -53,10 +53,13 @@ async def test_a_killed_cluster_node_is_restarted_and_the_status_shows_the_clust
     def rejoined() -> bool:
         status = stack.status()
         cluster = status["cluster"]
+        owners = cluster["partitions"]["owners"]
         return (child_status(status, "n2")["restarts"] == restarts + 1 and child_status(status, "n2")["state"] == "running"
-                and [n["name"] for n in cluster["nodes"] if n["online"]] == ["n1", "n2", "n3"])
+                and [n["name"] for n in cluster["nodes"] if n["online"]] == ["n1", "n2", "n3"]
+                and all(f"rollback_p{o['partition']}" in {c["name"] for c in o["consumers"]} for o in owners))
 
-    await until(lambda: asyncio.to_thread(rejoined), 60, "n2 restarted and back in the cluster")
+    # The consumers' listing is unknown while the stream's leader is re-elected: wait for it too.
+    await until(lambda: asyncio.to_thread(rejoined), 60, "n2 restarted, back in the cluster, every partition owned")
     stat = Path(f"/proc/{pid}/stat")
     assert not stat.exists() or stat.read_text().split(")")[1].split()[0] != "Z", "the dead node was reaped"
     status = stack.status()

@@ -10,7 +10,7 @@ import re
 from bench.workload import make_batches
 from rollout_engine.engine.cli.replay import _replay_stream, progress_bar
 from rollout_engine.engine.logtools.replay import WARMUP, Replayer, make_projections
-from rollout_engine.events import Tick, encode, encode_batch, subjects
+from rollout_engine.events import LogMessage, Tick, encode, encode_batch, subjects
 
 
 class _Terminal(io.StringIO):
@@ -23,7 +23,7 @@ def _draws(screen: _Terminal) -> list[tuple[int, int]]:
 
 
 def test_a_parallel_replay_draws_one_bar_that_only_moves_forward() -> None:
-    messages = [(i + 1, subjects.event(r, k), encode_batch(e))
+    messages = [LogMessage(i + 1, subjects.event(r, k), encode_batch(e))
                 for i, (r, k, e) in enumerate(make_batches(2 * WARMUP * 100 + 10_000, rollouts=5))]
     screen = _Terminal()
     replayer = Replayer(make_projections(), total=len(messages), progress=progress_bar("replay", screen))
