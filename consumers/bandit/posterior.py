@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import msgspec
 import numpy as np
-from scipy import special
 
 from rollout_engine.consumers.bandit.state import RewardKind
 
@@ -97,6 +96,8 @@ def thompson_weights(
     if k == 1:
         return [1.0]
     if kind == "binary":
+        from scipy import special  # here, not at the top: it costs the CLI ~0.3 s to start
+
         params = [_beta_params(a) for a in arms]
         means = [a / (a + b) for a, b in params]
         sds = [((a * b) / ((a + b) ** 2 * (a + b + 1))) ** 0.5 for a, b in params]

@@ -35,7 +35,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from rollout_engine.consumers.folding import events_of
 from rollout_engine.engine.api.client import ApiError, call
-from rollout_engine.engine.api.service import ControlApi
 from rollout_engine.engine.cli.common import CliError, sanitize, stop_on_signals
 from rollout_engine.engine.cli.rollout_view import RolloutView
 from rollout_engine.engine.sdk.follower import fresh_name_on_reset
@@ -66,6 +65,10 @@ async def initial_view(nc: Client, rollout: str) -> RolloutView:
     except ApiError as exc:
         if exc.code != 503:
             raise CliError.from_api(exc.code, f"status refused ({exc.code}): {exc.message}") from None
+        # Imported only here: the in-process API folds the log with every projection (scipy
+        # included), which would add a third of a second to every `rollout` command's start.
+        from rollout_engine.engine.api.service import ControlApi
+
         try:
             reply = await ControlApi(nc).status({"rollout": rollout})
         except ApiError as inner:

@@ -34,7 +34,6 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
-from scipy.stats import norm
 
 from rollout_engine.consumers.folding import events_of, fold_message, read_message
 from rollout_engine.consumers.projection import Projection
@@ -160,6 +159,11 @@ def run_policy(messages: Iterable[LogMessage], name: str, policy: Policy | None 
     return result
 
 
+def _normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal (what ``scipy.stats.norm.sf`` gives, without its import)."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
 def _truth(events: list[AnyEvent], quality_drop: float, loss_margin: float, alpha: float) -> dict[str, str]:
     """Per rollout: ``regressed``, ``healthy`` or ``unknown`` from its outcomes."""
     tally: dict[str, dict[str, list[float]]] = {}
@@ -184,7 +188,7 @@ def _truth(events: list[AnyEvent], quality_drop: float, loss_margin: float, alph
         p_b, p_c = base[3] / base[0], cand[3] / cand[0]
         pooled = (base[3] + cand[3]) / (base[0] + cand[0])
         se = math.sqrt(pooled * (1 - pooled) * (1 / base[0] + 1 / cand[0]))
-        if se > 0 and p_c - p_b > loss_margin and norm.sf((p_c - p_b) / se) < alpha:
+        if se > 0 and p_c - p_b > loss_margin and _normal_sf((p_c - p_b) / se) < alpha:
             regressed = True
         truth[rollout] = "regressed" if regressed else "healthy"
     return truth

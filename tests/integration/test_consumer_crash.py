@@ -33,9 +33,10 @@ from rollout_engine.events import (
     encode_batch,
     subjects,
 )
+from tests.integration.faultkit import SOAK
 
 T0 = 1_700_000_000_000
-KILLS = 20
+KILLS = 12 * SOAK  # 12 random instants in make test; make soak runs ten times as many
 
 
 def batch_of(n: int, rng: random.Random) -> tuple[str, list[Event]]:
@@ -102,7 +103,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(
         await js.publish_async_completed()
 
     await publish(1500)  # a backlog, so kills land mid-fold and mid-commit
-    flowing = asyncio.create_task(publish(1200, pause=0.02))
+    flowing = asyncio.create_task(publish(800, pause=0.02))  # about as long as the kills take
     positions = []
     for i in range(KILLS):
         process = await spawn(fresh_server.url, data_dir)
