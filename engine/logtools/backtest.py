@@ -36,6 +36,7 @@ import msgspec
 from nats.js import JetStreamContext
 from scipy.stats import norm
 
+from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.folding import events_of, fold_message, read_message
 from rollout_engine.consumers.projection import Projection
 from rollout_engine.consumers.rollback.policy import Policy, load_policy_file, policy_document
@@ -94,14 +95,15 @@ def _is_auto(event: AnyEvent) -> bool:
     return isinstance(event, COMMAND_TYPES) and (event.actor == ACTOR or event.producer == ACTOR)  # type: ignore[attr-defined]
 
 
-def fold_back(projection: Projection, message: LogMessage) -> list[Event]:
+def fold_back(projection: Projection, message: LogMessage, seen: SeenIds | None = None) -> list[Event]:
     """Fold a message with the live fold, then what it emits, as the relay sends it back
-    through the log (at the same sequence: nothing else comes in between here)."""
+    through the log (at the same sequence: nothing else comes in between here). ``seen``:
+    the run's producer event ids (``consumers.dedupe``), as the live consumer's."""
     emitted: list[Event] = []
     pending = [message]
     while pending:
         current = pending.pop(0)
-        for command in fold_message(current, [projection])[0].emitted:
+        for command in fold_message(current, [projection], seen)[0].emitted:
             emitted.append(command)
             pending.append(LogMessage(current.seq, subjects.for_event(command), encode(command), current.time_ms))
     return emitted
@@ -134,6 +136,7 @@ def run_policy(messages: Iterable[LogMessage], name: str, policy: Policy | None 
     replaces every policy in the log, from each rollout's first event on.
     """
     projection = RollbackProjection()
+    seen = SeenIds()
     result = PolicyRunResult(name)
     document = policy_document(policy) if policy is not None else None
     seeded: set[str] = set()
@@ -152,7 +155,7 @@ def run_policy(messages: Iterable[LogMessage], name: str, policy: Policy | None 
             if not kept:
                 continue
             message = LogMessage(message.seq, message.subject, encode_batch(kept), message.time_ms)
-        for command in fold_back(projection, message):
+        for command in fold_back(projection, message, seen):
             result.commands.append(command)
             if isinstance(command, KillSwitch):
                 result.kills.setdefault(command.rollout, []).append(command.time_ms)
@@ -246,7 +249,8 @@ async def evaluate_rollout(js: JetStreamContext, rollout: str) -> tuple[dict[str
     projection = RollbackProjection()
     events = [e for m in log for e in events_of(m)]
     seen = {e.id for e in events if isinstance(e, COMMAND_TYPES)}
-    missing = [c for m in log for c in fold_back(projection, m) if isinstance(c, KillSwitch) and c.id not in seen]
+    ids = SeenIds()  # from the rollout's first message: no id of its own comes before it
+    missing = [c for m in log for c in fold_back(projection, m, ids) if isinstance(c, KillSwitch) and c.id not in seen]
     status = projection.status(rollout)
     reply = {
         "rollout": rollout,
