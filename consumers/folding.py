@@ -37,7 +37,8 @@ from rollout_engine.consumers.outbox import OutboxRow, event_row
 from rollout_engine.consumers.projection import Projection
 from rollout_engine.events import AnyEvent, Event, LogMessage, decode_from_log, encode, subjects
 
-__all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_events", "fold_message", "read_message"]
+__all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_events", "fold_message", "read_fresh",
+           "read_message"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ def read_message(message: LogMessage) -> tuple[list[AnyEvent], list[Failure]]:
     return events, [Failure(r.index, r.error.field, r.reason, r.data) for r in rejected]
 
 
+def read_fresh(message: LogMessage, seen: SeenIds | None) -> tuple[list[AnyEvent], list[Failure], int]:
+    """:func:`read_message`, less the producer events ``seen`` already had: (events, failures, duplicates)."""
+    events, rejected = read_message(message)
+    if seen is None or not events or not message.subject.startswith(_PRODUCED):
+        return events, rejected, 0
+    fresh = seen.fresh(events, message.time_ms)
+    return fresh, rejected, len(events) - len(fresh)
+
+
 def fold_message(message: LogMessage, projections: Sequence[Projection], seen: SeenIds | None = None) -> list[Folded]:
     """Fold one message into each projection (decoded once); one :class:`Folded` each.
 
@@ -94,11 +104,7 @@ def fold_message(message: LogMessage, projections: Sequence[Projection], seen: S
     With ``seen``, producer events whose id the rollout already had within the window
     (by the message's store time) are dropped before any projection sees them.
     """
-    events, rejected = read_message(message)
-    duplicates = 0
-    if seen is not None and events and message.subject.startswith(_PRODUCED):
-        fresh = seen.fresh(events, message.time_ms)
-        duplicates, events = len(events) - len(fresh), fresh
+    events, rejected, duplicates = read_fresh(message, seen)
     out = []
     for projection in projections:
         emitted, raised = fold_events(projection, events, message.seq)
@@ -218,6 +224,7 @@ class Folder:
         return [*(event_row(e) for e in result.emitted), *(dead_letter_row(d) for d in result.dead)]
 
 
-def events_of(message: LogMessage) -> list[AnyEvent]:
-    """The good events of a log message, as every consumer folds them (reports, tools)."""
-    return read_message(message)[0]
+def events_of(message: LogMessage, seen: SeenIds | None = None) -> list[AnyEvent]:
+    """The good events of a log message, as every consumer folds them (reports, tools); with
+    ``seen``, less the copies of producer events already seen (``consumers.dedupe``)."""
+    return read_fresh(message, seen)[0]

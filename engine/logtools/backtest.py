@@ -197,7 +197,8 @@ def backtest(messages: Iterable[LogMessage], candidate: Policy, *, candidate_nam
              quality_drop: float = 5.0, loss_margin: float = 0.05, alpha: float = 0.05) -> BacktestReport:
     """Compare the live policy (recorded and replayed) with ``candidate`` over the log."""
     log = list(messages)
-    events = [event for message in log for event in events_of(message)]
+    seen = SeenIds()  # the truth counts each outcome once, as the folds do
+    events = [event for message in log for event in events_of(message, seen)]
     recorded = recorded_kills(log)
     live = run_policy(log, "live")
     cand = run_policy(log, candidate_name, candidate)
@@ -247,7 +248,8 @@ async def evaluate_rollout(js: JetStreamContext, rollout: str) -> tuple[dict[str
     if first:
         log = [m async for m in read_messages(js, [*subjects.rollout_filters(rollout), subjects.TICK], start_seq=first)]
     projection = RollbackProjection()
-    events = [e for m in log for e in events_of(m)]
+    counted = SeenIds()  # ``events`` as the fold counts them: each copy once
+    events = [e for m in log for e in events_of(m, counted)]
     seen = {e.id for e in events if isinstance(e, COMMAND_TYPES)}
     ids = SeenIds()  # from the rollout's first message: no id of its own comes before it
     missing = [c for m in log for c in fold_back(projection, m, ids) if isinstance(c, KillSwitch) and c.id not in seen]
