@@ -400,22 +400,17 @@ async def test_validation_gaps_are_dead_lettered_and_a_resent_event_id_counts_on
         finally:
             await producer.close()
 
-    await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack)
-    letters = await _letters_for(stack, rollout_id, {"neg-latency": "", "neg-cost": "", "as-json": "JSON"})
-    assert letters["neg-latency"].field == letters["neg-cost"].field == "$.value"
-    assert "expected msgpack" in letters["as-json"].reason
-
     partition = subjects.partition_of(resent, PARTITIONS)
     durable = f"canary_stats_p{partition}"
     engine = await stack.client("engine")
-    try:
-        ejs = engine.jetstream()
+    ejs = engine.jetstream()
 
-        async def outcomes() -> int:
-            await settled(ejs, (durable,))
-            stats = (await stack.operator("status", {"rollout": resent}))["stats"] or {}
-            return int(stats.get("windows", {}).get("all", {}).get("candidate", {}).get("outcomes", 0))
+    async def outcomes() -> int:
+        await settled(ejs, (durable,))
+        stats = (await stack.operator("status", {"rollout": resent}))["stats"] or {}
+        return int(stats.get("windows", {}).get("all", {}).get("candidate", {}).get("outcomes", 0))
 
+    async def during() -> None:  # the consumer restarts while the regression is judged
         await until(lambda: _equals(outcomes, 1), 30, "the canary stats to count the outcome")
         assert f'rollout_consumer_duplicate_events_total{{consumer="{durable}"}} 4.0' in stack.metrics()
         before = lock_holders(stack, durable)[durable]
@@ -427,10 +422,15 @@ async def test_validation_gaps_are_dead_lettered_and_a_resent_event_id_counts_on
             await publish(producer.jetstream(), [outcome] * 5)  # within the window, after the restart
         finally:
             await producer.close()
-        await settled(ejs, (durable,))
+
+    try:
+        await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack, during)
         assert await outcomes() == 1, "the restarted consumer remembered the event id"
     finally:
         await engine.close()
+    letters = await _letters_for(stack, rollout_id, {"neg-latency": "", "neg-cost": "", "as-json": "JSON"})
+    assert letters["neg-latency"].field == letters["neg-cost"].field == "$.value"
+    assert "expected msgpack" in letters["as-json"].reason
 
 
 async def _equals(value: Any, expected: int) -> bool:
