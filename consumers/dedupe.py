@@ -15,16 +15,22 @@ The bound, and why:
 - **Window**: an id is a duplicate when its first copy was stored at most ``window_s``
   earlier (the engine passes the stream's duplicate window, setting ``dedupe_window_s``,
   300 s): the same promise JetStream makes for ``Nats-Msg-Id``, extended to messages
-  without one. Older entries are pruned from the front of their rollout when that
-  rollout records a new id; an entry found older than the window is not a duplicate.
+  without one. A rollout's entries older than the window are pruned each time its
+  count doubles past :data:`PRUNE_MIN` (amortised O(1) per id); an entry found older
+  than the window is not a duplicate, so pruning changes no decision.
 - **Cap**: at most ``cap`` entries per consumer (default :data:`DEFAULT_CAP`, 200,000,
-  measured at about 25 MB); beyond it the oldest entries (by store time, across rollouts) are evicted
-  first, in one step down to 90 % of the cap, so a flood of fresh ids costs memory once,
-  not forever. Under a flood an id may therefore be forgotten before its window ends.
+  measured at about 22 MB); beyond it the oldest entries (by store time, across
+  rollouts) are evicted first, in one step down to 90 % of the cap, so a flood of fresh
+  ids costs memory once, not forever. Under a flood an id may be forgotten before its
+  window ends.
+- **Per rollout**: one dictionary per rollout (insertion ordered, id -> store time), so
+  a message, whose events are all of its subject's rollout, costs one rollout lookup
+  and then one dictionary lookup per event (measured: about 0.43 µs per new id).
 - Only producer events (subjects ``ro.evt.>``) are de-duplicated. Engine commands carry
   ids derived from their cause that anyone can compute; if a producer's event could fill
   their place in the seen set it could suppress a kill. Commands are de-duplicated by
   their keyed ``Nats-Msg-Id`` and the control transitions' ``config_version`` rule.
+  The policy simulator folds through ``fold_events`` with no seen set (its ids are generated once).
 
 Exactly once across restarts: the state is a function of the ids recorded, in order
 (pruning and eviction happen only when an id is recorded). :meth:`SeenIds.flush` hands
@@ -51,7 +57,7 @@ __all__ = ["DEFAULT_CAP", "DEFAULT_WINDOW_S", "SeenIds", "SeenWrite"]
 DEFAULT_WINDOW_S = 300.0
 """The stream's default duplicate window (setting ``dedupe_window_s``)."""
 DEFAULT_CAP = 200_000
-"""Entries per consumer (a 28-character id, its rollout, a time: about 125 bytes each)."""
+"""Entries per consumer (a 28-character id and its time in a dictionary: about 110 bytes each)."""
 MIN_FULL = 10_000
 """Entries recorded since the last full write below which a batch writes only its delta."""
 
