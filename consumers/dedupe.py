@@ -165,9 +165,10 @@ class SeenIds:
         ids = entry.ids
         if len(ids) >= entry.prune_at:  # amortised: prune when the rollout doubled since
             oldest = time_ms - self.window_ms
-            before = len(ids)
-            entry.ids = {k: t for k, t in ids.items() if t >= oldest}
-            self._size -= before - len(entry.ids)
+            if next(iter(ids.values())) < oldest:  # the first recorded is the oldest (store times rise)
+                before = len(ids)
+                entry.ids = {k: t for k, t in ids.items() if t >= oldest}
+                self._size -= before - len(entry.ids)
             entry.prune_at = max(2 * len(entry.ids), PRUNE_MIN)
         if self._size > self.cap:
             self._evict(self.cap - self.cap // 10)
