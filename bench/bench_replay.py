@@ -2,7 +2,9 @@
 
 ``rollout replay FILE`` reads a verified export (checksum included in the timing), decodes
 each message and folds it into every projection, the projections split over one process
-per CPU (``Replayer.feed_parallel``); the one-process figure is measured beside it. The workload is the shared
+per CPU (``Replayer.feed_parallel``); the one-process figure is measured beside it, and beside
+that the one-process fold without de-duplication by event id (``consumers.dedupe``), the
+cost of the seen set as a same-run reference. The workload is the shared
 synthetic one (``bench.workload``), 100-event msgpack batches as the SDK publishes them.
 Target: at least 250,000 events/s.
 """
@@ -20,9 +22,9 @@ from bench.harness import Figure, measure
 from bench.workload import make_batches
 from rollout_engine.engine.logtools.export import write_export
 from rollout_engine.engine.logtools.replay import (
+    Replayer,
     make_projections,
     messages_from_file,
-    replay_messages,
     replay_parallel,
 )
 from rollout_engine.events import LogMessage, encode_batch, subjects
@@ -37,15 +39,20 @@ async def _messages(total: int) -> AsyncIterator[LogMessage]:
         yield LogMessage(seq, subjects.event(rollout, kind), encode_batch(events), events[0].time_ms)
 
 
-def replay_events_per_s(path: Path, names: list[str] | None = None, parallel: bool = True) -> tuple[float, dict[str, str]]:
+def replay_events_per_s(path: Path, names: list[str] | None = None, parallel: bool = True,
+                        dedupe: bool = True) -> tuple[float, dict[str, str]]:
     """Read, verify and replay ``path`` through the projections; (events/s, digests).
 
     ``parallel`` folds the projections in one process per CPU as ``rollout replay FILE``
-    does (engine/logtools/replay.py ``Replayer.feed_parallel``); otherwise in this process only."""
+    does (engine/logtools/replay.py ``Replayer.feed_parallel``); otherwise in this process only.
+    ``dedupe=False`` folds without the seen set (the reference for its cost)."""
     start = time.perf_counter()
     _footer, messages = messages_from_file(path)
     projections = make_projections(names)
-    result = replay_parallel(messages, projections) if parallel else replay_messages(messages, projections)
+    if parallel:
+        result = replay_parallel(messages, projections)
+    else:
+        result = Replayer(projections, dedupe=dedupe).feed(messages).result()
     return result.events / (time.perf_counter() - start), result.digests
 
 
@@ -59,9 +66,9 @@ async def replay_figures(total: int = 200_000, repeat: int = 3) -> list[Figure]:
         names = [p.name for p in make_projections()]
         digests: list[dict[str, str]] = []
 
-        def runner(parallel: bool) -> Callable[[], Awaitable[float]]:
+        def runner(parallel: bool, dedupe: bool = True) -> Callable[[], Awaitable[float]]:
             async def once() -> float:
-                rate, got = await asyncio.to_thread(replay_events_per_s, path, None, parallel)
+                rate, got = await asyncio.to_thread(replay_events_per_s, path, None, parallel, dedupe)
                 digests.append(got)
                 return rate
             return once
@@ -71,9 +78,13 @@ async def replay_figures(total: int = 200_000, repeat: int = 3) -> list[Figure]:
             await measure(f"replay from a file through all projections ({', '.join(names)}), "
                           f"{os.cpu_count()} processes as rollout replay runs it", "events/s",
                           runner(True), repeat, target=TARGET, note=note),
-            await measure("replay from a file through all projections, one process", "events/s",
-                          runner(False), repeat, note=note),
         ]
+        reference = await measure("replay from a file through all projections, one process, no de-duplication "
+                                  "by event id", "events/s", runner(False, dedupe=False), repeat, note=note)
+        figures.append(await measure("replay from a file through all projections, one process", "events/s",
+                                     runner(False), repeat, note=note,
+                                     reference=reference.name, reference_value=reference.median))
+        figures.append(reference)
         if any(d != digests[0] for d in digests):
             raise AssertionError(f"replay digests differ between runs: {digests}")
         return figures

@@ -50,6 +50,7 @@ class RuntimeSettings(Protocol):
     consumer_batch: int
     ack_wait_s: float
     consumer_max_deliver: int
+    dedupe_window_s: float
 
 
 class RuntimeMetrics(Protocol):
@@ -58,6 +59,7 @@ class RuntimeMetrics(Protocol):
     events: Any
     messages: Any
     duplicates: Any
+    duplicate_events: Any
     dead: Any
     commits: Any
     commit_seconds: Any
@@ -88,7 +90,7 @@ class _NoMetrics:
 
     def __init__(self) -> None:
         nothing = _Nothing()
-        self.events = self.messages = self.duplicates = self.dead = self.commits = nothing
+        self.events = self.messages = self.duplicates = self.duplicate_events = self.dead = self.commits = nothing
         self.commit_seconds = self.position = self.store_errors = self.preempted = self.stalled = nothing
 
 

@@ -10,7 +10,10 @@ the live fold" is true because both run :func:`fold_message`.
   events meet: what a message may carry is decided here, for every reader of the log;
 - :func:`fold_message` applies a message's events to one or more projections
   (:func:`fold_events`); a bad item or a fold that raises becomes a :class:`Failure`
-  (the runtime dead-letters it) and the fold goes on;
+  (the runtime dead-letters it) and the fold goes on. Given a seen set
+  (``consumers.dedupe.SeenIds``, the :class:`Folder`'s, a replay's, a backtest's), it
+  folds a producer event id of a rollout once within the duplicate window and counts the
+  copies (``Folded.duplicates``): they are not failures, nothing is dead-lettered;
 - :class:`Folder` adds the rules that make a consumer exactly-once, with no I/O, so they
   are tested in microseconds: messages are folded in stream-sequence order, starting
   right after the committed position; a sequence at or below it (a redelivery) is
@@ -29,13 +32,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rollout_engine.consumers.deadletter import DeadLetter, dead_letter_row
+from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.outbox import OutboxRow, event_row
 from rollout_engine.consumers.projection import Projection
-from rollout_engine.events import AnyEvent, Event, LogMessage, decode_from_log, encode
+from rollout_engine.events import AnyEvent, Event, LogMessage, decode_from_log, encode, subjects
 
-__all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_events", "fold_message", "read_message"]
+__all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_events", "fold_message", "read_fresh",
+           "read_message"]
 
 log = logging.getLogger(__name__)
+
+_PRODUCED = f"{subjects.ROOT}.evt."
+"""Subjects of producer events, the only ones de-duplicated by event id (``consumers.dedupe``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +65,15 @@ class Folded:
     """One message folded into one projection: events folded, events emitted, failures.
 
     ``failed`` starts with the ``rejected`` items that did not decode (the same for every
-    projection), then the events whose fold raised.
+    projection), then the events whose fold raised. ``duplicates``: events not folded
+    because their id was already seen (not counted in ``events``).
     """
 
     events: int
     emitted: list[Event]
     failed: list[Failure]
     rejected: int = 0
+    duplicates: int = 0
 
     @property
     def errors(self) -> int:
@@ -77,17 +87,28 @@ def read_message(message: LogMessage) -> tuple[list[AnyEvent], list[Failure]]:
     return events, [Failure(r.index, r.error.field, r.reason, r.data) for r in rejected]
 
 
-def fold_message(message: LogMessage, projections: Sequence[Projection]) -> list[Folded]:
+def read_fresh(message: LogMessage, seen: SeenIds | None) -> tuple[list[AnyEvent], list[Failure], int]:
+    """:func:`read_message`, less the producer events ``seen`` already had: (events, failures, duplicates)."""
+    events, rejected = read_message(message)
+    if seen is None or not events or not message.subject.startswith(_PRODUCED):
+        return events, rejected, 0
+    fresh = seen.fresh(events, message.time_ms)
+    return fresh, rejected, len(events) - len(fresh)
+
+
+def fold_message(message: LogMessage, projections: Sequence[Projection], seen: SeenIds | None = None) -> list[Folded]:
     """Fold one message into each projection (decoded once); one :class:`Folded` each.
 
     Items that do not decode are failures of every projection; an event whose ``apply``
     raises is a failure of that projection only (a reducer bug must not stop the engine).
+    With ``seen``, producer events whose id the rollout already had within the window
+    (by the message's store time) are dropped before any projection sees them.
     """
-    events, rejected = read_message(message)
+    events, rejected, duplicates = read_fresh(message, seen)
     out = []
     for projection in projections:
         emitted, raised = fold_events(projection, events, message.seq)
-        out.append(Folded(len(events), emitted, [*rejected, *raised], len(rejected)))
+        out.append(Folded(len(events), emitted, [*rejected, *raised], len(rejected), duplicates))
     return out
 
 
@@ -96,7 +117,8 @@ def fold_events(projection: Projection, events: Iterable[AnyEvent], seq: int) ->
     and a :class:`Failure` for each event whose fold raised (logged; the fold goes on).
 
     :func:`fold_message` runs this after :func:`read_message`; the policy simulator
-    (``engine.logtools.simulate``), whose events never were a message, runs it directly.
+    (``engine.logtools.simulate``), whose events never were a message, runs it directly
+    (no de-duplication: its events are generated, each id once).
     """
     apply = projection.apply
     emitted: list[Event] = []
@@ -121,6 +143,8 @@ class BatchResult:
     events: int = 0
     messages: int = 0
     skipped: int = 0
+    duplicates: int = 0
+    """Producer events not folded: their id was seen within the window (``consumers.dedupe``)."""
     held: list[LogMessage] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     emitted: list[Event] = field(default_factory=list)
@@ -132,6 +156,7 @@ class BatchResult:
         self.events += part.events
         self.messages += part.messages
         self.skipped += part.skipped
+        self.duplicates += part.duplicates
         self.dead.extend(part.dead)
         self.emitted.extend(part.emitted)
         self.parts.update(part.parts)
@@ -139,11 +164,17 @@ class BatchResult:
 
 
 class Folder:
-    """Fold batches of log messages into ``projection``, tracking the committed position."""
+    """Fold batches of log messages into ``projection``, tracking the committed position.
+
+    ``seen`` is the consumer's set of producer event ids (``consumers.dedupe``; default: a
+    fresh one with the default window and cap); the runtime restores it with the position
+    and commits what each batch adds to it in the same transaction.
+    """
 
     def __init__(self, projection: Projection, seq: int = 0, consumer: str | None = None,
-                 contiguous: bool = True) -> None:
+                 contiguous: bool = True, seen: SeenIds | None = None) -> None:
         self.projection = projection
+        self.seen = SeenIds() if seen is None else seen
         self.consumer = consumer or projection.name
         self.seq = seq
         self.events = 0
@@ -171,9 +202,10 @@ class Folder:
             if self.contiguous and seq != self.seq + 1:
                 result.held = [m for m in ordered[index:] if m.seq > self.seq]
                 break
-            folded = fold_message(message, projections)[0]
+            folded = fold_message(message, projections, self.seen)[0]
             result.messages += 1
             result.events += folded.events
+            result.duplicates += folded.duplicates
             result.emitted.extend(folded.emitted)
             result.dead.extend(self._dead(message, f) for f in folded.failed)
             self.events += folded.events
@@ -192,6 +224,7 @@ class Folder:
         return [*(event_row(e) for e in result.emitted), *(dead_letter_row(d) for d in result.dead)]
 
 
-def events_of(message: LogMessage) -> list[AnyEvent]:
-    """The good events of a log message, as every consumer folds them (reports, tools)."""
-    return read_message(message)[0]
+def events_of(message: LogMessage, seen: SeenIds | None = None) -> list[AnyEvent]:
+    """The good events of a log message, as every consumer folds them (reports, tools); with
+    ``seen``, less the copies of producer events already seen (``consumers.dedupe``)."""
+    return read_fresh(message, seen)[0]

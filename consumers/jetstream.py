@@ -44,7 +44,8 @@ async def get_message(js: JetStreamContext, seq: int) -> LogMessage | None:
         msg = await js.get_msg(subjects.LOG_STREAM, seq)
     except NotFoundError:
         return None
-    return LogMessage(seq, msg.subject or "", msg.data or b"")
+    stamp = int(msg.time.timestamp() * 1000) if msg.time else 0  # the store time, as a fetch reports it
+    return LogMessage(seq, msg.subject or "", msg.data or b"", stamp)
 
 
 async def first_seq(js: JetStreamContext) -> int:

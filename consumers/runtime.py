@@ -8,8 +8,9 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
 2. fold them with :class:`consumers.folding.Folder`, the one fold replay and backtests
    run too (skip what is committed, hold what is after a gap and fill the gap by a
    direct get, dead-letter what is bad);
-3. commit the changed snapshot parts, the last sequence and the outbox rows (emitted
-   events and dead letters) in ONE SQLite transaction;
+3. commit the changed snapshot parts, the last sequence, the outbox rows (emitted
+   events and dead letters) and the event ids the batch added to the seen set
+   (``consumers.dedupe``) in ONE SQLite transaction;
 4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
    engine's keyed id of the row id), delete what JetStream stored;
 6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook.
@@ -59,6 +60,7 @@ from rollout_engine.consumers.consumer import (
     restore,
     store_name,
 )
+from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.folding import BatchResult, Folder
 from rollout_engine.consumers.jetstream import first_seq, get_message, log_message, subscribe
 from rollout_engine.consumers.outbox import OutboxRow
@@ -113,7 +115,8 @@ class Runner:
         self.metrics = metrics or NO_METRICS
         self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
         self.relay = OutboxRelay(self.name, self.store, msg_ids, self.metrics)
-        self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None)
+        self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None,
+                             seen=SeenIds(settings.dedupe_window_s))
         self._next_delivery = 1  # partitioned: the consumer sequence expected next
         self._stuck = 0  # partitioned: idle checks in a row that saw undelivered messages
         self.stop_event = asyncio.Event()
@@ -153,8 +156,10 @@ class Runner:
             stored = await self.store.load()
             restore(self.projection, stored.parts, self.store.path)
             self.folder.seq = stored.seq
+            self.folder.seen.load(stored.seen)
             self.metrics.position.labels(self.name).set(stored.seq)
             self.metrics.stalled.labels(self.name).set(0)  # a series from the start, 0 after a restart
+            self.metrics.duplicate_events.labels(self.name).inc(0)  # a series from the start (PITFALLS)
             await self._connected()
             await self._relay(stored.outbox)
             await self._run_hooks("on_start")  # publishing is not state: fold anyway
@@ -296,6 +301,9 @@ class Runner:
             await self._fill_gap(total)
         if total.skipped:
             self.metrics.duplicates.labels(self.name).inc(total.skipped)
+        if total.duplicates:
+            self.metrics.duplicate_events.labels(self.name).inc(total.duplicates)
+            log.debug("%s: %d events not folded, their ids seen already", self.name, total.duplicates)
         if total.seq == start:
             return total
         if not total.parts and total.messages == 0:
@@ -303,7 +311,7 @@ class Runner:
         rows = Folder.outbox_of(total)
         began = time.perf_counter()
         await self.store.commit_waiting(total.seq, total.parts, rows, metrics=self.metrics, name=self.name,
-                                        stopping=self.stop_event.is_set)
+                                        stopping=self.stop_event.is_set, seen=self.folder.seen.flush())
         self._count(total, time.perf_counter() - began)
         await self._relay(rows)
         await self._run_hooks("after_commit", total)  # the state is committed: a failure is logged

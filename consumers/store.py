@@ -14,6 +14,10 @@ Tables (one file per consumer, ``DATA_DIR/consumers/<name>.sqlite``, WAL mode):
   between commit and publish republishes, JetStream drops the duplicate, and the relay
   knows the duplicate is its own (``attempts`` > 0); a duplicate for a row never
   attempted means someone else took the id first.
+- ``seen(consumer, n, full, data)``: the producer event ids the consumer has folded
+  (``consumers.dedupe``): what each batch added, in order, and now and then the whole
+  set (a full write replaces every earlier row). Committed with the position, so a
+  restarted consumer de-duplicates exactly as one that never stopped.
 
 Everything a batch produced goes in :meth:`SQLiteConsumerStore.commit`, in ONE
 transaction: a crash at any instant leaves either the old or the new state, never half.
@@ -29,12 +33,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from rollout_engine.consumers.dedupe import SeenWrite
 from rollout_engine.consumers.outbox import OutboxRow
 
 __all__ = ["ConsumerLocked", "DuplicateCommit", "SQLiteConsumerStore", "StoreStalled", "StoredState", "fault_of"]
@@ -47,6 +52,8 @@ CREATE TABLE IF NOT EXISTS parts (consumer TEXT NOT NULL, key TEXT NOT NULL, dat
 CREATE TABLE IF NOT EXISTS outbox (consumer TEXT NOT NULL, id TEXT NOT NULL, subject TEXT NOT NULL,
     data BLOB NOT NULL, headers BLOB, attempts INTEGER NOT NULL DEFAULT 0, salt INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (consumer, id));
+CREATE TABLE IF NOT EXISTS seen (consumer TEXT NOT NULL, n INTEGER PRIMARY KEY AUTOINCREMENT, full INTEGER NOT NULL,
+    data BLOB NOT NULL);
 """
 _OUTBOX_COLUMNS = {"attempts": "INTEGER NOT NULL DEFAULT 0", "salt": "INTEGER NOT NULL DEFAULT 0"}
 """Columns added after the first release: stores written before get them on open."""
@@ -99,6 +106,7 @@ class StoredState:
     seq: int
     parts: dict[str, bytes]
     outbox: list[OutboxRow]
+    seen: list[SeenWrite] = field(default_factory=list)
 
 
 class SQLiteConsumerStore:
@@ -198,7 +206,9 @@ class SQLiteConsumerStore:
         seq = int(row[0]) if row and row[0] is not None else 0
         async with db.execute("SELECT key, data FROM parts WHERE consumer = ? ORDER BY key", (self.consumer,)) as cur:
             parts = {key: bytes(data) async for key, data in cur}
-        return StoredState(seq, parts, await self.pending())
+        async with db.execute("SELECT full, data FROM seen WHERE consumer = ? ORDER BY n", (self.consumer,)) as cur:
+            seen = [SeenWrite(bool(full), bytes(data)) async for full, data in cur]
+        return StoredState(seq, parts, await self.pending(), seen)
 
     async def pending(self) -> list[OutboxRow]:
         async with self.db.execute(
@@ -207,8 +217,9 @@ class SQLiteConsumerStore:
         ) as cur:
             return [OutboxRow(i, s, bytes(d), None if h is None else bytes(h), a, n) async for i, s, d, h, a, n in cur]
 
-    async def commit(self, seq: int, parts: Mapping[str, bytes], outbox: Iterable[OutboxRow] = ()) -> None:
-        """Record position ``seq``, changed parts and outbox rows atomically."""
+    async def commit(self, seq: int, parts: Mapping[str, bytes], outbox: Iterable[OutboxRow] = (),
+                     seen: SeenWrite | None = None) -> None:
+        """Record position ``seq``, changed parts, outbox rows and the seen ids' write atomically."""
         db = self.db
         await db.execute("BEGIN IMMEDIATE")  # a locked store raises here, before anything started
         try:
@@ -230,6 +241,11 @@ class SQLiteConsumerStore:
                 await db.executemany(
                     "INSERT OR IGNORE INTO outbox (consumer, id, subject, data, headers) VALUES (?, ?, ?, ?, ?)", rows
                 )
+            if seen is not None:
+                if seen.full:
+                    await db.execute("DELETE FROM seen WHERE consumer = ?", (self.consumer,))
+                await db.execute("INSERT INTO seen (consumer, full, data) VALUES (?, ?, ?)",
+                                 (self.consumer, int(seen.full), seen.data))
             await db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL and some I/O errors
@@ -237,7 +253,7 @@ class SQLiteConsumerStore:
             raise
 
     async def commit_waiting(self, seq: int, parts: Mapping[str, bytes], outbox: list[OutboxRow], *, metrics: Any,
-                             name: str, stopping: Callable[[], bool]) -> None:
+                             name: str, stopping: Callable[[], bool], seen: SeenWrite | None = None) -> None:
         """:meth:`commit`, waiting out a store fault (locked, read-only, full disk, I/O error).
 
         While the store refuses, the consumer takes no further events and acks nothing
@@ -250,7 +266,7 @@ class SQLiteConsumerStore:
         delay, since = 0.05, 0.0
         while True:
             try:
-                await self.commit(seq, parts, outbox)
+                await self.commit(seq, parts, outbox, seen)
             except Exception as exc:
                 reason = fault_of(exc)
                 if reason is None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -123,7 +124,7 @@ async def _replay(args: argparse.Namespace) -> int:
         projections = make_projections(args.only.split(",") if args.only else None, settings)
     except LookupError as exc:
         raise CliError(str(exc.args[0])) from None
-    replayer = Replayer(projections, progress=progress_bar("replay"))
+    replayer = Replayer(projections, progress=progress_bar("replay"), seen=SeenIds(settings.dedupe_window_s))
     if args.stream:
         await _replay_stream(args, replayer)
     else:

@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 from nats.js import JetStreamContext
 
+from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.folding import events_of, fold_message, read_message
 from rollout_engine.consumers.projection import Projection
 from rollout_engine.consumers.rollback.policy import Policy, load_policy_file, policy_document
@@ -93,14 +94,15 @@ def _is_auto(event: AnyEvent) -> bool:
     return isinstance(event, COMMAND_TYPES) and (event.actor == ACTOR or event.producer == ACTOR)  # type: ignore[attr-defined]
 
 
-def fold_back(projection: Projection, message: LogMessage) -> list[Event]:
+def fold_back(projection: Projection, message: LogMessage, seen: SeenIds | None = None) -> list[Event]:
     """Fold a message with the live fold, then what it emits, as the relay sends it back
-    through the log (at the same sequence: nothing else comes in between here)."""
+    through the log (at the same sequence: nothing else comes in between here). ``seen``:
+    the run's producer event ids (``consumers.dedupe``), as the live consumer's."""
     emitted: list[Event] = []
     pending = [message]
     while pending:
         current = pending.pop(0)
-        for command in fold_message(current, [projection])[0].emitted:
+        for command in fold_message(current, [projection], seen)[0].emitted:
             emitted.append(command)
             pending.append(LogMessage(current.seq, subjects.for_event(command), encode(command), current.time_ms))
     return emitted
@@ -133,6 +135,7 @@ def run_policy(messages: Iterable[LogMessage], name: str, policy: Policy | None 
     replaces every policy in the log, from each rollout's first event on.
     """
     projection = RollbackProjection()
+    seen = SeenIds()
     result = PolicyRunResult(name)
     document = policy_document(policy) if policy is not None else None
     seeded: set[str] = set()
@@ -151,7 +154,7 @@ def run_policy(messages: Iterable[LogMessage], name: str, policy: Policy | None 
             if not kept:
                 continue
             message = LogMessage(message.seq, message.subject, encode_batch(kept), message.time_ms)
-        for command in fold_back(projection, message):
+        for command in fold_back(projection, message, seen):
             result.commands.append(command)
             if isinstance(command, KillSwitch):
                 result.kills.setdefault(command.rollout, []).append(command.time_ms)
@@ -198,7 +201,8 @@ def backtest(messages: Iterable[LogMessage], candidate: Policy, *, candidate_nam
              quality_drop: float = 5.0, loss_margin: float = 0.05, alpha: float = 0.05) -> BacktestReport:
     """Compare the live policy (recorded and replayed) with ``candidate`` over the log."""
     log = list(messages)
-    events = [event for message in log for event in events_of(message)]
+    seen = SeenIds()  # the truth counts each outcome once, as the folds do
+    events = [event for message in log for event in events_of(message, seen)]
     recorded = recorded_kills(log)
     live = run_policy(log, "live")
     cand = run_policy(log, candidate_name, candidate)
@@ -248,9 +252,11 @@ async def evaluate_rollout(js: JetStreamContext, rollout: str) -> tuple[dict[str
     if first:
         log = [m async for m in read_messages(js, [*subjects.rollout_filters(rollout), subjects.TICK], start_seq=first)]
     projection = RollbackProjection()
-    events = [e for m in log for e in events_of(m)]
+    counted = SeenIds()  # ``events`` as the fold counts them: each copy once
+    events = [e for m in log for e in events_of(m, counted)]
     seen = {e.id for e in events if isinstance(e, COMMAND_TYPES)}
-    missing = [c for m in log for c in fold_back(projection, m) if isinstance(c, KillSwitch) and c.id not in seen]
+    ids = SeenIds()  # from the rollout's first message: no id of its own comes before it
+    missing = [c for m in log for c in fold_back(projection, m, ids) if isinstance(c, KillSwitch) and c.id not in seen]
     status = projection.status(rollout)
     reply = {
         "rollout": rollout,

@@ -7,7 +7,9 @@ live consumers' proves the live state is exactly what the log says (invariant 1)
 The source is an export file (``rollout export``) or the live stream (``--stream``). Each
 message goes through the live runtime's fold (``consumers.folding.fold_message``: decoded
 once, applied to every projection in log order): bad items are counted (the live
-consumer dead-letters them) and a fold that raises is counted for that projection. The
+consumer dead-letters them), a fold that raises is counted for that projection, and a
+producer event whose id its rollout already had within the duplicate window is counted
+and not folded (``consumers.dedupe``: one seen set from sequence 1, as live). The
 result goes into a fresh SQLite store (one row per projection: position, digest,
 snapshot) that nothing else uses.
 """
@@ -29,6 +31,7 @@ import msgspec
 
 from rollout_engine.consumers import registry
 from rollout_engine.consumers.consumer import RuntimeSettings
+from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.folding import fold_message
 from rollout_engine.consumers.projection import Projection, digest_of
 from rollout_engine.engine.logtools.export import read_export
@@ -59,6 +62,7 @@ class ReplayResult:
     messages: int = 0
     events: int = 0
     rejected: int = 0
+    duplicates: int = 0
     emitted: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     last_seq: int = 0
@@ -70,7 +74,7 @@ class ReplayResult:
 
     def summary(self) -> dict[str, Any]:
         return {"digests": self.digests, "messages": self.messages, "events": self.events,
-                "rejected": self.rejected, "emitted": self.emitted, "errors": self.errors,
+                "rejected": self.rejected, "duplicates": self.duplicates, "emitted": self.emitted, "errors": self.errors,
                 "last_seq": self.last_seq, "seconds": round(self.seconds, 3),
                 "events_per_s": round(self.events_per_s)}
 
@@ -99,11 +103,19 @@ def messages_from_file(path: str | Path) -> tuple[dict[str, Any], list[LogMessag
 
 class Replayer:
     """An incremental replay: :meth:`feed` chunks of messages in stream order, then
-    :meth:`result`. Lets ``replay --stream`` fold a log larger than memory."""
+    :meth:`result`. Lets ``replay --stream`` fold a log larger than memory.
+
+    ``seen``: the producer event ids folded so far (``consumers.dedupe``), empty at the
+    start as the live consumer's at sequence 1; pass ``SeenIds(settings.dedupe_window_s)``
+    for a deployment's window. ``dedupe=False`` folds every copy (the benchmark's same-run
+    reference; not what any consumer does)."""
 
     def __init__(self, projections: list[Projection], *, total: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, seen: SeenIds | None = None,
+                 dedupe: bool = True) -> None:
         self.projections = projections
+        self.seen = seen if seen is not None else (SeenIds() if dedupe else None)
+        self.duplicates = 0
         self.total, self.progress = total, progress
         self.every = max(1, total // 200) if total else 1000
         self.messages = self.events = self.rejected = self.last = 0
@@ -120,11 +132,12 @@ class Replayer:
             if message.seq <= self.last:
                 continue  # a duplicate delivery: the live runtime skips it too
             self.last = message.seq
-            folded = fold_message(message, self.active)
+            folded = fold_message(message, self.active, self.seen)
             self.messages += 1
             if folded:
                 self.events += folded[0].events
                 self.rejected += folded[0].rejected
+                self.duplicates += folded[0].duplicates
             for projection, out in zip(self.active, folded, strict=True):
                 emitted[projection.name] += len(out.emitted)
                 errors[projection.name] += out.errors
@@ -152,10 +165,12 @@ class Replayer:
         head, rest = messages[:WARMUP], messages[WARMUP:]
         costs: dict[str, float] = {}
         everything = self.active
-        last, counts = self.last, (self.messages, self.events, self.rejected)
+        last, counts = self.last, (self.messages, self.events, self.rejected, self.duplicates)
+        seen = self.seen
         for projection in everything:  # the head once per projection, timed; counted once
             self.active, self.last = [projection], last
-            self.messages, self.events, self.rejected = counts
+            self.messages, self.events, self.rejected, self.duplicates = counts
+            self.seen = seen.copy() if seen is not None else None
             t0 = time.perf_counter()
             self.feed(head)
             costs[projection.name] = time.perf_counter() - t0
@@ -215,6 +230,7 @@ class Replayer:
         return ReplayResult(
             digests={name: digest_of(snap) for name, snap in snapshots.items()},
             snapshots=snapshots, messages=self.messages, events=self.events, rejected=self.rejected,
+            duplicates=self.duplicates,
             emitted=self.emitted, errors=self.errors, last_seq=self.last, seconds=self.seconds,
         )
 

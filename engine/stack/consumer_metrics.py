@@ -8,6 +8,9 @@ prometheus-client multiprocess files instead and ``rollout up`` serves them. Nam
 - ``rollout_consumer_messages_total``: log messages folded (one may carry a batch);
 - ``rollout_consumer_duplicate_deliveries_total``: deliveries skipped because their
   sequence was already committed (a redelivery after a crash or a lost ack);
+- ``rollout_consumer_duplicate_events_total``: producer events not folded because their
+  rollout already had their event id within the duplicate window (``consumers.dedupe``:
+  a producer re-sending without ``Nats-Msg-Id``); counted, not dead-lettered;
 - ``rollout_consumer_dead_letters_total{field}``: items dead-lettered, by offending field
   (``payload``, ``$.kind``, ``$.v``, ``$.value``..., ``projection`` for a fold that raised);
 - ``rollout_consumer_commits_total`` and ``rollout_consumer_commit_seconds``: SQLite commits;
@@ -54,6 +57,9 @@ class ConsumerMetrics:
         self.messages = Counter("rollout_consumer_messages_total", "Log messages folded", label, registry=reg)
         self.duplicates = Counter("rollout_consumer_duplicate_deliveries_total",
                                   "Deliveries skipped because their sequence was already committed", label, registry=reg)
+        self.duplicate_events = Counter("rollout_consumer_duplicate_events_total",
+                                        "Producer events not folded: their rollout had their event id within the "
+                                        "duplicate window", label, registry=reg)
         self.dead = Counter("rollout_consumer_dead_letters_total", "Items dead-lettered, by offending field",
                             [*label, "field"], registry=reg)
         self.commits = Counter("rollout_consumer_commits_total", "SQLite commits (one per fetched batch)", label, registry=reg)

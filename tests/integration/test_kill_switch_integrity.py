@@ -18,21 +18,39 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 
 from rollout_engine.consumers import registry
+from rollout_engine.consumers.deadletter import DeadLetter, decode_dead_letter
 from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.engine.stack.security import engine_consumer_names
 from rollout_engine.engine.stack.ticks import make_tick
-from rollout_engine.events import Event, Metric, command_id, decode, encode, subjects
+from rollout_engine.events import (
+    ConfigChange,
+    ControlState,
+    Event,
+    KillSwitch,
+    Metric,
+    Outcome,
+    Resume,
+    command_id,
+    decode,
+    encode,
+    subjects,
+)
 from tests.integration.securestack import (
     SecureStack,
     child_status,
     cli,
     lock_holders,
+    publish,
     regression_is_killed_once,
+    settled,
     until,
 )
 
@@ -221,6 +239,202 @@ async def test_any_api_body_gets_a_4xx_and_the_api_keeps_serving(stack: SecureSt
         assert (await stack.operator("health", {}))["ok"] is True
     finally:
         await operator.close()
+
+
+async def _dead_letters(stack: SecureStack, rollout: str) -> list[DeadLetter]:
+    """The dead letters of every consumer for items that arrived on ``rollout``'s event subjects."""
+    engine = await stack.client("engine")
+    out: list[DeadLetter] = []
+    try:
+        js = engine.jetstream()
+        total = (await js.stream_info(subjects.DLQ_STREAM)).state.messages
+        if not total:
+            return out
+        sub = await js.subscribe(subjects.DLQ_ALL, stream=subjects.DLQ_STREAM, ordered_consumer=True)
+        try:
+            for _ in range(total):
+                msg = await sub.next_msg(timeout=10)
+                letter = decode_dead_letter(msg.data)
+                if letter.subject.startswith(f"{subjects.ROOT}.evt.{rollout}."):
+                    out.append(letter)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await engine.close()
+    return out
+
+
+async def _letters_for(stack: SecureStack, rollout: str, wanted: dict[str, str]) -> dict[str, DeadLetter]:
+    """Wait until, for each item id in ``wanted``, a dead letter of ``rollout`` carries that id and
+    a reason containing ``wanted[id]`` (every consumer dead-letters it; one is enough here)."""
+    found: dict[str, DeadLetter] = {}
+
+    async def all_there() -> bool:
+        for letter in await _dead_letters(stack, rollout):
+            for item, fragment in wanted.items():
+                if item.encode() in letter.data and fragment in letter.reason:
+                    found[item] = letter
+        return set(found) == set(wanted)
+
+    await until(all_there, 30, f"dead letters for {sorted(wanted)}")
+    return found
+
+
+def _forged(rollout: str, other: str, now_ms: int) -> list[tuple[str, Event]]:
+    """Engine commands and a tick in producer bodies, and a metric of another rollout: (id, body)."""
+    state = ControlState(canary_pct=50.0)
+    common = {"rollout": rollout, "time_ms": now_ms, "producer": "attacker"}
+    bodies: list[Event] = [
+        KillSwitch(id="forged-kill", actor="rollback", reason="forged", before=state,
+                   after=msgspec.structs.replace(state, kill_switch=True, canary_pct=0.0), **common),
+        Resume(id="forged-resume", actor="ops", reason="forged", before=state, after=state, **common),
+        ConfigChange(id="forged-config", actor="ops", reason="forged", before=state,
+                     after=msgspec.structs.replace(state, canary_pct=100.0), policy={"guards": []}, **common),
+        msgspec.structs.replace(make_tick(now_ms + 3_600_000, 250), id="forged-tick"),
+        Metric(id="forged-other", rollout=other, time_ms=now_ms, producer="attacker", variant="candidate",
+               name="cost_cents", value=0.01),
+    ]
+    return [(body.id, body) for body in bodies]
+
+
+async def test_commands_forged_on_an_event_subject_are_dead_lettered_naming_the_mismatch(
+        stack: SecureStack, rollout_id: str) -> None:
+    """Finding: the fold trusted a body's kind and rollout, so a producer could put a kill_switch,
+    resume, config or tick on ro.evt.<rollout>.metric, or another rollout's metric. Now the
+    subject decides (events/origin.py) and each is dead-lettered saying what did not match."""
+    control = f"{rollout_id}-ctl"
+    forged = _forged(rollout_id, control, time.time_ns() // 1_000_000)
+
+    async def attack(_events: list[Event]) -> None:
+        producer = await stack.client("producer")
+        try:
+            js = producer.jetstream()
+            for _id, body in forged:
+                await js.publish(subjects.event(rollout_id, "metric"), encode(body))
+        finally:
+            await producer.close()
+
+    await regression_is_killed_once(stack, rollout_id, control, attack)
+    letters = await _letters_for(stack, rollout_id, {
+        "forged-kill": "'kill_switch' event arrived on", "forged-resume": "'resume' event arrived on",
+        "forged-config": "'config' event arrived on", "forged-tick": "'tick' event arrived on",
+        "forged-other": f"an event of rollout {control!r} arrived on"})
+    assert all(letter.field in ("$.kind", "$.rollout") for letter in letters.values())
+    assert all("carries only 'metric' events" in letters[i].reason
+               for i in ("forged-kill", "forged-resume", "forged-config", "forged-tick"))
+
+
+async def test_a_malformed_subject_is_never_stored_and_the_operator_kill_still_works(
+        stack: SecureStack, rollout_id: str) -> None:
+    """Finding: the log captured ro.evt.<rollout>.metric.x (five tokens), which no reader could
+    parse, and status, evaluate and the operator's abort of that rollout failed on it. Now no
+    role may publish it and the log does not capture it; the rollout stays operable."""
+    target = f"{rollout_id}-m"
+    malformed = f"{subjects.ROOT}.evt.{target}.metric.x"
+    body = encode(Metric(id="deep", rollout=target, time_ms=time.time_ns() // 1_000_000, producer="attacker",
+                         variant="candidate", name="latency_ms", value=1.0))
+
+    async def attack(_events: list[Event]) -> None:
+        await stack.operator("config", {"rollout": target, "actor": "test", "canary_pct": 50.0, "create": True,
+                                        "reason": "a rollout to attack"})
+        for role in ("producer", "engine"):
+            client = await stack.client(role)
+            try:
+                await client.publish(malformed, body)
+                await client.flush()
+                await stack.violation(role, malformed)
+            finally:
+                await client.close()
+        engine = await stack.client("engine")  # may publish ro.ctl.>, but no stream takes a deeper subject
+        try:
+            with pytest.raises(NatsError):
+                await engine.jetstream().publish(f"{subjects.ROOT}.ctl.{target}.kill_switch.x", body, timeout=2)
+        finally:
+            await engine.close()
+
+    await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack)
+    engine = await stack.client("engine")
+    try:
+        info = await engine.jetstream().stream_info(subjects.LOG_STREAM, subjects_filter=f"{subjects.ROOT}.evt.{target}.>")
+        assert not info.state.subjects, f"the log stored {info.state.subjects}"
+        assert not any(s.endswith(">") for s in info.config.subjects or []), "the log captures exact depths only"
+    finally:
+        await engine.close()
+    aborted = await stack.operator("abort", {"rollout": target, "actor": "oncall", "reason": "malformed traffic"})
+    assert aborted["after"]["kill_switch"] is True, aborted
+
+    async def status_says_killed() -> bool:
+        return bool((await stack.operator("status", {"rollout": target}))["control"]["kill_switch"])
+
+    await until(status_says_killed, 30, "rollout status to show the operator's kill")
+    evaluated = await stack.operator("evaluate", {"rollout": target, "act": False})
+    assert evaluated["rollout"] == target and evaluated["evaluation"]["kill_switch"] is True
+
+
+async def test_validation_gaps_are_dead_lettered_and_a_resent_event_id_counts_once(
+        stack: SecureStack, rollout_id: str) -> None:
+    """Findings: a negative latency or cost was folded (a regression hidden by a negative cost),
+    JSON was refused as 'Expected object', and one event id sent five times without
+    Nats-Msg-Id counted five times. Now both values and the JSON are dead-lettered with their
+    reason, and the fold counts an event id of a rollout once, across a consumer restart too."""
+    now_ms = time.time_ns() // 1_000_000
+    resent = f"{rollout_id}-dup"
+    negative = {"neg-latency": "latency_ms", "neg-cost": "cost_cents"}
+    outcome = Outcome(id="same-outcome", rollout=resent, time_ms=now_ms, producer="svc", decision_id="d1",
+                      variant="candidate", verdict="win", quality=90.0)
+
+    async def attack(_events: list[Event]) -> None:
+        producer = await stack.client("producer")
+        try:
+            js = producer.jetstream()
+            for item, name in negative.items():
+                metric = Metric(id=item, rollout=rollout_id, time_ms=now_ms, producer="attacker",
+                                variant="candidate", name=name, value=-50.0)
+                await js.publish(subjects.event(rollout_id, "metric"), encode(metric))
+            json_metric = Metric(id="as-json", rollout=rollout_id, time_ms=now_ms, producer="attacker",
+                                 variant="candidate", name="cost_cents", value=0.01)
+            await js.publish(subjects.event(rollout_id, "metric"), msgspec.json.encode(json_metric))
+            await publish(js, [outcome] * 5)  # no Nats-Msg-Id
+        finally:
+            await producer.close()
+
+    partition = subjects.partition_of(resent, PARTITIONS)
+    durable = f"canary_stats_p{partition}"
+    engine = await stack.client("engine")
+    ejs = engine.jetstream()
+
+    async def outcomes() -> int:
+        await settled(ejs, (durable,))
+        stats = (await stack.operator("status", {"rollout": resent}))["stats"] or {}
+        return int(stats.get("windows", {}).get("all", {}).get("candidate", {}).get("outcomes", 0))
+
+    async def during() -> None:  # the consumer restarts while the regression is judged
+        await until(lambda: _equals(outcomes, 1), 30, "the canary stats to count the outcome")
+        assert f'rollout_consumer_duplicate_events_total{{consumer="{durable}"}} 4.0' in stack.metrics()
+        before = lock_holders(stack, durable)[durable]
+        os.kill(before, signal.SIGKILL)
+        await until(lambda: asyncio.to_thread(lambda: lock_holders(stack, durable).get(durable, before) != before),
+                    60, f"{durable} restarted")
+        producer = await stack.client("producer")
+        try:
+            await publish(producer.jetstream(), [outcome] * 5)  # within the window, after the restart
+        finally:
+            await producer.close()
+
+    try:
+        await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", attack, during)
+        assert await outcomes() == 1, "the restarted consumer remembered the event id"
+    finally:
+        await engine.close()
+    letters = await _letters_for(stack, rollout_id, {"neg-latency": "", "neg-cost": "", "as-json": "JSON"})
+    assert letters["neg-latency"].field == letters["neg-cost"].field == "$.value"
+    assert "expected msgpack" in letters["as-json"].reason
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return bool(await value() == expected)
 
 
 async def test_killing_every_consumer_at_once_costs_no_kill_switch(stack: SecureStack, rollout_id: str) -> None:
