@@ -9,9 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
-__all__ = ["child_preexec", "terminate"]
+__all__ = ["child_preexec", "terminate", "terminate_all"]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -30,11 +31,21 @@ def child_preexec() -> Callable[[], None] | None:
 
 def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
     """SIGTERM (the child drains and commits), then SIGKILL if it lingers past ``timeout``."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    terminate_all([process], timeout)
+
+
+def terminate_all(processes: Iterable[subprocess.Popen[bytes] | None], timeout: float = 10.0) -> None:
+    """SIGTERM every process at once (each drains and commits on its own), wait for all of
+    them within one ``timeout``, then SIGKILL what lingers. Stopped one after another, a
+    dozen children of ``rollout up --cluster 3 --partitions 2`` took 14 s to stop."""
+    alive = [p for p in processes if p is not None and p.poll() is None]
+    for process in alive:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in alive:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rollout_engine.engine.stack.processes import child_preexec, terminate
+from rollout_engine.engine.stack.processes import child_preexec, terminate_all
 from rollout_engine.engine.stack.server import EmbeddedServer, ServerError
 
 __all__ = ["BACKOFF_MAX_S", "CRASH_LOOP_AFTER", "FAST_EXIT_S", "Child", "ChildHealth", "NodeChild", "Supervisor",
@@ -172,10 +172,13 @@ class Child:
 
             multiprocess.mark_process_dead(pid, directory)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def release(self) -> list[subprocess.Popen[bytes]]:
+        """Forget this child's processes (no restart from now on) and return them to stop."""
         runs, self.runs = self.runs, []
-        for run in runs:
-            terminate(run.process, timeout)
+        return [run.process for run in runs]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        terminate_all(self.release(), timeout)
 
 
 class NodeChild(Child):
@@ -206,9 +209,13 @@ class NodeChild(Child):
         if not self.runs:
             self.spawn()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def release(self) -> list[subprocess.Popen[bytes]]:
         self.runs = []
-        self.server.stop(timeout)
+        process, self.server.process = self.server.process, None
+        return [process] if process is not None else []
+
+    def stop(self, timeout: float = 10.0) -> None:
+        terminate_all(self.release(), timeout)
 
 
 class Supervisor:
@@ -284,10 +291,12 @@ class Supervisor:
         return {"pid": os.getpid(), "started_ms": self.started_ms, "updated_ms": int(time.time() * 1000),
                 "children": children}
 
-    def stop(self) -> None:
-        """Stop children in reverse order: consumers and the API before the servers they use."""
-        for child in reversed(self.children):
-            child.stop()
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop consumers and the API first, all at once (each drains and commits on its own),
+        then the servers they use, all at once."""
+        nodes = [c for c in self.children if isinstance(c, NodeChild)]
+        terminate_all([p for c in self.children if c not in nodes for p in c.release()], timeout)
+        terminate_all([p for c in nodes for p in c.release()], timeout)
 
 
 class SupervisorMetrics:
