@@ -14,6 +14,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 __all__ = [
+    "CONTROL_REFUSED",
     "DECISION_DIFF",
     "OUTBOX_DEPTH",
     "PUBLISHED",
@@ -53,6 +54,15 @@ PUBLISHED = Counter(
     "Events acknowledged by JetStream, by path (direct or outbox).",
     ["path"],
 )
+
+CONTROL_REFUSED = Counter(
+    "rollout_control_refused",
+    "Control commands the SDK refused and never applied, by reason: unsigned, unknown_key, bad_signature "
+    "(engine/sdk/signatures.py).",
+    ["reason"],
+)
+for _reason in ("unsigned", "unknown_key", "bad_signature"):
+    CONTROL_REFUSED.labels(_reason).inc(0)  # the series exist before the first refusal
 
 _selection_children: dict[tuple[str, str, str], Counter] = {}
 

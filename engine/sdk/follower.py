@@ -31,7 +31,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from rollout_engine.consumers.control import apply_command
 from rollout_engine.consumers.folding import read_message
 from rollout_engine.engine.bus import BusUnavailable
+from rollout_engine.engine.sdk import client_metrics as m
 from rollout_engine.engine.sdk.assignment import Split, split_of
+from rollout_engine.engine.sdk.signatures import ControlVerifier
 from rollout_engine.events import ControlState, LogMessage, subjects
 
 __all__ = ["FOLLOWER_INACTIVE_S", "ControlFollower", "OnChange", "fresh_name_on_reset"]
@@ -71,6 +73,8 @@ class ControlFollower:
         self._sub: Any = None
         self.after_fold: Callable[[Msg], None] | None = None
         self.after_catch_up: Callable[[], None] | None = None
+        self.verifier: ControlVerifier | None = None
+        self.refresh_keys: Callable[[], Awaitable[None]] | None = None
 
     def state(self, rollout: str) -> ControlState:
         """The rollout's current control state (the safe default before any command)."""
@@ -121,6 +125,10 @@ class ControlFollower:
                 return
             meta = msg.metadata
             message = LogMessage(meta.sequence.stream, msg.subject, msg.data)
+            if not await self._admitted(msg, message.seq):
+                if not caught_up.is_set() and meta.num_pending == 0:
+                    finish_catch_up()
+                return
             if caught_up.is_set():
                 self.fold(message)
                 if self.after_fold is not None:
@@ -162,6 +170,23 @@ class ControlFollower:
                     f"control state not read within {self.catch_up_timeout_s}s "
                     f"({info.num_pending} commands pending); the server may be overloaded"
                 ) from None
+
+    async def _admitted(self, msg: Msg, seq: int) -> bool:
+        """Whether the message's signature lets it be applied (engine/sdk/signatures.py); a
+        refusal is logged and counted, and the message is never folded."""
+        if self.verifier is None:
+            return True
+        reason = self.verifier.check(msg.subject, msg.data, msg.headers)
+        if reason == "unknown_key" and self.refresh_keys is not None:
+            await self.refresh_keys()  # a rotation this instance has not seen yet
+            reason = self.verifier.check(msg.subject, msg.data, msg.headers)
+        if reason is None:
+            return True
+        m.CONTROL_REFUSED.labels(reason).inc()
+        log.error("rollout SDK: REFUSED control message at seq %d on %s (%s): not applied. Only the engine's "
+                  "signing key may issue control commands; a credential allowed to publish on ro.ctl may be "
+                  "misused (docs/security.md, 'Signed control commands')", seq, msg.subject, reason)
+        return False
 
     def _name(self) -> str:
         """A consumer name no one else uses: ``sdk-<producer>-<48 random bits>``."""
