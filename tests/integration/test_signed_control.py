@@ -1,0 +1,77 @@
+"""Signed control commands against a real nats-server: forged kills and resumes are refused,
+the engine's own kill is obeyed.
+
+Outside secure mode anyone may publish on ``ro.ctl``: that stands in for a credential
+wrongly allowed to publish there. The SDK requires signatures; the operator API runs
+in-process with the engine's signer, its ring published in KV as ``rollout up`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rollout_engine.engine.api.client import call
+from rollout_engine.engine.api.service import serve_api
+from rollout_engine.engine.sdk import client_metrics as m
+from rollout_engine.engine.sdk.client import RolloutClient
+from rollout_engine.engine.stack.signing import CommandSigner, publish_keys
+from rollout_engine.events import ControlState, KillSwitch, Resume, encode, new_event_id, subjects
+
+
+def _refused(reason: str) -> float:
+    return m.CONTROL_REFUSED.labels(reason)._value.get()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def _forge(js, cls, rollout: str, after: ControlState, signer: CommandSigner | None = None) -> None:
+    """A correctly shaped command, published on its control subject like the engine's."""
+    command = "kill_switch" if cls is KillSwitch else "resume"
+    event = cls(id=new_event_id(), rollout=rollout, time_ms=int(time.time() * 1000), producer="engine",
+                actor="ops", reason="forged", before=ControlState(), after=after)
+    subject, data = subjects.control(rollout, command), encode(event)
+    await js.publish(subject, data, headers={"Nats-Msg-Id": event.id,
+                                             **(signer.headers(subject, data) if signer else {})})
+
+
+async def test_forged_commands_are_refused_and_the_engine_kill_is_obeyed(stack, tmp_path: Path, rollout_id) -> None:
+    settings, nc, js = stack
+    engine = CommandSigner.ephemeral()
+    assert await publish_keys(js, engine.ring)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    api = asyncio.create_task(serve_api(nc, stop, ready, signer=engine))
+    await ready.wait()
+    try:
+        other = f"{rollout_id}-b"
+        for rollout in (rollout_id, other):
+            await call(nc, "config", {"rollout": rollout, "actor": "alice", "canary_pct": 100, "create": True})
+        async with RolloutClient(settings, producer="signed", outbox_path=tmp_path / "outbox.sqlite",
+                                 require_signed=True) as client:
+            assert client.assign(rollout_id, "user-1") == "candidate", "the engine's signed config applies"
+
+            await call(nc, "abort", {"rollout": rollout_id, "actor": "bob", "reason": "quality drop"})
+            await _until(lambda: client.state(rollout_id).kill_switch)
+            assert client.assign(rollout_id, "user-1") == "baseline", "the engine's kill is obeyed"
+
+            unsigned, unknown = _refused("unsigned"), _refused("unknown_key")
+            resumed = ControlState(canary_pct=100, config_version=100)
+            await _forge(js, Resume, rollout_id, resumed)
+            await _forge(js, Resume, rollout_id, resumed, signer=CommandSigner.ephemeral())
+            killed = ControlState(canary_pct=0, kill_switch=True, config_version=100)
+            await _forge(js, KillSwitch, other, killed)
+            await _until(lambda: _refused("unsigned") >= unsigned + 2 and _refused("unknown_key") > unknown)
+            assert client.state(rollout_id).kill_switch, "a forged resume does not lift the engine's kill"
+            assert client.assign(rollout_id, "user-1") == "baseline"
+            assert not client.state(other).kill_switch, "a forged kill is not applied either"
+            assert client.assign(other, "user-1") == "candidate"
+    finally:
+        stop.set()
+        await api
