@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rollout_engine.engine.sdk.signatures import KEY_HEADER, SIG_HEADER, ControlVerifier, KeyRing, key_id
+from rollout_engine.engine.sdk.signatures import (
+    KEY_HEADER,
+    SIG_HEADER,
+    ControlVerifier,
+    KeyRing,
+    key_id,
+)
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.signing import CommandSigner, rotate
 
