@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge
 
 __all__ = [
     "CONTROL_REFUSED",
+    "CONTROL_UNVERIFIED_STOPS",
     "DECISION_DIFF",
     "OUTBOX_DEPTH",
     "PUBLISHED",
@@ -61,8 +62,14 @@ CONTROL_REFUSED = Counter(
     "(engine/sdk/signatures.py).",
     ["reason"],
 )
+CONTROL_UNVERIFIED_STOPS = Counter(
+    "rollout_control_unverified_stops",
+    "Refused kill switches that still stopped the candidate (a stop is always safe to obey), by reason.",
+    ["reason"],
+)
 for _reason in ("unsigned", "unknown_key", "bad_signature"):
     CONTROL_REFUSED.labels(_reason).inc(0)  # the series exist before the first refusal
+    CONTROL_UNVERIFIED_STOPS.labels(_reason).inc(0)
 
 _selection_children: dict[tuple[str, str, str], Counter] = {}
 
