@@ -102,3 +102,27 @@ def test_a_damaged_key_file_is_refused_with_the_fix(tmp_path: Path) -> None:
     (tmp_path / "data" / "secure" / "signing.key").write_text("zz\n")
     with pytest.raises(UnsafeSecrets, match="rotate-signing-key"):
         CommandSigner.load(settings)
+
+
+def test_an_unverified_kill_only_stops_the_candidate_and_anything_else_is_dropped() -> None:
+    from rollout_engine.engine.sdk.follower import _stop_only
+    from rollout_engine.events import (
+        ControlState,
+        KillSwitch,
+        LogMessage,
+        Resume,
+        decode_message,
+        encode,
+    )
+
+    current = ControlState(canary_pct=20, config_version=4, baseline="v1", candidate="v2")
+    sneaky = ControlState(canary_pct=100, kill_switch=False, config_version=9, baseline="evil")
+    kill = KillSwitch(id="k1", rollout="checkout", time_ms=1, producer="x", actor="x", reason="forged",
+                      before=current, after=sneaky)
+    stopped = _stop_only(LogMessage(7, KILL, encode(kill)), {"checkout": current}, "unsigned")
+    assert stopped is not None and stopped.seq == 7
+    [event] = decode_message(stopped.data)
+    assert event.after == ControlState(canary_pct=0, kill_switch=True, config_version=4, baseline="v1", candidate="v2")
+    resume = Resume(id="r1", rollout="checkout", time_ms=1, producer="x", actor="x", reason="forged",
+                    before=current, after=sneaky)
+    assert _stop_only(LogMessage(8, "ro.ctl.checkout.resume", encode(resume)), {"checkout": current}, "unsigned") is None
