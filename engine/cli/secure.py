@@ -191,7 +191,7 @@ def _rotate_signing_key(args: argparse.Namespace) -> int:
     async def publish() -> bool:
         nc = await connect(settings, name="rollout-secure", reconnect=False)
         try:
-            return await publish_keys(nc.jetstream(), signer.ring)
+            return await publish_keys(nc.jetstream(), signer.ring, replace=True)
         finally:
             await nc.close()
 

@@ -11,9 +11,10 @@ owned by the engine's user, no symlink followed)::
     signing-keys.json           the same ring in DATA_DIR, for services and auditors
 
 The first engine process that needs the key makes it (``PrivateDir.create`` links
-atomically, so two processes starting at once share the first one). Each start of
-``rollout up`` or ``rollout api`` puts the ring into KV ``ro_state`` under
-``engine.signing_keys``, where every role that follows control may read it.
+atomically, so two processes starting at once share the first one). ``rollout up``,
+``rollout api`` and every consumer (at each connect, before it relays anything) add
+their ring to KV ``ro_state`` under ``engine.signing_keys``, where every role that
+follows control may read it.
 
 Rotation (``rollout secure rotate-signing-key``): a new private key replaces the old
 one and its public key is appended to the ring; retired public keys stay, so commands
@@ -31,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from rollout_engine.engine.sdk.signatures import (
     KEY_HEADER,
@@ -102,16 +104,37 @@ def rotate(settings: Settings) -> CommandSigner:
     return CommandSigner.load(settings)
 
 
-async def publish_keys(js: Any, ring: KeyRing) -> bool:
-    """Put the ring into KV ``ro_state`` (``engine.signing_keys``), where services read it.
+async def publish_keys(js: Any, ring: KeyRing, *, replace: bool = False) -> bool:
+    """Add the ring's keys to the one in KV ``ro_state`` (``engine.signing_keys``), where services read it.
 
-    A failure is logged, not raised: the engine still runs, and services that require
-    signatures refuse its commands (each refusal logged and counted) until it is there.
+    Keys are added, not replaced (``replace``: the ring becomes exactly ``ring``): engine
+    processes that do not share a data directory (compose gives each consumer its own
+    volume) each add their own key, with a compare-and-set so none is lost. A failure is
+    logged, not raised: the engine still runs, and services that require signatures
+    refuse its commands (each refusal logged and counted) until the key is there.
     """
     try:
         kv = await js.key_value(subjects.STATE_BUCKET)
-        await kv.put(KV_KEY, ring.encode())
-        return True
+        for _attempt in range(10):
+            try:
+                entry = await kv.get(KV_KEY)
+                held, revision = KeyRing.decode(entry.value or b"{}"), entry.revision
+            except KeyNotFoundError:
+                held, revision = KeyRing(), None
+            known = {k.id for k in held.keys}
+            merged = ring if replace else KeyRing([*held.keys, *(k for k in ring.keys if k.id not in known)],
+                                                  ring.current)
+            if merged == held:
+                return True
+            try:
+                if revision is None:
+                    await kv.create(KV_KEY, merged.encode())
+                else:
+                    await kv.update(KV_KEY, merged.encode(), last=revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue  # another engine process added its key meanwhile: merge again
+        raise RuntimeError("the ring kept changing under 10 attempts")
     except Exception as exc:
         log.error("could not publish the signing key ring to KV %s %s (%s): services that require signed "
                   "control commands will refuse the engine's until it is there", subjects.STATE_BUCKET, KV_KEY, exc)

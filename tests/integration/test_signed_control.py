@@ -85,3 +85,17 @@ async def test_forged_commands_are_refused_and_the_engine_kill_is_obeyed(stack, 
     finally:
         stop.set()
         await api
+
+
+async def test_engine_processes_with_their_own_keys_all_land_in_the_ring(stack) -> None:
+    """Compose gives each consumer its own data volume, hence its own key: each adds it."""
+    from rollout_engine.engine.sdk.signatures import KV_KEY, KeyRing
+
+    _, _, js = stack
+    signers = [CommandSigner.ephemeral() for _ in range(4)]
+    assert all(await asyncio.gather(*(publish_keys(js, s.ring) for s in signers)))
+    kv = await js.key_value(subjects.STATE_BUCKET)
+    held = KeyRing.decode((await kv.get(KV_KEY)).value)
+    assert {k.id for k in held.keys} == {s.key_id for s in signers}, "concurrent adds lose no key"
+    assert await publish_keys(js, signers[0].ring, replace=True)
+    assert [k.id for k in KeyRing.decode((await kv.get(KV_KEY)).value).keys] == [signers[0].key_id]
