@@ -20,6 +20,8 @@ reason it is refused: ``unsigned``, ``unknown_key``, ``bad_signature``. With
 ``require_signed`` (the default in secure mode) all three are refused; without it,
 only a signature by a *known* key that does not verify is refused (outside secure mode
 anyone may publish control commands, so an unsigned one proves nothing either way).
+What the SDK does with a refused message (never applied as sent; a refused kill switch
+still stops the candidate) is the follower's: ``engine/sdk/follower.py``.
 
 ``cryptography`` is imported only when a signature is checked: the slim SDK install
 works without it unless signatures are required.
