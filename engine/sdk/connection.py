@@ -57,8 +57,9 @@ class SdkConnection:
         allow_offline: start even if NATS is unreachable, serving the safe default state
             (everyone on the baseline) and recording into the outbox until NATS answers.
         require_signed: refuse every control command not signed by a known engine key
-            (never applied; logged; ``rollout_control_refused_total``). Default: on in
-            secure mode (``settings.secure``), else only badly signed commands are refused.
+            (never applied as sent, though a refused kill switch still stops the candidate;
+            logged; ``rollout_control_refused_total``). Default: on in secure mode
+            (``settings.secure``), else only badly signed commands are refused.
         signing_keys: pin the engine's public keys (a :class:`KeyRing` or the path of
             ``signing-keys.json``) instead of reading them from KV ``ro_state``
             (``engine.signing_keys``). See docs/sdk.md, "Signed control commands".
