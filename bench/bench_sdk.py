@@ -1,4 +1,5 @@
-"""SDK benchmarks: ``assign()`` calls/s and JetStream-acked events/s from one process.
+"""SDK benchmarks: ``assign()`` calls/s, JetStream-acked events/s, and the cost of signing and
+verifying one control command (µs), from one process.
 
 Each function is one run returning one number, for ``bench.harness.measure``::
 
@@ -18,7 +19,7 @@ from bench.harness import bench_server
 from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.events import ConfigChange, ControlState, encode, new_event_id, subjects
 
-__all__ = ["assign_rate", "publish_rate"]
+__all__ = ["assign_rate", "publish_rate", "sign_us", "verify_us"]
 
 ROLLOUT = "bench-sdk"
 
@@ -79,6 +80,44 @@ async def publish_rate(n: int = 1_000_000, batch_size: int = 250, chunk: int = 5
             info = await js.stream_info(subjects.LOG_STREAM)
             assert info.state.messages >= n // batch_size
     return n / elapsed
+
+
+def _kill_command() -> tuple[str, bytes]:
+    """A kill switch as the engine publishes it (about 400 bytes of msgpack)."""
+    from rollout_engine.events import KillSwitch
+
+    before = ControlState(canary_pct=25, config_version=7, baseline="v1", candidate="v2")
+    after = ControlState(canary_pct=0, kill_switch=True, config_version=8, baseline="v1", candidate="v2")
+    event = KillSwitch(id=new_event_id(), rollout=ROLLOUT, time_ms=1, producer="rollback", actor="rollback",
+                       reason="p99 latency 412 ms > 1.5 x baseline 180 ms, sustained 30 s", before=before, after=after)
+    return subjects.control(ROLLOUT, "kill_switch"), encode(event)
+
+
+async def sign_us(n: int = 5_000) -> float:
+    """Microseconds the engine spends signing one control command (Ed25519, headers built)."""
+    from rollout_engine.engine.stack.signing import CommandSigner
+
+    signer = CommandSigner.ephemeral()
+    subject, data = _kill_command()
+    start = time.perf_counter()
+    for _ in range(n):
+        signer.headers(subject, data)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+async def verify_us(n: int = 5_000) -> float:
+    """Microseconds an SDK spends verifying one control command before applying it."""
+    from rollout_engine.engine.sdk.signatures import ControlVerifier
+    from rollout_engine.engine.stack.signing import CommandSigner
+
+    signer = CommandSigner.ephemeral()
+    verifier = ControlVerifier(require_signed=True, ring=signer.ring)
+    subject, data = _kill_command()
+    headers = signer.headers(subject, data)
+    start = time.perf_counter()
+    for _ in range(n):
+        verifier.check(subject, data, headers)
+    return (time.perf_counter() - start) / n * 1e6
 
 
 async def _main() -> None:

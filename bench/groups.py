@@ -52,7 +52,7 @@ async def replay() -> list[Figure]:
 
 async def sdk() -> list[Figure]:
     """The SDK: assign() calls/s and JetStream-acked producer events/s (targets 200k each)."""
-    from bench.bench_sdk import assign_rate, publish_rate
+    from bench.bench_sdk import assign_rate, publish_rate, sign_us, verify_us
 
     ceiling = cached("transport ceiling")
     assign = await measure("SDK assign(): hash, choose, build + buffer the Decision", "calls/s",
@@ -61,7 +61,11 @@ async def sdk() -> list[Figure]:
                             lambda: publish_rate(1_000_000), REPEAT, target=">= 200,000",
                             reference="transport ceiling" if ceiling else "",
                             reference_value=ceiling.median if ceiling else None)
-    return [assign, publish]
+    # Signed control commands (engine/sdk/signatures.py): paid once per command, not per assign().
+    sign = await measure("engine: sign one control command (Ed25519)", "µs", lambda: sign_us(5_000), REPEAT)
+    verify = await measure("SDK: verify one control command before applying it", "µs",
+                           lambda: verify_us(5_000), REPEAT)
+    return [assign, publish, sign, verify]
 
 
 async def bandit() -> list[Figure]:

@@ -2,7 +2,9 @@
 
 A consumer commits its state, its position and the messages it emits (kill switches,
 re-checks, dead letters...) in one SQLite transaction; this relay then publishes the
-outbox rows and deletes the ones JetStream acknowledged. Each message goes out with
+outbox rows and deletes the ones JetStream acknowledged. Every control command is signed
+here (the engine passes its ``CommandSigner`` in: anything with :class:`Signer`'s
+``headers``; see ``engine/sdk/signatures.py``). Each message goes out with
 ``Nats-Msg-Id`` = the engine's keyed id of the row's deterministic id (the engine passes
 its :class:`~rollout_engine.engine.stack.msg_ids.EngineIds` in: anything with
 :class:`MessageIds`'s ``of``), so a re-send is stored once.
@@ -38,13 +40,20 @@ from rollout_engine.consumers.outbox import OutboxRow
 from rollout_engine.consumers.store import SQLiteConsumerStore, fault_of
 from rollout_engine.events import subjects
 
-__all__ = ["MAX_RESENDS", "MessageIds", "OutboxRelay", "Preempted"]
+__all__ = ["MAX_RESENDS", "MessageIds", "OutboxRelay", "Preempted", "Signer"]
 
 
 class MessageIds(Protocol):
     """How the engine turns a body id into a ``Nats-Msg-Id`` no producer can predict."""
 
     def of(self, body_id: str, salt: int = 0) -> str:
+        ...
+
+
+class Signer(Protocol):
+    """How the engine signs what it publishes on ``ro.ctl.*.*`` (``engine/stack/signing.py``)."""
+
+    def headers(self, subject: str, data: bytes) -> dict[str, str]:
         ...
 
 log = logging.getLogger(__name__)
@@ -68,11 +77,13 @@ class Preempted(msgspec.Struct, kw_only=True):
 class OutboxRelay:
     """Publishes one consumer's outbox rows (see the module docstring)."""
 
-    def __init__(self, name: str, store: SQLiteConsumerStore, ids: MessageIds, metrics: Any) -> None:
-        """``metrics``: the runtime's (``consumers.consumer.RuntimeMetrics``), for ``preempted``."""
+    def __init__(self, name: str, store: SQLiteConsumerStore, ids: MessageIds, metrics: Any, signer: Signer) -> None:
+        """``metrics``: the runtime's (``consumers.consumer.RuntimeMetrics``), for ``preempted``;
+        ``signer``: signs every control command (services refuse unsigned ones in secure mode)."""
         self.name = name
         self.store = store
         self.ids = ids
+        self.signer = signer
         self.metrics = metrics
         self.preempted = 0
         metrics.preempted.labels(name).inc(0)  # the series exists before the first event
@@ -96,7 +107,8 @@ class OutboxRelay:
         futures = []
         try:
             for row in rows:
-                headers = {**extra_headers(row), "Nats-Msg-Id": self.ids.of(row.id, row.salt)}
+                headers = {**extra_headers(row), **self.signer.headers(row.subject, row.data),
+                           "Nats-Msg-Id": self.ids.of(row.id, row.salt)}
                 futures.append(await js.publish_async(row.subject, row.data, headers=headers))
             done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
         except Exception as exc:

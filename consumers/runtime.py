@@ -64,7 +64,7 @@ from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.folding import BatchResult, Folder
 from rollout_engine.consumers.jetstream import first_seq, get_message, log_message, subscribe
 from rollout_engine.consumers.outbox import OutboxRow
-from rollout_engine.consumers.relay import MessageIds, OutboxRelay
+from rollout_engine.consumers.relay import MessageIds, OutboxRelay, Signer
 from rollout_engine.consumers.store import SQLiteConsumerStore
 from rollout_engine.events import LogMessage, subjects
 
@@ -89,20 +89,22 @@ class Runner:
         metrics: RuntimeMetrics | None = None,
         partition: int | None = None,
         msg_ids: MessageIds | None = None,
+        signer: Signer | None = None,
         standby: bool = False,
     ) -> None:
         """``nc`` is a connection to use (not closed here); without one, ``connect()``
         makes one when the run starts (closed at the end). ``msg_ids`` makes the keyed
         ``Nats-Msg-Id`` of what the consumer emits (the deployment's key: engine code passes
-        ``EngineIds.load(settings)``). ``metrics`` default to none. ``standby``: when
+        ``EngineIds.load(settings)``); ``signer`` signs its control commands
+        (``CommandSigner.load(settings)``). ``metrics`` default to none. ``standby``: when
         another process runs this consumer, wait for its store lock (warm: built,
         connected) and take over the moment it exits, instead of failing."""
         if nc is None and connect is None:
             raise ValueError("Runner needs a NATS connection: pass nc=, or connect= (engine code passes "
                              "engine.bus.connect; see engine/stack/consumer_runner.py)")
-        if msg_ids is None:
-            raise ValueError("Runner needs the engine's message ids (msg_ids=EngineIds.load(settings)): "
-                             "run consumers through engine/stack/consumer_runner.py")
+        if msg_ids is None or signer is None:
+            raise ValueError("Runner needs the engine's message ids and command signer (msg_ids=EngineIds.load("
+                             "settings), signer=CommandSigner.load(settings)): run it through engine/stack/consumer_runner.py")
         self.consumer = consumer
         self.projection = consumer.projection
         self.partition = partition
@@ -114,7 +116,7 @@ class Runner:
         self.fetch_timeout = fetch_timeout
         self.metrics = metrics or NO_METRICS
         self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
-        self.relay = OutboxRelay(self.name, self.store, msg_ids, self.metrics)
+        self.relay = OutboxRelay(self.name, self.store, msg_ids, self.metrics, signer)
         self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None,
                              seen=SeenIds(settings.dedupe_window_s))
         self._next_delivery = 1  # partitioned: the consumer sequence expected next

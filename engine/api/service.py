@@ -66,6 +66,7 @@ from rollout_engine.engine.api.verbs import (
 from rollout_engine.engine.logtools.backtest import evaluate_rollout
 from rollout_engine.engine.stack.metrics import EVALUATIONS
 from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.engine.stack.signing import CommandSigner
 from rollout_engine.events import ControlState, KillSwitch, encode, kind_of, subjects, transitions
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import command_id
@@ -94,13 +95,16 @@ class ControlApi:
     """The endpoint handlers, over one NATS connection (testable without the service)."""
 
     def __init__(self, nc: Client, js: JetStreamContext | None = None, *, evaluator: Any = None,
-                 msg_ids: EngineIds | None = None) -> None:
+                 msg_ids: EngineIds | None = None, signer: CommandSigner | None = None) -> None:
         """``evaluator(js, rollout)`` judges a rollout now (default: ``engine.logtools.backtest.evaluate_rollout``).
         ``msg_ids``: the deployment's key (``EngineIds.load(settings)``); without it a key of
-        this process only, so a request retried against another instance is not de-duplicated."""
+        this process only, so a request retried against another instance is not de-duplicated.
+        ``signer``: the deployment's signing key (``CommandSigner.load(settings)``); without
+        it a key of this process only, whose commands services verify only if given its ring."""
         self.nc = nc
         self.js = js or nc.jetstream()
         self.msg_ids = msg_ids or EngineIds.ephemeral()
+        self.signer = signer or CommandSigner.ephemeral()
         self.started_ms = int(time.time() * 1000)
         self.evaluator = evaluator or evaluate_rollout
 
@@ -188,8 +192,10 @@ class ControlApi:
                    "Nats-Expected-Last-Subject-Sequence-Subject": subjects.log_filter(rollout, "ctl")},
             )
             kind = kind_of(event)
+            subject, data = subjects.for_event(event), encode(event)
+            headers.update(self.signer.headers(subject, data))
             try:
-                ack = await self.js.publish(subjects.for_event(event), encode(event), headers=headers, timeout=5)
+                ack = await self.js.publish(subject, data, headers=headers, timeout=5)
             except BadRequestError as exc:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
                     await asyncio.sleep(0.01)
@@ -352,9 +358,9 @@ def _endpoint(func: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Ca
 
 
 async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None = None,
-                    msg_ids: EngineIds | None = None) -> None:
-    """Run the micro service on ``nc`` until ``stop`` is set (``msg_ids``: see :class:`ControlApi`)."""
-    api = ControlApi(nc, msg_ids=msg_ids)
+                    msg_ids: EngineIds | None = None, signer: CommandSigner | None = None) -> None:
+    """Run the micro service on ``nc`` until ``stop`` is set (``msg_ids``, ``signer``: see :class:`ControlApi`)."""
+    api = ControlApi(nc, msg_ids=msg_ids, signer=signer)
     service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=SERVICE_NAME,
                                 description="rollout-engine operator API: status, abort, retry, promote, pause, unpause, "
                                             "resume, config, evaluate, health")

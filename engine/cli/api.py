@@ -24,6 +24,7 @@ from rollout_engine.engine.cli.common import (
 )
 from rollout_engine.engine.settings import SettingsError
 from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.engine.stack.signing import CommandSigner, publish_keys
 from rollout_engine.events import subjects
 
 __all__ = ["register"]
@@ -38,7 +39,9 @@ async def _run(args: argparse.Namespace) -> int:
     stop_on_signals(stop.set)
     nc = await connect(settings, name="rollout-api")
     ready = asyncio.Event()
-    task = asyncio.create_task(serve_api(nc, stop, ready, msg_ids=EngineIds.load(settings)))
+    signer = CommandSigner.load(settings)
+    await publish_keys(nc.jetstream(), signer.ring)  # on an external NATS no `rollout up` did it
+    task = asyncio.create_task(serve_api(nc, stop, ready, msg_ids=EngineIds.load(settings), signer=signer))
     await ready.wait()
     try:
         gate = await start_gate(nc.jetstream(), settings)

@@ -73,13 +73,15 @@ async def _read_view(args: argparse.Namespace, rollout: str) -> BanditView | Non
 
 async def _publish(args: argparse.Namespace, event: Event, command: str) -> None:
     from rollout_engine.engine.stack.msg_ids import EngineIds
+    from rollout_engine.engine.stack.signing import CommandSigner
 
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-bandit", reconnect=False)
     try:
         js = nc.jetstream()
-        await js.publish(subjects.control(event.rollout, command), encode(event),
-                         headers=EngineIds.load(settings).headers(event.id))
+        subject, data = subjects.control(event.rollout, command), encode(event)
+        await js.publish(subject, data, headers={**EngineIds.load(settings).headers(event.id),
+                                                 **CommandSigner.load(settings).headers(subject, data)})
     finally:
         await nc.close()
 

@@ -10,11 +10,14 @@ Subcommands:
 - ``rollout secure compose-config [--out FILE] [--check]``: render the compose stack's
   nats-server config from the same permission table (a test keeps the committed file fresh).
 - ``rollout secure compose-env [--out FILE]``: random passwords for compose/.env (0600).
+- ``rollout secure rotate-signing-key``: a new key for signing control commands; the old
+  public keys stay in the ring (docs/operations.md, "Signing key").
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import socket
@@ -38,6 +41,7 @@ from rollout_engine.engine.stack.security import (
     write_private,
     write_secure_dir,
 )
+from rollout_engine.engine.stack.signing import CommandSigner, publish_keys, rotate
 
 __all__ = ["SecureMode", "add_up_flags", "prepare", "register"]
 
@@ -114,6 +118,7 @@ def prepare(settings: Settings, *, tls: bool = False) -> SecureMode | None:
         files = write_secure_dir(settings.data_path / "secure", settings.data_path, tls=tls, hosts=hosts,
                                  partitions=settings.partitions)
         EngineIds.load(settings)  # the key of the engine's message ids, beside the passwords
+        CommandSigner.load(settings)  # the key that signs control commands
     except UnsafeSecrets as exc:
         raise CliError(str(exc)) from None
     if files.tls:
@@ -172,6 +177,34 @@ def _compose_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_signing_key(args: argparse.Namespace) -> int:
+    from rollout_engine.engine.bus import connect
+
+    settings = settings_from(args)
+    try:
+        signer = rotate(settings)
+    except UnsafeSecrets as exc:
+        raise CliError(str(exc)) from None
+    print(f"new signing key {signer.key_id}; ring of {len(signer.ring.keys)} keys in "
+          f"{settings.data_path / 'signing-keys.json'} (older keys stay valid for older commands)")
+
+    async def publish() -> bool:
+        nc = await connect(settings, name="rollout-secure", reconnect=False)
+        try:
+            return await publish_keys(nc.jetstream(), signer.ring, replace=True)
+        finally:
+            await nc.close()
+
+    try:
+        published = asyncio.run(publish())
+    except Exception:
+        published = False
+    print("ring published in KV ro_state engine.signing_keys" if published else
+          "NATS not reachable: the ring reaches KV when `rollout up` or `rollout api` next starts")
+    print("restart the engine's processes (rollout up, rollout api) so they sign with the new key")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("secure", help="per-role NATS credentials and the compose NATS config",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,3 +223,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     env.add_argument("--out", default=str(COMPOSE_ENV), help=f"output file (default {COMPOSE_ENV})")
     env.add_argument("--force", action="store_true", help="overwrite an existing file (rotates every password)")
     env.set_defaults(handler=_compose_env)
+    rotate_key = actions.add_parser("rotate-signing-key",
+                                    help="new key for signing control commands; old public keys stay valid")
+    rotate_key.set_defaults(handler=_rotate_signing_key)

@@ -34,6 +34,7 @@ from rollout_engine.engine.stack.metrics import MULTIPROC_ENV, multiprocess_env,
 from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.engine.stack.partitioning import log_partitions
 from rollout_engine.engine.stack.server import EmbeddedServer, ServerError, is_loopback
+from rollout_engine.engine.stack.signing import CommandSigner, publish_keys
 from rollout_engine.engine.stack.supervisor import Child, NodeChild, Supervisor, SupervisorMetrics
 from rollout_engine.engine.stack.ticks import run_ticks
 
@@ -89,6 +90,8 @@ async def serve(
         for action in actions:
             log.info(action)
         say(f"rollout up: streams and KV {'provisioned' if actions else 'already in place'}")
+        # Before any engine process runs: services verify control commands with this ring.
+        await publish_keys(js, CommandSigner.load(settings).ring)
         if secure is not None and secure.cover_partitions(settings, await log_partitions(js)):
             server.reload()  # readers are now denied the durables of every partition the log has
         names = [] if args.no_consumers else _consumer_names()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 __all__ = [
+    "CONTROL_REFUSED",
+    "CONTROL_UNVERIFIED_STOPS",
     "DECISION_DIFF",
     "OUTBOX_DEPTH",
     "PUBLISHED",
@@ -53,6 +55,21 @@ PUBLISHED = Counter(
     "Events acknowledged by JetStream, by path (direct or outbox).",
     ["path"],
 )
+
+CONTROL_REFUSED = Counter(
+    "rollout_control_refused",
+    "Control commands the SDK refused and never applied, by reason: unsigned, unknown_key, bad_signature "
+    "(engine/sdk/signatures.py).",
+    ["reason"],
+)
+CONTROL_UNVERIFIED_STOPS = Counter(
+    "rollout_control_unverified_stops",
+    "Refused kill switches that still stopped the candidate (a stop is always safe to obey), by reason.",
+    ["reason"],
+)
+for _reason in ("unsigned", "unknown_key", "bad_signature"):
+    CONTROL_REFUSED.labels(_reason).inc(0)  # the series exist before the first refusal
+    CONTROL_UNVERIFIED_STOPS.labels(_reason).inc(0)
 
 _selection_children: dict[tuple[str, str, str], Counter] = {}
 

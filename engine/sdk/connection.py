@@ -20,6 +20,7 @@ from typing import Any, Self
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from rollout_engine.engine.bus import BusUnavailable, connect
 from rollout_engine.engine.sdk import client_metrics as m
@@ -27,8 +28,9 @@ from rollout_engine.engine.sdk.acks import AckReporter
 from rollout_engine.engine.sdk.follower import ControlFollower, OnChange
 from rollout_engine.engine.sdk.outbox import Outbox
 from rollout_engine.engine.sdk.publisher import BatchPublisher, BufferFull
+from rollout_engine.engine.sdk.signatures import KV_KEY, ControlVerifier, KeyRing
 from rollout_engine.engine.settings import Settings, load_settings
-from rollout_engine.events import ControlState
+from rollout_engine.events import ControlState, subjects
 from rollout_engine.events.ids import check_token
 
 __all__ = ["METRICS_INTERVAL_S", "SdkConnection"]
@@ -54,6 +56,13 @@ class SdkConnection:
         on_change: ``callback(rollout, state)`` (sync or async) after each state change.
         allow_offline: start even if NATS is unreachable, serving the safe default state
             (everyone on the baseline) and recording into the outbox until NATS answers.
+        require_signed: refuse every control command not signed by a known engine key
+            (never applied as sent, though a refused kill switch still stops the candidate;
+            logged; ``rollout_control_refused_total``). Default: on in secure mode
+            (``settings.secure``), else only badly signed commands are refused.
+        signing_keys: pin the engine's public keys (a :class:`KeyRing` or the path of
+            ``signing-keys.json``) instead of reading them from KV ``ro_state``
+            (``engine.signing_keys``). See docs/sdk.md, "Signed control commands".
     """
 
     def __init__(
@@ -70,6 +79,8 @@ class SdkConnection:
         catch_up_timeout_s: float = 5.0,
         on_change: OnChange | None = None,
         allow_offline: bool = False,
+        require_signed: bool | None = None,
+        signing_keys: KeyRing | str | Path | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.producer = check_token(producer, "producer")
@@ -93,6 +104,13 @@ class SdkConnection:
         self._background: set[asyncio.Future[Any]] = set()
         self._housekeeping: set[asyncio.Future[Any]] = set()
         self._metrics_task: asyncio.Future[None] | None = None
+        pinned = signing_keys if isinstance(signing_keys, KeyRing) or signing_keys is None \
+            else KeyRing.decode(Path(signing_keys).read_bytes())
+        self.control.verifier = ControlVerifier(
+            require_signed=self.settings.secure if require_signed is None else require_signed, ring=pinned)
+        if pinned is None:
+            self.control.refresh_keys = self._refresh_keys
+        self._keys_read_at = float("-inf")
         self._acks = AckReporter(self, self._jetstream)  # revisions applied -> KV ro_acks (engine/sdk/acks.py)
         self.control.after_fold, self.control.after_catch_up = self._acks.observe, self._acks.caught_up
 
@@ -116,6 +134,8 @@ class SdkConnection:
         self._nc = await connect(self.settings, name=f"sdk-{self.producer}", on_event=self._on_bus_event)
         self._js = self._nc.jetstream()
         try:
+            if self.control.refresh_keys is not None:
+                await self.control.refresh_keys()
             await self.control.follow(self._js, wait=True)
             self._synced = True
         except BaseException:
@@ -138,6 +158,24 @@ class SdkConnection:
                 continue
             except Exception:
                 log.exception("rollout SDK: connecting failed; retrying")
+
+    async def _refresh_keys(self) -> None:
+        """Read the engine's key ring from KV (at most once a second: a forger's unknown key ids cost nothing)."""
+        now = time.monotonic()
+        if self._js is None or now - self._keys_read_at < 1.0:
+            return
+        self._keys_read_at = now
+        try:
+            kv = await self._js.key_value(subjects.STATE_BUCKET)
+            entry = await kv.get(KV_KEY)
+            if entry.value:
+                self.control.verifier.add(KeyRing.decode(entry.value))  # type: ignore[union-attr]
+        except KeyNotFoundError:
+            if self.control.verifier is not None and self.control.verifier.require_signed:
+                log.warning("rollout SDK: the engine has published no signing keys (KV %s) yet; control commands "
+                            "are refused until it does", KV_KEY)
+        except Exception as exc:
+            log.warning("rollout SDK: could not read the engine's signing keys from KV %s (%s)", KV_KEY, exc)
 
     async def _on_bus_event(self, kind: str) -> None:
         if kind == "disconnected" and self._publisher is not None:

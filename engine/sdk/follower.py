@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -31,8 +32,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from rollout_engine.consumers.control import apply_command
 from rollout_engine.consumers.folding import read_message
 from rollout_engine.engine.bus import BusUnavailable
+from rollout_engine.engine.sdk import client_metrics as m
 from rollout_engine.engine.sdk.assignment import Split, split_of
-from rollout_engine.events import ControlState, LogMessage, subjects
+from rollout_engine.engine.sdk.signatures import ControlVerifier
+from rollout_engine.events import ControlState, KillSwitch, LogMessage, encode_batch, subjects
 
 __all__ = ["FOLLOWER_INACTIVE_S", "ControlFollower", "OnChange", "fresh_name_on_reset"]
 
@@ -71,6 +74,8 @@ class ControlFollower:
         self._sub: Any = None
         self.after_fold: Callable[[Msg], None] | None = None
         self.after_catch_up: Callable[[], None] | None = None
+        self.verifier: ControlVerifier | None = None
+        self.refresh_keys: Callable[[], Awaitable[None]] | None = None
 
     def state(self, rollout: str) -> ControlState:
         """The rollout's current control state (the safe default before any command)."""
@@ -121,6 +126,13 @@ class ControlFollower:
                 return
             meta = msg.metadata
             message = LogMessage(meta.sequence.stream, msg.subject, msg.data)
+            refusal = await self._refusal(msg, message.seq)
+            if refusal is not None:
+                message = _stop_only(message, self.states if caught_up.is_set() else staging, refusal)  # type: ignore[assignment]
+            if message is None:
+                if not caught_up.is_set() and meta.num_pending == 0:
+                    finish_catch_up()
+                return
             if caught_up.is_set():
                 self.fold(message)
                 if self.after_fold is not None:
@@ -162,6 +174,29 @@ class ControlFollower:
                     f"control state not read within {self.catch_up_timeout_s}s "
                     f"({info.num_pending} commands pending); the server may be overloaded"
                 ) from None
+
+    async def _refusal(self, msg: Msg, seq: int) -> str | None:
+        """Why the message's signature does not let it be applied as sent (engine/sdk/signatures.py), or None.
+
+        A refused message is never applied as sent, but a refused *kill switch* still stops
+        the candidate (:func:`_stop_only`): stopping is always safe, and the engine's own
+        readers of the log do not verify yet, so refusing it could leave this service on a
+        candidate the engine believes killed (docs/security.md, 'Signed control commands').
+        """
+        if self.verifier is None:
+            return None
+        reason = self.verifier.check(msg.subject, msg.data, msg.headers)
+        if reason == "unknown_key" and self.refresh_keys is not None:
+            await self.refresh_keys()  # a rotation this instance has not seen yet
+            reason = self.verifier.check(msg.subject, msg.data, msg.headers)
+        if reason is None:
+            return None
+        m.CONTROL_REFUSED.labels(reason).inc()
+        log.error("rollout SDK: REFUSED control message at seq %d on %s (%s): not applied as sent (a kill switch "
+                  "only stops the candidate). Only the engine's signing key may issue control commands; a "
+                  "credential allowed to publish on ro.ctl may be misused (docs/security.md, 'Signed control "
+                  "commands')", seq, msg.subject, reason)
+        return reason
 
     def _name(self) -> str:
         """A consumer name no one else uses: ``sdk-<producer>-<48 random bits>``."""
@@ -208,6 +243,19 @@ def _control_events(message: LogMessage) -> list[Any]:
     for bad in rejected:
         log.warning("rollout SDK: ignoring bad control message at seq %d: %s", message.seq, bad.reason)
     return events
+
+
+def _stop_only(message: LogMessage, states: dict[str, ControlState], reason: str) -> LogMessage | None:
+    """What an unverified message may still do: the kill switches in it stop the candidate,
+    keeping everything else of the rollout's current state (names, versions); nothing else applies."""
+    stops = []
+    for event in _control_events(message):
+        if isinstance(event, KillSwitch):
+            current = states.get(event.rollout, DEFAULT_STATE)
+            stops.append(msgspec.structs.replace(
+                event, after=msgspec.structs.replace(current, kill_switch=True, canary_pct=0.0)))
+            m.CONTROL_UNVERIFIED_STOPS.labels(reason).inc()
+    return LogMessage(message.seq, message.subject, encode_batch(stops)) if stops else None
 
 
 def _fold_into(states: dict[str, ControlState], seqs: dict[str, int], message: LogMessage) -> None:

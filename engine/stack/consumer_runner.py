@@ -36,6 +36,7 @@ from rollout_engine.engine.settings import Settings
 from rollout_engine.engine.stack.consumer_metrics import default_metrics, serve_metrics
 from rollout_engine.engine.stack.metrics import BANDIT_ARM_SHARE
 from rollout_engine.engine.stack.msg_ids import EngineIds
+from rollout_engine.engine.stack.signing import CommandSigner, publish_keys
 from rollout_engine.engine.stack.webhooks import Deliverer
 
 __all__ = ["ConsumerLocked", "RecheckGauges", "StoreIncompatible", "attach_edges", "consumer_runner", "serve_metrics",
@@ -124,10 +125,13 @@ def consumer_runner(consumer: Consumer, settings: Settings, *, nc: Client | None
     """
     name = store_name(consumer.projection.name, partition)
 
-    async def connect_engine() -> Client:
-        return await connect(settings, name=f"consumer-{name}")
-
     options.setdefault("metrics", default_metrics())
     options.setdefault("msg_ids", EngineIds.load(settings))
+    signer = options.setdefault("signer", CommandSigner.load(settings))
+
+    async def connect_engine() -> Client:
+        nc = await connect(settings, name=f"consumer-{name}")
+        await publish_keys(nc.jetstream(), signer.ring)  # before the relay signs anything with it
+        return nc
     return Runner(attach_edges(consumer, settings), settings, nc=nc, connect=connect_engine, partition=partition,
                   **options)

@@ -202,8 +202,9 @@ class Deliverer:
             attempt=attempt, detail=error or "")
         if status == "dead":
             await self._dead_letter(runner, webhook, intent, attempt, error or "")
-        await self._publish(runner, subjects.control(intent.rollout, "notification"), encode(record),
-                            runner.relay.ids.headers(record.id))
+        subject, data = subjects.control(intent.rollout, "notification"), encode(record)
+        await self._publish(runner, subject, data,
+                            {**runner.relay.ids.headers(record.id), **runner.relay.signer.headers(subject, data)})
 
     async def _dead_letter(self, runner: Any, webhook: Webhook, intent: Intent, attempts: int, error: str) -> None:
         reason = f"webhook {webhook.name}: {attempts} attempts failed, the last with {error}"

@@ -25,10 +25,14 @@ from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.security import ROLES, inbox_prefix, write_secure_dir
 from rollout_engine.engine.stack.server import EmbeddedServer
+from rollout_engine.engine.stack.signing import CommandSigner, publish_keys
 from rollout_engine.events import subjects
 
 VIOLATION = "permissions violation"
 
+
+ENGINE_SIGNER = CommandSigner.ephemeral()
+"""The engine's signing key for this module: its ring is in KV, as ``rollout up`` puts it."""
 
 class Secure:
     """The running secure server, its credentials, and clients that record errors."""
@@ -79,6 +83,7 @@ async def secure(secure_server: Secure) -> AsyncIterator[Secure]:
                              password=secure_server.passwords["engine"], secure=True)
     nc = await connect(settings, name="provision")
     await provision(nc.jetstream(), settings)
+    assert await publish_keys(nc.jetstream(), ENGINE_SIGNER.ring)  # as `rollout up` does: SDKs verify with it
     await nc.close()
     yield secure_server
 
@@ -380,14 +385,15 @@ def _app_settings(secure: Secure, tmp_path: Path) -> object:
 
 
 async def _publish_control(js: object, rollout: str, kind: str, after: object) -> None:
-    """Publish a control command as the engine does (only the engine role may)."""
+    """Publish a control command as the engine does (only the engine role may; signed, or the SDK refuses it)."""
     from rollout_engine.events import ControlState, KillSwitch, Resume, encode
     from rollout_engine.events.ids import new_event_id
 
     cls = {"kill_switch": KillSwitch, "resume": Resume}[kind]
     event = cls(id=new_event_id(), rollout=rollout, time_ms=1, producer="engine", actor="test",
                 reason="the engine's", before=ControlState(canary_pct=20.0), after=after)
-    await js.publish(subjects.control(rollout, kind), encode(event))  # type: ignore[attr-defined]
+    subject, data = subjects.control(rollout, kind), encode(event)
+    await js.publish(subject, data, headers=ENGINE_SIGNER.headers(subject, data))  # type: ignore[attr-defined]
 
 
 async def _followers(js: object, prefix: str) -> set[str]:
