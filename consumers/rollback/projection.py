@@ -31,7 +31,7 @@ from rollout_engine.consumers.rollback.actions import act, progress, would_kill_
 from rollout_engine.consumers.rollback.commands import ACTOR, escalation
 from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
 from rollout_engine.consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
-from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
+from rollout_engine.consumers.rollback.hysteresis import GuardMachine, carry_over, step
 from rollout_engine.consumers.rollback.policy import (
     QUALITY,
     Guard,
@@ -169,12 +169,20 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     def _new_epoch(self, rollout: str, r: RolloutState) -> None:
         """Forget the evidence: a re-enabled candidate is judged on new data only."""
         r.epoch += 1
-        r.live = PolicyRun(r.live.policy)
-        r.shadow = None if r.shadow is None else PolicyRun(r.shadow.policy)
+        r.live = self._fresh_run(r.live, r.now_ms)
+        r.shadow = None if r.shadow is None else self._fresh_run(r.shadow, r.now_ms)
+        r.recovered_ms = -1
         r.srm_pct, r.srm_baseline, r.srm_candidate, r.candidate_total = -1.0, 0, 0, 0
         r.progress = Progress()
         r.shape = list(stats_shape(r.live.policy, None if r.shadow is None else r.shadow.policy))
         self._stats[rollout] = self._new_stats(tuple(r.shape))
+
+    @staticmethod
+    def _fresh_run(run: PolicyRun, now: int) -> PolicyRun:
+        """A policy judging a new epoch: fresh machines that keep their flap history (hysteresis.carry_over)."""
+        cfg = run.policy.hysteresis
+        return PolicyRun(run.policy, {name: carry_over(m, now, cfg) for name, m in run.machines.items()
+                                      if m.toggles or m.penalty_until_ms > now or m.alarmed})
 
     def _count_decision(self, r: RolloutState, event: Decision) -> None:
         if event.variant == r.control.candidate:
@@ -225,9 +233,9 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """
         if r.escalation.armed:
             return True
-        if r.control.kill_switch:
-            return False
         live = r.live
+        if r.control.kill_switch:  # killed: only a recovery under way moves with time
+            return any(m.state == "recovering" for m in live.machines.values())
         policy = live.policy
         return (policy.progression.enabled or live.last_step_ms >= 0 or policy.hysteresis.inconclusive_limit > 0
                 or r.shadow is not None or any(m.state != "ok" for m in live.machines.values()))
@@ -270,10 +278,13 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             for flag in r.escalation.expire(now):
                 out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,
                                             f"{flag.trigger} escalation expired", cause.id, now))
-        if r.control.kill_switch:
-            return
         live = r.live
         candidate_only = variant is not None and variant != r.control.candidate
+        if r.control.kill_switch:  # judged on for status and recovery; no command, no flag while killed
+            if only is None or self._judges(live.policy, only, candidate_only, r):
+                self._judge(rollout, r, live, StatsEvidence(self._stats[rollout], rollout),
+                            (r.control.baseline, r.control.candidate), cause, None, only, candidate_only)
+            return
         if (only is not None and r.shadow is None and live.last_step_ms < 0 and not live.policy.progression.enabled
                 and not self._judges(live.policy, only, candidate_only, r)):
             return  # no guard reads this sample and nothing else moves: judging would change nothing
@@ -283,8 +294,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, flags, only, candidate_only)
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
-            everything = self._results(r, live, evidence, variants, None)
-            out.append(act(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+            everything = self._noted(live, self._results(r, live, evidence, variants, None))
+            out.append(act(rollout, r, everything, cause, now))
         elif staged or live.policy.progression.enabled:
             unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
             if staged and not unhealthy:
@@ -296,8 +307,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         if shadow is not None and shadow.tripped_ms < 0 and self._judge(
             rollout, r, shadow, evidence, variants, cause, out, only, candidate_only
         )[0]:
-            everything = self._results(r, shadow, evidence, variants, None)
-            out.append(would_kill_now(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+            everything = self._noted(shadow, self._results(r, shadow, evidence, variants, None))
+            out.append(would_kill_now(rollout, r, everything, cause, now))
 
     def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
                  only: str | None, relative_only: bool = False) -> list[GuardResult]:
@@ -323,10 +334,23 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct))
         return results
 
+    @staticmethod
+    def _noted(run: PolicyRun, results: list[GuardResult]) -> list[GuardResult]:
+        """Record what each guard showed at an action (status reads it), machines untouched."""
+        for result in results:
+            machine = run.machines.get(result.guard.name)
+            if machine is None:
+                machine = run.machines[result.guard.name] = GuardMachine()
+            machine.last, machine.n, machine.need = result.status, result.have, result.need
+        return results
+
     def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
-               variants: tuple[str, str], cause: Event, out: list[Event], only: str | None,
+               variants: tuple[str, str], cause: Event, out: list[Event] | None, only: str | None,
                relative_only: bool = False) -> tuple[bool, list[GuardResult]]:
-        """Step the machines of the evaluated guards; return (a new alarm?, failing results)."""
+        """Step the machines of the evaluated guards; return (a new alarm?, failing results).
+
+        ``out`` None: the rollout is killed; machines step (status, recovery, flap
+        history) but no flag is recorded or emitted."""
         policy, now, live = run.policy, r.now_ms, run is r.live
         cfg = policy.hysteresis
         alarmed = False
@@ -336,8 +360,14 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             machine = run.machines.get(name)
             if machine is None:
                 machine = run.machines[name] = GuardMachine()
+            machine.last, machine.n, machine.need = result.status, result.have, result.need
             signal = step(machine, result.status, now, cfg)
-            if signal == "alarm":
+            if out is None:
+                if signal == "recovered" and all(m.state == "ok" for m in run.machines.values()):
+                    r.recovered_ms = now
+                elif signal == "alarm":
+                    r.recovered_ms = -1
+            elif signal == "alarm":
                 alarmed = True
                 if live:
                     flag = r.escalation.record(name, now, policy.escalation)
@@ -345,7 +375,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                         out.append(self._escalation(rollout, r, name, "armed", flag.count, flag.expires_ms,
                                                     f"{name} breached {flag.count} times within "
                                                     f"{policy.escalation.window_ms // 3_600_000}h", cause.id, now))
-            elif signal == "inconclusive_limit" and live:
+            elif signal == "inconclusive_limit" and live and out is not None:
                 out.append(self._escalation(rollout, r, f"inconclusive-{name}"[:64], "armed", machine.inconclusive,
                                             now + policy.escalation.ttl_ms,
                                             f"{name} inconclusive for {machine.inconclusive} consecutive checks"

@@ -19,7 +19,7 @@ from rollout_engine.consumers.rollback.progression import Progress
 from rollout_engine.consumers.rollback.stats_tests import TestResult
 from rollout_engine.events import ControlState
 
-__all__ = ["CachedTest", "PolicyRun", "RolloutState", "rollout_status", "verdict"]
+__all__ = ["CachedTest", "PolicyRun", "RolloutState", "judged", "rollout_status", "verdict"]
 
 
 class CachedTest(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -58,12 +58,34 @@ class RolloutState(msgspec.Struct, array_like=True, gc=False):
     would_kills: int = 0
     policy_error: str = ""
     shape: list[int] = msgspec.field(default_factory=list)  # (last_n, window_ms, time_cap) of the evidence
+    recovered_ms: int = -1  # killed, then every guard recovered by the policy's recovery rule at this time
+
+
+def judged(m: GuardMachine) -> str:
+    """What a guard shows now, in one word: ``breaching`` (in alarm, or failing and not
+    yet sustained: ``pending``), ``recovering``, ``insufficient`` (short of its minimum
+    sample), ``inconclusive`` (crossed but not significant), ``hold``, ``ok``, or
+    ``not judged`` (no evaluation yet)."""
+    if m.state == "alarm":
+        return "breaching"
+    if m.state in ("pending", "recovering"):
+        return m.state
+    if m.last == "inconclusive":
+        return "insufficient" if m.need else "inconclusive"
+    return {"pass": "ok", "hold": "hold", "fail": "breaching", "": "not judged"}.get(m.last, m.last)
 
 
 def _guards(run: PolicyRun, now_ms: int) -> dict[str, Any]:
-    return {name: {"state": m.state, "since_ms": m.since_ms, "failures": m.failures,
-                   "inconclusive": m.inconclusive, "penalized": m.penalized(now_ms)}
-            for name, m in sorted(run.machines.items())}
+    out = {name: {"state": m.state, "since_ms": m.since_ms, "failures": m.failures,
+                  "inconclusive": m.inconclusive, "penalized": m.penalized(now_ms), "judged": judged(m),
+                  "n": m.n, "need": m.need}
+           for name, m in run.machines.items()}
+    policy = run.policy
+    for guard in policy.all_guards():  # a guard no sample has reached yet is short of all of them
+        if guard.name not in out:
+            out[guard.name] = {"state": "ok", "since_ms": 0, "failures": 0, "inconclusive": 0, "penalized": False,
+                               "judged": "insufficient", "n": 0, "need": guard.min_samples or policy.min_samples}
+    return dict(sorted(out.items()))
 
 
 def rollout_status(rollout: str, r: RolloutState) -> dict[str, Any]:
@@ -85,6 +107,7 @@ def rollout_status(rollout: str, r: RolloutState) -> dict[str, Any]:
         "would_kills": r.would_kills,
         "escalations": sorted(r.escalation.armed),
         "candidate_samples": r.candidate_total,
+        "recovered_ms": r.recovered_ms if r.control.kill_switch else -1,
         "verdict": verdict(r),
     }
 

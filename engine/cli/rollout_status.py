@@ -155,15 +155,30 @@ def _print_stats(stats: Any) -> None:
                   f"errors {_num(view.get('error_rate'), '.2%')}")
 
 
+def _judged(guard: dict[str, Any]) -> str:
+    """``breaching``, ``ok``, ``insufficient 12/30``...; older consumers published only ``state``."""
+    word = sanitize(str(guard.get("judged") or guard.get("state")))
+    if word == "insufficient":
+        word += f" {guard.get('n', 0)}/{guard.get('need', 0)}"
+    return word + (" (flap penalty)" if guard.get("penalized") else "")
+
+
 def _print_evaluation(evaluation: Any) -> None:
     """The rollback consumer's last judgement: policy, each guard's state, escalations."""
     if not isinstance(evaluation, dict) or not evaluation:
         return
     policy = evaluation.get("policy") or {}
     guards = evaluation.get("guards") or {}
-    states = ", ".join(f"{sanitize(str(g))}={sanitize(str(v.get('state')))}" for g, v in sorted(guards.items())
+    states = ", ".join(f"{sanitize(str(g))}={_judged(v)}" for g, v in sorted(guards.items())
                        if isinstance(v, dict)) or "no guard judged yet"
     print(f"eval    policy {sanitize(str(policy.get('name', '?')))} v{policy.get('version', '?')}: {states}; "
           f"kills {evaluation.get('kills', 0)}, escalations {evaluation.get('escalations') or 'none'}")
+    if evaluation.get("kill_switch"):
+        recovered = evaluation.get("recovered_ms", -1)
+        if isinstance(recovered, int) and recovered >= 0:
+            print(f"        recovered: every guard passed the policy's recovery rule at {when(recovered)}; "
+                  "the kill switch stays on until `rollout resume`")
+        else:
+            print("        killed: guards are judged on (no command while killed); not recovered")
     if evaluation.get("policy_error"):
         print(f"        policy error: {sanitize(str(evaluation['policy_error']), 300)}")
