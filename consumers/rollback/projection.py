@@ -31,7 +31,7 @@ from rollout_engine.consumers.rollback.actions import act, progress, would_kill_
 from rollout_engine.consumers.rollback.commands import ACTOR, escalation
 from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
 from rollout_engine.consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
-from rollout_engine.consumers.rollback.hysteresis import GuardMachine, carry_over, step
+from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
 from rollout_engine.consumers.rollback.policy import (
     QUALITY,
     Guard,
@@ -46,6 +46,9 @@ from rollout_engine.consumers.rollback.state import (
     CachedTest,
     PolicyRun,
     RolloutState,
+    fresh_run,
+    needs_tick,
+    noted,
     rollout_status,
 )
 from rollout_engine.events import (
@@ -70,6 +73,7 @@ class _Part(msgspec.Struct, array_like=True):
 
     state: RolloutState
     stats: bytes
+    shadow_stats: bytes = b""  # a dry-run policy's own fold (RolloutState.shadow_shape), else empty
 
 
 _encoder = msgspec.msgpack.Encoder(order="sorted")
@@ -91,6 +95,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         super().__init__()
         self._new_stats = stats_factory or evidence.new_stats
         self._stats: dict[str, Any] = {}
+        self._shadow_stats: dict[str, Any] = {}  # a dry-run policy's own fold when it reads other windows
         self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
         self._metrics: dict[int, tuple[Policy, frozenset[str], frozenset[str]]] = {}
 
@@ -106,9 +111,11 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             self.tick(event.time_ms)
             for rollout in sorted(self.rollouts):
                 r = self.rollouts[rollout]
+                if r.shadow_shape and r.shadow_shape[2] > SMALL_TIME_CAP:
+                    self._shadow_stats[rollout].apply(event, seq)
                 if r.shape[2] > SMALL_TIME_CAP:  # the time window moves with ticks
                     self._stats[rollout].apply(event, seq)
-                elif not self._needs_tick(r):
+                elif not needs_tick(r):
                     continue
                 self._dirty.add(rollout)
                 self._evaluate(rollout, event, out)
@@ -117,6 +124,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             r = self._rollout(event.rollout)
             self._dirty.add(event.rollout)
             self._stats[event.rollout].apply(event, seq)
+            if r.shadow_shape:
+                self._shadow_stats[event.rollout].apply(event, seq)
             if isinstance(event, Decision):
                 self._count_decision(r, event)
                 self._evaluate(event.rollout, event, out, "srm")
@@ -137,18 +146,24 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         self.clock.last_tick_ms = _clock_decoder.decode(blob)
 
     def encode_rollout(self, rollout: str) -> bytes:
-        return _encoder.encode(_Part(self.rollouts[rollout], self._stats[rollout].snapshot()))
+        shadow = self._shadow_stats.get(rollout)
+        return _encoder.encode(_Part(self.rollouts[rollout], self._stats[rollout].snapshot(),
+                                     b"" if shadow is None else shadow.snapshot()))
 
     def decode_rollout(self, rollout: str, blob: bytes) -> RolloutState:
         part = _part_decoder.decode(blob)
         stats = self._new_stats(tuple(part.state.shape))
         stats.restore(part.stats)
         self._stats[rollout] = stats
+        self._shadow_stats.pop(rollout, None)
+        if part.state.shadow_shape:
+            shadow = self._shadow_stats[rollout] = self._new_stats(tuple(part.state.shadow_shape))
+            shadow.restore(part.shadow_stats)
         return part.state
 
     def clear(self) -> None:
         super().clear()
-        self._stats = {}
+        self._stats, self._shadow_stats = {}, {}
 
     # --- reads ------------------------------------------------------------------------
     def status(self, rollout: str) -> dict[str, Any]:
@@ -169,20 +184,24 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     def _new_epoch(self, rollout: str, r: RolloutState) -> None:
         """Forget the evidence: a re-enabled candidate is judged on new data only."""
         r.epoch += 1
-        r.live = self._fresh_run(r.live, r.now_ms)
-        r.shadow = None if r.shadow is None else self._fresh_run(r.shadow, r.now_ms)
+        r.live = fresh_run(r.live, r.now_ms)
+        r.shadow = None if r.shadow is None else fresh_run(r.shadow, r.now_ms)
         r.recovered_ms = -1
         r.srm_pct, r.srm_baseline, r.srm_candidate, r.candidate_total = -1.0, 0, 0, 0
         r.progress = Progress()
-        r.shape = list(stats_shape(r.live.policy, None if r.shadow is None else r.shadow.policy))
+        r.shape = list(stats_shape(r.live.policy))
         self._stats[rollout] = self._new_stats(tuple(r.shape))
+        self._shadow_fold(rollout, r)
 
-    @staticmethod
-    def _fresh_run(run: PolicyRun, now: int) -> PolicyRun:
-        """A policy judging a new epoch: fresh machines that keep their flap history (hysteresis.carry_over)."""
-        cfg = run.policy.hysteresis
-        return PolicyRun(run.policy, {name: carry_over(m, now, cfg) for name, m in run.machines.items()
-                                      if m.toggles or m.penalty_until_ms > now or m.alarmed})
+    def _shadow_fold(self, rollout: str, r: RolloutState) -> None:
+        """A dry-run policy reading other windows than the live one gets a fold of its own
+        (empty from here on); one reading the same windows reads the live fold."""
+        shape = [] if r.shadow is None else list(stats_shape(r.shadow.policy))
+        r.shadow_shape = [] if shape == r.shape else shape
+        if r.shadow_shape:
+            self._shadow_stats[rollout] = self._new_stats(tuple(r.shadow_shape))
+        else:
+            self._shadow_stats.pop(rollout, None)
 
     def _count_decision(self, r: RolloutState, event: Decision) -> None:
         if event.variant == r.control.candidate:
@@ -207,11 +226,12 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 r.policy_error = ""
                 if policy.dry_run:
                     r.shadow = PolicyRun(policy)
+                    if list(stats_shape(policy)) != (r.shadow_shape or r.shape):
+                        self._shadow_fold(event.rollout, r)
                 else:
                     r.live = PolicyRun(policy)
-                shape = list(stats_shape(r.live.policy, None if r.shadow is None else r.shadow.policy))
-                if shape != r.shape:  # other windows: the evidence starts again in that shape
-                    self._new_epoch(event.rollout, r)
+                    if list(stats_shape(policy)) != r.shape:  # other windows: the evidence starts again
+                        self._new_epoch(event.rollout, r)
         was_killed = r.control.kill_switch
         if event.after.canary_pct != r.control.canary_pct or event.after.paused != r.control.paused:
             r.progress = Progress()  # a move or an unpause starts a fresh interval
@@ -222,25 +242,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             r.killed_ms = r.now_ms
 
     # --- judging ----------------------------------------------------------------------
-    @staticmethod
-    def _needs_tick(r: RolloutState) -> bool:
-        """Whether a tick can change anything for ``r``.
-
-        A rollout whose guards all read ``last_n`` and are all ``ok`` has nothing that
-        time alone moves: no sustain or recovery timer, no staged step, no progression
-        interval, no inconclusive limit, no escalation to expire. Skipping it keeps a
-        tick's cost proportional to the rollouts in motion, not to all rollouts.
-        """
-        if r.escalation.armed:
-            return True
-        live = r.live
-        if r.control.kill_switch:  # killed: only a recovery under way moves with time
-            return any(m.state == "recovering" for m in live.machines.values())
-        policy = live.policy
-        return (policy.progression.enabled or live.last_step_ms >= 0 or policy.hysteresis.inconclusive_limit > 0
-                or r.shadow is not None or any(m.state != "ok" for m in live.machines.values()))
-
-
     def _guards_of(self, policy: Policy) -> list[Guard]:
         cached = self._guards.get(id(policy))
         if cached is None or cached[0] is not policy:
@@ -294,7 +295,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, flags, only, candidate_only)
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
-            everything = self._noted(live, self._results(r, live, evidence, variants, None))
+            everything = noted(live, self._results(r, live, evidence, variants, None))
             out.append(act(rollout, r, everything, cause, now))
         elif staged or live.policy.progression.enabled:
             unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
@@ -304,10 +305,12 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 progress(rollout, r, unhealthy, cause, out, now)
         out.extend(flags)
         shadow = r.shadow
+        if shadow is not None and r.shadow_shape:
+            evidence = StatsEvidence(self._shadow_stats[rollout], rollout)
         if shadow is not None and shadow.tripped_ms < 0 and self._judge(
             rollout, r, shadow, evidence, variants, cause, out, only, candidate_only
         )[0]:
-            everything = self._noted(shadow, self._results(r, shadow, evidence, variants, None))
+            everything = noted(shadow, self._results(r, shadow, evidence, variants, None))
             out.append(would_kill_now(rollout, r, everything, cause, now))
 
     def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
@@ -332,16 +335,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 results.append(result)
         if (only is None or only == "srm") and policy.srm.enabled and r.srm_pct > 0:
             results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct))
-        return results
-
-    @staticmethod
-    def _noted(run: PolicyRun, results: list[GuardResult]) -> list[GuardResult]:
-        """Record what each guard showed at an action (status reads it), machines untouched."""
-        for result in results:
-            machine = run.machines.get(result.guard.name)
-            if machine is None:
-                machine = run.machines[result.guard.name] = GuardMachine()
-            machine.last, machine.n, machine.need = result.status, result.have, result.need
         return results
 
     def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,

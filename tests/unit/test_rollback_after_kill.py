@@ -69,3 +69,27 @@ def test_kill_resume_cycles_count_as_flapping() -> None:
     assert len(killed) == 2
     assert p.status(R)["guards"]["quality"]["penalized"]
     assert p.rollouts[R].live.machines["quality"].penalty_until_ms == killed[1].time_ms + 60_000
+
+
+def _decisions(policy: dict, dry: bool, traffic: list) -> list[tuple[str, list, str]]:
+    """Fold one log with ``policy`` live, or as a dry run beside a live policy that never kills."""
+    quiet = {"name": "quiet", "thresholds": {"max_quality_drop": -1, "max_latency_p95_ms": -1, "max_cost_cents": -1},
+             "srm": {"enabled": False}}
+    start = policy_change(R, quiet if dry else policy)
+    log = [start, *([policy_change(R, {**policy, "dry_run": True}, before=start.after)] if dry else []),
+           *traffic]
+    out = fold(RollbackProjection(), log)
+    assert len(out) == 1, out
+    return [(c.cause_id, [(b.guard, b.observed, b.candidate_n, b.window) for b in c.breaches],
+             c.reason.rsplit(" [", 1)[0]) for c in out]
+
+
+def test_a_dry_run_policy_is_judged_on_its_own_windows_like_the_same_policy_live() -> None:
+    for policy in ({"name": "small", "last_n": 10, "min_samples": 5, "thresholds": {"max_latency_p95_ms": 1000}},
+                   {"name": "timed", "window_ms": 200, "min_samples": 5,
+                    "thresholds": {"max_quality_drop": -1, "max_latency_p95_ms": -1, "max_cost_cents": -1},
+                    "guards": [{"name": "slow", "metric": "latency_ms", "threshold": 1000, "window": "time"}]}):
+        traffic = [*runs(R, 100), *runs(R, 60, candidate=Profile(latency_ms=1200.0), start=100)]
+        live, dry = _decisions(policy, False, traffic), _decisions(policy, True, traffic)
+        assert live == dry, policy["name"]
+    assert live[0][1][0][2] < 30  # the time window's own size, not the live policy's last 100
