@@ -134,8 +134,18 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             elif event.quality is not None:
                 self._evaluate(event.rollout, event, out, QUALITY, event.variant)
         elif isinstance(event, COMMAND_TYPES):
-            self._control(self._rollout(event.rollout), event)  # type: ignore[arg-type]
+            r = self._rollout(event.rollout)
+            self._control(r, event)  # type: ignore[arg-type]
             self._dirty.add(event.rollout)
+            if r.escalation.armed and isinstance(event, ConfigChange) and not event.after.kill_switch \
+                    and event.after.canary_pct > event.before.canary_pct:  # the fix promoted: the loop ends
+                why = f"cleared: candidate promoted to {event.after.canary_pct:g}% by {event.actor}"
+                out += [self._escalation(event.rollout, r, f.trigger, "expired", f.count, r.now_ms, why, event.id,
+                                         r.now_ms) for f in r.escalation.clear()]
+        elif isinstance(event, Escalation) and event.actor != ACTOR and event.state == "expired":
+            r = self.rollouts.get(event.rollout)  # an operator cleared the flag by hand, with a reason
+            if r is not None and r.escalation.clear(event.trigger):
+                self._dirty.add(event.rollout)
         return out
 
     # --- parts (the projection contract) -----------------------------------------------
