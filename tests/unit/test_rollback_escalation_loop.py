@@ -50,3 +50,17 @@ def test_an_operator_clears_the_flag_with_a_reason() -> None:
     assert fold(p, [by_hand], start=10_000) == []
     assert p.status(R)["escalations"] == []
     assert p.rollouts[R].escalation.history == {}  # the loop starts again
+
+
+def test_steering_and_escalation_presets_carry_their_numbers() -> None:
+    from rollout_engine.consumers.rollback.policy import load_policy
+
+    steering = load_policy({"preset": "steering"})
+    h = steering.hysteresis
+    assert steering.dry_run  # a dry run until switched live
+    assert (h.sustain_ms, h.recovery_sustain_ms, h.hold_down_ms) == (2_000, 3_000, 30_000)
+    assert (h.max_toggles, h.flap_window_ms, h.penalty_ms) == (4, 300_000, 60_000)
+    [quality] = [g for g in steering.all_guards() if g.name == "quality"]
+    assert quality.recovery < quality.threshold and quality.penalty_threshold_add == 15.0
+    escalation = load_policy({"preset": "escalation"}).escalation
+    assert (escalation.threshold, escalation.window_ms, escalation.ttl_ms) == (2, 86_400_000, 7 * 86_400_000)
