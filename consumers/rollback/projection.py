@@ -363,7 +363,9 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             machine = run.machines.get(name)
             if machine is None:
                 machine = run.machines[name] = GuardMachine()
-            machine.last, machine.n, machine.need = result.status, result.have, result.need
+            machine.last = result.status
+            if result.need or machine.need:  # short of samples (status shows n/need): rare once warmed up
+                machine.n, machine.need = result.have, result.need
             signal = step(machine, result.status, now, cfg)
             if out is None:
                 if signal == "recovered" and all(m.state == "ok" for m in run.machines.values()):
