@@ -117,9 +117,29 @@ def _print(reply: dict[str, Any]) -> None:
         print(line)
     _print_stats(reply.get("stats"))
     _print_evaluation(reply.get("evaluation"))
-    thresholds = reply.get("thresholds") or {}
-    if isinstance(thresholds, dict) and thresholds.get("thresholds"):
-        print("guards  " + ", ".join(f"{k}={v}" for k, v in sorted(thresholds["thresholds"].items())))
+    _print_thresholds(reply.get("thresholds"))
+
+
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _print_thresholds(document: Any) -> None:
+    """The live policy in force and each of its guards' thresholds (built-in and generic)."""
+    if not isinstance(document, dict):
+        return
+    from rollout_engine.consumers.rollback.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(document)
+    except (PolicyError, TypeError, ValueError):
+        return
+    parts = []
+    for g in policy.all_guards():
+        what = {"absolute": g.aggregate, "increase": f"{g.aggregate} rise", "decrease": f"{g.aggregate} drop",
+                "ratio": f"{g.aggregate} ratio"}[g.mode]
+        unit = "" if g.mode == "ratio" else sanitize(g.unit)
+        parts.append(f"{sanitize(g.name)} {what} {_OPS[g.comparator]} {g.threshold:g}{unit}")
+    print(f"guards  policy {sanitize(policy.name)} v{policy.version} in force: " + (", ".join(parts) or "none"))
 
 
 def _print_progression(progression: Any, state: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ async def test_three_guard_regression_shows_three_breaches_and_short_guards_read
     assert "cost=breaching, latency=breaching, quality=breaching" in text
     assert "killed: guards are judged on" in text
     assert "cost=insufficient 5/30, latency=insufficient 5/30, quality=insufficient 5/30" in text
+    assert "guards  policy default v0 in force: quality mean drop > 5, latency p95 > 1600ms, cost mean > 3¢" in text
 
 
 async def test_a_dry_run_policy_decides_as_the_same_policy_live_on_the_same_traffic(rig: Rig) -> None:
