@@ -93,3 +93,21 @@ def test_a_dry_run_policy_is_judged_on_its_own_windows_like_the_same_policy_live
         live, dry = _decisions(policy, False, traffic), _decisions(policy, True, traffic)
         assert live == dry, policy["name"]
     assert live[0][1][0][2] < 30  # the time window's own size, not the live policy's last 100
+
+
+def test_a_dry_run_policy_own_fold_survives_a_restore() -> None:
+    from rollout_engine.events import encode
+
+    quiet = policy_change(R, {"name": "quiet", "thresholds": {"max_quality_drop": -1, "max_latency_p95_ms": -1,
+                                                               "max_cost_cents": -1}})
+    shadow = policy_change(R, {"name": "small", "dry_run": True, "last_n": 10, "min_samples": 5,
+                               "thresholds": {"max_latency_p95_ms": 1000}}, before=quiet.after)
+    log = [quiet, shadow, *runs(R, 100), *runs(R, 60, candidate=Profile(latency_ms=1200.0), start=100)]
+    whole = fold(RollbackProjection(), log)
+    head = RollbackProjection()
+    fold(head, log[:120])
+    assert head.rollouts[R].shadow_shape == [10, 300_000, 8]
+    resumed = RollbackProjection()
+    resumed.restore(head.snapshot())
+    assert resumed.snapshot() == head.snapshot()
+    assert [encode(x) for x in fold(resumed, log[120:], start=121)] == [encode(x) for x in whole] != []
