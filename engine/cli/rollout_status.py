@@ -193,6 +193,12 @@ def _print_evaluation(evaluation: Any) -> None:
                        if isinstance(v, dict)) or "no guard judged yet"
     print(f"eval    policy {sanitize(str(policy.get('name', '?')))} v{policy.get('version', '?')}: {states}; "
           f"kills {evaluation.get('kills', 0)}, escalations {evaluation.get('escalations') or 'none'}")
+    shadow = evaluation.get("shadow")
+    if isinstance(shadow, dict):
+        sp, sg = shadow.get("policy") or {}, shadow.get("guards") or {}
+        judged = ", ".join(f"{sanitize(str(g))}={_judged(v)}" for g, v in sorted(sg.items()) if isinstance(v, dict))
+        print(f"        dry run: policy {sanitize(str(sp.get('name', '?')))} v{sp.get('version', '?')}: "
+              f"{judged or 'no guard judged yet'}; would-kills {evaluation.get('would_kills', 0)}")
     if evaluation.get("kill_switch"):
         recovered = evaluation.get("recovered_ms", -1)
         if isinstance(recovered, int) and recovered >= 0:
