@@ -10,7 +10,9 @@ The rule, the same for every consumer:
 1. after each committed batch, every rollout whose snapshot part changed is *pending*
    (in first-touched order; a rollout already pending keeps its place);
 2. a *round* starts when none is running and ``interval_s`` has passed since the last
-   one started (0: after every commit). It takes pending rollouts in order and computes
+   one started (0: after every commit); a commit that comes sooner sets a timer for the
+   moment it may start, so a value reaches KV at most ``interval_s`` (plus the round's
+   own time) after its commit, even when no further commit follows. It takes pending rollouts in order and computes
    their values for at most ``budget_s`` of wall clock (what is left goes first next
    round, so none starves), then puts them all concurrently, in the background, so the
    fold never waits on KV; a put that fails makes its rollout pending again;
@@ -65,6 +67,7 @@ class KvMirror:
         self.pending: dict[str, None] = {}  # an ordered set
         self._last = float("-inf")
         self._round: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def touch(self, keys: Iterable[str]) -> None:
         """Make rollouts pending (the meta part is not a rollout)."""
@@ -81,6 +84,9 @@ class KvMirror:
         self._maybe_start(runner)
 
     async def on_stop(self, runner: Runner) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._round is not None:
             await self._round
         for _ in range(3):
@@ -90,12 +96,25 @@ class KvMirror:
 
     def _maybe_start(self, runner: Runner, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.pending or (self._round is not None and not self._round.done()):
+        if not self.pending:
+            return
+        if self._round is not None and not self._round.done():
+            self._later(runner, max(self.interval_s, 0.05))  # pending again after the running round
             return
         if not force and now - self._last < self.interval_s:
+            self._later(runner, self.interval_s - (now - self._last))
             return
         self._last = now
         self._round = asyncio.create_task(self._put(runner, self._take(self.budget_s)))
+
+    def _later(self, runner: Runner, delay_s: float) -> None:
+        """Try again in ``delay_s`` (one timer at a time): pending values never wait for a next commit."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self._fire, runner)
+
+    def _fire(self, runner: Runner) -> None:
+        self._timer = None
+        self._maybe_start(runner)
 
     def _take(self, budget_s: float) -> list[tuple[str, bytes]]:
         """Values of pending rollouts, oldest first, computed for at most ``budget_s``."""

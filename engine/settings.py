@@ -117,7 +117,9 @@ SETTINGS_DOC: dict[str, str] = {
     "log_max_age_s": "How long the log stream keeps events (seconds; 0 keeps them forever).",
     "log_max_bytes": "Size cap of the log stream in bytes (-1: none). The oldest events go first.",
     "dedupe_window_s": "JetStream duplicate window: a message id seen within it is stored once.",
-    "tick_interval_ms": "Interval of engine ticks (time as an event) on ro.tick.",
+    "tick_interval_ms": ("Interval of engine ticks (time as an event) on ro.tick, 10 to 60000 ms: ticks move "
+                         "sustain, recovery and hold-down timers and time windows, so a kill or recovery that "
+                         "waits on time alone is late by up to one interval."),
     "consumer_batch": "Messages a consumer fetches per pull request.",
     "consumer_max_deliver": "Deliveries of one message before the consumer dead-letters it.",
     "ack_wait_s": "Seconds JetStream waits for an ack before it redelivers.",

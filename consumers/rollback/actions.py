@@ -23,11 +23,15 @@ from rollout_engine.consumers.rollback.progression import (
 from rollout_engine.consumers.rollback.state import RolloutState
 from rollout_engine.events import Event
 
-__all__ = ["act", "progress", "would_kill_now"]
+__all__ = ["act", "progress", "short_of_samples", "would_kill_now"]
 
 
-def act(rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
-    """A conclusive breach: the next staged step down, or the kill; the state follows at once."""
+def act(rollout: str, r: RolloutState, judged: list[GuardResult], cause: Event, now: int) -> Event:
+    """A conclusive breach: the next staged step down, or the kill; the state follows at once.
+
+    ``judged`` is every guard evaluated at this moment: the kill lists each failing one
+    and names those short of their minimum sample."""
+    failing = [x for x in judged if x.status == "fail"]
     target = next_down(r.live.policy, r.control.canary_pct)
     if target is not None and target > 0:
         why = "; ".join(res.describe() for res in failing)
@@ -35,18 +39,25 @@ def act(rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event,
                            cause_id=cause.id, time_ms=now)
         r.control, r.live.last_step_ms, r.progress = move.after, now, Progress()
         return move
-    kill = kill_switch(rollout, r.control, r.live.policy, failing, cause.id, now)
-    r.control, r.killed_ms, r.kills = kill.after, now, r.kills + 1
+    kill = kill_switch(rollout, r.control, r.live.policy, failing, cause.id, now, short_of_samples(judged))
+    r.control, r.killed_ms, r.kills, r.recovered_ms = kill.after, now, r.kills + 1, -1
     r.live.last_step_ms = -1
     return kill
 
-def would_kill_now(rollout: str, r: RolloutState, failing: list[GuardResult], cause: Event, now: int) -> Event:
-    """The dry-run policy tripped: record it; control state is untouched."""
+def short_of_samples(judged: list[GuardResult]) -> list[GuardResult]:
+    """The regression guards not judged yet for want of samples (the split check, srm, is
+    not one: its own minimum is in decisions, and it is shown in status)."""
+    return [x for x in judged if x.need and x.kind != "srm"]
+
+
+def would_kill_now(rollout: str, r: RolloutState, judged: list[GuardResult], cause: Event, now: int) -> Event:
+    """The dry-run policy tripped: record it (``judged`` as for :func:`act`); control state is untouched."""
+    failing = [x for x in judged if x.status == "fail"]
     run = r.shadow
     assert run is not None
     run.tripped_ms = now
     r.would_kills += 1
-    return would_kill(rollout, r.control, run.policy, failing, cause.id, now)
+    return would_kill(rollout, r.control, run.policy, failing, cause.id, now, short_of_samples(judged))
 
 def progress(rollout: str, r: RolloutState, unhealthy: bool, cause: Event, out: list[Event], now: int) -> None:
     """One evaluation of automatic progression; a step up when it is earned."""

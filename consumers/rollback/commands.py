@@ -13,6 +13,8 @@ operator's kill through the API makes, so both give the same after-state (config
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rollout_engine.consumers.rollback.guards import GuardResult
 from rollout_engine.consumers.rollback.policy import Policy
 from rollout_engine.events import (
@@ -30,14 +32,20 @@ __all__ = ["ACTOR", "escalation", "kill_switch", "reason", "would_kill"]
 ACTOR = "rollback"
 
 
-def reason(failing: list[GuardResult], suffix: str) -> str:
-    """``quality (baseline: 95.0, candidate: 82.0, drop: 13.0); ... [policy NAME vN]``."""
+def reason(failing: list[GuardResult], suffix: str, short: Sequence[GuardResult] = ()) -> str:
+    """``quality (baseline: 95.0, candidate: 82.0, drop: 13.0); ... [policy NAME vN]``.
+
+    ``short`` are the guards not judged yet for want of samples (``insufficient:
+    latency 29/30, cost 29/30``): a kill by the first guard to reach its minimum names
+    them, so nobody reads their silence as health."""
     why = "; ".join(res.describe() for res in failing)
+    if short:
+        suffix = ("; insufficient: " + ", ".join(res.insufficient for res in short))[:400] + suffix
     return why[: 1024 - len(suffix)] + suffix
 
 
 def kill_switch(rollout: str, before: ControlState, policy: Policy, failing: list[GuardResult],
-                cause_id: str, now: int) -> KillSwitch:
+                cause_id: str, now: int, short: Sequence[GuardResult] = ()) -> KillSwitch:
     """The kill (``events.transitions.kill``), with the breaches that caused it."""
     return transitions.kill_command(
         before,
@@ -46,14 +54,14 @@ def kill_switch(rollout: str, before: ControlState, policy: Policy, failing: lis
         time_ms=now,
         producer=ACTOR,
         actor=ACTOR,
-        reason=reason(failing, f" [policy {policy.name} v{policy.version}]"),
+        reason=reason(failing, f" [policy {policy.name} v{policy.version}]", short),
         breaches=[res.breach() for res in failing][:MAX_BREACHES],
         cause_id=cause_id,
     )
 
 
 def would_kill(rollout: str, control: ControlState, policy: Policy, failing: list[GuardResult],
-               cause_id: str, now: int) -> WouldKill:
+               cause_id: str, now: int, short: Sequence[GuardResult] = ()) -> WouldKill:
     """What a dry-run policy would have done here (the kill's after-state); nothing obeys it."""
     return WouldKill(
         id=command_id("would_kill", rollout, policy.name, policy.version, cause_id),
@@ -61,7 +69,7 @@ def would_kill(rollout: str, control: ControlState, policy: Policy, failing: lis
         time_ms=now,
         producer=ACTOR,
         actor=ACTOR,
-        reason=reason(failing, f" [dry-run policy {policy.name} v{policy.version}]"),
+        reason=reason(failing, f" [dry-run policy {policy.name} v{policy.version}]", short),
         policy_name=policy.name,
         policy_version=policy.version,
         before=control,

@@ -5,6 +5,9 @@ One breach is handled by the kill switch; the *same* guard breaching again and a
 not working and a human should look. The flag is armed once, published as an
 :class:`events.Escalation` event, and expires after ``ttl_ms`` of event time (ticks move
 it), which is published too, so the KV state and dashboards follow without polling.
+A flag also ends when the candidate is promoted (the fix worked) or when an operator
+clears it with a reason (``rollout clear-escalation``); both are published as
+``expired`` events whose reason says so.
 
 Pure: the caller passes event time.
 """
@@ -43,6 +46,14 @@ class EscalationBook(msgspec.Struct, array_like=True, gc=False):
         flag = Flag(trigger, len(times), now_ms, now_ms + cfg.ttl_ms)
         self.armed[trigger] = flag
         return flag
+
+    def clear(self, trigger: str | None = None) -> list[Flag]:
+        """End armed flags before their time (``trigger``'s, or all), in name order, with the
+        breach history behind them: the detect -> escalate -> fix loop starts again."""
+        gone = [self.armed.pop(name) for name in sorted(self.armed) if trigger is None or name == trigger]
+        for flag in gone:
+            self.history.pop(flag.trigger, None)
+        return gone
 
     def expire(self, now_ms: int) -> list[Flag]:
         """Remove and return the flags whose time to live has passed, in name order."""

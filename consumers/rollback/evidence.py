@@ -31,11 +31,13 @@ The time window's lists are the largest part of a canary-stats snapshot (up to 5
 entries per series); a rollout whose guards all read ``last_n`` does not pay for them."""
 
 
-def stats_shape(live: Policy, shadow: Policy | None = None) -> tuple[int, int, int]:
-    """``(last_n, window_ms, time_cap)`` of the evidence both policies of a rollout read."""
-    guards = live.all_guards() + (shadow.all_guards() if shadow is not None else [])
-    timed = any(g.window == "time" for g in guards)
-    return live.last_n, live.window_ms, 5000 if timed else SMALL_TIME_CAP
+def stats_shape(policy: Policy) -> tuple[int, int, int]:
+    """``(last_n, window_ms, time_cap)`` of the evidence ``policy`` reads.
+
+    Each policy of a rollout is judged on windows of its own sizes: a dry-run policy
+    whose shape differs from the live one's folds its own canary stats."""
+    timed = any(g.window == "time" for g in policy.all_guards())
+    return policy.last_n, policy.window_ms, 5000 if timed else SMALL_TIME_CAP
 
 
 def new_stats(shape: tuple[int, int, int]) -> CanaryStats:

@@ -89,6 +89,13 @@ class GuardResult:
     test: TestResult | None = None
     why: str = ""
     kind: str = "threshold"
+    need: int = 0  # > 0: short of its minimum sample, ``have`` of ``need`` (inconclusive)
+    have: int = 0
+
+    @property
+    def insufficient(self) -> str:
+        """``latency 12/30`` for a guard short of its minimum sample, else ``""``."""
+        return f"{self.guard.name} {self.have}/{self.need}" if self.need else ""
 
     def describe(self) -> str:
         """The one-line explanation of this result (the kill switch's reason joins them)."""
@@ -233,14 +240,14 @@ def evaluate_guard(
     need = guard.min_samples or policy.min_samples
     if cand.n < need:
         return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n,
-                           why=f"{cand.n} candidate samples < {need}")
+                           why=f"{cand.n} candidate samples < {need}", need=need, have=cand.n)
     base = EMPTY
     if guard.relative:
         base = ev.summary(variants[0], guard.metric, guard.window)
         need_b = guard.min_baseline_samples or policy.min_baseline_samples
         if base.n < need_b:
             return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n, baseline_n=base.n,
-                               why=f"{base.n} baseline samples < {need_b}")
+                               why=f"{base.n} baseline samples < {need_b}", need=need_b, have=base.n)
     c_value = _aggregate(ev, variants[1], guard, cand)
     b_value = _aggregate(ev, variants[0], guard, base) if guard.relative else None
     observed = _observed(guard, c_value, b_value or 0.0)
@@ -275,7 +282,8 @@ def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: 
     common = {"observed": share, "threshold": canary_pct, "candidate_n": candidate_n,
               "baseline_n": baseline_n, "kind": "srm"}
     if total < cfg.min_decisions:
-        return GuardResult(SRM_GUARD, "inconclusive", why=f"{total} decisions < {cfg.min_decisions}", **common)
+        return GuardResult(SRM_GUARD, "inconclusive", why=f"{total} decisions < {cfg.min_decisions}",
+                           need=cfg.min_decisions, have=total, **common)
     test = srm_test(baseline_n, candidate_n, canary_pct)
     if test.p_value is None:
         return GuardResult(SRM_GUARD, "inconclusive", test=test, why="expected counts under 5", **common)

@@ -33,7 +33,7 @@ import msgspec
 
 from rollout_engine.consumers.rollback.policy import Hysteresis
 
-__all__ = ["GuardMachine", "Signal", "Status", "step"]
+__all__ = ["GuardMachine", "Signal", "Status", "carry_over", "step"]
 
 Status = Literal["pass", "hold", "fail", "inconclusive"]
 Signal = Literal["alarm", "recovered", "inconclusive_limit"]
@@ -51,6 +51,9 @@ class GuardMachine(msgspec.Struct, array_like=True, gc=False):
     last_inconclusive_ms: int = 0
     toggles: list[int] = msgspec.field(default_factory=list)
     penalty_until_ms: int = 0
+    last: str = ""  # the last evaluation's status (what ``rollout status`` shows), "" before the first
+    n: int = 0  # with ``need``: the samples a guard short of its minimum had
+    need: int = 0  # the minimum it was short of (0: it was not short)
 
     def penalized(self, now_ms: int) -> bool:
         """True while a flap penalty raises this guard's threshold."""
@@ -70,6 +73,19 @@ def _toggle(m: GuardMachine, now: int, cfg: Hysteresis) -> None:
     if len(m.toggles) > cfg.max_toggles:
         m.penalty_until_ms = now + cfg.penalty_ms
         m.toggles = []
+
+
+def carry_over(m: GuardMachine, now: int, cfg: Hysteresis) -> GuardMachine:
+    """The machine a new evidence epoch starts with: judged afresh, but its flap history kept.
+
+    The toggles and a running penalty survive, and an alarm lifted by hand (a resume
+    after a kill) counts as a toggle, as a recovery would: flapping is penalised however
+    it happens, so kill/resume cycles add up like alarm/recover cycles.
+    """
+    fresh = GuardMachine(toggles=list(m.toggles), penalty_until_ms=m.penalty_until_ms)
+    if m.alarmed:
+        _toggle(fresh, now, cfg)
+    return fresh
 
 
 def step(m: GuardMachine, status: Status, now: int, cfg: Hysteresis) -> Signal | None:

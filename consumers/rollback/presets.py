@@ -72,7 +72,44 @@ RECOMMENDED = Preset(
     },
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (CANARY_SPLIT, RECOMMENDED)}
+STEERING = Preset(
+    name="steering",
+    summary="the confidence-steering system's hysteresis: 2 s sustain, 3 s recovery below the steer "
+            "threshold, 30 s hold-down, flap penalty +15; a dry run until switched live",
+    source="the confidence-steering system: steer after a breach sustained 2 s; recover after 3 s back "
+           "below a recovery threshold lower than the steer threshold; 30 s hold-down after a steer; "
+           "more than 4 toggles in 5 minutes add 15 to the threshold for 60 s; new policies start as dry "
+           "runs. The steer threshold is the canary split's 5-point quality drop (recovery at 3 points), "
+           "latency and cost keep the canary split's limits",
+    document={
+        "name": "steering",
+        "dry_run": True,
+        "min_samples": 30,
+        "thresholds": {"max_quality_drop": -1.0, "max_latency_p95_ms": 1600.0, "max_cost_cents": 3.0},
+        "guards": [
+            {"name": "quality", "metric": "quality", "mode": "decrease", "threshold": 5.0,
+             "recovery_threshold": 3.0, "penalty_threshold_add": 15.0},
+        ],
+        "hysteresis": {"sustain_ms": 2_000, "recovery_sustain_ms": 3_000, "hold_down_ms": 30_000,
+                       "flap_detection": True, "max_toggles": 4, "flap_window_ms": 300_000, "penalty_ms": 60_000},
+    },
+)
+
+ESCALATION = Preset(
+    name="escalation",
+    summary="the detect-escalate-fix loop: a guard's second breach within 24 h arms the flag, which "
+            "stays until the fix is promoted or an operator clears it",
+    source="the detect -> escalate -> fix loop: one failed fix (a second breach of the same guard after "
+           "a re-enable, within a day) is the signal to escalate; the flag ends when the fixed candidate "
+           "is promoted or by hand with a reason, and its 7-day time to live only bounds a forgotten one. "
+           "The guards are the canary split's (the built-in policy's)",
+    document={
+        "name": "escalation",
+        "escalation": {"threshold": 2, "window_ms": 86_400_000, "ttl_ms": 7 * 86_400_000},
+    },
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (CANARY_SPLIT, RECOMMENDED, STEERING, ESCALATION)}
 """Every preset by name. Add an entry to ship a new one."""
 
 

@@ -46,6 +46,9 @@ from rollout_engine.consumers.rollback.state import (
     CachedTest,
     PolicyRun,
     RolloutState,
+    fresh_run,
+    needs_tick,
+    noted,
     rollout_status,
 )
 from rollout_engine.events import (
@@ -70,6 +73,7 @@ class _Part(msgspec.Struct, array_like=True):
 
     state: RolloutState
     stats: bytes
+    shadow_stats: bytes = b""  # a dry-run policy's own fold (RolloutState.shadow_shape), else empty
 
 
 _encoder = msgspec.msgpack.Encoder(order="sorted")
@@ -91,6 +95,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         super().__init__()
         self._new_stats = stats_factory or evidence.new_stats
         self._stats: dict[str, Any] = {}
+        self._shadow_stats: dict[str, Any] = {}  # a dry-run policy's own fold when it reads other windows
         self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
         self._metrics: dict[int, tuple[Policy, frozenset[str], frozenset[str]]] = {}
 
@@ -106,9 +111,11 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             self.tick(event.time_ms)
             for rollout in sorted(self.rollouts):
                 r = self.rollouts[rollout]
+                if r.shadow_shape and r.shadow_shape[2] > SMALL_TIME_CAP:
+                    self._shadow_stats[rollout].apply(event, seq)
                 if r.shape[2] > SMALL_TIME_CAP:  # the time window moves with ticks
                     self._stats[rollout].apply(event, seq)
-                elif not self._needs_tick(r):
+                elif not needs_tick(r):
                     continue
                 self._dirty.add(rollout)
                 self._evaluate(rollout, event, out)
@@ -117,6 +124,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             r = self._rollout(event.rollout)
             self._dirty.add(event.rollout)
             self._stats[event.rollout].apply(event, seq)
+            if r.shadow_shape:
+                self._shadow_stats[event.rollout].apply(event, seq)
             if isinstance(event, Decision):
                 self._count_decision(r, event)
                 self._evaluate(event.rollout, event, out, "srm")
@@ -125,8 +134,18 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             elif event.quality is not None:
                 self._evaluate(event.rollout, event, out, QUALITY, event.variant)
         elif isinstance(event, COMMAND_TYPES):
-            self._control(self._rollout(event.rollout), event)  # type: ignore[arg-type]
+            r = self._rollout(event.rollout)
+            self._control(r, event)  # type: ignore[arg-type]
             self._dirty.add(event.rollout)
+            if r.escalation.armed and isinstance(event, ConfigChange) and not event.after.kill_switch \
+                    and event.after.canary_pct > event.before.canary_pct:  # the fix promoted: the loop ends
+                why = f"cleared: candidate promoted to {event.after.canary_pct:g}% by {event.actor}"
+                out += [self._escalation(event.rollout, r, f.trigger, "expired", f.count, r.now_ms, why, event.id,
+                                         r.now_ms) for f in r.escalation.clear()]
+        elif isinstance(event, Escalation) and event.actor != ACTOR and event.state == "expired":
+            r = self.rollouts.get(event.rollout)  # an operator cleared the flag by hand, with a reason
+            if r is not None and r.escalation.clear(event.trigger):
+                self._dirty.add(event.rollout)
         return out
 
     # --- parts (the projection contract) -----------------------------------------------
@@ -137,18 +156,24 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         self.clock.last_tick_ms = _clock_decoder.decode(blob)
 
     def encode_rollout(self, rollout: str) -> bytes:
-        return _encoder.encode(_Part(self.rollouts[rollout], self._stats[rollout].snapshot()))
+        shadow = self._shadow_stats.get(rollout)
+        return _encoder.encode(_Part(self.rollouts[rollout], self._stats[rollout].snapshot(),
+                                     b"" if shadow is None else shadow.snapshot()))
 
     def decode_rollout(self, rollout: str, blob: bytes) -> RolloutState:
         part = _part_decoder.decode(blob)
         stats = self._new_stats(tuple(part.state.shape))
         stats.restore(part.stats)
         self._stats[rollout] = stats
+        self._shadow_stats.pop(rollout, None)
+        if part.state.shadow_shape:
+            shadow = self._shadow_stats[rollout] = self._new_stats(tuple(part.state.shadow_shape))
+            shadow.restore(part.shadow_stats)
         return part.state
 
     def clear(self) -> None:
         super().clear()
-        self._stats = {}
+        self._stats, self._shadow_stats = {}, {}
 
     # --- reads ------------------------------------------------------------------------
     def status(self, rollout: str) -> dict[str, Any]:
@@ -169,12 +194,24 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     def _new_epoch(self, rollout: str, r: RolloutState) -> None:
         """Forget the evidence: a re-enabled candidate is judged on new data only."""
         r.epoch += 1
-        r.live = PolicyRun(r.live.policy)
-        r.shadow = None if r.shadow is None else PolicyRun(r.shadow.policy)
+        r.live = fresh_run(r.live, r.now_ms)
+        r.shadow = None if r.shadow is None else fresh_run(r.shadow, r.now_ms)
+        r.recovered_ms = -1
         r.srm_pct, r.srm_baseline, r.srm_candidate, r.candidate_total = -1.0, 0, 0, 0
         r.progress = Progress()
-        r.shape = list(stats_shape(r.live.policy, None if r.shadow is None else r.shadow.policy))
+        r.shape = list(stats_shape(r.live.policy))
         self._stats[rollout] = self._new_stats(tuple(r.shape))
+        self._shadow_fold(rollout, r)
+
+    def _shadow_fold(self, rollout: str, r: RolloutState) -> None:
+        """A dry-run policy reading other windows than the live one gets a fold of its own
+        (empty from here on); one reading the same windows reads the live fold."""
+        shape = [] if r.shadow is None else list(stats_shape(r.shadow.policy))
+        r.shadow_shape = [] if shape == r.shape else shape
+        if r.shadow_shape:
+            self._shadow_stats[rollout] = self._new_stats(tuple(r.shadow_shape))
+        else:
+            self._shadow_stats.pop(rollout, None)
 
     def _count_decision(self, r: RolloutState, event: Decision) -> None:
         if event.variant == r.control.candidate:
@@ -199,11 +236,12 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 r.policy_error = ""
                 if policy.dry_run:
                     r.shadow = PolicyRun(policy)
+                    if list(stats_shape(policy)) != (r.shadow_shape or r.shape):
+                        self._shadow_fold(event.rollout, r)
                 else:
                     r.live = PolicyRun(policy)
-                shape = list(stats_shape(r.live.policy, None if r.shadow is None else r.shadow.policy))
-                if shape != r.shape:  # other windows: the evidence starts again in that shape
-                    self._new_epoch(event.rollout, r)
+                    if list(stats_shape(policy)) != r.shape:  # other windows: the evidence starts again
+                        self._new_epoch(event.rollout, r)
         was_killed = r.control.kill_switch
         if event.after.canary_pct != r.control.canary_pct or event.after.paused != r.control.paused:
             r.progress = Progress()  # a move or an unpause starts a fresh interval
@@ -214,25 +252,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             r.killed_ms = r.now_ms
 
     # --- judging ----------------------------------------------------------------------
-    @staticmethod
-    def _needs_tick(r: RolloutState) -> bool:
-        """Whether a tick can change anything for ``r``.
-
-        A rollout whose guards all read ``last_n`` and are all ``ok`` has nothing that
-        time alone moves: no sustain or recovery timer, no staged step, no progression
-        interval, no inconclusive limit, no escalation to expire. Skipping it keeps a
-        tick's cost proportional to the rollouts in motion, not to all rollouts.
-        """
-        if r.escalation.armed:
-            return True
-        if r.control.kill_switch:
-            return False
-        live = r.live
-        policy = live.policy
-        return (policy.progression.enabled or live.last_step_ms >= 0 or policy.hysteresis.inconclusive_limit > 0
-                or r.shadow is not None or any(m.state != "ok" for m in live.machines.values()))
-
-
     def _guards_of(self, policy: Policy) -> list[Guard]:
         cached = self._guards.get(id(policy))
         if cached is None or cached[0] is not policy:
@@ -270,10 +289,13 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             for flag in r.escalation.expire(now):
                 out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,
                                             f"{flag.trigger} escalation expired", cause.id, now))
-        if r.control.kill_switch:
-            return
         live = r.live
         candidate_only = variant is not None and variant != r.control.candidate
+        if r.control.kill_switch:  # judged on for status and recovery; no command, no flag while killed
+            if only is None or self._judges(live.policy, only, candidate_only, r):
+                self._judge(rollout, r, live, StatsEvidence(self._stats[rollout], rollout),
+                            (r.control.baseline, r.control.candidate), cause, None, only, candidate_only)
+            return
         if (only is not None and r.shadow is None and live.last_step_ms < 0 and not live.policy.progression.enabled
                 and not self._judges(live.policy, only, candidate_only, r)):
             return  # no guard reads this sample and nothing else moves: judging would change nothing
@@ -283,8 +305,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, flags, only, candidate_only)
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
-            everything = self._results(r, live, evidence, variants, None)
-            out.append(act(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+            everything = noted(live, self._results(r, live, evidence, variants, None))
+            out.append(act(rollout, r, everything, cause, now))
         elif staged or live.policy.progression.enabled:
             unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
             if staged and not unhealthy:
@@ -293,11 +315,13 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 progress(rollout, r, unhealthy, cause, out, now)
         out.extend(flags)
         shadow = r.shadow
+        if shadow is not None and r.shadow_shape:
+            evidence = StatsEvidence(self._shadow_stats[rollout], rollout)
         if shadow is not None and shadow.tripped_ms < 0 and self._judge(
             rollout, r, shadow, evidence, variants, cause, out, only, candidate_only
         )[0]:
-            everything = self._results(r, shadow, evidence, variants, None)
-            out.append(would_kill_now(rollout, r, [x for x in everything if x.status == "fail"], cause, now))
+            everything = noted(shadow, self._results(r, shadow, evidence, variants, None))
+            out.append(would_kill_now(rollout, r, everything, cause, now))
 
     def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
                  only: str | None, relative_only: bool = False) -> list[GuardResult]:
@@ -324,9 +348,12 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         return results
 
     def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
-               variants: tuple[str, str], cause: Event, out: list[Event], only: str | None,
+               variants: tuple[str, str], cause: Event, out: list[Event] | None, only: str | None,
                relative_only: bool = False) -> tuple[bool, list[GuardResult]]:
-        """Step the machines of the evaluated guards; return (a new alarm?, failing results)."""
+        """Step the machines of the evaluated guards; return (a new alarm?, failing results).
+
+        ``out`` None: the rollout is killed; machines step (status, recovery, flap
+        history) but no flag is recorded or emitted."""
         policy, now, live = run.policy, r.now_ms, run is r.live
         cfg = policy.hysteresis
         alarmed = False
@@ -336,8 +363,16 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             machine = run.machines.get(name)
             if machine is None:
                 machine = run.machines[name] = GuardMachine()
+            machine.last = result.status
+            if result.need or machine.need:  # short of samples (status shows n/need): rare once warmed up
+                machine.n, machine.need = result.have, result.need
             signal = step(machine, result.status, now, cfg)
-            if signal == "alarm":
+            if out is None:
+                if signal == "recovered" and all(m.state == "ok" for m in run.machines.values()):
+                    r.recovered_ms = now
+                elif signal == "alarm":
+                    r.recovered_ms = -1
+            elif signal == "alarm":
                 alarmed = True
                 if live:
                     flag = r.escalation.record(name, now, policy.escalation)
@@ -345,7 +380,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                         out.append(self._escalation(rollout, r, name, "armed", flag.count, flag.expires_ms,
                                                     f"{name} breached {flag.count} times within "
                                                     f"{policy.escalation.window_ms // 3_600_000}h", cause.id, now))
-            elif signal == "inconclusive_limit" and live:
+            elif signal == "inconclusive_limit" and live and out is not None:
                 out.append(self._escalation(rollout, r, f"inconclusive-{name}"[:64], "armed", machine.inconclusive,
                                             now + policy.escalation.ttl_ms,
                                             f"{name} inconclusive for {machine.inconclusive} consecutive checks"

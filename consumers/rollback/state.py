@@ -13,13 +13,14 @@ from typing import Any
 import msgspec
 
 from rollout_engine.consumers.rollback.escalation import EscalationBook
-from rollout_engine.consumers.rollback.hysteresis import GuardMachine
+from rollout_engine.consumers.rollback.guards import GuardResult
+from rollout_engine.consumers.rollback.hysteresis import GuardMachine, carry_over
 from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY, Policy
 from rollout_engine.consumers.rollback.progression import Progress
 from rollout_engine.consumers.rollback.stats_tests import TestResult
 from rollout_engine.events import ControlState
 
-__all__ = ["CachedTest", "PolicyRun", "RolloutState", "rollout_status", "verdict"]
+__all__ = ["CachedTest", "PolicyRun", "RolloutState", "fresh_run", "judged", "needs_tick", "noted", "rollout_status", "verdict"]
 
 
 class CachedTest(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -58,12 +59,70 @@ class RolloutState(msgspec.Struct, array_like=True, gc=False):
     would_kills: int = 0
     policy_error: str = ""
     shape: list[int] = msgspec.field(default_factory=list)  # (last_n, window_ms, time_cap) of the evidence
+    recovered_ms: int = -1  # killed, then every guard recovered by the policy's recovery rule at this time
+    shadow_shape: list[int] = msgspec.field(default_factory=list)  # a dry-run policy's own fold; [] = the live one
+
+
+def fresh_run(run: PolicyRun, now: int) -> PolicyRun:
+    """A policy judging a new epoch: fresh machines that keep their flap history (hysteresis.carry_over)."""
+    cfg = run.policy.hysteresis
+    return PolicyRun(run.policy, {name: carry_over(m, now, cfg) for name, m in run.machines.items()
+                                  if m.toggles or m.penalty_until_ms > now or m.alarmed})
+
+
+def noted(run: PolicyRun, results: list[GuardResult]) -> list[GuardResult]:
+    """Record what each guard showed at an action (status reads it), machines untouched."""
+    for result in results:
+        machine = run.machines.get(result.guard.name)
+        if machine is None:
+            machine = run.machines[result.guard.name] = GuardMachine()
+        machine.last, machine.n, machine.need = result.status, result.have, result.need
+    return results
+
+
+def needs_tick(r: RolloutState) -> bool:
+    """Whether a tick can change anything for ``r``.
+
+    A rollout whose guards all read ``last_n`` and are all ``ok`` has nothing that
+    time alone moves: no sustain or recovery timer, no staged step, no progression
+    interval, no inconclusive limit, no escalation to expire. Skipping it keeps a
+    tick's cost proportional to the rollouts in motion, not to all rollouts.
+    """
+    if r.escalation.armed:
+        return True
+    live = r.live
+    if r.control.kill_switch:  # killed: only a recovery under way moves with time
+        return any(m.state == "recovering" for m in live.machines.values())
+    policy = live.policy
+    return (policy.progression.enabled or live.last_step_ms >= 0 or policy.hysteresis.inconclusive_limit > 0
+            or r.shadow is not None or any(m.state != "ok" for m in live.machines.values()))
+
+
+def judged(m: GuardMachine) -> str:
+    """What a guard shows now, in one word: ``breaching`` (in alarm, or failing and not
+    yet sustained: ``pending``), ``recovering``, ``insufficient`` (short of its minimum
+    sample), ``inconclusive`` (crossed but not significant), ``hold``, ``ok``, or
+    ``not judged`` (no evaluation yet)."""
+    if m.state == "alarm":
+        return "breaching"
+    if m.state in ("pending", "recovering"):
+        return m.state
+    if m.last == "inconclusive":
+        return "insufficient" if m.need else "inconclusive"
+    return {"pass": "ok", "hold": "hold", "fail": "breaching", "": "not judged"}.get(m.last, m.last)
 
 
 def _guards(run: PolicyRun, now_ms: int) -> dict[str, Any]:
-    return {name: {"state": m.state, "since_ms": m.since_ms, "failures": m.failures,
-                   "inconclusive": m.inconclusive, "penalized": m.penalized(now_ms)}
-            for name, m in sorted(run.machines.items())}
+    out = {name: {"state": m.state, "since_ms": m.since_ms, "failures": m.failures,
+                  "inconclusive": m.inconclusive, "penalized": m.penalized(now_ms), "judged": judged(m),
+                  "n": m.n, "need": m.need}
+           for name, m in run.machines.items()}
+    policy = run.policy
+    for guard in policy.all_guards():  # a guard no sample has reached yet is short of all of them
+        if guard.name not in out:
+            out[guard.name] = {"state": "ok", "since_ms": 0, "failures": 0, "inconclusive": 0, "penalized": False,
+                               "judged": "insufficient", "n": 0, "need": guard.min_samples or policy.min_samples}
+    return dict(sorted(out.items()))
 
 
 def rollout_status(rollout: str, r: RolloutState) -> dict[str, Any]:
@@ -85,6 +144,7 @@ def rollout_status(rollout: str, r: RolloutState) -> dict[str, Any]:
         "would_kills": r.would_kills,
         "escalations": sorted(r.escalation.armed),
         "candidate_samples": r.candidate_total,
+        "recovered_ms": r.recovered_ms if r.control.kill_switch else -1,
         "verdict": verdict(r),
     }
 

@@ -20,7 +20,7 @@ from rollout_engine.events import subjects
 __all__ = ["ENDPOINTS", "ApiError", "call"]
 
 ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health",
-             "abort", "retry", "promote", "pause", "unpause")
+             "abort", "retry", "promote", "pause", "unpause", "clear_escalation")
 """The endpoints on ``ro.api.<endpoint>``. ``abort`` is the operator's kill (``events.transitions.kill``;
 ``rollout kill`` is its CLI alias); ``rollback`` is its older name, kept for existing clients (no
 ``action`` recorded); the verbs from ``abort`` on live in ``engine/api/verbs.py``."""

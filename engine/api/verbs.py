@@ -16,6 +16,8 @@ promote    canary to the next progression step, or to 100% with ``full`` (``Conf
 pause      stop automatic progression (``ControlState.paused``); guards, kill switches and
            staged rollback keep running, manual moves still apply (``ConfigChange``)
 unpause    let automatic progression move again, from a fresh interval (``ConfigChange``)
+clear_     end armed escalation flags by hand, ``reason`` required, ``trigger`` optional
+escalation (an ``expired`` ``Escalation`` per flag; a promotion ends them too)
 =========  ===============================================================================
 
 The progression steps are those of the live policy in force (the newest non-dry-run
@@ -40,15 +42,24 @@ from rollout_engine.engine.api.requests import (
     request_id_of,
     rollout_of,
 )
-from rollout_engine.events import ConfigChange, ControlState, Resume, transitions
+from rollout_engine.events import (
+    ConfigChange,
+    ControlState,
+    Escalation,
+    Resume,
+    encode,
+    subjects,
+    transitions,
+)
 from rollout_engine.events.errors import EventError
+from rollout_engine.events.ids import command_id
 
 if TYPE_CHECKING:
     from rollout_engine.engine.api.service import ControlApi
 
 __all__ = ["VERB_ENDPOINTS", "handler_for", "policy_in_force", "progression_view"]
 
-VERB_ENDPOINTS = ("abort", "retry", "promote", "pause", "unpause")
+VERB_ENDPOINTS = ("abort", "retry", "promote", "pause", "unpause", "clear_escalation")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -169,8 +180,34 @@ async def unpause(api: ControlApi, body: dict[str, Any]) -> dict[str, Any]:
     return await _set_paused(api, body, False)
 
 
+async def clear_escalation(api: ControlApi, body: dict[str, Any]) -> dict[str, Any]:
+    """End armed escalation flags by hand, with a reason (required): one ``expired``
+    Escalation per flag (``trigger``: only that guard's), recorded with who and why."""
+    rollout, actor, _, rid = _base(body, {"trigger"})
+    reason = reason_of(body, required=True)
+    trigger = body.get("trigger")
+    if trigger is not None and not isinstance(trigger, str):
+        raise ApiError(400, f"trigger: expected a guard name, got {trigger!r}")
+    await api._require_known(rollout)
+    evaluation = await api._kv_json(subjects.kv_key("rollback", rollout)) or {}
+    armed = [t for t in evaluation.get("escalations") or [] if trigger in (None, t)]
+    if not armed:
+        raise ApiError(409, f"no escalation flag {'' if trigger is None else repr(trigger) + ' '}is armed on "
+                            f"rollout {rollout!r} (`rollout status` lists them)")
+    cleared = []
+    for name in armed:
+        event = Escalation(id=command_id("api", rollout, rid, name), rollout=rollout, time_ms=now_ms(),
+                           producer="api", actor=actor, reason=f"cleared by hand: {reason}", trigger=name,
+                           state="expired")
+        ack = await api.js.publish(subjects.for_event(event), encode(event), headers=api.msg_ids.headers(event.id),
+                                   timeout=5)
+        cleared.append({"trigger": name, "id": event.id, "seq": ack.seq, "duplicate": bool(ack.duplicate)})
+    return {"rollout": rollout, "changed": True, "cleared": cleared}
+
+
 _VERBS: dict[str, Callable[[ControlApi, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "abort": abort, "retry": retry, "promote": promote, "pause": pause, "unpause": unpause,
+    "clear_escalation": clear_escalation,
 }
 
 

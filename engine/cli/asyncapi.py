@@ -43,7 +43,7 @@ _CONTROL_SENDER = {
     "kill_switch": "the rollback consumer (a breach) or the operator API (abort)",
     "resume": "the operator API (resume, retry)",
     "config": "the operator API (set, promote, pause, unpause), or the rollback consumer's staged rollback and progression",
-    "escalation": "the rollback consumer",
+    "escalation": "the rollback consumer (armed, expired), or the operator API (clear_escalation: expired by hand)",
     "recheck": "the verification consumer",
     "would_kill": "the rollback consumer's dry-run policy",
     "guardrail": "the operator API or the bandit consumer (cooldowns)",

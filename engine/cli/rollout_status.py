@@ -117,9 +117,29 @@ def _print(reply: dict[str, Any]) -> None:
         print(line)
     _print_stats(reply.get("stats"))
     _print_evaluation(reply.get("evaluation"))
-    thresholds = reply.get("thresholds") or {}
-    if isinstance(thresholds, dict) and thresholds.get("thresholds"):
-        print("guards  " + ", ".join(f"{k}={v}" for k, v in sorted(thresholds["thresholds"].items())))
+    _print_thresholds(reply.get("thresholds"))
+
+
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _print_thresholds(document: Any) -> None:
+    """The live policy in force and each of its guards' thresholds (built-in and generic)."""
+    if not isinstance(document, dict):
+        return
+    from rollout_engine.consumers.rollback.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(document)
+    except (PolicyError, TypeError, ValueError):
+        return
+    parts = []
+    for g in policy.all_guards():
+        what = {"absolute": g.aggregate, "increase": f"{g.aggregate} rise", "decrease": f"{g.aggregate} drop",
+                "ratio": f"{g.aggregate} ratio"}[g.mode]
+        unit = "" if g.mode == "ratio" else sanitize(g.unit)
+        parts.append(f"{sanitize(g.name)} {what} {_OPS[g.comparator]} {g.threshold:g}{unit}")
+    print(f"guards  policy {sanitize(policy.name)} v{policy.version} in force: " + (", ".join(parts) or "none"))
 
 
 def _print_progression(progression: Any, state: dict[str, Any]) -> None:
@@ -155,15 +175,36 @@ def _print_stats(stats: Any) -> None:
                   f"errors {_num(view.get('error_rate'), '.2%')}")
 
 
+def _judged(guard: dict[str, Any]) -> str:
+    """``breaching``, ``ok``, ``insufficient 12/30``...; older consumers published only ``state``."""
+    word = sanitize(str(guard.get("judged") or guard.get("state")))
+    if word == "insufficient":
+        word += f" {guard.get('n', 0)}/{guard.get('need', 0)}"
+    return word + (" (flap penalty)" if guard.get("penalized") else "")
+
+
 def _print_evaluation(evaluation: Any) -> None:
     """The rollback consumer's last judgement: policy, each guard's state, escalations."""
     if not isinstance(evaluation, dict) or not evaluation:
         return
     policy = evaluation.get("policy") or {}
     guards = evaluation.get("guards") or {}
-    states = ", ".join(f"{sanitize(str(g))}={sanitize(str(v.get('state')))}" for g, v in sorted(guards.items())
+    states = ", ".join(f"{sanitize(str(g))}={_judged(v)}" for g, v in sorted(guards.items())
                        if isinstance(v, dict)) or "no guard judged yet"
     print(f"eval    policy {sanitize(str(policy.get('name', '?')))} v{policy.get('version', '?')}: {states}; "
           f"kills {evaluation.get('kills', 0)}, escalations {evaluation.get('escalations') or 'none'}")
+    shadow = evaluation.get("shadow")
+    if isinstance(shadow, dict):
+        sp, sg = shadow.get("policy") or {}, shadow.get("guards") or {}
+        judged = ", ".join(f"{sanitize(str(g))}={_judged(v)}" for g, v in sorted(sg.items()) if isinstance(v, dict))
+        print(f"        dry run: policy {sanitize(str(sp.get('name', '?')))} v{sp.get('version', '?')}: "
+              f"{judged or 'no guard judged yet'}; would-kills {evaluation.get('would_kills', 0)}")
+    if evaluation.get("kill_switch"):
+        recovered = evaluation.get("recovered_ms", -1)
+        if isinstance(recovered, int) and recovered >= 0:
+            print(f"        recovered: every guard passed the policy's recovery rule at {when(recovered)}; "
+                  "the kill switch stays on until `rollout resume`")
+        else:
+            print("        killed: guards are judged on (no command while killed); not recovered")
     if evaluation.get("policy_error"):
         print(f"        policy error: {sanitize(str(evaluation['policy_error']), 300)}")

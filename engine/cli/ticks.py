@@ -36,10 +36,11 @@ async def _run(args: argparse.Namespace) -> int:
     js = nc.jetstream()
     for action in await provision(js, settings):
         log.info(action)
-    print(f"rollout ticks: streams provisioned; a tick every {settings.tick_interval_ms} ms on ro.tick", flush=True)
     if args.provision_only:
+        print("rollout ticks: streams provisioned; no ticks published (--provision-only)", flush=True)
         await nc.drain()
         return 0
+    print(f"rollout ticks: streams provisioned; a tick every {settings.tick_interval_ms} ms on ro.tick", flush=True)
     tasks = [asyncio.create_task(run_ticks(js, settings.tick_interval_ms, stop, EngineIds.load(settings)))]
     if settings.metrics_port:
         tasks.append(asyncio.create_task(serve_metrics(js, settings.metrics_port, stop, host=settings.host)))

@@ -1,4 +1,5 @@
-"""``rollout abort | retry | promote | pause | unpause``: the verbs of Argo Rollouts' plugin.
+"""``rollout abort | retry | promote | pause | unpause``: the verbs of Argo Rollouts' plugin,
+and ``rollout clear-escalation``.
 
 Each is one request to the ``rollout-api`` service and one control command on the log,
 recording who (``--actor``, default ``$ROLLOUT_ACTOR`` then ``$USER``), why
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rollout_engine.engine.cli.common import handler
+from rollout_engine.engine.cli.common import handler, print_json, sanitize
 from rollout_engine.engine.cli.control import _change_payload, _common, _print_change, request
 
 __all__ = ["register"]
@@ -53,6 +54,17 @@ async def _unpause(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _clear_escalation(args: argparse.Namespace) -> int:
+    reply = await request(args, "clear_escalation", _change_payload(args, trigger=args.trigger))
+    if args.json:
+        print_json(reply)
+        return 0
+    for flag in reply["cleared"]:
+        print(f"{sanitize(reply['rollout'])}: escalation {sanitize(flag['trigger'])} cleared; "
+              f"recorded as escalation {flag['id']} at log seq {flag['seq']}")
+    return 0
+
+
 HELP = """\
 The verbs of Argo Rollouts' kubectl plugin, each one request to the rollout API and one
 control command on the log recording who (--actor), why (--reason) and the verb;
@@ -63,6 +75,8 @@ control command on the log recording who (--actor), why (--reason) and the verb;
   promote   canary to the next progression step; --full: to 100%
   pause     stop automatic progression (guards and kill switches keep running)
   unpause   let automatic progression move again
+  clear-escalation  end armed escalation flags by hand (--reason required; --trigger
+            GUARD for one); promoting the candidate ends them too
 """
 
 
@@ -81,3 +95,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     promote.add_argument("--full", action="store_true", help="skip the remaining steps: canary to 100%%")
     verb("pause", "stop automatic progression (guards keep running)", _pause)
     verb("unpause", "let automatic progression move again", _unpause)
+    clear = verb("clear-escalation", "end armed escalation flags by hand, with a reason", _clear_escalation,
+                 reason=True)
+    clear.add_argument("--trigger", help="only this guard's flag (default: every armed flag)")

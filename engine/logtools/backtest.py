@@ -258,10 +258,18 @@ async def evaluate_rollout(js: JetStreamContext, rollout: str) -> tuple[dict[str
     ids = SeenIds()  # from the rollout's first message: no id of its own comes before it
     missing = [c for m in log for c in fold_back(projection, m, ids) if isinstance(c, KillSwitch) and c.id not in seen]
     status = projection.status(rollout)
+    reasons = [k.reason for k in missing]
+    if not missing and status.get("kill_switch"):  # killed already: say by whom and why, and what breaches now
+        kill = next((e for e in reversed(events) if isinstance(e, KillSwitch)), None)
+        if kill is not None:
+            reasons.append(f"killed by {kill.actor}: {kill.reason}")
+        breaching = sorted(g for g, v in status.get("guards", {}).items() if v.get("judged") == "breaching")
+        if breaching:
+            reasons.append("breaching now: " + ", ".join(breaching))
     reply = {
         "rollout": rollout,
         "would_kill": bool(missing) or bool(status.get("kill_switch")),
-        "reasons": [k.reason for k in missing],
+        "reasons": reasons,
         "evaluation": status,
         "events": len(events),
     }

@@ -142,6 +142,9 @@ async def test_evaluate_judges_now_and_kills_what_the_log_lacks(api, rollout_id)
     assert done["killed_now"] and (await read_control(js, rollout_id)).state.kill_switch
     again = await call(nc, "evaluate", {"rollout": rollout_id}, timeout=30)
     assert not again["killed_now"] and again["evaluation"]["kill_switch"]
+    dry = await call(nc, "evaluate", {"rollout": rollout_id, "act": False}, timeout=30)  # killed: say by whom, why
+    assert dry["would_kill"] and dry["reasons"][0].startswith("killed by rollback: quality")
+    assert dry["reasons"][1].startswith("breaching now: ") and "quality" in dry["reasons"][1]
     with pytest.raises(ApiError) as err:
         await call(nc, "evaluate", {"rollout": "nope-" + rollout_id})
     assert err.value.code == 404

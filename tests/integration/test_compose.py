@@ -290,6 +290,7 @@ async def test_rollout_ticks_provisions_and_ticks_on_an_external_server(fresh_se
     done = subprocess.run([sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(tmp_path), "ticks", "--provision-only"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert "no ticks published" in done.stdout and "a tick every" not in done.stdout
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(tmp_path), "ticks", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

@@ -43,7 +43,7 @@ async def test_dry_run_policy_records_would_kill_without_touching_control_state(
                        *runs(R, 500, canary_pct=20.0, candidate=Profile(latency_ms=1200.0))])
     [would] = rig.commands()
     assert isinstance(would, WouldKill)
-    assert would.reason == "latency (candidate p95: 1200ms > 1000ms) [dry-run policy strict v1]"
+    assert would.reason == "latency (candidate p95: 1200ms > 1000ms); insufficient: cost 29/30 [dry-run policy strict v1]"
     assert would.after.kill_switch and would.before.canary_pct == 20.0
     state = await rig.kv_control(R)
     assert state.canary_pct == 20.0 and not state.kill_switch  # nothing obeyed it
