@@ -82,6 +82,16 @@ class Verdict:
         }
 
 
+_UNSURE = ("insufficient", "inconclusive", "not judged")
+
+
+def _unsure(guard: dict[str, Any]) -> bool:
+    """A guard without a verdict yet: short of its minimum sample (``insufficient n/min``,
+    also listed for a guard no sample has reached), not significant, never evaluated, or
+    inconclusive at its latest check."""
+    return str(guard.get("judged", "")) in _UNSURE or bool(guard.get("inconclusive"))
+
+
 def judge(view: ControlView, evaluation: dict[str, Any] | None) -> Verdict:
     """The verdict from the control state in the log and the rollback consumer's evaluation."""
     state, command = view.state, view.command
@@ -105,7 +115,7 @@ def judge(view: ControlView, evaluation: dict[str, Any] | None) -> Verdict:
     waiting = [name for name, s in guards.items() if s == "pending"]
     if waiting:
         return Verdict(verdict=INCONCLUSIVE, reason=f"guard(s) failing, not yet sustained: {', '.join(waiting)}", **base)
-    unsure = [name for name, g in sorted(evaluation["guards"].items()) if g.get("inconclusive")]
+    unsure = [name for name, g in sorted(evaluation["guards"].items()) if _unsure(g)]
     if unsure:
         return Verdict(verdict=INCONCLUSIVE, reason=f"not enough evidence yet for: {', '.join(unsure)}", **base)
     if base["escalations"]:

@@ -47,6 +47,11 @@ def test_missing_or_unsure_evidence_is_inconclusive_never_a_failure() -> None:
     assert judge(_view(), {"guards": {}}).verdict == "inconclusive"
     assert judge(_view(), _evaluation(quality={"state": "pending"})).verdict == "inconclusive"
     assert judge(_view(), _evaluation(quality={"state": "ok", "inconclusive": 3})).verdict == "inconclusive"
+    # A configured rollout with no traffic lists every guard short of its minimum sample.
+    for judged in ("insufficient", "not judged", "inconclusive"):
+        short = {"state": "ok", "inconclusive": 0, "judged": judged, "n": 0, "need": 30}
+        assert judge(_view(), _evaluation(quality=short)).verdict == "inconclusive", judged
+    assert judge(_view(), _evaluation(quality={**OK, "judged": "ok", "n": 30, "need": 30})).verdict == "advance"
     armed = {**_evaluation(quality=OK), "escalations": ["quality"]}
     assert judge(_view(), armed).verdict == "inconclusive"
 
