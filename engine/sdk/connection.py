@@ -183,7 +183,7 @@ class SdkConnection:
         if kind == "reconnected":
             # The server may have restarted and lost our ephemeral consumer: subscribe
             # anew (last per subject), then push the outbox.
-            self._spawn(self.control.follow(self._js, wait=False), wait_on_close=False)
+            self._spawn(self.control.refollow(self._js), wait_on_close=False)
             if self._publisher is not None:
                 self._publisher.kick()
 

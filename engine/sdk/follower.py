@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 OnChange = Callable[[str, ControlState], Any]
 FOLLOWER_INACTIVE_S = 10.0
 """A control follower the SDK left (reset, reconnect, exit) is deleted by the server after this."""
+RESET_ATTEMPTS = 20
+"""Tries to re-create a reset follower (backing off from 0.25 s to 5 s: about 80 s in all)."""
 DEFAULT_STATE = ControlState()
 DEFAULT_SPLIT = split_of(DEFAULT_STATE)
 
@@ -71,6 +73,7 @@ class ControlFollower:
         self.splits: dict[str, Split] = {}
         self._state_seq: dict[str, int] = {}
         self._generation = 0
+        self._refollows = 0  # the latest refollow() wins; older retry loops end
         self._sub: Any = None
         self.after_fold: Callable[[Msg], None] | None = None
         self.after_catch_up: Callable[[], None] | None = None
@@ -157,9 +160,6 @@ class ControlFollower:
             fresh_name_on_reset(self._sub, self._name)
             info = await self._sub.consumer_info()
         except Exception as exc:
-            if not wait:
-                log.warning("rollout SDK: could not follow control subjects: %s", exc)
-                return
             raise BusUnavailable(
                 f"cannot follow control commands on stream {subjects.LOG_STREAM} ({exc}); "
                 "has `rollout up` provisioned the streams?"
@@ -174,6 +174,26 @@ class ControlFollower:
                     f"control state not read within {self.catch_up_timeout_s}s "
                     f"({info.num_pending} commands pending); the server may be overloaded"
                 ) from None
+
+    async def refollow(self, js: JetStreamContext, first_delay_s: float = 0.25, max_delay_s: float = 5.0) -> None:
+        """Follow again after a reconnect, retrying until it works.
+
+        Right after a reconnect the request may time out: in a cluster that lost a node the
+        stream and consumer leaders are being elected for a few seconds. A single attempt
+        left the follower stopped until the next reconnect, so a kill switch published
+        meanwhile was never applied. Retries back off from ``first_delay_s`` to
+        ``max_delay_s``; a newer reconnect starts its own retries and this one ends.
+        """
+        self._refollows += 1
+        mine, delay = self._refollows, first_delay_s
+        while mine == self._refollows:
+            try:
+                await self.follow(js, wait=False)
+                return
+            except Exception as exc:
+                log.warning("rollout SDK: could not follow control subjects (%s); retrying in %.2g s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
     async def _refusal(self, msg: Msg, seq: int) -> str | None:
         """Why the message's signature does not let it be applied as sent (engine/sdk/signatures.py), or None.
@@ -284,7 +304,20 @@ def fresh_name_on_reset(sub: Any, fresh_name: Callable[[], str]) -> None:
         return
 
     async def recreate_under_a_fresh_name() -> None:
-        jsi._ccreq.name = fresh_name()
-        await recreate()
+        # Retried: during a cluster's leader election the create times out for a few
+        # seconds, and a failed reset would leave the follower stopped until a reconnect.
+        delay = 0.25
+        for attempt in range(RESET_ATTEMPTS):
+            jsi._ccreq.name = fresh_name()
+            try:
+                await recreate()
+                return
+            except Exception as exc:
+                if attempt == RESET_ATTEMPTS - 1:
+                    raise
+                log.warning("rollout SDK: could not re-create the control follower (%s); retrying in %.2g s",
+                            exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     jsi.recreate_consumer = recreate_under_a_fresh_name
