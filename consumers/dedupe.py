@@ -20,7 +20,9 @@ The bound, and why:
   than the window is not a duplicate, so pruning changes no decision.
 - **Cap**: at most ``cap`` entries per consumer (default :data:`DEFAULT_CAP`, 200,000,
   measured at about 22 MB); beyond it the oldest entries (by store time, across
-  rollouts) are evicted first, in one step down to 90 % of the cap, so a flood of fresh
+  rollouts) are evicted first, in one step down to half the cap (each eviction sorts
+  the set once: a tenth at a time cost 3.1 µs per id under a sustained flood, half
+  1.0 µs), so a flood of fresh
   ids costs memory once, not forever. Under a flood an id may be forgotten before its
   window ends.
 - **Per rollout**: one dictionary per rollout (insertion ordered, id -> store time), so
@@ -171,7 +173,7 @@ class SeenIds:
                 self._size -= before - len(entry.ids)
             entry.prune_at = max(2 * len(entry.ids), PRUNE_MIN)
         if self._size > self.cap:
-            self._evict(self.cap - self.cap // 10)
+            self._evict(self.cap // 2)
 
     def _evict(self, target: int) -> None:
         """Drop the oldest entries (by store time, across rollouts) until at most ``target`` are left."""

@@ -76,7 +76,7 @@ def test_the_cap_evicts_the_oldest_entries_first_across_rollouts() -> None:
         seen.first("old", f"o{i}", T0 + i)
     for i in range(41):
         seen.first("new", f"n{i}", T0 + 1_000 + i)
-    assert len(seen) == 90  # down to 90% of the cap in one step
+    assert len(seen) == 50  # down to half the cap in one step
     assert seen.first("old", "o0", T0 + 2_000)  # the oldest were forgotten
     assert not seen.first("new", "n0", T0 + 2_000)  # the newer ones were kept
     assert not seen.first("old", "o59", T0 + 2_000)
