@@ -39,6 +39,7 @@ class ControlProjection(RolloutProjection[ControlState]):
     name = "control"
     state_type = ControlState
     inline_parts = True
+    reads_events = False  # commands only: no seen set of producer event ids
 
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         if apply_command(self.rollouts, event) is not None:

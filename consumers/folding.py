@@ -168,13 +168,17 @@ class Folder:
 
     ``seen`` is the consumer's set of producer event ids (``consumers.dedupe``; default: a
     fresh one with the default window and cap); the runtime restores it with the position
-    and commits what each batch adds to it in the same transaction.
+    and commits what each batch adds to it in the same transaction. A projection that
+    folds no producer event (``reads_events = False``: control, notifier) gets none, so
+    its process spends neither memory nor time on ids it would ignore.
     """
 
     def __init__(self, projection: Projection, seq: int = 0, consumer: str | None = None,
                  contiguous: bool = True, seen: SeenIds | None = None) -> None:
         self.projection = projection
-        self.seen = SeenIds() if seen is None else seen
+        self.seen: SeenIds | None = None
+        if getattr(projection, "reads_events", True):
+            self.seen = SeenIds() if seen is None else seen
         self.consumer = consumer or projection.name
         self.seq = seq
         self.events = 0

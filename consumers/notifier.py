@@ -78,6 +78,7 @@ class NotifierProjection(RolloutProjection[Intents]):
     name = "notifier"
     state_type = Intents
     clock_is_meta = True
+    reads_events = False  # commands, escalations and ticks only: no seen set of producer event ids
 
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         if isinstance(event, Tick):

@@ -118,6 +118,9 @@ class RolloutProjection(Generic[S]):
     state_type: ClassVar[type[msgspec.Struct] | None] = None
     clock_is_meta: ClassVar[bool] = False
     inline_parts: ClassVar[bool] = False
+    reads_events: ClassVar[bool] = True
+    """False for a projection that folds only the engine's messages (commands, ticks): its
+    :class:`consumers.folding.Folder` keeps no seen set of producer event ids (``consumers.dedupe``)."""
 
     def __init__(self) -> None:
         self.rollouts: dict[str, S] = {}

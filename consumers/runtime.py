@@ -158,7 +158,8 @@ class Runner:
             stored = await self.store.load()
             restore(self.projection, stored.parts, self.store.path)
             self.folder.seq = stored.seq
-            self.folder.seen.load(stored.seen)
+            if self.folder.seen is not None:
+                self.folder.seen.load(stored.seen)
             self.metrics.position.labels(self.name).set(stored.seq)
             self.metrics.stalled.labels(self.name).set(0)  # a series from the start, 0 after a restart
             self.metrics.duplicate_events.labels(self.name).inc(0)  # a series from the start (PITFALLS)
@@ -311,9 +312,10 @@ class Runner:
         if not total.parts and total.messages == 0:
             total.parts = self.projection.changed_parts()
         rows = Folder.outbox_of(total)
+        seen = self.folder.seen.flush() if self.folder.seen is not None else None
         began = time.perf_counter()
         await self.store.commit_waiting(total.seq, total.parts, rows, metrics=self.metrics, name=self.name,
-                                        stopping=self.stop_event.is_set, seen=self.folder.seen.flush())
+                                        stopping=self.stop_event.is_set, seen=seen)
         self._count(total, time.perf_counter() - began)
         await self._relay(rows)
         await self._run_hooks("after_commit", total)  # the state is committed: a failure is logged

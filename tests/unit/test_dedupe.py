@@ -149,3 +149,11 @@ async def test_the_store_keeps_the_seen_ids_with_the_position(tmp_path: Path) ->
     result = restarted.fold_batch([outcome_message(4, outcome("same"), outcome("e4"), time_ms=T0 + 4)])
     assert (stored.seq, result.events, result.duplicates) == (3, 1, 1)
     assert outcomes(restarted.projection) == 5  # type: ignore[arg-type]  # e1, same, e2, e3, then e4
+
+
+def test_projections_of_engine_messages_only_keep_no_seen_set() -> None:
+    from rollout_engine.consumers.control import ControlProjection
+    from rollout_engine.consumers.notifier import NotifierProjection
+
+    assert Folder(ControlProjection()).seen is None and Folder(NotifierProjection()).seen is None
+    assert Folder(CanaryStats()).seen is not None
