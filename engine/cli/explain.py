@@ -1,6 +1,6 @@
 """``rollout explain COMMAND_ID --file EXPORT``: why a command was made, reproduced offline.
 
-Reads an audit export (``rollout events export``), checks the command's Ed25519 signature
+Reads an audit export (``rollout export``), checks the command's Ed25519 signature
 with the engine's public keys (``--keys DATA_DIR/signing-keys.json``; without it, the ring
 the export's header carries), names the policy in force, re-runs the rollback judgement
 on the exported log and checks the evidence the kill names. Needs no server and no secret.
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                             "judgement, evidence", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command_id", metavar="COMMAND_ID", help="the command's id (rollout events ROLLOUT shows it)")
-    parser.add_argument("--file", "-f", required=True, help="the export: *.msgpack or *.jsonl (rollout events export)")
+    parser.add_argument("--file", "-f", required=True, help="the export: *.msgpack or *.jsonl (rollout export)")
     parser.add_argument("--keys", help="the engine's public key ring (DATA_DIR/signing-keys.json); default: the "
                         "ring in the export's header")
     add_json_flag(parser)

@@ -1,6 +1,6 @@
 """``rollout explain``: one control command reproduced offline from an audit export.
 
-An auditor holds an export file (``rollout events export``) and the engine's public keys;
+An auditor holds an export file (``rollout export``) and the engine's public keys;
 no server, no secret. For one command id this:
 
 1. finds the command's message and checks its Ed25519 signature (``Ro-Sig-Key``,

@@ -14,7 +14,7 @@ A message stored with headers keeps them (``"headers"``): the engine's signature
 control command (``Ro-Sig-Key``, ``Ro-Sig``), so ``rollout explain`` verifies it offline.
 A JSONL line of a signed message also carries its exact payload (``"data"``,
 base64): a signature covers those bytes, not the events re-encoded. The header line may
-carry the public key ring (``"signing_keys"``, ``rollout events export`` adds it).
+carry the public key ring (``"signing_keys"``, ``rollout export`` adds it).
 
 Both keep every message's stream sequence, because projections receive it; that is what
 makes a replay of an export give the live projections' digests exactly. Read back, either

@@ -11,7 +11,7 @@ import pytest
 from rollout_engine.consumers.folding import read_message
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import Profile, runs
-from rollout_engine.engine.logtools.explain import ExplainError, explain
+from rollout_engine.engine.logtools.explain import ExplainError, explain, render
 from rollout_engine.engine.logtools.export import write_export
 from rollout_engine.engine.stack.signing import CommandSigner
 from rollout_engine.events import KillSwitch, LogMessage, Outcome, encode, encode_batch, subjects
@@ -57,6 +57,9 @@ def test_explain_verifies_and_reproduces_a_kill(tmp_path: Path, name: str) -> No
     assert ex.signature.startswith("verified") and ex.recomputed.startswith("equal")
     assert {e["guard"] for e in ex.evidence} == {"quality"} and all(e["ok"] for e in ex.evidence)
     assert ex.guards[0]["guard"] == "quality" and ex.decisive["id"] == kill.cause_id
+    text = render(ex)
+    assert "guard quality [threshold, last_n]: observed 13 vs threshold 5, baseline 95" in text
+    assert text.endswith("explained: the command verifies and its judgement reproduces")
 
 
 def test_a_tampered_evidence_event_is_named(tmp_path: Path) -> None:
@@ -73,6 +76,7 @@ def test_a_tampered_evidence_event_is_named(tmp_path: Path) -> None:
     ex = explain(_export(items, tmp_path / "log.msgpack", signer), kill.id)
     assert not ex.ok
     assert any(f"seq {target.seq} id {event.id}" in f for f in ex.faults), ex.faults
+    assert "NOT explained" in render(ex) and "MISMATCH" in render(ex)
 
 
 def test_a_forged_or_unsigned_kill_fails_verification(tmp_path: Path) -> None:
