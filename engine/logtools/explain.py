@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from rollout_engine.consumers.control import apply_command
 from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.folding import read_fresh, read_message
 from rollout_engine.consumers.rollback.projection import RollbackProjection
@@ -42,6 +43,7 @@ from rollout_engine.engine.sdk.signatures import KEY_HEADER, ControlVerifier, Ke
 from rollout_engine.events import (
     AnyEvent,
     ConfigChange,
+    ControlState,
     KillEvidence,
     KillSwitch,
     LogMessage,
@@ -74,6 +76,7 @@ class Explanation:
     evidence: list[dict[str, Any]] = field(default_factory=list)
     decisive: dict[str, Any] = field(default_factory=dict)
     recomputed: str = "not applicable"
+    order: str = ""
     faults: list[str] = field(default_factory=list)
 
     @property
@@ -96,8 +99,9 @@ def load_ring(path: str | Path) -> KeyRing:
         raise ExplainError(f"{path}: not a signing key ring ({exc}); expected the engine's signing-keys.json") from None
 
 
-def explain(path: str | Path, command_id: str, ring: KeyRing | None = None) -> Explanation:
-    """Explain command ``command_id`` of the export at ``path`` (see the module docstring)."""
+def explain(path: str | Path, command_id: str, ring: KeyRing | None = None, *, rollout: str = "") -> Explanation:
+    """Explain command ``command_id`` of the export at ``path`` (see the module docstring);
+    with ``command_id`` empty, the latest kill switch of ``rollout``."""
     faults: list[str] = []
     try:
         header, messages, _footer = read_export(path)
@@ -106,17 +110,20 @@ def explain(path: str | Path, command_id: str, ring: KeyRing | None = None) -> E
             raise ExplainError(str(exc)) from None
         faults.append(f"export: {exc}")
         header, messages, _footer = read_export(path, verify=False)
-    found = _find(messages, command_id)
+    found = _find(messages, command_id, rollout)
     if found is None:
         first, last = (messages[0].seq, messages[-1].seq) if messages else (0, 0)
-        raise ExplainError(f"{path}: no command with id {command_id!r} among seq {first}..{last}; "
+        what = f"command with id {command_id!r}" if command_id else f"kill switch of rollout {rollout!r}"
+        raise ExplainError(f"{path}: no {what} among seq {first}..{last}; "
                            f"list the rollout's commands with `rollout events ROLLOUT` or export a wider range")
     index, message, command = found
     rollout = str(getattr(command, "rollout", ""))
-    out = Explanation(command_id, message.seq, message.subject, kind_of(command), rollout,
+    out = Explanation(command.id, message.seq, message.subject, kind_of(command), rollout,
                       str(getattr(command, "reason", "")), faults=faults)
     _check_signature(out, message, header, ring)
-    out.policy = _policy_in_force(messages[:index], rollout)
+    out.policy, in_force = _in_force(messages[:index], rollout)
+    _check_order(out, command, in_force)
+    _check_copies(out, messages, command)
     if isinstance(command, KillSwitch):
         out.guards = [msgspec.to_builtins(b) for b in command.breaches]
         if command.actor == "rollback" and command.cause_id:
@@ -126,12 +133,18 @@ def explain(path: str | Path, command_id: str, ring: KeyRing | None = None) -> E
     return out
 
 
-def _find(messages: Sequence[LogMessage], command_id: str) -> tuple[int, LogMessage, AnyEvent] | None:
+def _find(messages: Sequence[LogMessage], command_id: str, rollout: str) -> tuple[int, LogMessage, AnyEvent] | None:
+    """The command ``command_id``, or (no id) the latest kill switch of ``rollout``."""
+    latest = None
     for i, message in enumerate(messages):
+        if ".ctl." not in message.subject:
+            continue
         for event in read_message(message)[0]:
-            if event.id == command_id:
+            if command_id and event.id == command_id:
                 return i, message, event
-    return None
+            if not command_id and isinstance(event, KillSwitch) and event.rollout == rollout:
+                latest = (i, message, event)
+    return latest
 
 
 def _check_signature(out: Explanation, message: LogMessage, header: dict[str, Any], ring: KeyRing | None) -> None:
@@ -157,19 +170,53 @@ def _check_signature(out: Explanation, message: LogMessage, header: dict[str, An
     out.faults.append(f"seq {message.seq} {out.command_id}: signature {out.signature}")
 
 
-def _policy_in_force(before: Sequence[LogMessage], rollout: str) -> dict[str, Any]:
-    """The latest live (not dry-run) policy set for ``rollout`` before the command."""
+def _in_force(before: Sequence[LogMessage], rollout: str) -> tuple[dict[str, Any], ControlState | None]:
+    """The latest live (not dry-run) policy set for ``rollout`` before the command, and its
+    control state then (the control consumer's own fold)."""
     found: dict[str, Any] = {"name": "default", "version": 0, "seq": 0, "id": "",
                              "set_by": "nobody: the default policy"}
+    states: dict[str, ControlState] = {}
     for message in before:
         if ".ctl." not in message.subject:
             continue
         for event in read_message(message)[0]:
+            apply_command(states, event)
             if isinstance(event, ConfigChange) and event.rollout == rollout and event.policy is not None \
                     and not event.policy.get("dry_run"):
                 found = {"name": str(event.policy.get("name", "default")), "version": event.after.policy_version,
                          "seq": message.seq, "id": event.id, "set_by": event.actor}
-    return found
+    return found, states.get(rollout)
+
+
+def _check_order(out: Explanation, command: AnyEvent, in_force: ControlState | None) -> None:
+    """A command made against an older state than the one in force is stale: a signed
+    command re-published later (a replay) verifies, and this is where it shows."""
+    before = getattr(command, "before", None)
+    if before is None or in_force is None:
+        out.order = "first command of the rollout" if before is not None else ""
+        return
+    if before.config_version < in_force.config_version:
+        out.order = (f"stale: made against config_version {before.config_version}, but {in_force.config_version} "
+                     "was in force: a replayed or reordered command")
+        out.faults.append(f"seq {out.seq} {out.command_id}: {out.order}")
+    else:
+        out.order = f"in order: config_version {before.config_version} -> {command.after.config_version}"  # type: ignore[attr-defined]
+
+
+def _check_copies(out: Explanation, messages: Sequence[LogMessage], command: AnyEvent) -> None:
+    """Later copies of the same command (same id, so the same signed bytes if unaltered):
+    one that arrives when a newer state is in force is a replay, and services would apply it."""
+    states: dict[str, ControlState] = {}
+    for message in messages:
+        if ".ctl." not in message.subject:
+            continue
+        for event in read_message(message)[0]:
+            if event.id == command.id and message.seq > out.seq:
+                held = states.get(event.rollout)  # type: ignore[attr-defined]
+                if held is not None and event.before.config_version < held.config_version:  # type: ignore[attr-defined]
+                    out.faults.append(f"seq {message.seq}: a copy of {out.command_id} re-published when config_version "
+                                      f"{held.config_version} was in force: a replay (its signature still verifies)")
+            apply_command(states, event)
 
 
 def _recompute(out: Explanation, before: Sequence[LogMessage], command: KillSwitch) -> None:
@@ -261,7 +308,7 @@ def render(ex: Explanation) -> str:
              f"  signature: {ex.signature}",
              f"  policy in force: {ex.policy.get('name')} v{ex.policy.get('version')} "
              f"(set at seq {ex.policy.get('seq')} by {ex.policy.get('set_by')})",
-             f"  reason: {ex.reason}"]
+             f"  reason: {ex.reason}"] + ([f"  order: {ex.order}"] if ex.order else [])
     for g in ex.guards:
         lines.append(f"  guard {g['guard']} [{g.get('type')}, {g.get('window')}]: observed {g['observed']:g} vs "
                      f"threshold {g['threshold']:g}" + (f", baseline {g['baseline']:g}" if g.get("baseline") is not None

@@ -14,7 +14,15 @@ from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.engine.logtools.explain import ExplainError, explain, render
 from rollout_engine.engine.logtools.export import write_export
 from rollout_engine.engine.stack.signing import CommandSigner
-from rollout_engine.events import KillSwitch, LogMessage, Outcome, encode, encode_batch, subjects
+from rollout_engine.events import (
+    KillSwitch,
+    LogMessage,
+    Outcome,
+    encode,
+    encode_batch,
+    subjects,
+    transitions,
+)
 
 R = "checkout-v2"
 
@@ -91,3 +99,21 @@ def test_a_forged_or_unsigned_kill_fails_verification(tmp_path: Path) -> None:
     assert not ex.ok and ex.signature.startswith("unknown key")
     with pytest.raises(ExplainError, match="no command"):
         explain(tmp_path / "forged.msgpack", "no-such-id")
+
+
+def test_a_replayed_signed_command_is_named_stale(tmp_path: Path) -> None:
+    """An old signed kill re-published after a resume still verifies; explain names the replay."""
+    signer = CommandSigner.ephemeral()
+    items, kill = _log(signer)
+    original = next(m for m in items if m.headers)
+    resume = transitions.resume_command(kill.after, 5.0, id="resume-1", rollout=R, time_ms=kill.time_ms + 10,
+                                        producer="api", actor="alice", reason="fixed")
+    subject, data = subjects.for_event(resume), encode(resume)
+    seq = items[-1].seq
+    items += [LogMessage(seq + 1, subject, data, resume.time_ms, signer.headers(subject, data)),
+              LogMessage(seq + 2, original.subject, original.data, resume.time_ms + 1, original.headers)]
+    ex = explain(_export(items, tmp_path / "replayed.msgpack", signer), kill.id)
+    assert ex.signature.startswith("verified") and ex.recomputed.startswith("equal")
+    assert [f for f in ex.faults if f.startswith(f"seq {seq + 2}: a copy of {kill.id}") and "replay" in f]
+    ex = explain(tmp_path / "replayed.msgpack", "resume-1")
+    assert ex.ok and ex.order.startswith("in order"), ex.faults
