@@ -10,8 +10,8 @@ no server, no secret. For one command id this:
 2. names the policy in force: the latest ConfigChange with a policy for that rollout
    before the command in the log;
 3. re-runs the judgement: a fresh rollback fold (the live consumer's own code, so the
-   same policy versions, windows and tests) over the export up to the event that caused
-   the kill; the command it emits there must equal the logged one field for field
+   same policy versions, windows and tests) over the rollout's messages and the ticks of
+   the export up to the event that caused the kill; the command it emits there must equal the logged one field for field
    (guards, figures, thresholds, evidence);
 4. checks the evidence the kill names (``consumers/rollback/proof.py``): the samples of
    each decisive guard's window in the re-fold must give the recorded count, sequences and
@@ -50,6 +50,7 @@ from rollout_engine.events import (
     Metric,
     Outcome,
     kind_of,
+    subjects,
 )
 
 __all__ = ["ExplainError", "Explanation", "dumps", "explain", "load_ring", "render"]
@@ -225,6 +226,8 @@ def _recompute(out: Explanation, before: Sequence[LogMessage], command: KillSwit
     emitted: KillSwitch | None = None
     cause: tuple[int, AnyEvent] | None = None
     for message in before:
+        if not _concerns(message.subject, command.rollout):
+            continue
         for event in read_fresh(message, seen)[0]:
             result = fold.apply(event, message.seq)
             if event.id == command.cause_id:
@@ -255,6 +258,18 @@ def _recompute(out: Explanation, before: Sequence[LogMessage], command: KillSwit
     for ev in command.evidence:
         samples = [] if stats is None else window_samples(stats, command.rollout, ev.variant, ev.metric, ev.window)
         out.evidence.append(_evidence_row(out, ev, samples, by_seq))
+
+
+def _concerns(subject: str, rollout: str) -> bool:
+    """Whether the rollback fold's judgement of ``rollout`` reads this message: its own
+    events and commands, and the ticks (the event clock is bounded by ticks alone, and
+    each rollout's state is its own), so other rollouts' traffic is skipped."""
+    if subject == subjects.TICK:
+        return True
+    try:
+        return subjects.parse(subject).rollout == rollout
+    except ValueError:
+        return False
 
 
 def _evidence_row(out: Explanation, ev: KillEvidence, samples: list[tuple[int, float]],
