@@ -20,7 +20,10 @@ no server, no secret. For one command id this:
 Anything that does not hold is a *fault*; an explanation with faults fails (the CLI exits
 1). The export must hold the log from the rollout's start (or from its last re-enable)
 to the command, ticks included: an export of one rollout (``--rollout``) has no ticks,
-and a kill made on a tick then recomputes differently.
+and a kill made on a tick then recomputes differently. One approximation: the re-fold
+de-duplicates producer event ids per rollout as the live fold does, but a live seen set
+that reached its cap (consumers/dedupe.py) evicted ids of every rollout, so a duplicate
+re-sent after such an eviction may be folded differently (reported as a difference).
 """
 
 from __future__ import annotations
