@@ -179,8 +179,9 @@ class KillEvidence(Struct, kw_only=True, frozen=True, gc=False):
 
     ``count`` samples from stream sequences ``first_seq``..``last_seq``; ``digest`` is
     the hex blake2b-128 of the samples as little-endian ``(seq int64, value float64)``
-    pairs in log order, and ``marks`` holds 2 bytes per sample (blake2b-16 of the same
-    pair), so ``rollout explain`` can name the one event whose value changed.
+    pairs in log order, and ``marks`` holds 2 bytes per sample (the low 16 bits of the
+    CRC-32 of the same pair, little-endian), so ``rollout explain`` can name the one event
+    whose value changed.
     """
 
     guard: Token
