@@ -52,7 +52,7 @@ async def replay() -> list[Figure]:
 
 async def sdk() -> list[Figure]:
     """The SDK: assign() calls/s and JetStream-acked producer events/s (targets 200k each)."""
-    from bench.bench_sdk import assign_rate, publish_rate, sign_us, verify_us
+    from bench.bench_sdk import assign_rate, evidence_us, publish_rate, sign_us, verify_us
 
     ceiling = cached("transport ceiling")
     assign = await measure("SDK assign(): hash, choose, build + buffer the Decision", "calls/s",
@@ -65,7 +65,10 @@ async def sdk() -> list[Figure]:
     sign = await measure("engine: sign one control command (Ed25519)", "µs", lambda: sign_us(5_000), REPEAT)
     verify = await measure("SDK: verify one control command before applying it", "µs",
                            lambda: verify_us(5_000), REPEAT)
-    return [assign, publish, sign, verify]
+    # A kill's evidence (consumers/rollback/proof.py): paid once per kill, never per sample.
+    evidence = await measure("engine: name one kill's evidence (2 windows x 100 samples: seqs, digest, marks)", "µs",
+                             lambda: evidence_us(500), REPEAT)
+    return [assign, publish, sign, verify, evidence]
 
 
 async def bandit() -> list[Figure]:

@@ -39,6 +39,7 @@ from rollout_engine.events.schema import (
     Breach,
     ConfigChange,
     ControlState,
+    KillEvidence,
     KillSwitch,
     OperatorAction,
     Resume,
@@ -79,10 +80,11 @@ def configure(before: ControlState, *, canary_pct: float | None = None, new_poli
 
 def kill_command(before: ControlState, *, id: str, rollout: str, time_ms: int, producer: str, actor: str,
                  reason: str, breaches: Sequence[Breach] = (), cause_id: str | None = None,
-                 action: OperatorAction | None = None) -> KillSwitch:
-    """The :class:`KillSwitch` that kills ``rollout`` from ``before``."""
+                 action: OperatorAction | None = None, evidence: Sequence[KillEvidence] = ()) -> KillSwitch:
+    """The :class:`KillSwitch` that kills ``rollout`` from ``before`` (``evidence``: the events judged)."""
     return KillSwitch(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
-                      before=before, after=kill(before), breaches=list(breaches), cause_id=cause_id, action=action)
+                      before=before, after=kill(before), breaches=list(breaches), cause_id=cause_id, action=action,
+                      evidence=list(evidence))
 
 
 def resume_command(before: ControlState, canary_pct: float, *, id: str, rollout: str, time_ms: int, producer: str,

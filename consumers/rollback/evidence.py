@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollout_engine.consumers.canary_stats import CanaryStats
-from rollout_engine.consumers.rollback.guards import EMPTY, Summary
+from rollout_engine.consumers.rollback.guards import EMPTY, GuardResult, Summary
 from rollout_engine.consumers.rollback.policy import Policy
+from rollout_engine.consumers.rollback.proof import kill_evidence
 from rollout_engine.consumers.windows import Histogram, Series, quantile
+from rollout_engine.events import KillEvidence
 
 __all__ = ["SMALL_TIME_CAP", "EpochSummary", "StatsEvidence", "new_stats", "stats_shape"]
 
@@ -85,6 +87,10 @@ class StatsEvidence:
 
     def samples(self, variant: str, metric: str, window: str) -> Sequence[float]:
         return self._stats.samples(self._rollout, variant, metric, window)
+
+    def proof(self, failing: Sequence[GuardResult], variants: tuple[str, str]) -> list[KillEvidence]:
+        """The events a kill by ``failing`` judged (``consumers/rollback/proof.py``)."""
+        return kill_evidence(self._stats, self._rollout, failing, variants)
 
 
 class EpochSummary(Summary):

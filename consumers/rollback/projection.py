@@ -306,7 +306,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
             everything = noted(live, self._results(r, live, evidence, variants, None))
-            out.append(act(rollout, r, everything, cause, now))
+            out.append(act(rollout, r, everything, cause, now, evidence))
         elif staged or live.policy.progression.enabled:
             unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
             if staged and not unhealthy:
