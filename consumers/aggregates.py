@@ -45,7 +45,7 @@ class WindowAggregates:
     ``time_key`` is ``(sample count, cut-off)`` of ``time_cached``, an object the reader
     owns (the rollback evidence keeps its lazy summary there)."""
 
-    __slots__ = ("exact", "last_n", "ordered", "scale", "time_cached", "time_key")
+    __slots__ = ("exact", "last_n", "mean_cached", "ordered", "scale", "time_cached", "time_key")
 
     def __init__(self, values: array, last_n: int) -> None:
         window = values[-last_n:].tolist()
@@ -57,6 +57,7 @@ class WindowAggregates:
             self._add(value)
         self.time_key: tuple[int, int] = (-1, 0)
         self.time_cached: Any = None
+        self.mean_cached: float | None = None
 
     def _add(self, value: float) -> None:
         num, den = value.as_integer_ratio()
@@ -71,6 +72,7 @@ class WindowAggregates:
         """``value`` joins the last-N window; ``leaving`` (the oldest of it, None while
         the window is not full) leaves. Ties keep arrival order, as ``sorted`` does."""
         ordered = self.ordered
+        self.mean_cached = None
         if leaving is not None:
             del ordered[bisect_left(ordered, leaving)]  # the oldest of its equals: the first of them
             num, den = leaving.as_integer_ratio()
@@ -79,5 +81,11 @@ class WindowAggregates:
         self._add(value)
 
     def mean(self) -> float:
-        """Mean of the last-N window (not empty): ``math.fsum(window) / n``, bit for bit."""
-        return self.exact / (1 << self.scale) / len(self.ordered)
+        """Mean of the last-N window (not empty): ``math.fsum(window) / n``, bit for bit.
+
+        Kept until the window moves: a relative guard reads the baseline's mean on every
+        candidate sample, and the division of two 60-bit integers is the slow one."""
+        mean = self.mean_cached
+        if mean is None:
+            mean = self.mean_cached = self.exact / (1 << self.scale) / len(self.ordered)
+        return mean

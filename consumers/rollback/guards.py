@@ -35,7 +35,7 @@ from rollout_engine.consumers.rollback.stats_tests import (
 )
 from rollout_engine.events import Breach
 
-__all__ = ["Evidence", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
+__all__ = ["Evidence", "GuardIndex", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
 
 _BOUND = 1e12
 
@@ -270,6 +270,33 @@ def evaluate_guard(
         return GuardResult(guard, "inconclusive", observed=observed, test=test,
                            why=f"effect size {test.effect:.2f} < {guard.min_effect}", **common)
     return GuardResult(guard, "fail", observed=observed, test=test, **common)
+
+
+class GuardIndex:
+    """Which guards of a policy a sample can move, cached per policy object.
+
+    A sample of metric M re-judges only the guards on M (a baseline sample only the
+    relative ones); ``on(policy, None, False)`` is every guard, in policy order. At most
+    ``limit`` selections are kept (a long-running consumer sees a new policy object per
+    policy change); past it the cache starts again."""
+
+    __slots__ = ("_cache", "limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._cache: dict[tuple[int, str | None, bool], tuple[Policy, list[Guard]]] = {}
+        self.limit = limit
+
+    def on(self, policy: Policy, metric: str | None, relative_only: bool) -> list[Guard]:
+        """The guards of ``policy`` on ``metric`` (None: all), relative ones only if asked."""
+        key = (id(policy), metric, relative_only)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] is not policy:
+            if len(self._cache) >= self.limit:
+                self._cache.clear()
+            guards = [g for g in policy.all_guards()
+                      if (metric is None or g.metric == metric) and (not relative_only or g.relative)]
+            cached = self._cache[key] = (policy, guards)
+        return cached[1]
 
 
 SRM_GUARD = Guard(name="srm", metric="decisions", threshold=0.0, unit="%")
