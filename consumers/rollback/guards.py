@@ -29,6 +29,7 @@ from rollout_engine.consumers.rollback.stats_tests import (
     TestResult,
     sequential_rank_test,
     sequential_test,
+    srm_clearly_fits,
     srm_log_bayes_factor,
     srm_test,
     welch_df,
@@ -302,8 +303,12 @@ class GuardIndex:
 SRM_GUARD = Guard(name="srm", metric="decisions", threshold=0.0, unit="%")
 
 
-def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: float) -> GuardResult:
-    """Sample-ratio mismatch of the decisions made at ``canary_pct``: its own breach type."""
+def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: float,
+                 screen: bool = False) -> GuardResult:
+    """Sample-ratio mismatch of the decisions made at ``canary_pct``: its own breach type.
+
+    ``screen``: a caller that reads only the status (the hysteresis step) takes a clear
+    pass without its p-value (``test`` None); the status is the same either way."""
     total = baseline_n + candidate_n
     share = 100.0 * candidate_n / total if total else 0.0
     common = {"observed": share, "threshold": canary_pct, "candidate_n": candidate_n,
@@ -311,6 +316,8 @@ def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: 
     if total < cfg.min_decisions:
         return GuardResult(SRM_GUARD, "inconclusive", why=f"{total} decisions < {cfg.min_decisions}",
                            need=cfg.min_decisions, have=total, **common)
+    if screen and srm_clearly_fits(baseline_n, candidate_n, canary_pct, cfg.p_value):
+        return GuardResult(SRM_GUARD, "pass", **common)
     test = srm_test(baseline_n, candidate_n, canary_pct)
     if test.p_value is None:
         return GuardResult(SRM_GUARD, "inconclusive", test=test, why="expected counts under 5", **common)

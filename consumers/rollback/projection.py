@@ -325,8 +325,9 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             out.append(would_kill_now(rollout, r, everything, cause, now))
 
     def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
-                 only: str | None, relative_only: bool = False) -> list[GuardResult]:
-        """Evaluate the guards of ``run`` (those on metric ``only``, or all); keeps the test cache."""
+                 only: str | None, relative_only: bool = False, screen: bool = False) -> list[GuardResult]:
+        """Evaluate the guards of ``run`` (those on metric ``only``, or all); keeps the test cache.
+        ``screen``: only the statuses are read (a clear SRM pass skips its p-value)."""
         policy, now = run.policy, r.now_ms
         results: list[GuardResult] = []
         if only != "srm":
@@ -343,7 +344,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                     del run.tests[guard.name]
                 results.append(result)
         if (only is None or only == "srm") and policy.srm.enabled and r.srm_pct > 0:
-            results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct))
+            results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct, screen))
         return results
 
     def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
@@ -357,7 +358,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         cfg = policy.hysteresis
         alarmed = False
         failing: list[GuardResult] = []
-        for result in self._results(r, run, evidence, variants, only, relative_only):
+        for result in self._results(r, run, evidence, variants, only, relative_only, True):
             name = result.guard.name
             machine = run.machines.get(name)
             if machine is None:
