@@ -235,22 +235,22 @@ def evaluate_guard(
     re-run at most once per check interval); ``penalized`` raises the threshold by the
     guard's flap penalty.
     """
-    sign = harm_sign(guard)
-    threshold = guard.threshold + (sign * guard.penalty_threshold_add if penalized else 0.0)
+    threshold = guard.threshold + (harm_sign(guard) * guard.penalty_threshold_add if penalized else 0.0)
     cand = ev.summary(variants[1], guard.metric, guard.window)
     need = guard.min_samples or policy.min_samples
     if cand.n < need:
         return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n,
                            why=f"{cand.n} candidate samples < {need}", need=need, have=cand.n)
     base = EMPTY
-    if guard.relative:
+    relative = guard.relative  # a property: read once
+    if relative:
         base = ev.summary(variants[0], guard.metric, guard.window)
         need_b = guard.min_baseline_samples or policy.min_baseline_samples
         if base.n < need_b:
             return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n, baseline_n=base.n,
                                why=f"{base.n} baseline samples < {need_b}", need=need_b, have=base.n)
     c_value = _aggregate(ev, variants[1], guard, cand)
-    b_value = _aggregate(ev, variants[0], guard, base) if guard.relative else None
+    b_value = _aggregate(ev, variants[0], guard, base) if relative else None
     observed = _observed(guard, c_value, b_value or 0.0)
     if observed is None or not math.isfinite(observed):
         return GuardResult(guard, "inconclusive", None, threshold, c_value, b_value, cand.n, base.n,
