@@ -236,6 +236,11 @@ class CanaryStats(RolloutProjection[_Rollout]):
     def _cutoff(self, rs: _Rollout) -> int:
         return max(self.tick_ms, rs.max_ms) - self.window_ms
 
+    def cutoff(self, rollout: str) -> int:
+        """The time window's cut-off of ``rollout``: entries at or before it are out."""
+        rs = self.rollouts.get(rollout)
+        return max(self.tick_ms, rs.max_ms if rs else 0) - self.window_ms
+
     @staticmethod
     def _check_window(window: str) -> None:
         if window not in WINDOWS:

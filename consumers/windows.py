@@ -36,6 +36,8 @@ from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
 from ddsketch.store import DenseStore
 
+from rollout_engine.consumers.aggregates import WindowAggregates, finite
+
 __all__ = [
     "SKETCH_ACCURACY",
     "Histogram",
@@ -246,9 +248,10 @@ class SeriesState(msgspec.Struct, array_like=True, gc=False):
 class Series:
     """One variant's samples of one metric over the all / last-N / time windows."""
 
-    __slots__ = ("m2", "mean", "n", "seqs", "sketch", "times", "values")
+    __slots__ = ("agg", "m2", "mean", "n", "seqs", "sketch", "times", "values")
 
     def __init__(self) -> None:
+        self.agg: WindowAggregates | None = None  # derived, made on the first read (consumers/aggregates.py)
         self.n = 0
         self.mean = 0.0
         self.m2 = 0.0
@@ -274,6 +277,12 @@ class Series:
                 sketch.add(old)
             sketch.add(value)
         size = len(times)
+        agg = self.agg
+        if agg is not None:  # a reader follows the last-N window: keep its aggregates current
+            if agg.last_n != last_n or value - value != 0.0:
+                self.agg = None  # read with another N, or a non-finite value: readers recompute
+            else:
+                agg.slide(values[-last_n] if size >= last_n else None, value)
         if size >= last_n and (times[0] <= cutoff or size >= cap):
             if size == last_n:  # trim() would drop exactly the oldest: skip the call (hot when cap == last_n)
                 del times[0], values[0], self.seqs[0]
@@ -294,7 +303,20 @@ class Series:
             return sketch_quantile(self.sketch, q)
         if not self.values:
             return None
+        agg = self.agg
+        if agg is not None and len(self.values) <= agg.last_n:  # its sorted last N are every sample
+            return quantile(agg.ordered, q)
         return quantile(sorted(self.values), q)
+
+    def aggregates(self, last_n: int) -> WindowAggregates | None:
+        """The last-N window's incremental aggregates, made on the first call and kept
+        current by :meth:`push` from then on; None while a value in it is not finite."""
+        agg = self.agg
+        if agg is None or agg.last_n != last_n:
+            if not finite(self.values[-last_n:]):
+                return None
+            agg = self.agg = WindowAggregates(self.values, last_n)
+        return agg
 
     def histogram(self) -> Histogram:
         """Every sample, binned at the sketch's accuracy: read from the sketch once there is
