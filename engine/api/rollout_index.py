@@ -20,7 +20,8 @@ delivering the last message of every subject and then every new one:
 * ``ro.evt.>`` headers only: a rollout that has events but no command yet is listed
   too (idle, default state), and the API never decodes an event batch.
 
-Building it at 100,000 rollouts takes about a second at start-up (docs/scaling.md);
+Building it at 100,000 rollouts takes seconds at start-up (docs/scaling.md): requests
+wait for it;
 afterwards each request first checks that both consumers have delivered everything
 the log held when it arrived (:meth:`LiveIndex.sync`, two ``CONSUMER.INFO`` requests),
 so a rollout created just before ``rollout status`` is listed, whichever API instance
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -59,6 +61,8 @@ MAX_LIMIT = 1000
 READER_INACTIVE_S = 30.0
 """A consumer of an API instance that died is removed by the server after this long."""
 _SYNC_TIMEOUT_S = 10.0
+_BUILD_TIMEOUT_S = 300.0
+"""The first read of the log: about 10 s at 100,000 rollouts on 2 busy cores (docs/scaling.md)."""
 _DEFAULT = ControlState()
 
 
@@ -77,6 +81,9 @@ class RolloutIndex:
     names: list[str] = field(default_factory=list)
     states: dict[str, tuple[int, ControlState]] = field(default_factory=dict)
     phases: Counter[str] = field(default_factory=Counter)
+    building: bool = False
+    """While the log is first read, names are appended and sorted once by :meth:`built`:
+    100,000 sorted inserts would move 5 billion list slots."""
     _known: set[str] = field(default_factory=set)
 
     def add(self, rollout: str) -> None:
@@ -84,8 +91,16 @@ class RolloutIndex:
         if rollout in self._known or rollout.startswith("_"):  # "_" names are the engine's own
             return
         self._known.add(rollout)
-        bisect.insort(self.names, rollout)
+        if self.building:
+            self.names.append(rollout)
+        else:
+            bisect.insort(self.names, rollout)
         self.phases["idle"] += 1
+
+    def built(self) -> None:
+        """End of the first read: sort the names, insert in order from now on."""
+        self.names.sort()
+        self.building = False
 
     def apply(self, seq: int, state: ControlState, rollout: str) -> None:
         """Fold the state a command at stream sequence ``seq`` left; an older one changes nothing."""
@@ -138,7 +153,7 @@ class LiveIndex:
         """The index, current as of this call (built at the first call; again after a failed build)."""
         if self._ready is None or (self._ready.done() and (self._ready.cancelled() or self._ready.exception())):
             await self.close()
-            self.index, self._seen = RolloutIndex(), {"ctl": 0, "evt": 0}
+            self.index, self._seen = RolloutIndex(building=True), {"ctl": 0, "evt": 0}
             self._ready = asyncio.ensure_future(self._start())
         await asyncio.shield(self._ready)
         await self.sync()
@@ -155,7 +170,8 @@ class LiveIndex:
             )
             fresh_name_on_reset(sub, lambda family=family: _name(family))  # type: ignore[misc]
             self._subs.append((family, sub))
-        await self.sync()
+        await self.sync(_BUILD_TIMEOUT_S)
+        self.index.built()
         self.built_s = time.perf_counter() - started
         log.info("rollout index: %d rollouts read from the log in %.2f s", len(self.index.names), self.built_s)
 
@@ -185,16 +201,24 @@ class LiveIndex:
     async def sync(self, timeout: float = _SYNC_TIMEOUT_S) -> None:
         """Wait until both consumers have delivered, and this process folded, everything
         the log held at this call."""
-        deadline = time.monotonic() + timeout
+        deadline, pause = time.monotonic() + timeout, 0.002
         for family, sub in self._subs:
             while True:
-                info = await sub.consumer_info()
+                try:
+                    info = await self.js.consumer_info(subjects.LOG_STREAM, sub._consumer,  # renamed on a reset
+                                                       timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+                except NatsTimeout:  # the reply queues behind the deliveries of a first read: ask again
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the rollout index did not catch up with the log within {timeout:g} s "
+                                           "(no consumer info)") from None
+                    continue
                 if info.num_pending == 0 and self._seen[family] >= (info.delivered.stream_seq or 0):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the rollout index did not catch up with the log within {timeout:g} s "
                                        f"({info.num_pending} {family} subjects pending)")
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(pause)
+                pause = min(0.1, pause * 2)  # a few ms for a request; no busy polling during a build
 
     async def close(self) -> None:
         """Remove the consumers (they would expire after ``READER_INACTIVE_S`` anyway)."""
