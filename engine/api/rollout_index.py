@@ -146,14 +146,15 @@ class LiveIndex:
         self.index = RolloutIndex()
         self.built_s = 0.0
         self._subs: list[Any] = []
-        self._seen: dict[str, int] = {"ctl": 0, "evt": 0}
+        self._seen: dict[str, tuple[str, int]] = {}
+        """Per family, the consumer and its delivery sequence of the last message folded."""
         self._ready: asyncio.Task[None] | None = None
 
     async def ready(self) -> RolloutIndex:
         """The index, current as of this call (built at the first call; again after a failed build)."""
         if self._ready is None or (self._ready.done() and (self._ready.cancelled() or self._ready.exception())):
             await self.close()
-            self.index, self._seen = RolloutIndex(building=True), {"ctl": 0, "evt": 0}
+            self.index, self._seen = RolloutIndex(building=True), {}
             self._ready = asyncio.ensure_future(self._start())
         await asyncio.shield(self._ready)
         await self.sync()
@@ -179,8 +180,9 @@ class LiveIndex:
         index, seen, commands = self.index, self._seen, frozenset(STATE_COMMANDS)
 
         async def on_message(msg: Msg) -> None:
-            seq = msg.metadata.sequence.stream
-            seen[family] = max(seen[family], seq)
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            seen[family] = (meta.consumer, meta.sequence.consumer)
             parts = msg.subject.split(".")
             if len(parts) < 4:  # a subject the log keeps but nothing parses: skipped
                 return
@@ -212,7 +214,11 @@ class LiveIndex:
                         raise TimeoutError(f"the rollout index did not catch up with the log within {timeout:g} s "
                                            "(no consumer info)") from None
                     continue
-                if info.num_pending == 0 and self._seen[family] >= (info.delivered.stream_seq or 0):
+                # Delivered counts messages (its stream_seq also moves past subjects the filter skips,
+                # e.g. ticks): caught up when this process folded the last one the consumer sent.
+                sent = info.delivered.consumer_seq or 0
+                consumer, folded = self._seen.get(family, ("", 0))
+                if info.num_pending == 0 and (sent == 0 or (consumer == info.name and folded >= sent)):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the rollout index did not catch up with the log within {timeout:g} s "

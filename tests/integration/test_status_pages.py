@@ -123,8 +123,10 @@ async def test_status_pages_list_every_rollout_once_in_order_with_filters(served
             await call(nc, "status", request)
         assert refused.value.code == 400 and words in refused.value.message, (request, refused.value.message)
 
-    # A rollout created now is on the next listing, whichever instance answers.
+    # A rollout created now is on the next listing, whichever instance answers; a tick
+    # stored after it (a subject neither of the index's consumers reads) changes nothing.
     await nc.publish(*_message(N))
+    await nc.publish(subjects.TICK, b"not read by the index")
     await nc.flush()
     assert (await call(nc, "status", {"prefix": _name(N)}))["rollouts"][0]["rollout"] == _name(N)
 
@@ -175,3 +177,22 @@ async def test_a_reply_over_max_payload_is_refused_with_what_to_do(tmp_path) -> 
             await nc.close()
     finally:
         server.stop()
+
+
+async def test_a_log_of_commands_only_is_listed(stack) -> None:
+    """The events consumer then has nothing to deliver while the server reports it past
+    the command (its delivered stream sequence counts skipped subjects): still caught up."""
+    _settings, nc, _js = stack
+    await nc.publish(*_message(1))  # a kill, no event
+    await nc.publish(subjects.TICK, b"not read by the index")
+    await nc.flush()
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve_api(nc, stop, ready))
+    await ready.wait()
+    try:
+        reply = await call(nc, "status", {}, timeout=20)
+        assert [(r["rollout"], r["phase"]) for r in reply["rollouts"]] == [(_name(1), "aborted")]
+        assert reply["next_cursor"] is None and reply["total"] == 1
+    finally:
+        stop.set()
+        await task
