@@ -11,6 +11,9 @@ served in this process on its own connection, and a client connection asks:
   (1,000); each the median of 20 requests, with its reply size;
 * the whole ``rollout status`` command as a process (Python start-up included), beside
   the same command against a log with no rollout;
+* the alternative of listing KV ``ro_state`` keys with nats-py's ``keys()`` at each
+  request (100,000 keys), and the cost the index pays live: event messages it follows
+  per second (headers only) while a publisher in this process sends them;
 * the reference, measured in the same run: the listing as it was before (one
   ``STREAM.INFO`` of every subject, then four last-message look-ups per rollout), on
   10,000 rollouts since at 100,000 it takes minutes.
@@ -30,7 +33,7 @@ from typing import Any
 import msgspec
 
 from bench.harness import Figure, bench_server
-from rollout_engine.engine.api.client import call
+from rollout_engine.engine.api.client import ApiError, call
 from rollout_engine.engine.api.control_log import known_rollouts, read_control
 from rollout_engine.engine.api.service import serve_api
 from rollout_engine.engine.bus import connect
@@ -135,10 +138,40 @@ async def _cli_empty_ms() -> float:
             await api_nc.close()
 
 
+async def _kv_keys_s(n: int) -> float:
+    """The alternative: list ``n`` keys of ``ro_state`` with nats-py's ``keys()`` (an ordered
+    consumer, headers only, last per subject), as a request would have to each time."""
+    async with bench_server() as (_server, _settings, nc, js):
+        for start in range(0, n, 2_000):
+            for i in range(start, min(n, start + 2_000)):
+                await nc.publish(subjects.kv_subject(subjects.kv_key("control", f"r{i:06d}")), b"\x80")
+            await nc.flush()
+        while (await js.stream_info(subjects.KV_STREAM)).state.messages < n:
+            await asyncio.sleep(0.1)
+        kv = await js.key_value(subjects.STATE_BUCKET)
+        started = time.perf_counter()
+        keys = await kv.keys()
+        assert len(keys) == n, len(keys)
+        return time.perf_counter() - started
+
+
+async def _live_events_per_s(client: Any, n: int = 100_000) -> float:
+    """Event messages the API's index follows per second while they are published
+    (``ro.evt.>``, headers only), measured until a status request finds them all folded."""
+    started = time.perf_counter()
+    for start in range(0, n, 2_000):
+        for i in range(start, min(n, start + 2_000)):
+            await client.publish(f"ro.evt.svc{i % 50:02d}-r{i:06d}.metric", b"x")
+        await client.flush()
+    await call(client, "status", {"limit": 1}, timeout=60)
+    return n / (time.perf_counter() - started)
+
+
 async def status_figures() -> list[Figure]:
     """The figures of the module docstring."""
     before = await _before(BEFORE_ROLLOUTS)
     empty_cli = await _cli_empty_ms()
+    kv_keys = await _kv_keys_s(ROLLOUTS)
     async with bench_server() as (_server, settings, client, js):
         await fill(client, js, ROLLOUTS)
         api_nc = await connect(settings, name="bench-api")
@@ -147,7 +180,13 @@ async def status_figures() -> list[Figure]:
         started = time.perf_counter()
         task = asyncio.create_task(serve_api(api_nc, stop, ready))
         await ready.wait()
-        first = await call(client, "status", {}, timeout=60)  # waits for the index the service started building
+        while True:  # the service answers 503 while it reads the log at its start
+            try:
+                first = await call(client, "status", {}, timeout=60)
+                break
+            except ApiError as exc:
+                if exc.code != 503:
+                    raise
         build = time.perf_counter() - started
         grown = _rss_mb() - rss
         assert first["total"] == ROLLOUTS, first["total"]
@@ -157,6 +196,7 @@ async def status_figures() -> list[Figure]:
             middle, _ = await _median_ms(client, {"cursor": "svc25-r000000"})
             largest, largest_size = await _median_ms(client, {"limit": 1000})
             cli = await _cli_ms(settings)
+            live = await _live_events_per_s(client)
         finally:
             stop.set()
             await task
@@ -169,6 +209,8 @@ async def status_figures() -> list[Figure]:
                 note=f"reply {page_size:,} bytes"),
         _figure("status: page of --state aborted (100)", "ms", killed, note=f"reply {killed_size:,} bytes"),
         _figure("status: page from a cursor mid-list (100)", "ms", middle),
+        _figure(f"alternative: KV keys() of {ROLLOUTS:,} rollouts, per request", "ms", [kv_keys * 1000]),
+        _figure("index: event messages followed live (publisher in the same process)", "msgs/s", [live]),
         _figure("status: largest page (1,000)", "ms", largest, note=f"reply {largest_size:,} bytes"),
         _figure(f"`rollout status` process (start-up + health + first page), {ROLLOUTS:,} rollouts", "ms", cli,
                 reference="the same process, no rollout", reference_value=empty_cli),

@@ -79,6 +79,8 @@ SERVICE_NAME = "rollout-api"
 SERVICE_VERSION = "0.1.0"
 RESUME_DEFAULT_PCT = 5.0
 """The runbook's re-enable percentage after a kill: back to a small canary (5%), not to where it was."""
+INDEX_WAIT_S = 8.0
+"""How long a listing waits for the index (below the CLI's 10 s timeout, so it hears why)."""
 _WRONG_LAST_SEQUENCE = 10071
 _RETRIES = 5
 
@@ -107,6 +109,7 @@ class ControlApi:
         self.started_ms = int(time.time() * 1000)
         self.evaluator = evaluator or evaluate_rollout
         self.index = LiveIndex(self.js)
+        self.index_wait_s = INDEX_WAIT_S
 
     # --- reads ------------------------------------------------------------------------
     async def _require_known(self, rollout: str, create: bool = False) -> None:
@@ -154,10 +157,11 @@ class ControlApi:
         """Up to ``limit`` rollouts in name order after ``cursor``, filtered by phase
         (``state``) and name ``prefix``; ``next_cursor`` asks for the next page (None: last)."""
         limit, cursor, phase, prefix = page_of(body, DEFAULT_LIMIT, MAX_LIMIT)
-        try:
-            index = await self.index.ready()
-        except TimeoutError as exc:
-            raise ApiError(503, f"{exc}; the server may be overloaded: try again") from None
+        try:  # shielded: a request that stops waiting leaves the first read of the log going on
+            index = await asyncio.wait_for(asyncio.shield(self.index.ready()), self.index_wait_s)
+        except TimeoutError:
+            raise ApiError(503, f"the API is still reading the rollouts from the log ({len(self.index.index.names):,} "
+                                "so far; about 10 s per 100,000 at its start); try again in a few seconds") from None
         page = index.page(limit, cursor, phase, prefix)
         return {
             "rollouts": [{"rollout": name, "phase": transitions.phase(state), "control": _builtins(state)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rollout_engine.engine.api.client import ApiError, call
+from rollout_engine.engine.api.client import NO_API, ApiError, call
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -37,11 +37,12 @@ async def rollouts_page(nc: Any, request: dict[str, Any]) -> dict[str, Any]:
     try:
         reply = await call(nc, "status", request, timeout=10)
     except ApiError as exc:
-        if exc.code != 503:
+        if exc.code != 503 or not exc.message.startswith(NO_API):  # a busy API is not a missing one
             raise CliError.from_api(exc.code, exc.message) from None
         from rollout_engine.engine.api.service import ControlApi  # loads the statistics: only here
 
         local = ControlApi(nc)
+        local.index_wait_s = 300.0  # this command reads the log itself: waiting is the answer
         try:
             reply = await local.status(request)
         except ApiError as inner:
