@@ -4,8 +4,8 @@ Without ROLLOUT: the server, the streams, each consumer's lag and the first page
 rollouts (100 by name; --limit up to 1000) with their control state and phase; the last
 line gives the command for the next page (--cursor). --state and --prefix filter the
 listing; --all prints every page and nothing else (with --json one JSON object per page
-and line), for scripts. With ROLLOUT: its control state, the last command (who, when, why, and
-the numbers that caused it), per-variant stats and the thresholds in force.
+and line), for scripts. With ROLLOUT: its control state, the last command (who, when,
+why, and the numbers that caused it), per-variant stats and the thresholds in force.
 Also the engine's own health (engine/stack/health.py): the children of ``rollout up``
 with their restarts and crash loops, on a cluster its nodes, stream leaders and
 partition owners, and any engine message whose id another publisher took first.
