@@ -358,6 +358,7 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
         func = handler_for(api, name) if name in VERB_ENDPOINTS else getattr(api, name)
         await service.add_endpoint(name=name, subject=subjects.api(name), handler=endpoint(name, func, nc))
     building = asyncio.ensure_future(api.index.ready())  # built now, so the first `rollout status` finds it
+    building.add_done_callback(_log_build_failure)
     if ready is not None:
         await nc.flush()  # the server has the subscriptions: "ready" means a request is answered
         ready.set()
@@ -367,3 +368,10 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
         await service.stop()
         building.cancel()
         await api.index.close()
+
+
+def _log_build_failure(task: asyncio.Future[Any]) -> None:
+    """A failed first read is retried by the next listing; say why it failed meanwhile."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("rollout index: first read of the log failed (%s); the next status listing retries",
+                    task.exception())
