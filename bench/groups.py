@@ -7,7 +7,7 @@ import asyncio
 from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["bandit", "consumer", "judgement", "memory", "propagation", "reference", "restart", "rollback", "scale", "sdk"]
+__all__ = ["bandit", "consumer", "judgement", "memory", "propagation", "reference", "restart", "rollback", "scale", "sdk", "status"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -160,3 +160,10 @@ async def judgement() -> list[Figure]:
     from bench.bench_judgement import judgement_figures
 
     return await asyncio.to_thread(judgement_figures)
+
+
+async def status() -> list[Figure]:
+    """``status`` at 100,000 rollouts: index build, pages, the CLI; the listing as it was for reference."""
+    from bench.bench_status import status_figures
+
+    return await status_figures()
