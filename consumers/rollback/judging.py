@@ -3,7 +3,7 @@ per-sample judgement that settles plain passes without building results.
 
 The rollback fold judges the guards on a sample's metric after every sample, and on
 healthy traffic nearly every judgement is a plain ``pass`` of a guard whose machine is
-``ok``. :func:`screened` settles those with :meth:`.evidence.StatsEvidence.passes`,
+``ok`` (and every decision's SRM check a clear fit). :func:`screened` settles those with :meth:`.evidence.StatsEvidence.passes`,
 which reads the same incremental aggregates with the same arithmetic as
 :func:`.guards.evaluate_guard`, and records on the machine exactly what
 :func:`.hysteresis.step` would for that pass (``last``, the inconclusive count reset, no
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from rollout_engine.consumers.rollback.evidence import StatsEvidence
 from rollout_engine.consumers.rollback.guards import (
+    SRM_GUARD,
     GuardIndex,
     GuardResult,
     evaluate_guard,
@@ -23,6 +24,7 @@ from rollout_engine.consumers.rollback.guards import (
 )
 from rollout_engine.consumers.rollback.policy import Guard
 from rollout_engine.consumers.rollback.state import CachedTest, PolicyRun, RolloutState
+from rollout_engine.consumers.rollback.stats_tests import srm_clearly_fits
 
 __all__ = ["evaluated", "results", "screened"]
 
@@ -72,8 +74,9 @@ def screened(index: GuardIndex, r: RolloutState, run: PolicyRun, evidence: Stats
     only its own guard's machine, so settling some first changes nothing for the rest."""
     policy, now = run.policy, r.now_ms
     out: list[GuardResult] = []
+    machines = run.machines
     if only != "srm":
-        machines, tests = run.machines, run.tests
+        tests = run.tests
         for plan in index.plans(policy, only, relative_only):
             machine = machines.get(plan.name)
             penalized = machine is not None and now < machine.penalty_until_ms
@@ -87,5 +90,12 @@ def screened(index: GuardIndex, r: RolloutState, run: PolicyRun, evidence: Stats
             out.append(evaluated(r, run, plan.guard, evidence, variants, penalized))
     srm = policy.srm
     if (only is None or only == "srm") and srm.enabled and r.srm_pct > 0:
-        out.append(evaluate_srm(srm, r.srm_baseline, r.srm_candidate, r.srm_pct, True))
+        machine = machines.get(SRM_GUARD.name)
+        b, c = r.srm_baseline, r.srm_candidate
+        if machine is not None and machine.state == "ok" and not machine.need and b + c >= srm.min_decisions \
+                and srm_clearly_fits(b, c, r.srm_pct, srm.p_value):  # evaluate_srm's screened pass
+            machine.last = "pass"
+            machine.inconclusive = 0
+        else:
+            out.append(evaluate_srm(srm, b, c, r.srm_pct, True))
     return out
