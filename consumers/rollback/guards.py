@@ -299,34 +299,40 @@ class GuardIndex:
 
     A sample of metric M re-judges only the guards on M (a baseline sample only the
     relative ones); ``on(policy, None, False)`` is every guard, in policy order. At most
-    ``limit`` selections are kept (a long-running consumer sees a new policy object per
-    policy change); past it the cache starts again."""
+    ``limit`` policies are kept (a long-running consumer sees a new policy object per
+    policy change); past it the cache starts again. Looked up twice per sample: keyed by
+    the policy's id, then by metric, so no key tuple is made per lookup."""
 
     __slots__ = ("_cache", "limit")
 
     def __init__(self, limit: int = 4096) -> None:
-        self._cache: dict[tuple[int, str | None, bool], tuple[Policy, list[Guard], list[GuardPlan]]] = {}
+        self._cache: dict[int, tuple[Policy, dict[str | None, _Entry], dict[str | None, _Entry]]] = {}
         self.limit = limit
 
-    def _entry(self, policy: Policy, metric: str | None, relative_only: bool) -> tuple[Policy, list[Guard],
-                                                                                     list[GuardPlan]]:
-        key = (id(policy), metric, relative_only)
-        cached = self._cache.get(key)
-        if cached is None or cached[0] is not policy:
+    def _entry(self, policy: Policy, metric: str | None, relative_only: bool) -> _Entry:
+        per = self._cache.get(id(policy))
+        if per is None or per[0] is not policy:
             if len(self._cache) >= self.limit:
                 self._cache.clear()
+            per = self._cache[id(policy)] = (policy, {}, {})
+        by_metric = per[2] if relative_only else per[1]
+        entry = by_metric.get(metric)
+        if entry is None:
             guards = [g for g in policy.all_guards()
                       if (metric is None or g.metric == metric) and (not relative_only or g.relative)]
-            cached = self._cache[key] = (policy, guards, [GuardPlan(g, policy) for g in guards])
-        return cached
+            entry = by_metric[metric] = (guards, [GuardPlan(g, policy) for g in guards])
+        return entry
 
     def on(self, policy: Policy, metric: str | None, relative_only: bool) -> list[Guard]:
         """The guards of ``policy`` on ``metric`` (None: all), relative ones only if asked."""
-        return self._entry(policy, metric, relative_only)[1]
+        return self._entry(policy, metric, relative_only)[0]
 
     def plans(self, policy: Policy, metric: str | None, relative_only: bool) -> list[GuardPlan]:
         """:meth:`on` as :class:`GuardPlan` objects, in the same order."""
-        return self._entry(policy, metric, relative_only)[2]
+        return self._entry(policy, metric, relative_only)[1]
+
+
+_Entry = tuple[list[Guard], list[GuardPlan]]
 
 
 SRM_GUARD = Guard(name="srm", metric="decisions", threshold=0.0, unit="%")
