@@ -82,7 +82,13 @@ class WindowAggregates:
             num, den = leaving.as_integer_ratio()
             self.exact -= num << (self.scale - den.bit_length() + 1)
         insort(ordered, value)  # after its equals: arrival order among ties
-        self._add(value)
+        num, den = value.as_integer_ratio()  # _add, inlined (once per sample of a guarded series)
+        shift = den.bit_length() - 1
+        scale = self.scale
+        if shift > scale:
+            self.exact <<= shift - scale
+            self.scale = scale = shift
+        self.exact += num << (scale - shift)
 
     def mean(self) -> float:
         """Mean of the last-N window (not empty): ``math.fsum(window) / n``, bit for bit.

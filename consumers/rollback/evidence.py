@@ -18,7 +18,7 @@ from typing import Any
 
 from rollout_engine.consumers.aggregates import WindowAggregates
 from rollout_engine.consumers.canary_stats import CanaryStats
-from rollout_engine.consumers.rollback.guards import EMPTY, GuardResult, Summary
+from rollout_engine.consumers.rollback.guards import EMPTY, GuardPlan, GuardResult, Summary, crosses
 from rollout_engine.consumers.rollback.policy import Policy
 from rollout_engine.consumers.rollback.proof import kill_evidence
 from rollout_engine.consumers.windows import Histogram, Series, quantile
@@ -89,6 +89,60 @@ class StatsEvidence:
             return summary
         values = stats.samples(self._rollout, variant, metric, window)
         return LazySummary(values) if values else EMPTY
+
+    def passes(self, plan: GuardPlan, variants: tuple[str, str], penalized: bool) -> bool:
+        """True when ``evaluate_guard`` would find a plain ``pass`` (no test), computed
+        without building its summaries or its result; False means "take the full path".
+
+        The rollback fold judges a guard on every sample of its metric and nearly all of
+        those judgements pass: this screen reads the same incremental aggregates
+        (:class:`LastNSummary`), in the same order and with the same arithmetic
+        (threshold, penalty, ``b or 0.0``, recovery offset), so a True here is exactly
+        the ``pass`` the full path would return. Only ``last_n`` guards are screened."""
+        if not plan.last_n:
+            return False
+        threshold = plan.threshold + (plan.penalty if penalized else 0.0)
+        metric = plan.guard.metric
+        stats, rollout = self._stats, self._rollout
+        series = stats.series(rollout, variants[1], metric)
+        if series is None or not series.values:
+            return False
+        agg = series.aggregates(stats.last_n)
+        if agg is None or len(agg.ordered) < plan.need:
+            return False
+        q = plan.q
+        c = agg.mean() if q is None else quantile(agg.ordered, q)
+        if c != c:  # NaN: the full path falls back to numpy
+            return False
+        mode = plan.mode
+        if plan.relative:
+            series = stats.series(rollout, variants[0], metric)
+            if series is None or not series.values:
+                return False
+            agg = series.aggregates(stats.last_n)
+            if agg is None or len(agg.ordered) < plan.need_b:
+                return False
+            b = agg.mean() if q is None else quantile(agg.ordered, q)
+            if b != b:
+                return False
+            b = b or 0.0
+            if mode == "increase":
+                observed = c - b
+            elif mode == "decrease":
+                observed = b - c
+            elif b == 0:
+                return False
+            else:
+                observed = c / b
+        else:
+            observed = c
+        if observed - observed != 0.0:  # not finite: inconclusive
+            return False
+        comparator = plan.comparator
+        if crosses(observed, threshold, comparator):
+            return False
+        recovery = plan.recovery
+        return recovery is None or not crosses(observed, recovery + (threshold - plan.threshold), comparator)
 
     def epoch(self, variant: str, metric: str) -> Summary:
         """Every sample since the evidence epoch began: what the statistical tests read."""

@@ -36,7 +36,7 @@ from rollout_engine.consumers.rollback.stats_tests import (
 )
 from rollout_engine.events import Breach
 
-__all__ = ["Evidence", "GuardIndex", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
+__all__ = ["Evidence", "GuardIndex", "GuardPlan", "GuardResult", "Summary", "crosses", "evaluate_guard", "evaluate_srm", "harm_sign"]
 
 _BOUND = 1e12
 
@@ -160,7 +160,8 @@ def harm_sign(guard: Guard) -> float:
     return 1.0 if guard.comparator in ("gt", "ge") else -1.0
 
 
-def _crosses(value: float, threshold: float, comparator: str) -> bool:
+def crosses(value: float, threshold: float, comparator: str) -> bool:
+    """Whether ``value`` is past ``threshold`` by ``comparator`` (gt, ge, lt or le)."""
     if comparator == "gt":
         return value > threshold
     if comparator == "ge":
@@ -255,8 +256,8 @@ def evaluate_guard(
     if observed is None or not math.isfinite(observed):
         return GuardResult(guard, "inconclusive", None, threshold, c_value, b_value, cand.n, base.n,
                            why="baseline aggregate is 0")
-    if not _crosses(observed, threshold, guard.comparator):
-        recovered = guard.recovery_threshold is None or not _crosses(
+    if not crosses(observed, threshold, guard.comparator):
+        recovered = guard.recovery_threshold is None or not crosses(
             observed, guard.recovery_threshold + (threshold - guard.threshold), guard.comparator)
         return GuardResult(guard, "pass" if recovered else "hold", observed, threshold, c_value, b_value,
                            cand.n, base.n)
@@ -273,31 +274,65 @@ def evaluate_guard(
     return GuardResult(guard, "fail", observed=observed, test=test, **common)
 
 
+class GuardPlan:
+    """One guard of one policy with what every judgement of it re-derived, worked out once:
+    its minimum samples, whether it is relative, the quantile it reads (None: the mean),
+    its flap penalty as a signed offset. Read by the rollback fold's pass screen
+    (``evidence.StatsEvidence.passes``)."""
+
+    __slots__ = ("comparator", "guard", "last_n", "mode", "name", "need", "need_b", "penalty", "q", "recovery",
+                 "relative", "threshold")
+
+    def __init__(self, guard: Guard, policy: Policy) -> None:
+        self.guard, self.name, self.threshold = guard, guard.name, guard.threshold
+        self.need = guard.min_samples or policy.min_samples
+        self.need_b = guard.min_baseline_samples or policy.min_baseline_samples
+        self.relative = guard.relative
+        self.q = None if guard.aggregate in ("mean", "rate") else float(guard.aggregate[1:]) / 100.0
+        self.penalty = harm_sign(guard) * guard.penalty_threshold_add
+        self.recovery, self.comparator, self.mode = guard.recovery_threshold, guard.comparator, guard.mode
+        self.last_n = guard.window == "last_n"  # the only window the screen reads; others take the full path
+
+
 class GuardIndex:
     """Which guards of a policy a sample can move, cached per policy object.
 
     A sample of metric M re-judges only the guards on M (a baseline sample only the
     relative ones); ``on(policy, None, False)`` is every guard, in policy order. At most
-    ``limit`` selections are kept (a long-running consumer sees a new policy object per
-    policy change); past it the cache starts again."""
+    ``limit`` policies are kept (a long-running consumer sees a new policy object per
+    policy change); past it the cache starts again. Looked up twice per sample: keyed by
+    the policy's id, then by metric, so no key tuple is made per lookup."""
 
     __slots__ = ("_cache", "limit")
 
     def __init__(self, limit: int = 4096) -> None:
-        self._cache: dict[tuple[int, str | None, bool], tuple[Policy, list[Guard]]] = {}
+        self._cache: dict[int, tuple[Policy, dict[str | None, _Entry], dict[str | None, _Entry]]] = {}
         self.limit = limit
+
+    def _entry(self, policy: Policy, metric: str | None, relative_only: bool) -> _Entry:
+        per = self._cache.get(id(policy))
+        if per is None or per[0] is not policy:
+            if len(self._cache) >= self.limit:
+                self._cache.clear()
+            per = self._cache[id(policy)] = (policy, {}, {})
+        by_metric = per[2] if relative_only else per[1]
+        entry = by_metric.get(metric)
+        if entry is None:
+            guards = [g for g in policy.all_guards()
+                      if (metric is None or g.metric == metric) and (not relative_only or g.relative)]
+            entry = by_metric[metric] = (guards, [GuardPlan(g, policy) for g in guards])
+        return entry
 
     def on(self, policy: Policy, metric: str | None, relative_only: bool) -> list[Guard]:
         """The guards of ``policy`` on ``metric`` (None: all), relative ones only if asked."""
-        key = (id(policy), metric, relative_only)
-        cached = self._cache.get(key)
-        if cached is None or cached[0] is not policy:
-            if len(self._cache) >= self.limit:
-                self._cache.clear()
-            guards = [g for g in policy.all_guards()
-                      if (metric is None or g.metric == metric) and (not relative_only or g.relative)]
-            cached = self._cache[key] = (policy, guards)
-        return cached[1]
+        return self._entry(policy, metric, relative_only)[0]
+
+    def plans(self, policy: Policy, metric: str | None, relative_only: bool) -> list[GuardPlan]:
+        """:meth:`on` as :class:`GuardPlan` objects, in the same order."""
+        return self._entry(policy, metric, relative_only)[1]
+
+
+_Entry = tuple[list[Guard], list[GuardPlan]]
 
 
 SRM_GUARD = Guard(name="srm", metric="decisions", threshold=0.0, unit="%")

@@ -33,10 +33,9 @@ from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvid
 from rollout_engine.consumers.rollback.guards import (
     GuardIndex,
     GuardResult,
-    evaluate_guard,
-    evaluate_srm,
 )
 from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
+from rollout_engine.consumers.rollback.judging import results, screened
 from rollout_engine.consumers.rollback.policy import (
     QUALITY,
     Policy,
@@ -47,7 +46,6 @@ from rollout_engine.consumers.rollback.progression import (
     Progress,
 )
 from rollout_engine.consumers.rollback.state import (
-    CachedTest,
     PolicyRun,
     RolloutState,
     fresh_run,
@@ -261,7 +259,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
 
     # --- judging ----------------------------------------------------------------------
     def _judges(self, policy: Policy, only: str, relative_only: bool, r: RolloutState) -> bool:
-        """Whether :meth:`_results` would evaluate anything for a sample of metric ``only``.
+        """Whether :func:`.judging.results` would evaluate anything for a sample of metric ``only``.
 
         Profiled (bench workload, default policy): 43% of producer events are samples no
         guard reads (``error`` metrics; baseline samples of absolute guards), and each
@@ -306,7 +304,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         alarmed, failing = self._judge(rollout, r, live, evidence, variants, cause, flags, only, candidate_only)
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
-            everything = noted(live, self._results(r, live, evidence, variants, None))
+            everything = noted(live, results(self._index, r, live, evidence, variants, None))
             out.append(act(rollout, r, everything, cause, now, evidence))
         elif staged or live.policy.progression.enabled:
             unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
@@ -321,31 +319,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         if shadow is not None and shadow.tripped_ms < 0 and self._judge(
             rollout, r, shadow, evidence, variants, cause, out, only, candidate_only
         )[0]:
-            everything = noted(shadow, self._results(r, shadow, evidence, variants, None))
+            everything = noted(shadow, results(self._index, r, shadow, evidence, variants, None))
             out.append(would_kill_now(rollout, r, everything, cause, now))
-
-    def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
-                 only: str | None, relative_only: bool = False, screen: bool = False) -> list[GuardResult]:
-        """Evaluate the guards of ``run`` (those on metric ``only``, or all); keeps the test cache.
-        ``screen``: only the statuses are read (a clear SRM pass skips its p-value)."""
-        policy, now = run.policy, r.now_ms
-        results: list[GuardResult] = []
-        if only != "srm":
-            interval = policy.hysteresis.check_interval_ms
-            for guard in self._index.on(policy, only, relative_only):
-                machine = run.machines.get(guard.name)
-                penalized = machine is not None and machine.penalized(now)
-                cached = run.tests.get(guard.name)
-                prior = cached.result if cached is not None and now - cached.at_ms < interval else None
-                result = evaluate_guard(guard, policy, evidence, variants, penalized=penalized, cached=prior)
-                if result.test is not None and result.test is not prior:
-                    run.tests[guard.name] = CachedTest(now, result.test)
-                elif result.status == "pass" and cached is not None:
-                    del run.tests[guard.name]
-                results.append(result)
-        if (only is None or only == "srm") and policy.srm.enabled and r.srm_pct > 0:
-            results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct, screen))
-        return results
 
     def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
                variants: tuple[str, str], cause: Event, out: list[Event] | None, only: str | None,
@@ -353,12 +328,13 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """Step the machines of the evaluated guards; return (a new alarm?, failing results).
 
         ``out`` None: the rollout is killed; machines step (status, recovery, flap
-        history) but no flag is recorded or emitted."""
+        history) but no flag is recorded or emitted. Guards that plainly pass with their
+        machine ``ok`` are settled in :func:`.judging.screened` and not seen here."""
         policy, now, live = run.policy, r.now_ms, run is r.live
         cfg = policy.hysteresis
         alarmed = False
         failing: list[GuardResult] = []
-        for result in self._results(r, run, evidence, variants, only, relative_only, True):
+        for result in screened(self._index, r, run, evidence, variants, only, relative_only):
             name = result.guard.name
             machine = run.machines.get(name)
             if machine is None:

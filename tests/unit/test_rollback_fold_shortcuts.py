@@ -5,9 +5,17 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout_engine.consumers.rollback.guards import GuardIndex, evaluate_srm
-from rollout_engine.consumers.rollback.policy import SrmConfig, load_policy
+from rollout_engine.consumers.canary_stats import CanaryStats
+from rollout_engine.consumers.rollback.evidence import StatsEvidence
+from rollout_engine.consumers.rollback.guards import (
+    GuardIndex,
+    GuardPlan,
+    evaluate_guard,
+    evaluate_srm,
+)
+from rollout_engine.consumers.rollback.policy import Guard, Policy, SrmConfig, load_policy
 from rollout_engine.consumers.rollback.stats_tests import srm_clearly_fits, srm_test
+from rollout_engine.events import Metric
 
 
 @settings(max_examples=500, deadline=None)
@@ -39,3 +47,40 @@ def test_a_sample_re_judges_only_the_guards_on_its_metric() -> None:
     assert [g.name for g in index.on(policy, "quality", True)] == ["quality"]
     assert index.on(policy, "error", False) == []
     assert [g.name for g in index.on(policy, None, False)] == [g.name for g in policy.all_guards()]
+
+
+_SCREENED = [
+    Guard(name="mean", metric="m", threshold=10.0),
+    Guard(name="ge", metric="m", threshold=10.0, comparator="ge", recovery_threshold=8.0),
+    Guard(name="p95", metric="m", aggregate="p95", threshold=10.0, penalty_threshold_add=2.0),
+    Guard(name="p50lt", metric="m", aggregate="p50", comparator="lt", threshold=-3.0, recovery_threshold=0.0),
+    Guard(name="drop", metric="m", mode="decrease", threshold=0.0, min_baseline_samples=2,
+          penalty_threshold_add=1.5),
+    Guard(name="rise", metric="m", mode="increase", aggregate="p99", threshold=2.0, recovery_threshold=1.0,
+          test="sequential"),
+    Guard(name="ratio", metric="m", mode="ratio", threshold=1.2, comparator="ge"),
+    Guard(name="ratiole", metric="m", mode="ratio", aggregate="p50", threshold=0.5, comparator="le",
+          min_samples=5),
+    Guard(name="timed", metric="m", window="time", threshold=10.0),
+]
+_SCREEN_POLICY = Policy(min_samples=3, min_baseline_samples=2, guards=_SCREENED[4:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(samples=st.lists(st.tuples(st.booleans(), st.one_of(st.sampled_from([10.0, 0.0, -0.0, -3.0, 8.0, 12.0]),
+                                                         st.floats(-1e3, 1e3, allow_nan=False))),
+                        min_size=1, max_size=60),
+       last_n=st.integers(1, 10), penalized=st.booleans())
+def test_the_pass_screen_agrees_with_the_full_evaluation(samples, last_n, penalized) -> None:
+    """``StatsEvidence.passes`` is True exactly when ``evaluate_guard`` passes (last-N
+    guards; other windows are never screened)."""
+    stats = CanaryStats(last_n=last_n, window_ms=1_000, time_cap=1_000)
+    index = GuardIndex()
+    for seq, (candidate, value) in enumerate(samples, 1):
+        stats.apply(Metric(id=f"{seq:016x}", rollout="r", time_ms=1_000 + seq, producer="p",
+                           variant="candidate" if candidate else "baseline", name="m", value=value), seq)
+        evidence = StatsEvidence(stats, "r")
+        for plan in index.plans(_SCREEN_POLICY, "m", False) + [GuardPlan(g, _SCREEN_POLICY) for g in _SCREENED[:4]]:
+            full = evaluate_guard(plan.guard, _SCREEN_POLICY, evidence, ("baseline", "candidate"), penalized=penalized)
+            screened = evidence.passes(plan, ("baseline", "candidate"), penalized)
+            assert screened == (full.status == "pass" and plan.last_n), (plan.name, full)
