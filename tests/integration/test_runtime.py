@@ -114,9 +114,12 @@ async def test_a_gap_in_deliveries_is_filled_from_the_stream_in_order(stack) -> 
 
 
 def one_at_a_time(projection: CanaryStats, batches: list[list[Event]]) -> CanaryStats:
-    """Every event applied in log order, one at a time: what any batching must equal."""
-    for seq, event in enumerate((e for b in batches for e in b), 1):
-        projection.apply(event, seq)
+    """Every event applied in log order, one at a time, with the stream sequence of the
+    message that carried it (the series keep it per sample, for a kill's evidence): what
+    any batching of fetches must equal."""
+    for seq, batch in enumerate(batches, 1):
+        for event in batch:
+            projection.apply(event, seq)
     return projection
 
 
