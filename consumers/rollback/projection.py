@@ -39,13 +39,12 @@ from rollout_engine.consumers.rollback.policy import (
     PolicyError,
     load_policy,
 )
-from rollout_engine.consumers.rollback.progression import (
-    Progress,
-)
+from rollout_engine.consumers.rollback.progression import Progress
 from rollout_engine.consumers.rollback.state import (
     CachedTest,
     PolicyRun,
     RolloutState,
+    at_rest,
     fresh_run,
     needs_tick,
     noted,
@@ -89,6 +88,9 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     """
 
     name = "rollback"
+    resting = staticmethod(at_rest)  # consumers.resident: what a tick passes over rests out of memory
+    beside = ("_stats", "_shadow_stats")
+    caches = ("_guards", "_metrics")  # keyed by id(policy): a resting rollout's policy goes with it
 
     def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
         """``stats_factory((last_n, window_ms, time_cap))`` makes one rollout's canary-stats fold."""
@@ -180,7 +182,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """Where a rollout stands, as plain data (the API's ``evaluation``, dashboards)."""
         r = self.rollouts.get(rollout)
         return {} if r is None else rollout_status(rollout, r)
-
 
     # --- folding ----------------------------------------------------------------------
     def _rollout(self, rollout: str) -> RolloutState:
