@@ -120,6 +120,28 @@ async def verify_us(n: int = 5_000) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
+async def evidence_us(n: int = 500, samples: int = 100) -> float:
+    """Microseconds the rollback consumer spends naming a kill's evidence (consumers/rollback/proof.py):
+    a relative guard's window of ``samples`` per variant, both read with their seqs, digested and marked."""
+    from rollout_engine.consumers.canary_stats import CanaryStats
+    from rollout_engine.consumers.rollback.guards import GuardResult
+    from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY
+    from rollout_engine.consumers.rollback.proof import kill_evidence
+    from rollout_engine.events import Outcome
+
+    stats = CanaryStats(last_n=samples)
+    for i in range(3 * samples):
+        for variant, quality in (("baseline", 95.0), ("candidate", 82.0)):
+            stats.apply(Outcome(id=new_event_id(), rollout=ROLLOUT, time_ms=1 + i, producer="bench", decision_id=f"d{i}",
+                                variant=variant, verdict="win", quality=quality), 2 * i + 1)
+    [guard] = [g for g in DEFAULT_POLICY.all_guards() if g.metric == "quality"]
+    failing = [GuardResult(guard=guard, status="fail")]
+    start = time.perf_counter()
+    for _ in range(n):
+        kill_evidence(stats, ROLLOUT, failing, ("baseline", "candidate"))
+    return (time.perf_counter() - start) / n * 1e6
+
+
 async def _main() -> None:
     print(f"assign(): {await assign_rate():,.0f} calls/s")
     print(f"publish (JetStream-acked, batched): {await publish_rate():,.0f} events/s")

@@ -8,7 +8,7 @@ from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
 __all__ = ["bandit", "consumer", "judgement", "memory", "propagation", "reference", "restart", "resting", "rollback",
-           "scale", "sdk"]
+           "scale", "sdk", "status"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -41,19 +41,20 @@ def cached(prefix: str) -> Figure | None:
 
 async def replay() -> list[Figure]:
     """Replay speed from an export file through every registered projection (bench/bench_replay.py)."""
-    from bench.bench_replay import replay_figures
+    from bench.bench_replay import fold_figures, replay_figures
 
+    folds = await fold_figures(100_000, REPEAT)
     figures = await replay_figures(200_000, REPEAT)
     ceiling = cached("transport ceiling")
     for figure in figures:
         if ceiling is not None and not figure.reference:  # the one-process fold stands beside its no-dedupe twin
             figure.reference, figure.reference_value = ceiling.name, ceiling.median
-    return figures
+    return folds + figures
 
 
 async def sdk() -> list[Figure]:
     """The SDK: assign() calls/s and JetStream-acked producer events/s (targets 200k each)."""
-    from bench.bench_sdk import assign_rate, publish_rate, sign_us, verify_us
+    from bench.bench_sdk import assign_rate, evidence_us, publish_rate, sign_us, verify_us
 
     ceiling = cached("transport ceiling")
     assign = await measure("SDK assign(): hash, choose, build + buffer the Decision", "calls/s",
@@ -66,7 +67,10 @@ async def sdk() -> list[Figure]:
     sign = await measure("engine: sign one control command (Ed25519)", "µs", lambda: sign_us(5_000), REPEAT)
     verify = await measure("SDK: verify one control command before applying it", "µs",
                            lambda: verify_us(5_000), REPEAT)
-    return [assign, publish, sign, verify]
+    # A kill's evidence (consumers/rollback/proof.py): paid once per kill, never per sample.
+    evidence = await measure("engine: name one kill's evidence (2 windows x 100 samples: seqs, digest, marks)", "µs",
+                             lambda: evidence_us(500), REPEAT)
+    return [assign, publish, sign, verify, evidence]
 
 
 async def bandit() -> list[Figure]:
@@ -166,3 +170,10 @@ async def judgement() -> list[Figure]:
     from bench.bench_judgement import judgement_figures
 
     return await asyncio.to_thread(judgement_figures)
+
+
+async def status() -> list[Figure]:
+    """``status`` at 100,000 rollouts: index build, pages, the CLI; the listing as it was for reference."""
+    from bench.bench_status import status_figures
+
+    return await status_figures()

@@ -41,6 +41,7 @@ GROUPS: dict[str, str] = {
     "restart": "bench.groups:restart",
     "propagation": "bench.groups:propagation",
     "judgement": "bench.groups:judgement",
+    "status": "bench.groups:status",
 }
 
 

@@ -160,14 +160,14 @@ class CanaryStats(RolloutProjection[_Rollout]):
                 if len(vs.metrics) >= MAX_METRICS:
                     return []
                 series = vs.metrics[event.name] = Series()  # type: ignore[union-attr]
-            series.push(event.value, t, cutoff, self.last_n, self._cap)  # type: ignore[union-attr]
+            series.push(event.value, t, cutoff, self.last_n, self._cap, seq)  # type: ignore[union-attr]
         elif cls is Outcome:
-            self._outcome(vs, event, t, cutoff)  # type: ignore[arg-type]
+            self._outcome(vs, event, t, cutoff, seq)  # type: ignore[arg-type]
         else:
             self._decision(rs, vs, event, t, cutoff)  # type: ignore[arg-type]
         return []
 
-    def _outcome(self, vs: _Variant, event: Outcome, t: int, cutoff: int) -> None:
+    def _outcome(self, vs: _Variant, event: Outcome, t: int, cutoff: int, seq: int) -> None:
         code = _VERDICT_CODE[event.verdict]
         vs.outcomes += 1
         vs.verdicts[code] += 1
@@ -183,7 +183,7 @@ class CanaryStats(RolloutProjection[_Rollout]):
         if event.quality is not None:
             if vs.quality is None:
                 vs.quality = Series()
-            vs.quality.push(event.quality, t, cutoff, n, self._cap)
+            vs.quality.push(event.quality, t, cutoff, n, self._cap, seq)
 
     def _decision(self, rs: _Rollout, vs: _Variant, event: Decision, t: int, cutoff: int) -> None:
         vs.decisions += 1
@@ -236,6 +236,11 @@ class CanaryStats(RolloutProjection[_Rollout]):
 
     def _cutoff(self, rs: _Rollout) -> int:
         return max(self.tick_ms, rs.max_ms) - self.window_ms
+
+    def cutoff(self, rollout: str) -> int:
+        """The time window's cut-off of ``rollout``: entries at or before it are out."""
+        rs = self.rollouts.get(rollout)
+        return max(self.tick_ms, rs.max_ms if rs else 0) - self.window_ms
 
     @staticmethod
     def _check_window(window: str) -> None:

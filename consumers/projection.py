@@ -122,8 +122,6 @@ class RolloutProjection(Generic[S]):
     """When one rollout's state may rest out of memory (:meth:`rests`); None: never."""
     beside: ClassVar[tuple[str, ...]] = ()
     """Attributes holding dicts keyed by rollout beside ``rollouts``: they rest with it."""
-    caches: ClassVar[tuple[str, ...]] = ()
-    """Attributes holding caches a resting rollout must not stay alive through (emptied by :meth:`rest`)."""
     reads_events: ClassVar[bool] = True
     """False for a projection that folds only the engine's messages (commands, ticks): its
     :class:`consumers.folding.Folder` keeps no seen set of producer event ids (``consumers.dedupe``)."""
@@ -184,12 +182,10 @@ class RolloutProjection(Generic[S]):
 
     def rest(self, rollout: str) -> None:
         """Forget a committed rollout's in-memory state (its part in the store stays the
-        truth), with what ``beside`` keeps for it; empty the ``caches``."""
+        truth), with what ``beside`` keeps for it."""
         del self.rollouts[rollout]
         for name in self.beside:
             getattr(self, name).pop(rollout, None)
-        for name in self.caches:
-            getattr(self, name).clear()
 
     # --- the clock and the dirty set ----------------------------------------------------
     def touch(self, key: str) -> None:

@@ -12,6 +12,9 @@ A :class:`Series` holds the samples of one metric (or of ``quality``) of one var
   dropped once it is neither among the last N nor in the time window (or the buffer
   reaches ``cap``), when the series is touched; readers filter by the cut-off, so
   the window is exact whenever it is read.
+- A third parallel array holds each sample's stream sequence (8 bytes a sample): a kill
+  switch names the events whose samples were in its judged windows
+  (:meth:`Series.window_entries`, ``consumers/rollback/proof.py``).
 
 Everything here is deterministic (no clock, no randomness) and encodes canonically:
 rings are written oldest-first and sketches as sorted sparse bins, so a fold restored
@@ -32,6 +35,8 @@ import msgspec
 from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
 from ddsketch.store import DenseStore
+
+from rollout_engine.consumers.aggregates import WindowAggregates, finite
 
 __all__ = [
     "SKETCH_ACCURACY",
@@ -237,23 +242,27 @@ class SeriesState(msgspec.Struct, array_like=True, gc=False):
     times: bytes
     values: bytes
     sketch: SketchState | None = None
+    seqs: bytes = b""  # stream sequence of each buffered sample (appended: older snapshots have none)
 
 
 class Series:
     """One variant's samples of one metric over the all / last-N / time windows."""
 
-    __slots__ = ("m2", "mean", "n", "sketch", "times", "values")
+    __slots__ = ("agg", "m2", "mean", "n", "seqs", "sketch", "times", "values")
 
     def __init__(self) -> None:
+        self.agg: WindowAggregates | None = None  # derived, made on the first read (consumers/aggregates.py)
         self.n = 0
         self.mean = 0.0
         self.m2 = 0.0
         self.sketch: BaseDDSketch | None = None
         self.times = array("q")
         self.values = array("d")
+        self.seqs = array("q")
 
-    def push(self, value: float, time_ms: int, cutoff: int, last_n: int, cap: int) -> None:
-        """Add one sample at event time ``time_ms``; ``cutoff`` is now - window; ``cap`` >= ``last_n``."""
+    def push(self, value: float, time_ms: int, cutoff: int, last_n: int, cap: int, seq: int = 0) -> None:
+        """Add one sample at event time ``time_ms`` from the message at stream sequence ``seq``;
+        ``cutoff`` is now - window; ``cap`` >= ``last_n``."""
         n = self.n = self.n + 1
         delta = value - self.mean
         self.mean += delta / n
@@ -268,13 +277,20 @@ class Series:
                 sketch.add(old)
             sketch.add(value)
         size = len(times)
+        agg = self.agg
+        if agg is not None:  # a reader follows the last-N window: keep its aggregates current
+            if agg.last_n != last_n or value - value != 0.0:
+                self.agg = None  # read with another N, or a non-finite value: readers recompute
+            else:
+                agg.slide(values[-last_n] if size >= last_n else None, value)
         if size >= last_n and (times[0] <= cutoff or size >= cap):
             if size == last_n:  # trim() would drop exactly the oldest: skip the call (hot when cap == last_n)
-                del times[0], values[0]
+                del times[0], values[0], self.seqs[0]
             else:
-                trim(times, cutoff, last_n - 1, cap, values)
+                trim(times, cutoff, last_n - 1, cap, values, self.seqs)
         times.append(time_ms)
         values.append(value)
+        self.seqs.append(seq)
 
     # --- reads -------------------------------------------------------------------------
     def variance(self) -> float | None:
@@ -287,7 +303,20 @@ class Series:
             return sketch_quantile(self.sketch, q)
         if not self.values:
             return None
+        agg = self.agg
+        if agg is not None and len(self.values) <= agg.last_n:  # its sorted last N are every sample
+            return quantile(agg.ordered, q)
         return quantile(sorted(self.values), q)
+
+    def aggregates(self, last_n: int) -> WindowAggregates | None:
+        """The last-N window's incremental aggregates, made on the first call and kept
+        current by :meth:`push` from then on; None while a value in it is not finite."""
+        agg = self.agg
+        if agg is None or agg.last_n != last_n:
+            if not finite(self.values[-last_n:]):
+                return None
+            agg = self.agg = WindowAggregates(self.values, last_n)
+        return agg
 
     def histogram(self) -> Histogram:
         """Every sample, binned at the sketch's accuracy: read from the sketch once there is
@@ -306,6 +335,13 @@ class Series:
         if window == "time":
             return [v for t, v in zip(self.times, self.values, strict=True) if t > cutoff]
         return self.values[-last_n:].tolist()
+
+    def window_entries(self, window: str, cutoff: int, last_n: int) -> list[tuple[int, float]]:
+        """``(stream seq, value)`` of each sample of a bounded window, oldest first
+        (``all``: the last N): which events a judgement read (read only when a kill is made)."""
+        if window == "time":
+            return [(s, v) for t, s, v in zip(self.times, self.seqs, self.values, strict=True) if t > cutoff]
+        return list(zip(self.seqs[-last_n:], self.values[-last_n:], strict=True))
 
     def summary(self, window: str, cutoff: int, last_n: int) -> tuple[int, float | None, float | None, tuple[float, float, float] | None]:
         """(n, mean, variance, (p50, p95, p99)) of one window."""
@@ -329,7 +365,8 @@ class Series:
     # --- snapshot ----------------------------------------------------------------------
     def state(self) -> SeriesState:
         sketch = None if self.sketch is None else sketch_state(self.sketch)
-        return SeriesState(self.n, self.mean, self.m2, pack(self.times), pack(self.values), sketch)
+        return SeriesState(self.n, self.mean, self.m2, pack(self.times), pack(self.values), sketch,
+                           pack(self.seqs))
 
     @classmethod
     def from_state(cls, state: SeriesState) -> Series:
@@ -337,5 +374,6 @@ class Series:
         series.n, series.mean, series.m2 = state.n, state.mean, state.m2
         series.times = unpack("q", state.times)
         series.values = unpack("d", state.values)
+        series.seqs = unpack("q", state.seqs) if state.seqs else array("q", bytes(8 * len(series.times)))
         series.sketch = None if state.sketch is None else sketch_from(state.sketch)
         return series

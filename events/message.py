@@ -25,12 +25,15 @@ __all__ = ["LogMessage", "log_messages"]
 
 @dataclass(frozen=True, slots=True)
 class LogMessage:
-    """One message of ``RO_LOG``: stream sequence, subject, payload and store time (ms)."""
+    """One message of ``RO_LOG``: stream sequence, subject, payload, store time (ms) and
+    headers (the engine's signature of a control command: ``Ro-Sig-Key``, ``Ro-Sig``;
+    None when the reader did not keep them)."""
 
     seq: int
     subject: str
     data: bytes
     time_ms: int = 0
+    headers: dict[str, str] | None = None
 
 
 def log_messages(events: Iterable[Event], batch: int = 100) -> list[tuple[str, bytes]]:

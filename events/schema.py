@@ -53,6 +53,7 @@ __all__ = [
     "Evidence",
     "Guardrail",
     "GuardrailState",
+    "KillEvidence",
     "KillSwitch",
     "Metric",
     "Notification",
@@ -169,9 +170,35 @@ class Breach(Struct, kw_only=True, frozen=True, gc=False):
     detail: Text = ""
 
 
+MAX_MARKS = 1024
+"""Samples of one judged window that get a per-sample mark (a larger window has its digest only)."""
+
+
+class KillEvidence(Struct, kw_only=True, frozen=True, gc=False):
+    """The events one decisive guard judged for one variant: the samples in its window.
+
+    ``count`` samples from stream sequences ``first_seq``..``last_seq``; ``digest`` is
+    the hex blake2b-128 of the samples as little-endian ``(seq int64, value float64)``
+    pairs in log order, and ``marks`` holds 2 bytes per sample (the low 16 bits of the
+    CRC-32 of the same pair, little-endian), so ``rollout explain`` can name the one event
+    whose value changed.
+    """
+
+    guard: Token
+    variant: Token
+    metric: Token
+    window: Token = "last_n"
+    count: Count = 0
+    first_seq: Count = 0
+    last_seq: Count = 0
+    digest: Annotated[str, Meta(pattern="^([0-9a-f]{32})?$")] = ""
+    marks: Annotated[bytes, Meta(max_length=2 * MAX_MARKS)] = b""
+
+
 class KillSwitch(Event, tag="kill_switch"):
     """Stop the candidate now: canary to 0 and kill switch on (``action`` ``abort`` when
-    an operator did it; the rollback consumer's own kill carries no action)."""
+    an operator did it; the rollback consumer's own kill carries no action, and names
+    its ``evidence``: the samples its decisive guards judged)."""
 
     actor: Token
     reason: Text
@@ -180,6 +207,7 @@ class KillSwitch(Event, tag="kill_switch"):
     breaches: Annotated[list[Breach], Meta(max_length=MAX_BREACHES)] = []
     cause_id: Token | None = None
     action: OperatorAction | None = None
+    evidence: Annotated[list[KillEvidence], Meta(max_length=2 * MAX_BREACHES)] = []
 
 
 class Resume(Event, tag="resume"):

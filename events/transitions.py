@@ -39,12 +39,19 @@ from rollout_engine.events.schema import (
     Breach,
     ConfigChange,
     ControlState,
+    KillEvidence,
     KillSwitch,
     OperatorAction,
     Resume,
 )
 
-__all__ = ["config_command", "configure", "kill", "kill_command", "resume", "resume_command"]
+__all__ = ["PHASES", "PHASE_ALIASES", "config_command", "configure", "kill", "kill_command", "phase", "resume",
+           "resume_command"]
+
+PHASES = ("aborted", "paused", "promoted", "progressing", "idle")
+"""Where a control state leaves a rollout, in Argo Rollouts' words (:func:`phase`)."""
+PHASE_ALIASES = {"killed": "aborted", "running": "progressing"}
+"""The words operators also use: *killed* is what :func:`kill` leaves, *running* a canary between 0 and 100%."""
 
 
 def _changed(before: ControlState, after: ControlState) -> ControlState:
@@ -77,12 +84,30 @@ def configure(before: ControlState, *, canary_pct: float | None = None, new_poli
     return _changed(before, after)
 
 
+def phase(state: ControlState) -> str:
+    """The one word for a state, first match wins: ``aborted`` (kill switch on), ``paused``
+    (automatic progression stopped by an operator), ``promoted`` (candidate at 100%),
+    ``progressing`` (between 0 and 100%), ``idle`` (no candidate traffic asked for).
+
+    ``rollout status --state`` filters on it and ``rollout wait`` reports it, so both
+    name a rollout the same way.
+    """
+    if state.kill_switch:
+        return "aborted"
+    if state.paused:
+        return "paused"
+    if state.canary_pct >= 100.0:
+        return "promoted"
+    return "progressing" if state.canary_pct > 0 else "idle"
+
+
 def kill_command(before: ControlState, *, id: str, rollout: str, time_ms: int, producer: str, actor: str,
                  reason: str, breaches: Sequence[Breach] = (), cause_id: str | None = None,
-                 action: OperatorAction | None = None) -> KillSwitch:
-    """The :class:`KillSwitch` that kills ``rollout`` from ``before``."""
+                 action: OperatorAction | None = None, evidence: Sequence[KillEvidence] = ()) -> KillSwitch:
+    """The :class:`KillSwitch` that kills ``rollout`` from ``before`` (``evidence``: the events judged)."""
     return KillSwitch(id=id, rollout=rollout, time_ms=time_ms, producer=producer, actor=actor, reason=reason,
-                      before=before, after=kill(before), breaches=list(breaches), cause_id=cause_id, action=action)
+                      before=before, after=kill(before), breaches=list(breaches), cause_id=cause_id, action=action,
+                      evidence=list(evidence))
 
 
 def resume_command(before: ControlState, canary_pct: float, *, id: str, rollout: str, time_ms: int, producer: str,

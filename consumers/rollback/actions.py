@@ -11,6 +11,9 @@ so the fold judges the next event with the state the command will put in force:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from rollout_engine.consumers.rollback.commands import kill_switch, would_kill
 from rollout_engine.consumers.rollback.guards import GuardResult
 from rollout_engine.consumers.rollback.progression import (
@@ -21,16 +24,18 @@ from rollout_engine.consumers.rollback.progression import (
     tick_progress,
 )
 from rollout_engine.consumers.rollback.state import RolloutState
-from rollout_engine.events import Event
+from rollout_engine.events import Event, KillEvidence
 
 __all__ = ["act", "progress", "short_of_samples", "would_kill_now"]
 
 
-def act(rollout: str, r: RolloutState, judged: list[GuardResult], cause: Event, now: int) -> Event:
+def act(rollout: str, r: RolloutState, judged: list[GuardResult], cause: Event, now: int,
+        evidence: Any = None) -> Event:
     """A conclusive breach: the next staged step down, or the kill; the state follows at once.
 
     ``judged`` is every guard evaluated at this moment: the kill lists each failing one
-    and names those short of their minimum sample."""
+    and names those short of their minimum sample. ``evidence`` (a
+    :class:`.evidence.StatsEvidence`) names the events the failing guards judged in the kill."""
     failing = [x for x in judged if x.status == "fail"]
     target = next_down(r.live.policy, r.control.canary_pct)
     if target is not None and target > 0:
@@ -39,7 +44,9 @@ def act(rollout: str, r: RolloutState, judged: list[GuardResult], cause: Event, 
                            cause_id=cause.id, time_ms=now)
         r.control, r.live.last_step_ms, r.progress = move.after, now, Progress()
         return move
-    kill = kill_switch(rollout, r.control, r.live.policy, failing, cause.id, now, short_of_samples(judged))
+    proof: Sequence[KillEvidence] = () if evidence is None else \
+        evidence.proof(failing, (r.control.baseline, r.control.candidate))
+    kill = kill_switch(rollout, r.control, r.live.policy, failing, cause.id, now, short_of_samples(judged), proof)
     r.control, r.killed_ms, r.kills, r.recovered_ms = kill.after, now, r.kills + 1, -1
     r.live.last_step_ms = -1
     return kill

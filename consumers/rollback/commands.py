@@ -20,6 +20,7 @@ from rollout_engine.consumers.rollback.policy import Policy
 from rollout_engine.events import (
     ControlState,
     Escalation,
+    KillEvidence,
     KillSwitch,
     WouldKill,
     command_id,
@@ -45,8 +46,10 @@ def reason(failing: list[GuardResult], suffix: str, short: Sequence[GuardResult]
 
 
 def kill_switch(rollout: str, before: ControlState, policy: Policy, failing: list[GuardResult],
-                cause_id: str, now: int, short: Sequence[GuardResult] = ()) -> KillSwitch:
-    """The kill (``events.transitions.kill``), with the breaches that caused it."""
+                cause_id: str, now: int, short: Sequence[GuardResult] = (),
+                evidence: Sequence[KillEvidence] = ()) -> KillSwitch:
+    """The kill (``events.transitions.kill``), with the breaches that caused it and the
+    events they judged (``evidence``, ``consumers/rollback/proof.py``)."""
     return transitions.kill_command(
         before,
         id=command_id("kill", rollout, cause_id),
@@ -57,6 +60,7 @@ def kill_switch(rollout: str, before: ControlState, policy: Policy, failing: lis
         reason=reason(failing, f" [policy {policy.name} v{policy.version}]", short),
         breaches=[res.breach() for res in failing][:MAX_BREACHES],
         cause_id=cause_id,
+        evidence=evidence,
     )
 
 

@@ -16,10 +16,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from rollout_engine.consumers.aggregates import WindowAggregates
 from rollout_engine.consumers.canary_stats import CanaryStats
-from rollout_engine.consumers.rollback.guards import EMPTY, Summary
+from rollout_engine.consumers.rollback.guards import EMPTY, GuardResult, Summary
 from rollout_engine.consumers.rollback.policy import Policy
+from rollout_engine.consumers.rollback.proof import kill_evidence
 from rollout_engine.consumers.windows import Histogram, Series, quantile
+from rollout_engine.events import KillEvidence
 
 __all__ = ["SMALL_TIME_CAP", "EpochSummary", "StatsEvidence", "new_stats", "stats_shape"]
 
@@ -66,10 +69,26 @@ class StatsEvidence:
     def summary(self, variant: str, metric: str, window: str) -> Summary:
         if window == "all":
             return self.epoch(variant, metric)
-        values = self._stats.samples(self._rollout, variant, metric, window)
-        if not values:
+        stats = self._stats
+        series = stats.series(self._rollout, variant, metric)
+        if series is None or not series.values:
             return EMPTY
-        return LazySummary(values)
+        if window == "last_n":
+            agg = series.aggregates(stats.last_n)
+            if agg is not None:  # kept current by the fold: O(1) reads (consumers/aggregates.py)
+                return LastNSummary(agg)
+        elif window == "time":
+            agg = series.aggregates(stats.last_n)
+            cutoff = stats.cutoff(self._rollout)
+            if agg is not None and agg.time_key == (series.n, cutoff):
+                return agg.time_cached  # type: ignore[no-any-return]  # nothing moved since the last read
+            values = series.window_values(window, cutoff, stats.last_n)
+            summary = LazySummary(values) if values else EMPTY
+            if agg is not None:
+                agg.time_key, agg.time_cached = (series.n, cutoff), summary
+            return summary
+        values = stats.samples(self._rollout, variant, metric, window)
+        return LazySummary(values) if values else EMPTY
 
     def epoch(self, variant: str, metric: str) -> Summary:
         """Every sample since the evidence epoch began: what the statistical tests read."""
@@ -85,6 +104,10 @@ class StatsEvidence:
 
     def samples(self, variant: str, metric: str, window: str) -> Sequence[float]:
         return self._stats.samples(self._rollout, variant, metric, window)
+
+    def proof(self, failing: Sequence[GuardResult], variants: tuple[str, str]) -> list[KillEvidence]:
+        """The events a kill by ``failing`` judged (``consumers/rollback/proof.py``)."""
+        return kill_evidence(self._stats, self._rollout, failing, variants)
 
 
 class EpochSummary(Summary):
@@ -103,6 +126,28 @@ class EpochSummary(Summary):
             return self.mean
         value = self._series.all_quantile(float(aggregate[1:]) / 100.0)
         return math.nan if value is None else value
+
+
+class LastNSummary(Summary):
+    """A :class:`Summary` of a last-N window read from its incremental aggregates: the
+    count at once, the mean and percentiles on first use, each the same float that
+    :class:`LazySummary` computes from the raw values (exact sum, the same sorted list)."""
+
+    __slots__ = ("_agg",)
+
+    def __init__(self, agg: WindowAggregates) -> None:  # no super().__init__: lazy fields
+        self.n = len(agg.ordered)
+        self.var = self.p50 = self.p95 = self.p99 = math.nan
+        self._agg = agg
+
+    @property  # type: ignore[override]
+    def mean(self) -> float:
+        return self._agg.mean()
+
+    def get(self, aggregate: str) -> float:
+        if aggregate in ("mean", "rate"):
+            return self._agg.mean()
+        return quantile(self._agg.ordered, float(aggregate[1:]) / 100.0)
 
 
 class LazySummary(Summary):

@@ -29,13 +29,14 @@ from rollout_engine.consumers.rollback.stats_tests import (
     TestResult,
     sequential_rank_test,
     sequential_test,
+    srm_clearly_fits,
     srm_log_bayes_factor,
     srm_test,
     welch_df,
 )
 from rollout_engine.events import Breach
 
-__all__ = ["Evidence", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
+__all__ = ["Evidence", "GuardIndex", "GuardResult", "Summary", "evaluate_guard", "evaluate_srm", "harm_sign"]
 
 _BOUND = 1e12
 
@@ -234,22 +235,22 @@ def evaluate_guard(
     re-run at most once per check interval); ``penalized`` raises the threshold by the
     guard's flap penalty.
     """
-    sign = harm_sign(guard)
-    threshold = guard.threshold + (sign * guard.penalty_threshold_add if penalized else 0.0)
+    threshold = guard.threshold + (harm_sign(guard) * guard.penalty_threshold_add if penalized else 0.0)
     cand = ev.summary(variants[1], guard.metric, guard.window)
     need = guard.min_samples or policy.min_samples
     if cand.n < need:
         return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n,
                            why=f"{cand.n} candidate samples < {need}", need=need, have=cand.n)
     base = EMPTY
-    if guard.relative:
+    relative = guard.relative  # a property: read once
+    if relative:
         base = ev.summary(variants[0], guard.metric, guard.window)
         need_b = guard.min_baseline_samples or policy.min_baseline_samples
         if base.n < need_b:
             return GuardResult(guard, "inconclusive", threshold=threshold, candidate_n=cand.n, baseline_n=base.n,
                                why=f"{base.n} baseline samples < {need_b}", need=need_b, have=base.n)
     c_value = _aggregate(ev, variants[1], guard, cand)
-    b_value = _aggregate(ev, variants[0], guard, base) if guard.relative else None
+    b_value = _aggregate(ev, variants[0], guard, base) if relative else None
     observed = _observed(guard, c_value, b_value or 0.0)
     if observed is None or not math.isfinite(observed):
         return GuardResult(guard, "inconclusive", None, threshold, c_value, b_value, cand.n, base.n,
@@ -272,11 +273,42 @@ def evaluate_guard(
     return GuardResult(guard, "fail", observed=observed, test=test, **common)
 
 
+class GuardIndex:
+    """Which guards of a policy a sample can move, cached per policy object.
+
+    A sample of metric M re-judges only the guards on M (a baseline sample only the
+    relative ones); ``on(policy, None, False)`` is every guard, in policy order. At most
+    ``limit`` selections are kept (a long-running consumer sees a new policy object per
+    policy change); past it the cache starts again."""
+
+    __slots__ = ("_cache", "limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._cache: dict[tuple[int, str | None, bool], tuple[Policy, list[Guard]]] = {}
+        self.limit = limit
+
+    def on(self, policy: Policy, metric: str | None, relative_only: bool) -> list[Guard]:
+        """The guards of ``policy`` on ``metric`` (None: all), relative ones only if asked."""
+        key = (id(policy), metric, relative_only)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] is not policy:
+            if len(self._cache) >= self.limit:
+                self._cache.clear()
+            guards = [g for g in policy.all_guards()
+                      if (metric is None or g.metric == metric) and (not relative_only or g.relative)]
+            cached = self._cache[key] = (policy, guards)
+        return cached[1]
+
+
 SRM_GUARD = Guard(name="srm", metric="decisions", threshold=0.0, unit="%")
 
 
-def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: float) -> GuardResult:
-    """Sample-ratio mismatch of the decisions made at ``canary_pct``: its own breach type."""
+def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: float,
+                 screen: bool = False) -> GuardResult:
+    """Sample-ratio mismatch of the decisions made at ``canary_pct``: its own breach type.
+
+    ``screen``: a caller that reads only the status (the hysteresis step) takes a clear
+    pass without its p-value (``test`` None); the status is the same either way."""
     total = baseline_n + candidate_n
     share = 100.0 * candidate_n / total if total else 0.0
     common = {"observed": share, "threshold": canary_pct, "candidate_n": candidate_n,
@@ -284,6 +316,8 @@ def evaluate_srm(cfg: SrmConfig, baseline_n: int, candidate_n: int, canary_pct: 
     if total < cfg.min_decisions:
         return GuardResult(SRM_GUARD, "inconclusive", why=f"{total} decisions < {cfg.min_decisions}",
                            need=cfg.min_decisions, have=total, **common)
+    if screen and srm_clearly_fits(baseline_n, candidate_n, canary_pct, cfg.p_value):
+        return GuardResult(SRM_GUARD, "pass", **common)
     test = srm_test(baseline_n, candidate_n, canary_pct)
     if test.p_value is None:
         return GuardResult(SRM_GUARD, "inconclusive", test=test, why="expected counts under 5", **common)

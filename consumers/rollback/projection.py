@@ -30,11 +30,15 @@ from rollout_engine.consumers.rollback import evidence
 from rollout_engine.consumers.rollback.actions import act, progress, would_kill_now
 from rollout_engine.consumers.rollback.commands import ACTOR, escalation
 from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
-from rollout_engine.consumers.rollback.guards import GuardResult, evaluate_guard, evaluate_srm
+from rollout_engine.consumers.rollback.guards import (
+    GuardIndex,
+    GuardResult,
+    evaluate_guard,
+    evaluate_srm,
+)
 from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
 from rollout_engine.consumers.rollback.policy import (
     QUALITY,
-    Guard,
     Policy,
     PolicyError,
     load_policy,
@@ -60,6 +64,7 @@ from rollout_engine.events import (
     Event,
     KillSwitch,
     Metric,
+    Outcome,
     Resume,
     Tick,
 )
@@ -90,7 +95,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     name = "rollback"
     resting = staticmethod(at_rest)  # consumers.resident: what a tick passes over rests out of memory
     beside = ("_stats", "_shadow_stats")
-    caches = ("_guards", "_metrics")  # keyed by id(policy): a resting rollout's policy goes with it
 
     def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
         """``stats_factory((last_n, window_ms, time_cap))`` makes one rollout's canary-stats fold."""
@@ -98,8 +102,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         self._new_stats = stats_factory or evidence.new_stats
         self._stats: dict[str, Any] = {}
         self._shadow_stats: dict[str, Any] = {}  # a dry-run policy's own fold when it reads other windows
-        self._guards: dict[int, tuple[Policy, list[Guard]]] = {}
-        self._metrics: dict[int, tuple[Policy, frozenset[str], frozenset[str]]] = {}
+        self._index = GuardIndex()
 
     @property
     def tick_ms(self) -> int:
@@ -122,19 +125,23 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 self._dirty.add(rollout)
                 self._evaluate(rollout, event, out)
             return out
-        if isinstance(event, PRODUCER_TYPES):
-            r = self._rollout(event.rollout)
-            self._dirty.add(event.rollout)
-            self._stats[event.rollout].apply(event, seq)
+        cls = type(event)
+        if cls is Metric or cls is Outcome or cls is Decision:  # the producer types, by identity (hot)
+            rollout = event.rollout  # type: ignore[union-attr]
+            r = self.rollouts.get(rollout) or self._rollout(rollout)
+            self._dirty.add(rollout)
+            self._stats[rollout].apply(event, seq)
             if r.shadow_shape:
-                self._shadow_stats[event.rollout].apply(event, seq)
-            if isinstance(event, Decision):
-                self._count_decision(r, event)
-                self._evaluate(event.rollout, event, out, "srm")
-            elif isinstance(event, Metric):
-                self._evaluate(event.rollout, event, out, event.name, event.variant)
-            elif event.quality is not None:
-                self._evaluate(event.rollout, event, out, QUALITY, event.variant)
+                self._shadow_stats[rollout].apply(event, seq)
+            if cls is Metric:
+                self._evaluate(rollout, event, out, event.name, event.variant)  # type: ignore[union-attr]
+            elif cls is Decision:
+                self._count_decision(r, event)  # type: ignore[arg-type]
+                self._evaluate(rollout, event, out, "srm")
+            elif event.quality is not None:  # type: ignore[union-attr]
+                self._evaluate(rollout, event, out, QUALITY, event.variant)  # type: ignore[union-attr]
+        elif isinstance(event, PRODUCER_TYPES):  # pragma: no cover - a subclass of a producer type
+            raise TypeError(f"unexpected producer event type {cls.__name__}")
         elif isinstance(event, COMMAND_TYPES):
             r = self._rollout(event.rollout)
             self._control(r, event)  # type: ignore[arg-type]
@@ -253,12 +260,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             r.killed_ms = r.now_ms
 
     # --- judging ----------------------------------------------------------------------
-    def _guards_of(self, policy: Policy) -> list[Guard]:
-        cached = self._guards.get(id(policy))
-        if cached is None or cached[0] is not policy:
-            cached = self._guards[id(policy)] = (policy, policy.all_guards())
-        return cached[1]
-
     def _judges(self, policy: Policy, only: str, relative_only: bool, r: RolloutState) -> bool:
         """Whether :meth:`_results` would evaluate anything for a sample of metric ``only``.
 
@@ -269,12 +270,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """
         if only == "srm":
             return policy.srm.enabled and r.srm_pct > 0
-        cached = self._metrics.get(id(policy))
-        if cached is None or cached[0] is not policy:
-            guards = self._guards_of(policy)
-            cached = self._metrics[id(policy)] = (policy, frozenset(g.metric for g in guards),
-                                                  frozenset(g.metric for g in guards if g.relative))
-        return only in cached[2 if relative_only else 1]
+        return bool(self._index.on(policy, only, relative_only))
 
     def _evaluate(self, rollout: str, cause: Event, out: list[Event], only: str | None = None,
                   variant: str | None = None) -> None:
@@ -285,7 +281,11 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         those are left to the next candidate sample or tick. Ticks judge everything.
         """
         r = self.rollouts[rollout]
-        now = r.now_ms = max(r.now_ms, self.clock.bound(cause.time_ms))
+        now = self.clock.bound(cause.time_ms)
+        if now > r.now_ms:
+            r.now_ms = now
+        else:
+            now = r.now_ms
         if r.escalation.armed:
             for flag in r.escalation.expire(now):
                 out.append(self._escalation(rollout, r, flag.trigger, "expired", flag.count, flag.expires_ms,
@@ -307,7 +307,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         staged = live.last_step_ms >= 0
         if alarmed or (failing and staged and self._step_due(r, now)):
             everything = noted(live, self._results(r, live, evidence, variants, None))
-            out.append(act(rollout, r, everything, cause, now))
+            out.append(act(rollout, r, everything, cause, now, evidence))
         elif staged or live.policy.progression.enabled:
             unhealthy = bool(failing) or any(m.state != "ok" for m in live.machines.values())
             if staged and not unhealthy:
@@ -325,15 +325,14 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             out.append(would_kill_now(rollout, r, everything, cause, now))
 
     def _results(self, r: RolloutState, run: PolicyRun, evidence: StatsEvidence, variants: tuple[str, str],
-                 only: str | None, relative_only: bool = False) -> list[GuardResult]:
-        """Evaluate the guards of ``run`` (those on metric ``only``, or all); keeps the test cache."""
+                 only: str | None, relative_only: bool = False, screen: bool = False) -> list[GuardResult]:
+        """Evaluate the guards of ``run`` (those on metric ``only``, or all); keeps the test cache.
+        ``screen``: only the statuses are read (a clear SRM pass skips its p-value)."""
         policy, now = run.policy, r.now_ms
         results: list[GuardResult] = []
         if only != "srm":
             interval = policy.hysteresis.check_interval_ms
-            for guard in self._guards_of(policy):
-                if (only is not None and guard.metric != only) or (relative_only and not guard.relative):
-                    continue
+            for guard in self._index.on(policy, only, relative_only):
                 machine = run.machines.get(guard.name)
                 penalized = machine is not None and machine.penalized(now)
                 cached = run.tests.get(guard.name)
@@ -345,7 +344,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                     del run.tests[guard.name]
                 results.append(result)
         if (only is None or only == "srm") and policy.srm.enabled and r.srm_pct > 0:
-            results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct))
+            results.append(evaluate_srm(policy.srm, r.srm_baseline, r.srm_candidate, r.srm_pct, screen))
         return results
 
     def _judge(self, rollout: str, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
@@ -359,7 +358,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         cfg = policy.hysteresis
         alarmed = False
         failing: list[GuardResult] = []
-        for result in self._results(r, run, evidence, variants, only, relative_only):
+        for result in self._results(r, run, evidence, variants, only, relative_only, True):
             name = result.guard.name
             machine = run.machines.get(name)
             if machine is None:

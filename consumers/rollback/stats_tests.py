@@ -22,6 +22,7 @@ Each returns a :class:`TestResult`; a result with ``p_value is None`` is inconcl
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "sequential_rank_test",
     "sequential_rho",
     "sequential_test",
+    "srm_clearly_fits",
     "srm_log_bayes_factor",
     "srm_test",
     "tally",
@@ -219,6 +221,26 @@ def srm_test(baseline_n: int, candidate_n: int, canary_pct: float) -> TestResult
     chi2 = (candidate_n - expected_c) ** 2 / expected_c + (baseline_n - expected_b) ** 2 / expected_b
     p = float(special.chdtrc(1.0, chi2))
     return TestResult(chi2, p, candidate_n / total - share)
+
+
+@functools.lru_cache(maxsize=64)
+def _chi2_critical(p_value: float) -> float:
+    """The chi-squared value (1 df) whose survival is ``p_value``, less a 1e-6 margin:
+    below it, ``chdtrc`` (monotone, accurate to ~1e-14) is certainly above ``p_value``."""
+    return float(special.chdtri(1.0, p_value)) * (1.0 - 1e-6)
+
+
+def srm_clearly_fits(baseline_n: int, candidate_n: int, canary_pct: float, p_value: float) -> bool:
+    """True when :func:`srm_test` would certainly give a p-value >= ``p_value`` (a
+    conclusive pass), decided from the statistic alone. Profiled: the p-value was 6% of
+    the rollback fold, computed on every decision to learn that the split is fine."""
+    total = baseline_n + candidate_n
+    share = canary_pct / 100.0
+    expected_c, expected_b = total * share, total * (1.0 - share)
+    if expected_c < 5.0 or expected_b < 5.0:
+        return False
+    chi2 = (candidate_n - expected_c) ** 2 / expected_c + (baseline_n - expected_b) ** 2 / expected_b
+    return chi2 < _chi2_critical(p_value)
 
 
 def srm_log_bayes_factor(baseline_n: int, candidate_n: int, canary_pct: float, concentration: float = 100.0) -> float:

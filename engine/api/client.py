@@ -17,13 +17,16 @@ from nats.errors import TimeoutError as NatsTimeout
 from rollout_engine.engine.api.requests import ApiError
 from rollout_engine.events import subjects
 
-__all__ = ["ENDPOINTS", "ApiError", "call"]
+__all__ = ["ENDPOINTS", "NO_API", "ApiError", "call"]
 
 ENDPOINTS = ("status", "rollback", "resume", "evaluate", "config", "health",
              "abort", "retry", "promote", "pause", "unpause", "clear_escalation")
 """The endpoints on ``ro.api.<endpoint>``. ``abort`` is the operator's kill (``events.transitions.kill``;
 ``rollout kill`` is its CLI alias); ``rollback`` is its older name, kept for existing clients (no
 ``action`` recorded); the verbs from ``abort`` on live in ``engine/api/verbs.py``."""
+
+NO_API = "no rollout API is running"
+"""How a refusal for want of any API begins (a 503 of a running but busy API does not)."""
 
 _json = msgspec.json.Encoder()
 
@@ -35,7 +38,7 @@ async def call(nc: Client, endpoint: str, payload: dict[str, Any] | None = None,
     try:
         msg = await nc.request(subjects.api(endpoint), _json.encode(payload or {}), timeout=timeout)
     except NoRespondersError:
-        raise ApiError(503, "no rollout API is running; start it with `rollout up` (or `rollout api`)") from None
+        raise ApiError(503, f"{NO_API}; start it with `rollout up` (or `rollout api`)") from None
     except NatsTimeout:
         raise ApiError(503, f"the rollout API did not answer {endpoint!r} within {timeout:g}s") from None
     headers = msg.headers or {}

@@ -12,11 +12,25 @@ from typing import Any
 import msgspec
 
 from rollout_engine.consumers.rollback.policy import load_policy, policy_document
+from rollout_engine.events import transitions
 from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import is_token, new_event_id
 
-__all__ = ["MAX_BODY_BYTES", "MAX_DEPTH", "MAX_REASON", "ApiError", "actor_of", "now_ms", "parse_body", "pct_of",
-           "policy_of", "reason_of", "request_id_of", "rollout_of"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_DEPTH",
+    "MAX_REASON",
+    "ApiError",
+    "actor_of",
+    "now_ms",
+    "page_of",
+    "parse_body",
+    "pct_of",
+    "policy_of",
+    "reason_of",
+    "request_id_of",
+    "rollout_of",
+]
 
 MAX_REASON = 1000
 """Reasons are event Text (at most 1024 characters); room is left for the "manual: " prefix."""
@@ -135,3 +149,32 @@ def policy_of(body: dict[str, Any], version: int) -> dict[str, Any] | None:
     # a preset is expanded here, so the log records every number, not a name whose
     # meaning a later release could change
     return policy_document(loaded) if "preset" in policy else policy
+
+
+def page_of(body: dict[str, Any], default_limit: int, max_limit: int) -> tuple[int, str | None, str | None, str]:
+    """A listing's ``(limit, cursor, phase, prefix)``; each refusal names the request field
+    and the ``rollout status`` flag that sets it, so a script and a person both know what to fix."""
+    unknown = set(body) - {"limit", "cursor", "state", "prefix"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {sorted(unknown)}; a status listing takes limit, cursor, state, "
+                            "prefix (or give rollout for one rollout)")
+    limit = body.get("limit", default_limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
+        raise ApiError(400, f"limit (--limit): expected a whole number from 1 to {max_limit} (rollouts per page), "
+                            f"got {limit!r}")
+    cursor = body.get("cursor")
+    if cursor is not None and not is_token(cursor):
+        raise ApiError(400, f"cursor (--cursor): {cursor!r} is not a cursor a status page returned; pass the "
+                            "previous page's next_cursor unchanged, or leave it out for the first page")
+    state = body.get("state")
+    if state is not None:
+        phase = transitions.PHASE_ALIASES.get(state, state) if isinstance(state, str) else state
+        if phase not in transitions.PHASES:
+            words = ", ".join([*transitions.PHASES, *transitions.PHASE_ALIASES])
+            raise ApiError(400, f"state (--state): expected one of {words}, got {state!r}")
+        state = phase
+    prefix = body.get("prefix", "")
+    if not isinstance(prefix, str) or (prefix and not is_token(prefix)):
+        raise ApiError(400, f"prefix (--prefix): expected the start of a rollout name (1-64 of A-Z a-z 0-9 _ -), "
+                            f"got {prefix!r}")
+    return limit, cursor, state, prefix

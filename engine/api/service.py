@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -39,24 +39,24 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 from nats.micro import add_service
-from nats.micro.request import Request
 
 from rollout_engine.consumers.rollback.policy import policy_document
 from rollout_engine.engine.api.client import ENDPOINTS
 from rollout_engine.engine.api.control_log import ControlView, known_rollouts, read_control
 from rollout_engine.engine.api.propagation import status_section
+from rollout_engine.engine.api.replies import endpoint
 from rollout_engine.engine.api.requests import (
-    MAX_DEPTH,
     ApiError,
     actor_of,
     now_ms,
-    parse_body,
+    page_of,
     pct_of,
     policy_of,
     reason_of,
     request_id_of,
     rollout_of,
 )
+from rollout_engine.engine.api.rollout_index import DEFAULT_LIMIT, MAX_LIMIT, LiveIndex
 from rollout_engine.engine.api.verbs import (
     VERB_ENDPOINTS,
     handler_for,
@@ -68,7 +68,6 @@ from rollout_engine.engine.stack.metrics import EVALUATIONS
 from rollout_engine.engine.stack.msg_ids import EngineIds
 from rollout_engine.engine.stack.signing import CommandSigner
 from rollout_engine.events import ControlState, KillSwitch, encode, kind_of, subjects, transitions
-from rollout_engine.events.errors import EventError
 from rollout_engine.events.ids import command_id
 from rollout_engine.events.schema import OperatorAction
 
@@ -80,6 +79,8 @@ SERVICE_NAME = "rollout-api"
 SERVICE_VERSION = "0.1.0"
 RESUME_DEFAULT_PCT = 5.0
 """The runbook's re-enable percentage after a kill: back to a small canary (5%), not to where it was."""
+INDEX_WAIT_S = 8.0
+"""How long a listing waits for the index (below the CLI's 10 s timeout, so it hears why)."""
 _WRONG_LAST_SEQUENCE = 10071
 _RETRIES = 5
 
@@ -107,6 +108,8 @@ class ControlApi:
         self.signer = signer or CommandSigner.ephemeral()
         self.started_ms = int(time.time() * 1000)
         self.evaluator = evaluator or evaluate_rollout
+        self.index = LiveIndex(self.js)
+        self.index_wait_s = INDEX_WAIT_S
 
     # --- reads ------------------------------------------------------------------------
     async def _require_known(self, rollout: str, create: bool = False) -> None:
@@ -129,17 +132,9 @@ class ControlApi:
         }
 
     async def status(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One rollout in full (``rollout``), or one page of the listing (``engine/api/rollout_index.py``)."""
         if body.get("rollout") is None:
-            rollouts = {n: c for n, c in (await known_rollouts(self.js)).items() if not n.startswith("_")}
-            gate = asyncio.Semaphore(32)  # many rollouts: look-ups in parallel, not all at once
-
-            async def one(name: str) -> ControlView:
-                async with gate:
-                    return await read_control(self.js, name)
-
-            views = await asyncio.gather(*(one(name) for name in rollouts))
-            return {"rollouts": [{"rollout": v.rollout, "control": _builtins(v.state), "counts": rollouts[v.rollout]}
-                                 for v in views]}
+            return await self._status_page(body)
         rollout = rollout_of(body)
         counts = (await known_rollouts(self.js, rollout)).get(rollout)
         if not counts:
@@ -156,6 +151,25 @@ class ControlApi:
             "thresholds": policy_document(policy),
             "progression": progression_view(policy, view.state),
             "propagation": await status_section(self.js, view),  # who applied the revision (engine/api/propagation.py)
+        }
+
+    async def _status_page(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Up to ``limit`` rollouts in name order after ``cursor``, filtered by phase
+        (``state``) and name ``prefix``; ``next_cursor`` asks for the next page (None: last)."""
+        limit, cursor, phase, prefix = page_of(body, DEFAULT_LIMIT, MAX_LIMIT)
+        try:  # shielded: a request that stops waiting leaves the first read of the log going on
+            index = await asyncio.wait_for(asyncio.shield(self.index.ready()), self.index_wait_s)
+        except TimeoutError:
+            raise ApiError(503, f"the API is still reading the rollouts from the log ({len(self.index.index.names):,} "
+                                "so far; about 10 s per 100,000 at its start); try again in a few seconds") from None
+        page = index.page(limit, cursor, phase, prefix)
+        return {
+            "rollouts": [{"rollout": name, "phase": transitions.phase(state), "control": _builtins(state)}
+                         for name, state in page.items],
+            "next_cursor": page.next_cursor,
+            "limit": limit,
+            "total": len(index.names),
+            "phases": {p: index.phases[p] for p in transitions.PHASES},
         }
 
     async def _kv_json(self, key: str) -> Any:
@@ -333,30 +347,6 @@ def _command_summary(view: ControlView) -> dict[str, Any] | None:
 
 
 # --- the service ------------------------------------------------------------------------
-def _endpoint(func: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Callable[[Request], Awaitable[None]]:
-    async def handle(request: Request) -> None:
-        try:
-            reply = await func(parse_body(request.data))
-        except ApiError as exc:
-            await request.respond_error(str(exc.code), exc.message, data=_json.encode({"error": exc.message, "code": exc.code}))
-            return
-        except EventError as exc:
-            await request.respond_error("400", str(exc), data=_json.encode({"error": str(exc), "code": 400}))
-            return
-        except RecursionError:  # input that nests too deep for some step: the client's to fix
-            message = f"request nests too deep to process; keep objects and arrays within {MAX_DEPTH} levels"
-            await request.respond_error("400", message, data=_json.encode({"error": message, "code": 400}))
-            return
-        except Exception as exc:
-            log.exception("api %s failed", getattr(func, "__name__", "?"))
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            await request.respond_error("500", message, data=_json.encode({"error": message, "code": 500}))
-            return
-        await request.respond(_json.encode(reply))
-
-    return handle
-
-
 async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None = None,
                     msg_ids: EngineIds | None = None, signer: CommandSigner | None = None) -> None:
     """Run the micro service on ``nc`` until ``stop`` is set (``msg_ids``, ``signer``: see :class:`ControlApi`)."""
@@ -366,7 +356,9 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
                                             "resume, config, evaluate, health")
     for name in ENDPOINTS:
         func = handler_for(api, name) if name in VERB_ENDPOINTS else getattr(api, name)
-        await service.add_endpoint(name=name, subject=subjects.api(name), handler=_endpoint(func))
+        await service.add_endpoint(name=name, subject=subjects.api(name), handler=endpoint(name, func, nc))
+    building = asyncio.ensure_future(api.index.ready())  # built now, so the first `rollout status` finds it
+    building.add_done_callback(_log_build_failure)
     if ready is not None:
         await nc.flush()  # the server has the subscriptions: "ready" means a request is answered
         ready.set()
@@ -374,3 +366,12 @@ async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None
         await stop.wait()
     finally:
         await service.stop()
+        building.cancel()
+        await api.index.close()
+
+
+def _log_build_failure(task: asyncio.Future[Any]) -> None:
+    """A failed first read is retried by the next listing; say why it failed meanwhile."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("rollout index: first read of the log failed (%s); the next status listing retries",
+                    task.exception())

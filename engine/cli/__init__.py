@@ -12,7 +12,7 @@ from rollout_engine.engine.cli import common
 __all__ = ["main"]
 
 # Each module exposes register(subparsers); order is the order of `rollout --help`.
-_COMMAND_MODULES = ["up", "status", "schemas", "secure", "ticks", "traffic", "api", "verbs", "control", "wait", "events", "ope", "bandit", "consumer", "replay", "report", "simulate", "demo"]
+_COMMAND_MODULES = ["up", "status", "schemas", "secure", "ticks", "traffic", "api", "verbs", "control", "wait", "events", "ope", "bandit", "consumer", "replay", "report", "explain", "simulate", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -241,14 +241,16 @@ def render_asyncapi(schema_dir: str = "schemas") -> dict[str, Any]:
 
     messages["ApiRequest"] = {
         "name": "ApiRequest", "title": "Operator API request", "contentType": JSON,
-        "summary": "A JSON object: rollout, actor, reason, request_id, canary_pct, policy... (docs/operations.md).",
+        "summary": "A JSON object: rollout, actor, reason, request_id, canary_pct, policy...; a status listing "
+                   "takes limit, cursor, state, prefix (docs/operations.md).",
         "payload": {"type": "object"},
     }
     messages["ApiReply"] = {
         "name": "ApiReply", "title": "Operator API reply", "contentType": JSON,
         "summary": "A JSON object; a refusal carries the headers Nats-Service-Error-Code and Nats-Service-Error.",
         "headers": {"type": "object", "properties": {
-            "Nats-Service-Error-Code": {"type": "string", "description": "400, 404, 409, 500 or 503"},
+            "Nats-Service-Error-Code": {"type": "string", "description": "400, 404, 409, 413 (a reply over the server's max_payload: "
+                                                          "ask for a smaller page), 500 or 503"},
             "Nats-Service-Error": {"type": "string", "description": "what was wrong and what to do"}}},
         "payload": {"type": "object"},
     }

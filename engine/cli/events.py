@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,6 +32,7 @@ from rollout_engine.engine.cli.common import (
 )
 from rollout_engine.engine.logtools.export import ExportError, parse_time, write_export
 from rollout_engine.engine.logtools.reader import read_messages
+from rollout_engine.engine.sdk.signatures import KV_KEY, PUBLIC_FILE
 from rollout_engine.events import kind_of, subjects
 from rollout_engine.events.ids import is_token
 
@@ -114,7 +116,8 @@ async def _export(args: argparse.Namespace) -> int:
     nc = await connect(settings, name="rollout-export", reconnect=False)
     try:
         js = nc.jetstream()
-        meta = {"since_ms": since, "until_ms": until, "rollout": args.rollout}
+        meta = {"since_ms": since, "until_ms": until, "rollout": args.rollout,
+                "signing_keys": await _signing_keys(js, settings)}
         summary = await write_export(read_messages(js, filters, since_ms=since, until_ms=until), args.file, meta=meta)
     except ExportError as exc:
         raise CliError(str(exc)) from None
@@ -127,6 +130,19 @@ async def _export(args: argparse.Namespace) -> int:
               f"seq {summary.first_seq}..{summary.last_seq} to {summary.path} [{summary.format}] "
               f"sha256 {summary.sha256}")
     return 0
+
+
+async def _signing_keys(js: Any, settings: Any) -> dict[str, Any] | None:
+    """The public key ring (KV ``engine.signing_keys``, else ``DATA_DIR/signing-keys.json``), so
+    an auditor can check each command's signature from the export alone (``rollout explain``)."""
+    try:
+        entry = await (await js.key_value(subjects.STATE_BUCKET)).get(KV_KEY)
+        return msgspec.json.decode(entry.value or b"null")  # type: ignore[no-any-return]
+    except Exception:  # no bucket, no key, or no permission to read it: try the file
+        try:
+            return msgspec.json.decode((Path(settings.data_dir) / PUBLIC_FILE).read_bytes())  # type: ignore[no-any-return]
+        except (OSError, msgspec.DecodeError):
+            return None
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import msgspec
-
-from rollout_engine.engine.api.client import ApiError, call
-from rollout_engine.engine.api.control_log import known_rollouts, read_control
+from rollout_engine.engine.api.client import NO_API, ApiError, call
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -26,40 +23,53 @@ from rollout_engine.engine.cli.common import (
 from rollout_engine.engine.cli.propagation_view import propagation_lines
 from rollout_engine.engine.cli.watch import watch
 
-__all__ = ["rollouts_summary", "show_rollout"]
+__all__ = ["next_page_hint", "rollouts_page", "show_rollout"]
 
 
-async def rollouts_summary(js: Any, nc: Any = None) -> list[dict[str, Any]]:
-    """Every rollout in the log with its control state, for the overview.
+async def rollouts_page(nc: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """One page of the rollout listing (``limit``, ``cursor``, ``state``, ``prefix``), each
+    row with the line the text output prints.
 
-    Asks the API first (an ``operator`` credential may call it but not read the log
-    directly); reads the log itself when no API runs; an empty list when neither works.
+    Asks the API; when no API runs, the same code runs here (it reads the whole log once:
+    slower at 100,000 rollouts, but an incident may be the moment the API is down). A
+    refused request (a bad ``--limit``...) is a CliError naming the flag.
     """
-    items: list[dict[str, Any]] = []
     try:
-        if nc is None:
-            raise ApiError(503, "no connection for the API")
-        reply = await call(nc, "status", {}, timeout=5)
-        items = [{"rollout": r["rollout"], "control": r["control"], "counts": r.get("counts", {})}
-                 for r in reply.get("rollouts", [])]
+        reply = await call(nc, "status", request, timeout=10)
     except ApiError as exc:
-        if exc.code != 503:
-            return []
+        if exc.code != 503 or not exc.message.startswith(NO_API):  # a busy API is not a missing one
+            raise CliError.from_api(exc.code, exc.message) from None
+        from rollout_engine.engine.api.service import ControlApi  # loads the statistics: only here
+
+        local = ControlApi(nc)
+        local.index_wait_s = 300.0  # this command reads the log itself: waiting is the answer
         try:
-            for name, counts in (await known_rollouts(js)).items():
-                if not name.startswith("_"):
-                    state = (await read_control(js, name)).state
-                    items.append({"rollout": name, "control": msgspec.to_builtins(state), "counts": counts})
-        except Exception:  # e.g. a read-only credential: the overview goes without rollouts
-            return []
-    out = []
-    for item in items:
-        control = item["control"]
+            reply = await local.status(request)
+        except ApiError as inner:
+            raise CliError.from_api(inner.code, inner.message) from None
+        except Exception as inner:  # e.g. an operator credential, which may not read ro.evt.> itself
+            raise CliError(f"no rollout API is running and this credential cannot read the log "
+                           f"({type(inner).__name__}: {inner}); start the API (`rollout up` or `rollout api`)",
+                           "unavailable") from None
+        finally:
+            await local.index.close()
+    for row in reply.get("rollouts", []):
+        control = row["control"]
         flag = "KILLED" if control["kill_switch"] else f"canary {control['canary_pct']:g}%"
-        out.append({"rollout": item["rollout"], "kill_switch": control["kill_switch"],
-                    "canary_pct": control["canary_pct"], "counts": item["counts"],
-                    "line": f"{sanitize(item['rollout'])}: {flag}"})
-    return out
+        row.update(kill_switch=control["kill_switch"], canary_pct=control["canary_pct"],
+                   line=f"{sanitize(row['rollout'])}: {flag}, {row.get('phase', '?')}")
+    return reply
+
+
+def next_page_hint(reply: dict[str, Any], request: dict[str, Any]) -> str:
+    """What the text output ends a page with: the command that shows the next one."""
+    shown, total = len(reply.get("rollouts", [])), reply.get("total", 0)
+    cursor = reply.get("next_cursor")
+    if cursor is None:
+        return f"rollouts: {shown} shown of {total} in the log; last page"
+    flags = " ".join(f"--{k} {v}" for k, v in request.items() if k in ("limit", "state", "prefix"))
+    return (f"rollouts: {shown} shown of {total} in the log; next page: "
+            f"`rollout status {flags + ' ' if flags else ''}--cursor {cursor}` (every page: --all)")
 
 
 async def show_rollout(args: argparse.Namespace) -> int:

@@ -23,14 +23,16 @@ from rollout_engine.consumers.rollback.policy import Progression
 from rollout_engine.events import (
     COMMAND_TYPES,
     ConfigChange,
+    ControlState,
     Escalation,
     KillSwitch,
     kind_of,
+    transitions,
 )
 
 __all__ = ["PHASES", "RolloutView"]
 
-PHASES = ("aborted", "paused", "promoted", "progressing", "idle")
+PHASES = transitions.PHASES
 _DEFAULT_STEPS = list(Progression().steps)
 
 
@@ -107,13 +109,9 @@ class RolloutView:
 
     @property
     def phase(self) -> str:
-        if self.killed:
-            return "aborted"
-        if self.control.get("paused"):
-            return "paused"
-        if self.canary_pct >= 100.0:
-            return "promoted"
-        return "progressing" if self.canary_pct > 0 else "idle"
+        """``events.transitions.phase``: the word ``rollout status --state`` filters on."""
+        return transitions.phase(ControlState(canary_pct=self.canary_pct, kill_switch=self.killed,
+                                              paused=bool(self.control.get("paused"))))
 
     @property
     def step(self) -> int:

@@ -1,8 +1,11 @@
 """``rollout status [ROLLOUT]``: the health view an on-call engineer reads first.
 
-Without ROLLOUT: the server, the streams, each consumer's lag and every rollout's
-control state. With ROLLOUT: its control state, the last command (who, when, why, and
-the numbers that caused it), per-variant stats and the thresholds in force.
+Without ROLLOUT: the server, the streams, each consumer's lag and the first page of
+rollouts (100 by name; --limit up to 1000) with their control state and phase; the last
+line gives the command for the next page (--cursor). --state and --prefix filter the
+listing; --all prints every page and nothing else (with --json one JSON object per page
+and line), for scripts. With ROLLOUT: its control state, the last command (who, when,
+why, and the numbers that caused it), per-variant stats and the thresholds in force.
 Also the engine's own health (engine/stack/health.py): the children of ``rollout up``
 with their restarts and crash loops, on a cluster its nodes, stream leaders and
 partition owners, and any engine message whose id another publisher took first.
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from typing import Any
 
+import msgspec
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
+from rollout_engine.engine.api.rollout_index import DEFAULT_LIMIT, MAX_LIMIT
 from rollout_engine.engine.bus import connect
 from rollout_engine.engine.cli.common import (
     CliError,
@@ -26,8 +32,8 @@ from rollout_engine.engine.cli.common import (
     print_json,
     settings_from,
 )
-from rollout_engine.engine.cli.rollout_status import rollouts_summary, show_rollout
-from rollout_engine.events import subjects
+from rollout_engine.engine.cli.rollout_status import next_page_hint, rollouts_page, show_rollout
+from rollout_engine.events import subjects, transitions
 
 __all__ = ["collect_status", "register"]
 
@@ -90,17 +96,55 @@ def _engine_durables() -> set[str]:
     return set(registry.names())
 
 
+def _listing_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The API request of the listing flags (the API validates them and names the flag)."""
+    given = {"limit": args.limit, "cursor": args.cursor, "state": args.state, "prefix": args.prefix}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+async def _all_pages(args: argparse.Namespace) -> int:
+    """Every page, printed as it arrives: a script's way through 100,000 rollouts."""
+    request = _listing_request(args)
+    nc = await connect(settings_from(args), name="rollout-status", reconnect=False)
+    try:
+        while True:
+            reply = await rollouts_page(nc, request)
+            if args.json:
+                sys.stdout.write(msgspec.json.encode({k: reply[k] for k in ("rollouts", "next_cursor")}).decode()
+                                 + "\n")
+            else:
+                sys.stdout.write("".join(f"rollout {row['line']}\n" for row in reply["rollouts"]))
+            sys.stdout.flush()
+            if reply["next_cursor"] is None:
+                return 0
+            request["cursor"] = reply["next_cursor"]
+    finally:
+        await nc.close()
+
+
 async def _run(args: argparse.Namespace) -> int:
     if args.watch and not args.rollout:
         raise CliError("--watch follows one rollout: give ROLLOUT (`rollout status ROLLOUT --watch`)", "usage")
+    request = _listing_request(args)
     if getattr(args, "rollout", None):
+        if request or args.all:
+            raise CliError("--limit, --cursor, --state, --prefix and --all page through the listing; "
+                           "leave out ROLLOUT (`rollout status --state aborted`)", "usage")
         return await show_rollout(args)
+    if args.all:
+        return await _all_pages(args)
     settings = settings_from(args)
     nc = await connect(settings, name="rollout-status", reconnect=False)
     try:
         status = await collect_status(nc.jetstream(), nc.connected_url.geturl() if nc.connected_url else "")
-
-        status["rollouts"] = await rollouts_summary(nc.jetstream(), nc)
+        try:
+            page = await rollouts_page(nc, request)
+        except CliError as exc:
+            if request or exc.code == "invalid":
+                raise
+            page = {"rollouts": [], "next_cursor": None, "unavailable": str(exc)}  # e.g. a credential without the API
+        status.update(rollouts=page["rollouts"], next_cursor=page["next_cursor"],
+                      **{k: page[k] for k in ("total", "phases", "unavailable") if k in page})
     finally:
         await nc.close()
     if args.json:
@@ -128,6 +172,8 @@ async def _run(args: argparse.Namespace) -> int:
         print(color(line, "31") if alarm else line)
     for item in status["rollouts"]:
         print(f"rollout {item['line']}")
+    if "total" in status:
+        print(next_page_hint(status, request))
     return 0
 
 
@@ -138,5 +184,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--watch", "-w", action="store_true",
                         help="with ROLLOUT: follow it live (pushed by NATS; redrawn on a terminal, one line per "
                              "change to a pipe, one JSON object per line with --json) until Ctrl-C")
+    page = parser.add_argument_group("listing (without ROLLOUT)")
+    page.add_argument("--limit", type=int, metavar="N",
+                      help=f"rollouts per page, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}); pages go by name")
+    page.add_argument("--cursor", "--continue", dest="cursor", metavar="CURSOR",
+                      help="start after this cursor: the next_cursor of the previous page (the text output's last "
+                           "line gives the command)")
+    page.add_argument("--state", metavar="PHASE",
+                      help="only rollouts in this phase: " + ", ".join(transitions.PHASES)
+                           + " (killed and running are accepted for aborted and progressing)")
+    page.add_argument("--prefix", metavar="TEXT", help="only rollouts whose name starts with TEXT")
+    page.add_argument("--all", action="store_true",
+                      help="print every page and nothing else, for scripts (with --json: one JSON object per page "
+                           "and line, each with its rollouts and next_cursor)")
     add_json_flag(parser)
     parser.set_defaults(handler=handler(_run))

@@ -10,6 +10,12 @@ Two formats, chosen by the file name (``.jsonl`` or ``.msgpack``/``.mpk``):
   big-endian length, with each message's original payload bytes, so a replay decodes
   exactly what the live consumers decoded.
 
+A message stored with headers keeps them (``"headers"``): the engine's signature of each
+control command (``Ro-Sig-Key``, ``Ro-Sig``), so ``rollout explain`` verifies it offline.
+A JSONL line of a signed message also carries its exact payload (``"data"``,
+base64): a signature covers those bytes, not the events re-encoded. The header line may
+carry the public key ring (``"signing_keys"``, ``rollout export`` adds it).
+
 Both keep every message's stream sequence, because projections receive it; that is what
 makes a replay of an export give the live projections' digests exactly. Read back, either
 format gives the same :class:`events.LogMessage` records the live consumers received (a
@@ -33,6 +39,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from rollout_engine.consumers.folding import read_message
+from rollout_engine.engine.sdk.signatures import SIG_HEADER
 from rollout_engine.events import LogMessage, decode_json, encode_batch, encode_json, subjects
 
 __all__ = [
@@ -106,6 +113,10 @@ def _json_record(msg: LogMessage) -> tuple[bytes, int, int]:
     good, bad = read_message(msg)
     parts = [b'{"seq":', str(msg.seq).encode(), b',"subject":', _json_enc.encode(msg.subject),
              b',"time_ms":', str(msg.time_ms).encode(), b',"events":[', b",".join(encode_json(e) for e in good), b"]"]
+    if msg.headers:
+        parts += [b',"headers":', _json_enc.encode(msg.headers)]
+        if SIG_HEADER in msg.headers:
+            parts += [b',"data":"', base64.b64encode(msg.data), b'"']
     if bad:
         rejected = [{"index": r.index, "reason": r.reason, "data": base64.b64encode(r.data).decode()} for r in bad]
         parts += [b',"rejected":', _json_enc.encode(rejected)]
@@ -156,7 +167,10 @@ async def write_export(
             else:
                 events, rejected = read_message(msg)
                 good, bad = len(events), len(rejected)
-                out.record({"seq": msg.seq, "subject": msg.subject, "time_ms": msg.time_ms, "data": msg.data})
+                record = {"seq": msg.seq, "subject": msg.subject, "time_ms": msg.time_ms, "data": msg.data}
+                if msg.headers:
+                    record["headers"] = msg.headers
+                out.record(record)
             n_msgs += 1
             n_events += good
             n_bad += bad
@@ -193,8 +207,12 @@ def read_export(path: str | Path, *, verify: bool = True) -> tuple[dict[str, Any
         _check(path, header, footer, body, verify)
         for line in lines[1:]:
             item = msgspec.json.decode(line)
-            events = [decode_json(_json_enc.encode(e)) for e in item.get("events", [])]
-            records.append(LogMessage(item["seq"], item["subject"], encode_batch(events), item.get("time_ms", 0)))
+            if "data" in item:  # the exact payload of a signed command
+                data = base64.b64decode(item["data"])
+            else:
+                data = encode_batch([decode_json(_json_enc.encode(e)) for e in item.get("events", [])])
+            records.append(LogMessage(item["seq"], item["subject"], data, item.get("time_ms", 0),
+                                      item.get("headers") or None))
         return header, records, footer
     decoder = msgspec.msgpack.Decoder()
     try:
@@ -206,7 +224,8 @@ def read_export(path: str | Path, *, verify: bool = True) -> tuple[dict[str, Any
     header, footer = items[0][0], items[-1][0]
     _check(path, header, footer, blob[: items[-1][1]], verify)
     for item, _offset in items[1:-1]:
-        records.append(LogMessage(item["seq"], item["subject"], item["data"], item.get("time_ms", 0)))
+        records.append(LogMessage(item["seq"], item["subject"], item["data"], item.get("time_ms", 0),
+                                  item.get("headers") or None))
     return header, records, footer
 
 

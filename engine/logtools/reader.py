@@ -74,7 +74,8 @@ async def read_messages(
                     return
                 if since_ms is not None and stamp < since_ms:
                     continue  # the server's start time is a hint; the filter is exact
-                yield LogMessage(int(meta.sequence.stream), msg.subject, bytes(msg.data), stamp)
+                yield LogMessage(int(meta.sequence.stream), msg.subject, bytes(msg.data), stamp,
+                                 dict(msg.headers) if msg.headers else None)
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

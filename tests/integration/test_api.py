@@ -114,8 +114,9 @@ async def test_status_health_and_discovery(api, rollout_id) -> None:
     assert status["last_command"]["actor"] == "ops" and status["last_command"]["kind"] == "kill_switch"
     assert status["counts"]["metric"] == 1
     assert status["thresholds"]["thresholds"]
-    overview = await call(nc, "status", {})
-    assert any(r["rollout"] == rollout_id and r["control"]["kill_switch"] for r in overview["rollouts"])
+    overview = await call(nc, "status", {"prefix": rollout_id})  # the session server lists other tests' too
+    assert any(r["rollout"] == rollout_id and r["control"]["kill_switch"] and r["phase"] == "aborted"
+               for r in overview["rollouts"])
     health = await call(nc, "health")
     assert health["ok"] is True and health["log"]["last_seq"] >= 1
     ping = await nc.request("$SRV.PING.rollout-api", b"", timeout=5)

@@ -56,7 +56,7 @@ async def test_kill_status_resume_set_through_the_cli(api, settings, rollout_id)
     out = await rollout_cli(settings, "resume", rollout_id, "--json")
     assert json.loads(out.stdout)["after"] == {**status["control"], "kill_switch": False, "canary_pct": 5.0,
                                               "config_version": status["control"]["config_version"] + 1}
-    overview = json.loads((await rollout_cli(settings, "status", "--json")).stdout)
+    overview = json.loads((await rollout_cli(settings, "status", "--prefix", rollout_id, "--json")).stdout)
     assert any(r["rollout"] == rollout_id and r["canary_pct"] == 5.0 for r in overview["rollouts"])
 
 

@@ -12,7 +12,10 @@
 // It prints one JSON line per event worth seeing (ready, control, progress, done), which
 // is what tests/integration/test_node_client.py reads. Flags: --rollout, --producer,
 // --rate (requests/s, default 400), --regress, --after-kill N (stop after serving N
-// requests under the kill switch, default 200), --max-seconds (default 60).
+// requests under the kill switch, default 200), --max-seconds (default 60), --require-signed
+// (secure mode: refuse control commands the engine did not sign, src/signatures.js; also
+// ROLLOUT_REQUIRE_SIGNED=1; the public keys come from KV, or ROLLOUT_SIGNING_KEYS names the
+// engine's signing-keys.json to pin them).
 
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -20,10 +23,11 @@ import { join } from "node:path";
 import { RolloutClient } from "./src/client.js";
 
 function flags(argv) {
-  const out = { rollout: "planner-v2", producer: "node-service", rate: 400, regress: false, afterKill: 200, maxSeconds: 60 };
+  const out = { rollout: "planner-v2", producer: "node-service", rate: 400, regress: false, afterKill: 200, maxSeconds: 60,
+    requireSigned: false };
   for (let i = 0; i < argv.length; i += 1) {
     const key = argv[i].replace(/^--/, "").replace(/-([a-z])/g, (_, c) => c.toUpperCase());
-    if (key === "regress") { out.regress = true; continue; }
+    if (key === "regress" || key === "requireSigned") { out[key] = true; continue; }
     if (!(key in out)) throw new Error(`unknown flag ${argv[i]}; see the comment at the top of service.js`);
     out[key] = typeof out[key] === "number" ? Number(argv[++i]) : argv[++i];
   }
@@ -66,6 +70,9 @@ async function main() {
     user: process.env.ROLLOUT_USER || undefined,
     pass: process.env.ROLLOUT_PASSWORD || undefined,
     onChange: (rollout, state) => say({ event: "control", rollout, state }),
+    // secure mode: refuse control commands the engine did not sign (keys from KV, or a pinned ring file)
+    requireSigned: opts.requireSigned || process.env.ROLLOUT_REQUIRE_SIGNED === "1",
+    signingKeys: process.env.ROLLOUT_SIGNING_KEYS ? JSON.parse(readFileSync(process.env.ROLLOUT_SIGNING_KEYS, "utf8")) : null,
   });
   await client.start();
   say({ event: "ready", rollout: opts.rollout, state: client.state(opts.rollout) });
@@ -93,7 +100,8 @@ async function main() {
     await new Promise((r) => setTimeout(r, slice));
   }
   const flushed = await client.flush();
-  say({ event: "done", served, under_kill_switch: underKill, state: client.state(opts.rollout), flushed });
+  say({ event: "done", served, under_kill_switch: underKill, state: client.state(opts.rollout), flushed,
+    refused: client.refused });
   await client.close();
 }
 

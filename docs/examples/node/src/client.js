@@ -17,15 +17,21 @@
 // * events are batched per subject (a msgpack array, at most 250 events or 5 ms) and
 //   published to JetStream with Nats-Msg-Id = first event id + count, so a retry is
 //   stored once. Unlike the Python SDK there is no SQLite outbox: while NATS is away
-//   batches wait in memory (bounded by maxBuffered, then record* throws) and are retried.
+//   batches wait in memory (bounded by maxBuffered, then record* throws) and are retried;
+// * with requireSigned (set it in secure mode) every control message's Ed25519 signature is
+//   checked with Node's built-in crypto (src/signatures.js) against the engine's key ring
+//   (signingKeys, else KV ro_state engine.signing_keys): an unsigned, unknown-key or badly
+//   signed resume or config is refused and never applied; such a kill switch still stops
+//   the candidate (stopping is always safe), as in the Python SDK.
 
 import { randomBytes } from "node:crypto";
 
 import { decode, encode } from "@msgpack/msgpack";
-import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 
 import { bucket, pick, splitOf } from "./assignment.js";
+import { ControlVerifier } from "./signatures.js";
 import {
   CONTROL_ALL, DEFAULT_STATE, LOG_STREAM, checkToken, decision, eventSubject, metric, outcome, stateFromCommand,
 } from "./events.js";
@@ -42,8 +48,11 @@ export class RolloutClient {
    * @param {number} [options.lingerMs=5] a batch is sent this long after its first event
    * @param {number} [options.maxBuffered=100000] events held in memory at most
    * @param {(rollout: string, state: object) => void} [options.onChange] after each state change
+   * @param {boolean} [options.requireSigned=false] refuse control commands not signed by the engine (secure mode)
+   * @param {object} [options.signingKeys] the engine's key ring (DATA_DIR/signing-keys.json); default: KV
    */
-  constructor({ servers, producer, user, pass, batchSize = 250, lingerMs = 5, maxBuffered = 100_000, onChange } = {}) {
+  constructor({ servers, producer, user, pass, batchSize = 250, lingerMs = 5, maxBuffered = 100_000, onChange,
+    requireSigned = false, signingKeys = null } = {}) {
     this.servers = String(servers || "nats://127.0.0.1:4222").split(",").map((s) => s.trim()).filter(Boolean);
     this.producer = checkToken(producer, "producer");
     this.user = user;
@@ -52,6 +61,9 @@ export class RolloutClient {
     this.lingerMs = lingerMs;
     this.maxBuffered = maxBuffered;
     this.onChange = onChange;
+    this.pinnedKeys = Boolean(signingKeys);
+    this.verifier = requireSigned || signingKeys ? new ControlVerifier({ requireSigned, ring: signingKeys }) : null;
+    this.refused = { unsigned: 0, unknown_key: 0, bad_signature: 0 };
     this.states = new Map();
     this.splits = new Map();
     this.stateSeq = new Map();
@@ -74,6 +86,7 @@ export class RolloutClient {
       reconnectTimeWait: 500,
     });
     this.js = jetstream(this.nc);
+    if (this.verifier && !this.pinnedKeys) await this.readKeys();
     const consumer = await this.js.consumers.getPushConsumer(LOG_STREAM, {
       name_prefix: `sdk-node-${this.producer}-${randomBytes(4).toString("hex")}`,
       deliver_prefix: this.user ? `_INBOX_${this.user}.ctl` : undefined,
@@ -87,7 +100,15 @@ export class RolloutClient {
     this.messages = await consumer.consume();
     this.following = (async () => {
       for await (const msg of this.messages) {
-        this.fold(msg.data, msg.seq);
+        let refusal = null;
+        if (this.verifier) {
+          refusal = this.verifier.check(msg.subject, msg.data, msg.headers);
+          if (refusal === "unknown_key" && !this.pinnedKeys) { // a rotation this instance has not seen yet
+            await this.readKeys();
+            refusal = this.verifier.check(msg.subject, msg.data, msg.headers);
+          }
+        }
+        this.fold(msg.data, msg.seq, refusal);
         if (msg.info.pending === 0) caughtUp();
       }
     })();
@@ -103,7 +124,19 @@ export class RolloutClient {
     return this;
   }
 
-  fold(data, seq) {
+  /** Add the engine's key ring from KV ro_state (engine.signing_keys) to the verifier. */
+  async readKeys() {
+    try {
+      const jsm = await jetstreamManager(this.nc);
+      const stored = await jsm.streams.getMessage("KV_ro_state", { last_by_subj: "$KV.ro_state.engine.signing_keys" });
+      if (stored) this.verifier.add(stored.json());
+    } catch (err) {
+      console.error(`rollout client: could not read the signing key ring from KV ro_state: ${err.message}`);
+    }
+  }
+
+  /** Fold one control message; `refusal` (from the verifier) limits it to stopping the candidate. */
+  fold(data, seq, refusal = null) {
     let decoded;
     try {
       decoded = decode(data);
@@ -111,8 +144,18 @@ export class RolloutClient {
       console.error(`rollout client: ignoring undecodable control message at seq ${seq}: ${err.message}`);
       return;
     }
+    if (refusal) {
+      this.refused[refusal] = (this.refused[refusal] ?? 0) + 1;
+      console.error(`rollout client: REFUSED control message at seq ${seq} (${refusal}): not applied as sent `
+        + "(a kill switch only stops the candidate); only the engine's signing key may issue control commands");
+    }
     for (const event of Array.isArray(decoded) ? decoded : [decoded]) {
-      const change = stateFromCommand(event);
+      let change = stateFromCommand(event);
+      if (change !== null && refusal) {
+        change = event.kind === "kill_switch" // stopping is always safe: keep the rest of the state held
+          ? { rollout: change.rollout, state: { ...this.state(change.rollout), kill_switch: true, canary_pct: 0 } }
+          : null;
+      }
       if (change === null || seq <= (this.stateSeq.get(change.rollout) ?? 0)) continue;
       this.stateSeq.set(change.rollout, seq);
       this.states.set(change.rollout, change.state);
