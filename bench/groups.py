@@ -7,7 +7,8 @@ import asyncio
 from bench.bench_reference import naive_design, transport_ceiling
 from bench.harness import Figure, measure
 
-__all__ = ["bandit", "consumer", "judgement", "memory", "propagation", "reference", "restart", "rollback", "scale", "sdk", "status"]
+__all__ = ["bandit", "consumer", "judgement", "memory", "propagation", "reference", "restart", "resting", "rollback",
+           "scale", "sdk", "status"]
 
 REPEAT = 3
 _cache: dict[str, Figure] = {}
@@ -131,6 +132,15 @@ async def memory() -> list[Figure]:
     return [Figure("canary_stats: peak RSS with 10,000 active rollouts (300 events each)", "MB",
                    rss[len(rss) // 2], rss[0], rss[-1], rss, target="< 300 MB",
                    extra={"snapshot_mb": runs[-1]["snapshot_mb"]})]
+
+
+async def resting() -> list[Figure]:
+    """100,000 rollouts x 51 events then idle: canary_stats + rollback RSS with resting rollouts,
+    the rollback consumer's bytes per active and per resting rollout, and the kill switch of
+    a resting rollout (bench/bench_resting.py)."""
+    from bench.bench_resting import resting_figures
+
+    return await resting_figures()
 
 
 async def restart() -> list[Figure]:

@@ -37,6 +37,7 @@ GROUPS: dict[str, str] = {
     "replay": "bench.groups:replay",
     "memory": "bench.groups:memory",
     "scale": "bench.groups:scale",
+    "resting": "bench.groups:resting",
     "restart": "bench.groups:restart",
     "propagation": "bench.groups:propagation",
     "judgement": "bench.groups:judgement",

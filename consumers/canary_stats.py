@@ -103,6 +103,7 @@ class CanaryStats(RolloutProjection[_Rollout]):
     """
 
     name = "canary_stats"
+    resting = staticmethod(lambda _state: True)  # a tick moves only the meta part: every rollout may rest
 
     def __init__(self, last_n: int = 100, window_ms: int = 300_000, time_cap: int = 1000) -> None:
         """``time_cap`` bounds each series of the time window (memory); beyond it the

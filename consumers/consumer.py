@@ -14,13 +14,14 @@ is handed to it by engine code, so ``consumers/`` imports nothing of the engine:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rollout_engine.consumers.mirror import KvMirror
 from rollout_engine.consumers.projection import Projection
+from rollout_engine.consumers.resident import Resident
 from rollout_engine.consumers.store import SQLiteConsumerStore
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class RuntimeSettings(Protocol):
     ack_wait_s: float
     consumer_max_deliver: int
     dedupe_window_s: float
+    resident_rollouts: int
 
 
 class RuntimeMetrics(Protocol):
@@ -67,6 +69,7 @@ class RuntimeMetrics(Protocol):
     store_errors: Any
     preempted: Any
     stalled: Any
+    rollouts: Any
 
 
 class _Nothing:
@@ -92,6 +95,7 @@ class _NoMetrics:
         nothing = _Nothing()
         self.events = self.messages = self.duplicates = self.duplicate_events = self.dead = self.commits = nothing
         self.commit_seconds = self.position = self.store_errors = self.preempted = self.stalled = nothing
+        self.rollouts = nothing
 
 
 NO_METRICS: RuntimeMetrics = _NoMetrics()
@@ -137,10 +141,15 @@ def store_name(consumer: str, partition: int | None) -> str:
     return consumer if partition is None else f"{consumer}_p{partition}"
 
 
-def restore(projection: Projection, parts: dict[str, bytes], where: Path) -> None:
-    """Restore committed parts, or raise :class:`StoreIncompatible` saying what to do."""
+def restore(projection: Projection, parts: Iterable[tuple[str, bytes]] | dict[str, bytes], where: Path,
+            resident: Resident | None = None) -> None:
+    """Restore committed parts (through ``resident``: at most its cap in memory), or raise
+    :class:`StoreIncompatible` saying what to do."""
     try:
-        projection.restore_parts(parts)
+        if resident is not None:
+            resident.restore(parts.items() if isinstance(parts, dict) else parts)
+        else:
+            projection.restore_parts(parts)
     except Exception as exc:
         raise StoreIncompatible(
             f"consumer {projection.name!r} cannot restore its state from {where} "

@@ -35,6 +35,7 @@ from rollout_engine.consumers.deadletter import DeadLetter, dead_letter_row
 from rollout_engine.consumers.dedupe import SeenIds
 from rollout_engine.consumers.outbox import OutboxRow, event_row
 from rollout_engine.consumers.projection import Projection
+from rollout_engine.consumers.resident import Resident
 from rollout_engine.events import AnyEvent, Event, LogMessage, decode_from_log, encode, subjects
 
 __all__ = ["BatchResult", "Failure", "Folded", "Folder", "events_of", "fold_events", "fold_message", "read_fresh",
@@ -170,12 +171,14 @@ class Folder:
     fresh one with the default window and cap); the runtime restores it with the position
     and commits what each batch adds to it in the same transaction. A projection that
     folds no producer event (``reads_events = False``: control, notifier) gets none, so
-    its process spends neither memory nor time on ids it would ignore.
+    its process spends neither memory nor time on ids it would ignore. With ``resident``
+    (``consumers.resident``), the resting rollouts a batch names are loaded before it is folded.
     """
 
     def __init__(self, projection: Projection, seq: int = 0, consumer: str | None = None,
-                 contiguous: bool = True, seen: SeenIds | None = None) -> None:
+                 contiguous: bool = True, seen: SeenIds | None = None, resident: Resident | None = None) -> None:
         self.projection = projection
+        self.resident = resident  # resting rollouts (consumers.resident): loaded before a batch is folded
         self.seen: SeenIds | None = None
         if getattr(projection, "reads_events", True):
             self.seen = SeenIds() if seen is None else seen
@@ -196,6 +199,8 @@ class Folder:
     def fold_batch(self, messages: Iterable[LogMessage]) -> BatchResult:
         """Fold what is next in order; return the result to commit (and what was held)."""
         ordered = sorted(messages, key=lambda m: m.seq)
+        if self.resident is not None:
+            self.resident.prepare(ordered)
         result = BatchResult(self.seq)
         projections = [self.projection]
         for index, message in enumerate(ordered):

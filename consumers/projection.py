@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -118,6 +118,10 @@ class RolloutProjection(Generic[S]):
     state_type: ClassVar[type[msgspec.Struct] | None] = None
     clock_is_meta: ClassVar[bool] = False
     inline_parts: ClassVar[bool] = False
+    resting: ClassVar[Callable[[Any], bool] | None] = None
+    """When one rollout's state may rest out of memory (:meth:`rests`); None: never."""
+    beside: ClassVar[tuple[str, ...]] = ()
+    """Attributes holding dicts keyed by rollout beside ``rollouts``: they rest with it."""
     reads_events: ClassVar[bool] = True
     """False for a projection that folds only the engine's messages (commands, ticks): its
     :class:`consumers.folding.Folder` keeps no seen set of producer event ids (``consumers.dedupe``)."""
@@ -160,6 +164,28 @@ class RolloutProjection(Generic[S]):
 
     def restored(self) -> None:
         """Called after a restore: rebuild what is derived from the parts (indexes, heaps)."""
+
+    # --- resting rollouts (consumers.resident) --------------------------------------------
+    def rests(self, rollout: str) -> bool:
+        """Whether ``rollout``'s state may leave memory once committed (``consumers.resident``).
+
+        Only when nothing but an event of that rollout can change it: a tick must change
+        nothing for it (no timer, no time window) and no other rollout's state derives
+        from it. A projection opts in with ``resting`` (a predicate on one rollout's
+        state) or by overriding this; by default no rollout rests.
+        """
+        return self.resting is not None and self.resting(self.rollouts[rollout])
+
+    def load_rollout(self, rollout: str, blob: bytes) -> None:
+        """Bring a resting rollout back from its committed part (inverse of :meth:`rest`)."""
+        self.rollouts[rollout] = self.decode_rollout(rollout, blob)
+
+    def rest(self, rollout: str) -> None:
+        """Forget a committed rollout's in-memory state (its part in the store stays the
+        truth), with what ``beside`` keeps for it."""
+        del self.rollouts[rollout]
+        for name in self.beside:
+            getattr(self, name).pop(rollout, None)
 
     # --- the clock and the dirty set ----------------------------------------------------
     def touch(self, key: str) -> None:
@@ -223,10 +249,22 @@ class RolloutProjection(Generic[S]):
     def _snapshot_chunks(self) -> Iterator[bytes]:
         """The snapshot's bytes, part by part: a msgpack map of the parts in key order."""
         meta = self.encode_meta()
-        yield _map_header(len(self.rollouts) + (meta is not None))
-        for key, part in self._parts(meta):
+        return self.chunks_of(len(self.rollouts) + (meta is not None), self._parts(meta))
+
+    def chunks_of(self, count: int, parts: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:
+        """Snapshot bytes of ``count`` parts given in key order (meta first): what
+        ``consumers.resident`` hashes when some parts rest in the store, not in memory."""
+        yield _map_header(count)
+        for key, part in parts:
             yield _encoder.encode(key)
             yield part if self.inline_parts else _encoder.encode(part)
+
+    def digest_parts(self, count: int, parts: Iterable[tuple[str, bytes]]) -> str:
+        """:meth:`digest` of a state given as ``count`` parts in key order (meta first)."""
+        hasher = hashlib.blake2b(digest_size=16)
+        for chunk in self.chunks_of(count, parts):
+            hasher.update(chunk)
+        return hasher.hexdigest()
 
     def snapshot(self) -> bytes:
         """The whole state, canonically encoded, built part by part into one buffer.
@@ -248,7 +286,5 @@ class RolloutProjection(Generic[S]):
 
     def digest(self) -> str:
         """Equals ``digest_of(self.snapshot())``, hashing part by part (the state is never held twice)."""
-        hasher = hashlib.blake2b(digest_size=16)
-        for chunk in self._snapshot_chunks():
-            hasher.update(chunk)
-        return hasher.hexdigest()
+        meta = self.encode_meta()
+        return self.digest_parts(len(self.rollouts) + (meta is not None), self._parts(meta))

@@ -2,40 +2,34 @@
 
 One process per consumer (``rollout consumer NAME``). The loop, per fetched batch:
 
-1. fetch up to ``consumer_batch`` messages from a durable pull consumer on ``RO_LOG``
-   (the whole log, so stream sequences are contiguous and a gap means something is
-   wrong); a fetch ``TimeoutError`` means "no data" and the fetch is re-issued;
-2. fold them with :class:`consumers.folding.Folder`, the one fold replay and backtests
-   run too (skip what is committed, hold what is after a gap and fill the gap by a
-   direct get, dead-letter what is bad);
+1. fetch up to ``consumer_batch`` messages from a durable pull consumer on ``RO_LOG`` (the
+   whole log: a gap means something is wrong); a ``TimeoutError`` means "no data";
+2. fold them with :class:`consumers.folding.Folder`, the one fold replay runs too (skip
+   what is committed, hold what follows a gap and fill it by a direct get, dead-letter the bad);
 3. commit the changed snapshot parts, the last sequence, the outbox rows (emitted
    events and dead letters) and the event ids the batch added to the seen set
    (``consumers.dedupe``) in ONE SQLite transaction;
 4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
    engine's keyed id of the row id), delete what JetStream stored;
-6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook.
+6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook, then
+   let the least recently touched rollouts rest out of memory (``consumers.resident``).
 
-A crash between any two steps is harmless: before 3 nothing happened; between 3 and 4
-the redelivered messages are at or below the committed sequence and are skipped;
-between 4 and 5 the outbox is relayed on start and JetStream drops duplicates.
+A crash between two steps is harmless: before 3 nothing happened; between 3 and 4 the
+redeliveries are at or below the committed sequence and are skipped; between 4 and 5 the
+outbox is relayed on start and JetStream drops duplicates.
 
-On start the durable JetStream consumer is re-created at the committed sequence + 1:
-the SQLite position is the truth, the JetStream consumer only a cursor, so nothing
-pending from a previous process can arrive out of order.
+On start the durable consumer is re-created at the committed sequence + 1 (SQLite is the
+truth, the consumer a cursor): nothing pending from a previous process arrives out of order.
 
-Partitioned (``Runner(..., partition=k)``, docs/scaling.md): the log stores every
-rollout's subjects with its partition number, and the runner's durable consumer
-(``<name>_p<k>``, its own SQLite store ``<name>_p<k>.sqlite``) filters partition ``k``
-and the ticks. Stream sequences then have holes by design, so order is checked on the
-consumer's delivery sequence, which JetStream numbers 1, 2, 3... for every delivery
-(redeliveries included) from the consumer's creation: a hole or step back there means
-a delivery was lost (a dropped pull, a leader change) and the runner rewinds, i.e.
-re-creates the consumer at the committed position + 1, exactly as on start.
+Partitioned (``Runner(..., partition=k)``, docs/scaling.md): the runner's durable consumer
+(``<name>_p<k>``, store ``<name>_p<k>.sqlite``) filters partition ``k`` and the ticks. Stream
+sequences then have holes by design, so order is checked on the delivery sequence, which
+JetStream numbers 1, 2, 3... for every delivery from the consumer's creation: a hole or step
+back there means a delivery was lost (a dropped pull, a leader change) and the runner
+rewinds, i.e. re-creates the consumer at the committed position + 1, exactly as on start.
 
-A consumer module registers a :class:`consumers.registry.ConsumerSpec` and exposes
-``build(settings) -> Consumer`` (``consumers.consumer``); see
-``consumers/stats_consumer.py`` for an example. The engine passes the settings, the NATS
-connection (or how to make one) and its metrics in (``engine/stack/consumer_runner.py``).
+A consumer module registers a ``ConsumerSpec`` and exposes ``build(settings) -> Consumer``
+(``consumers/stats_consumer.py``); the engine passes settings, NATS and metrics in.
 """
 
 from __future__ import annotations
@@ -65,6 +59,7 @@ from rollout_engine.consumers.folding import BatchResult, Folder
 from rollout_engine.consumers.jetstream import first_seq, get_message, log_message, subscribe
 from rollout_engine.consumers.outbox import OutboxRow
 from rollout_engine.consumers.relay import MessageIds, OutboxRelay, Signer
+from rollout_engine.consumers.resident import resident_for
 from rollout_engine.consumers.store import SQLiteConsumerStore
 from rollout_engine.events import LogMessage, subjects
 
@@ -117,8 +112,10 @@ class Runner:
         self.metrics = metrics or NO_METRICS
         self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
         self.relay = OutboxRelay(self.name, self.store, msg_ids, self.metrics, signer)
+        self.resident = resident_for(consumer, settings.resident_rollouts, self.store.read_parts, self.metrics.rollouts,
+                                     self.name)  # resting rollouts (consumers.resident), None when none can rest
         self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None,
-                             seen=SeenIds(settings.dedupe_window_s))
+                             seen=SeenIds(settings.dedupe_window_s), resident=self.resident)
         self._next_delivery = 1  # partitioned: the consumer sequence expected next
         self._stuck = 0  # partitioned: idle checks in a row that saw undelivered messages
         self.stop_event = asyncio.Event()
@@ -155,8 +152,9 @@ class Runner:
             return RunSummary(self.name, 0, 0, 0, "")  # stopped while standing by: nothing was ours
         await self.store.open()
         try:
-            stored = await self.store.load()
-            restore(self.projection, stored.parts, self.store.path)
+            stored = await self.store.load(parts=self.resident is None)
+            restore(self.projection, self.store.iter_parts() if self.resident else stored.parts, self.store.path,
+                    self.resident)
             self.folder.seq = stored.seq
             if self.folder.seen is not None:
                 self.folder.seen.load(stored.seen)
@@ -173,13 +171,13 @@ class Runner:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
             await self._run_hooks("on_stop")
+            digest = self.resident.digest() if self.resident else self.projection.digest()
         finally:
             await self.store.close()
             if self._own_nc and self._nc is not None:
                 with contextlib.suppress(Exception):
                     await self._nc.drain()
-        return RunSummary(self.name, self.folder.seq, self.folder.events, self.dead_letters,
-                          self.projection.digest())
+        return RunSummary(self.name, self.folder.seq, self.folder.events, self.dead_letters, digest)
 
     async def _connected(self) -> None:
         if self._nc is None:
@@ -319,6 +317,8 @@ class Runner:
         self._count(total, time.perf_counter() - began)
         await self._relay(rows)
         await self._run_hooks("after_commit", total)  # the state is committed: a failure is logged
+        if self.resident is not None:  # committed: the least recently touched rollouts may rest
+            self.resident.settle(total.parts)
         return total
 
     async def _fill_gap(self, total: BatchResult) -> None:

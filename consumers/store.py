@@ -32,7 +32,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class SQLiteConsumerStore:
         self.consumer = consumer
         self.exclusive = exclusive
         self._db: aiosqlite.Connection | None = None
+        self._read: sqlite3.Connection | None = None
         self._lock: int | None = None
 
     @classmethod
@@ -185,6 +186,9 @@ class SQLiteConsumerStore:
         return self._db
 
     async def close(self) -> None:
+        if self._read is not None:
+            self._read.close()
+            self._read = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -198,17 +202,46 @@ class SQLiteConsumerStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def load(self) -> StoredState:
-        """The committed position, snapshot parts and unpublished outbox rows."""
+    async def load(self, parts: bool = True) -> StoredState:
+        """The committed position, snapshot parts (none with ``parts=False``: the caller
+        streams them with :meth:`iter_parts`) and unpublished outbox rows."""
         db = self.db
         async with db.execute("SELECT MAX(seq) FROM tracking WHERE consumer = ?", (self.consumer,)) as cur:
             row = await cur.fetchone()
         seq = int(row[0]) if row and row[0] is not None else 0
-        async with db.execute("SELECT key, data FROM parts WHERE consumer = ? ORDER BY key", (self.consumer,)) as cur:
-            parts = {key: bytes(data) async for key, data in cur}
+        stored: dict[str, bytes] = {}
+        if parts:
+            async with db.execute("SELECT key, data FROM parts WHERE consumer = ? ORDER BY key", (self.consumer,)) as cur:
+                stored = {key: bytes(data) async for key, data in cur}
         async with db.execute("SELECT full, data FROM seen WHERE consumer = ? ORDER BY n", (self.consumer,)) as cur:
             seen = [SeenWrite(bool(full), bytes(data)) async for full, data in cur]
-        return StoredState(seq, parts, await self.pending(), seen)
+        return StoredState(seq, stored, await self.pending(), seen)
+
+    # --- committed parts read now (consumers.resident: resting rollouts) ----------------
+    def _reader(self) -> sqlite3.Connection:
+        """A read-only connection of this thread: a resting rollout is loaded between two
+        folds, synchronously, so no other task runs between its read and its fold. WAL
+        lets it read the last commit while the writer works."""
+        if self._read is None:
+            self._read = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+        return self._read
+
+    def read_parts(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The committed parts of ``keys`` (those that have one), in as few queries as possible."""
+        wanted, out = list(keys), {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._reader().execute(f"SELECT key, data FROM parts WHERE consumer = ? AND key IN ({marks})",
+                                          (self.consumer, *chunk))
+            out.update((key, bytes(data)) for key, data in rows)
+        return out
+
+    def iter_parts(self) -> Iterator[tuple[str, bytes]]:
+        """Every committed part in key order, one at a time (memory stays flat for 100,000 rollouts)."""
+        rows = self._reader().execute("SELECT key, data FROM parts WHERE consumer = ? ORDER BY key", (self.consumer,))
+        for key, data in rows:
+            yield key, bytes(data)
 
     async def pending(self) -> list[OutboxRow]:
         async with self.db.execute(

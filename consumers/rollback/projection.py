@@ -42,12 +42,11 @@ from rollout_engine.consumers.rollback.policy import (
     PolicyError,
     load_policy,
 )
-from rollout_engine.consumers.rollback.progression import (
-    Progress,
-)
+from rollout_engine.consumers.rollback.progression import Progress
 from rollout_engine.consumers.rollback.state import (
     PolicyRun,
     RolloutState,
+    at_rest,
     fresh_run,
     needs_tick,
     noted,
@@ -92,6 +91,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     """
 
     name = "rollback"
+    resting = staticmethod(at_rest)  # consumers.resident: what a tick passes over rests out of memory
+    beside = ("_stats", "_shadow_stats")
 
     def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
         """``stats_factory((last_n, window_ms, time_cap))`` makes one rollout's canary-stats fold."""
@@ -186,7 +187,6 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """Where a rollout stands, as plain data (the API's ``evaluation``, dashboards)."""
         r = self.rollouts.get(rollout)
         return {} if r is None else rollout_status(rollout, r)
-
 
     # --- folding ----------------------------------------------------------------------
     def _rollout(self, rollout: str) -> RolloutState:

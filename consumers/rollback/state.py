@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from rollout_engine.consumers.rollback.escalation import EscalationBook
+from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP
 from rollout_engine.consumers.rollback.guards import GuardResult
 from rollout_engine.consumers.rollback.hysteresis import GuardMachine, carry_over
 from rollout_engine.consumers.rollback.policy import DEFAULT_POLICY, Policy
@@ -20,7 +21,7 @@ from rollout_engine.consumers.rollback.progression import Progress
 from rollout_engine.consumers.rollback.stats_tests import TestResult
 from rollout_engine.events import ControlState
 
-__all__ = ["CachedTest", "PolicyRun", "RolloutState", "fresh_run", "judged", "needs_tick", "noted", "rollout_status", "verdict"]
+__all__ = ["CachedTest", "PolicyRun", "RolloutState", "at_rest", "fresh_run", "judged", "needs_tick", "noted", "rollout_status", "verdict"]
 
 
 class CachedTest(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -96,6 +97,14 @@ def needs_tick(r: RolloutState) -> bool:
     policy = live.policy
     return (policy.progression.enabled or live.last_step_ms >= 0 or policy.hysteresis.inconclusive_limit > 0
             or r.shadow is not None or any(m.state != "ok" for m in live.machines.values()))
+
+
+def at_rest(r: RolloutState) -> bool:
+    """Whether ``r`` may leave memory once committed (``consumers.resident``): no time
+    window (a tick moves those) and nothing a tick can change (:func:`needs_tick`),
+    exactly the rollouts the projection's tick loop passes over. Its next event loads it."""
+    timed = r.shape[2] > SMALL_TIME_CAP or bool(r.shadow_shape and r.shadow_shape[2] > SMALL_TIME_CAP)
+    return not timed and not needs_tick(r)
 
 
 def judged(m: GuardMachine) -> str:

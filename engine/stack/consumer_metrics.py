@@ -20,6 +20,10 @@ prometheus-client multiprocess files instead and ``rollout up`` serves them. Nam
 - ``rollout_consumer_store_errors_total{reason}``: failed commits (``locked``, ``read_only``,
   ``disk_full``, ``io_error``), each retried; ``rollout_consumer_stalled`` is 1 while
   the consumer waits for its store and takes no events;
+- ``rollout_consumer_rollouts{state}``: rollouts the consumer holds, ``resident`` (in
+  memory) or ``resting`` (only in its SQLite store, loaded again by their next event;
+  setting ``resident_rollouts``, consumers/resident.py). ``resident`` above the setting
+  means that many rollouts have a timer or time window due and cannot rest;
 - ``rollout_consumer_relay_preempted_total``: emitted messages whose ``Nats-Msg-Id`` another
   publisher had used first, so JetStream did not store them; each was re-sent under a new
   id (consumers/relay.py). Anything above 0 means the message-id key leaked (docs/security.md).
@@ -74,6 +78,8 @@ class ConsumerMetrics:
                                  "Emitted messages JetStream called duplicates of a message the consumer never "
                                  "published (id taken by another publisher); each is re-sent under a new id",
                                  label, registry=reg)
+        self.rollouts = Gauge("rollout_consumer_rollouts", "Rollouts held in memory (resident) or only in the "
+                              "SQLite store (resting)", [*label, "state"], registry=reg, multiprocess_mode="mostrecent")
         self.stalled = Gauge("rollout_consumer_stalled", "1 while the consumer waits for its store and takes no events",
                              label, registry=reg, multiprocess_mode="mostrecent")
 
