@@ -136,6 +136,10 @@ DOCS = [p for p in _doc_files() if _commands(p)]
 
 
 @pytest.mark.slow
+# A document runs each of its commands as a process (docs/operations.md: about 40, with 15 s
+# of traffic and an export explained): 54 s alone, more than the suite's 120 s per test
+# when two workers share the two cores.
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize("doc", DOCS, ids=[str(p.relative_to(ROOT)) for p in DOCS])
 def test_every_documented_command_runs_or_is_covered(doc: Path, stack) -> None:
     work, env = stack
