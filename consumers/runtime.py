@@ -5,37 +5,35 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
 1. fetch up to ``consumer_batch`` messages from a durable pull consumer on ``RO_LOG``
    (the whole log, so stream sequences are contiguous and a gap means something is
    wrong); a fetch ``TimeoutError`` means "no data" and the fetch is re-issued;
-2. fold them with :class:`consumers.folding.Folder`, the one fold replay and backtests
-   run too (skip what is committed, hold what is after a gap and fill the gap by a
-   direct get, dead-letter what is bad);
+2. fold them with :class:`consumers.folding.Folder` (the one fold replay and backtests
+   run too), ``consumers.early.SLICE`` messages at a time: what a slice emits (a kill switch) is
+   published at once under its deterministic id, before the commit (``publish_early``);
 3. commit the changed snapshot parts, the last sequence, the outbox rows (emitted
-   events and dead letters) and the event ids the batch added to the seen set
-   (``consumers.dedupe``) in ONE SQLite transaction;
+   events JetStream did not already store, dead letters) and the event ids the batch
+   added to the seen set (``consumers.dedupe``) in ONE SQLite transaction;
 4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
    engine's keyed id of the row id), delete what JetStream stored;
 6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook.
 
-A crash between any two steps is harmless: before 3 nothing happened; between 3 and 4
-the redelivered messages are at or below the committed sequence and are skipped;
-between 4 and 5 the outbox is relayed on start and JetStream drops duplicates.
+A crash between any two steps is harmless: before 3 the next process refolds the same
+messages, emits the same commands with the same ids and JetStream drops what 2 already
+stored; between 3 and 4 the redeliveries are at or below the committed sequence and are
+skipped; between 4 and 5 the outbox is relayed on start and JetStream drops duplicates.
 
 On start the durable JetStream consumer is re-created at the committed sequence + 1:
-the SQLite position is the truth, the JetStream consumer only a cursor, so nothing
-pending from a previous process can arrive out of order.
+the SQLite position is the truth, the JetStream consumer only a cursor.
 
-Partitioned (``Runner(..., partition=k)``, docs/scaling.md): the log stores every
-rollout's subjects with its partition number, and the runner's durable consumer
-(``<name>_p<k>``, its own SQLite store ``<name>_p<k>.sqlite``) filters partition ``k``
-and the ticks. Stream sequences then have holes by design, so order is checked on the
-consumer's delivery sequence, which JetStream numbers 1, 2, 3... for every delivery
-(redeliveries included) from the consumer's creation: a hole or step back there means
-a delivery was lost (a dropped pull, a leader change) and the runner rewinds, i.e.
-re-creates the consumer at the committed position + 1, exactly as on start.
+Partitioned (``Runner(..., partition=k)``, docs/scaling.md): the durable consumer
+``<name>_p<k>`` (store ``<name>_p<k>.sqlite``) filters partition ``k`` and the ticks.
+Stream sequences then have holes by design, so order is checked on the consumer's
+delivery sequence (1, 2, 3... from the consumer's creation): a hole or step back there
+means a delivery was lost and the runner rewinds (re-creates the consumer at the
+committed position + 1, exactly as on start).
 
 A consumer module registers a :class:`consumers.registry.ConsumerSpec` and exposes
-``build(settings) -> Consumer`` (``consumers.consumer``); see
-``consumers/stats_consumer.py`` for an example. The engine passes the settings, the NATS
-connection (or how to make one) and its metrics in (``engine/stack/consumer_runner.py``).
+``build(settings) -> Consumer`` (``consumers.consumer``; example:
+``consumers/stats_consumer.py``). The engine passes the settings, the NATS connection
+and its metrics in (``engine/stack/consumer_runner.py``).
 """
 
 from __future__ import annotations
@@ -61,6 +59,7 @@ from rollout_engine.consumers.consumer import (
     store_name,
 )
 from rollout_engine.consumers.dedupe import SeenIds
+from rollout_engine.consumers.early import fold_slices
 from rollout_engine.consumers.folding import BatchResult, Folder
 from rollout_engine.consumers.jetstream import first_seq, get_message, log_message, subscribe
 from rollout_engine.consumers.outbox import OutboxRow
@@ -296,10 +295,10 @@ class Runner:
                 await ahead
 
     async def _process(self, messages: list[LogMessage]) -> BatchResult:
-        """Fold, fill gaps, commit, relay, run the hooks."""
+        """Fold (publishing what is emitted at once), fill gaps, commit, relay, run the hooks."""
         start = self.folder.seq
         total = BatchResult(start)
-        total.merge(self.folder.fold_batch(messages))
+        early = await fold_slices(self.folder, messages, total, self.relay, self.js)
         while total.held:
             await self._fill_gap(total)
         if total.skipped:
@@ -311,7 +310,8 @@ class Runner:
             return total
         if not total.parts and total.messages == 0:
             total.parts = self.projection.changed_parts()
-        rows = Folder.outbox_of(total)
+        stored = await self.relay.settle_early(early)  # published and stored: nothing left to relay
+        rows = [row for row in Folder.outbox_of(total) if row.id not in stored]
         seen = self.folder.seen.flush() if self.folder.seen is not None else None
         began = time.perf_counter()
         await self.store.commit_waiting(total.seq, total.parts, rows, metrics=self.metrics, name=self.name,
