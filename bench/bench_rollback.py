@@ -143,7 +143,7 @@ async def _wait_runner(runner: Any, seq: int, timeout: float = 10.0) -> None:
 async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0,
                        driver: str = "runtime", consumer_batch: int | None = None,
                        fetch_timeout: float | None = None, busy: int = 0, busy_nice: int = 0, early: bool = True,
-                       kill_timeout_s: float = 30.0) -> dict[str, Any]:
+                       kill_timeout_s: float = 30.0, budget_s: float = 90.0) -> dict[str, Any]:
     """Measure breach -> KillSwitch latency ``kills`` times under background load.
 
     ``busy``: that many CPU-bound neighbour processes run during the kills
@@ -152,7 +152,8 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
     time went (``bench.contention.KillTrace``). ``early=False`` runs the runtime as it
     was before the early publish (whole-batch fold, publish after the commit), for a
     same-run comparison. A kill not received within ``kill_timeout_s`` (the consumer
-    fell that far behind its log) ends the run: ``missed`` says so.
+    fell that far behind its log) ends the run: ``missed`` says so; so does ``budget_s`` of
+    kills (a consumer falling behind makes every later kill slower): ``kills`` says how many.
     """
     messages = _background_messages(4.0, background_eps)
     slice_before = early_module.SLICE
@@ -194,12 +195,14 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         t_load, sent_at_start = time.perf_counter(), sent[0]
         try:
             for k in range(kills):
+                if time.perf_counter() - t_load > budget_s:
+                    break
                 rollout = f"kill-{k}"
                 events = runs(rollout, 60, canary_pct=50, candidate=Profile(quality=82.0))
                 trigger_at = 237  # the outcome of the 30th candidate run: quality is conclusive
                 head, trigger = events[:trigger_at], events[trigger_at]
                 for subject, payload in log_messages(head, 100):
-                    ack = await js.publish(subject, payload)
+                    ack = await js.publish(subject, payload, timeout=10)
                 try:
                     if runner is not None:
                         await _wait_runner(runner, ack.seq, kill_timeout_s)
