@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -31,8 +33,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from bench.contention import KillTrace, neighbours
 from bench.harness import Figure, bench_server
 from bench.workload import make_batches
+from rollout_engine.consumers import early as early_module
 from rollout_engine.consumers.folding import fold_message
 from rollout_engine.consumers.projection import Projection
 from rollout_engine.consumers.rollback.consumer import build
@@ -97,6 +101,14 @@ class LiveFold:
                 await self._sub.unsubscribe()
 
 
+def _commit_then_publish(runner: Any) -> None:
+    """The runtime as before the early publish: one fold per batch, commands relayed after the commit."""
+    async def nothing(_js: Any, _rows: list[Any]) -> list[Any]:
+        return []
+    runner.relay.publish_early = nothing
+    early_module.SLICE = 1_000_000
+
+
 def _background_messages(seconds: float, eps: int) -> list[tuple[str, bytes]]:
     """Pre-encoded healthy batches for ``seconds`` of load, replayed in a loop, so the
     measuring process spends its time on the consumer rather than on making events."""
@@ -130,20 +142,32 @@ async def _wait_runner(runner: Any, seq: int, timeout: float = 10.0) -> None:
 
 async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0,
                        driver: str = "runtime", consumer_batch: int | None = None,
-                       fetch_timeout: float | None = None) -> dict[str, Any]:
+                       fetch_timeout: float | None = None, busy: int = 0, busy_nice: int = 0, early: bool = True,
+                       kill_timeout_s: float = 30.0, budget_s: float = 90.0) -> dict[str, Any]:
     """Measure breach -> KillSwitch latency ``kills`` times under background load.
 
-    Returns p50/p99/max in milliseconds, every sample, and the background rate achieved.
+    ``busy``: that many CPU-bound neighbour processes run during the kills
+    (``bench.contention.neighbours``), at niceness ``busy_nice``. Returns p50/p99/max in milliseconds, every
+    sample, the background rate achieved and (runtime driver) where each breach's
+    time went (``bench.contention.KillTrace``). ``early=False`` runs the runtime as it
+    was before the early publish (whole-batch fold, publish after the commit), for a
+    same-run comparison. A kill not received within ``kill_timeout_s`` (the consumer
+    fell that far behind its log) ends the run: ``missed`` says so; so does ``budget_s`` of
+    kills (a consumer falling behind makes every later kill slower): ``kills`` says how many.
     """
     messages = _background_messages(4.0, background_eps)
+    slice_before = early_module.SLICE
     overrides = {} if consumer_batch is None else {"consumer_batch": consumer_batch}
     async with bench_server(**overrides) as (_server, settings, nc, js):
         fold = LiveFold(js, RollbackProjection())
-        runner, task = None, None
+        runner, task, trace = None, None, None
         if driver == "runtime":
             options = {} if fetch_timeout is None else {"fetch_timeout": fetch_timeout}
             runner = consumer_runner(build(settings), settings, nc=await connect(settings, name="bench-rollback"),
                                      **options)
+            if not early:
+                _commit_then_publish(runner)
+            trace = KillTrace(runner)
             task = asyncio.create_task(runner.run())
             fold.projection = runner.projection
         else:
@@ -154,34 +178,53 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         async def on_kill(msg: Msg) -> None:
             rollout = subjects.parse(msg.subject).rollout or ""
             received.setdefault(rollout, time.perf_counter())
+            if trace is not None and rollout in arrived and not arrived[rollout].is_set():
+                trace.received()
             if rollout in arrived:
                 arrived[rollout].set()
 
         service = await nc.subscribe(subjects.control_filter(command="kill_switch"), cb=on_kill)
         stop, sent = asyncio.Event(), [0]
         load = asyncio.create_task(_background(js, background_eps, stop, sent, messages))
+        spinning = contextlib.ExitStack()
+        if busy:
+            spinning.enter_context(neighbours(busy, busy_nice))
         await asyncio.sleep(warmup_s)
         samples: list[float] = []
+        missed = 0
         t_load, sent_at_start = time.perf_counter(), sent[0]
         try:
             for k in range(kills):
+                if time.perf_counter() - t_load > budget_s:
+                    break
                 rollout = f"kill-{k}"
                 events = runs(rollout, 60, canary_pct=50, candidate=Profile(quality=82.0))
                 trigger_at = 237  # the outcome of the 30th candidate run: quality is conclusive
                 head, trigger = events[:trigger_at], events[trigger_at]
                 for subject, payload in log_messages(head, 100):
-                    ack = await js.publish(subject, payload)
-                if runner is not None:
-                    await _wait_runner(runner, ack.seq)
-                else:
-                    await fold.wait_for(ack.seq)
+                    ack = await js.publish(subject, payload, timeout=10)
+                try:
+                    if runner is not None:
+                        await _wait_runner(runner, ack.seq, kill_timeout_s)
+                    else:
+                        await fold.wait_for(ack.seq, kill_timeout_s)
+                except TimeoutError:  # the consumer is that far behind its log: no kill can be timed
+                    missed = 1
+                    break
                 arrived[rollout] = asyncio.Event()
                 t0 = time.perf_counter()
+                if trace is not None:
+                    trace.arm(subjects.event(rollout, kind_of(trigger)), ack.seq, t0)
                 await nc.publish(subjects.event(rollout, kind_of(trigger)), encode(trigger))
-                await asyncio.wait_for(arrived[rollout].wait(), 10)
+                try:
+                    await asyncio.wait_for(arrived[rollout].wait(), kill_timeout_s)
+                except TimeoutError:
+                    missed = 1
+                    break
                 samples.append((received[rollout] - t0) * 1000)
         finally:
             elapsed = time.perf_counter() - t_load
+            spinning.close()
             achieved = (sent[0] - sent_at_start) / elapsed
             folded = fold.events if runner is None else runner.folder.events
             stop.set()
@@ -192,8 +235,12 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
                 runner.stop()
                 await task
                 await runner.nc.close()
-    ordered = sorted(samples)
+            early_module.SLICE = slice_before
+    ordered = sorted(samples) or [kill_timeout_s * 1000]
+    if missed:  # the unreceived kill counts as the timeout: a lower bound of its latency
+        ordered.append(kill_timeout_s * 1000)
     return {
+        "missed": missed,
         "p50_ms": statistics.median(ordered),
         "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
         "max_ms": ordered[-1],
@@ -201,30 +248,47 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         "background_eps": achieved,
         "folded_events": folded,
         "samples_ms": ordered,
+        "neighbours": busy,
+        "trace": trace.summary() if trace is not None else {},
         "driver": "consumers.runtime Runner (durable pull, SQLite commit, outbox relay)" if driver == "runtime"
         else "in-process LiveFold (ordered push consumer)",
     }
 
 
 async def rollback_figures(kills: int = 100, background_eps: int = 50_000, repeat: int = 3) -> list[Figure]:
-    """The figures of ``make bench``: p50 and p99 of breach -> kill switch through the
-    runtime (the production path), median of ``repeat`` runs with their range, and the
-    fold-only p99 beside it as the reference (what the runtime's batching adds)."""
-    results = [await kill_latency(kills, background_eps, driver="runtime") for _ in range(repeat)]
+    """The figures of ``make bench``: breach -> kill switch through the runtime (the
+    production path), on the quiet machine and with one CPU-bound neighbour process per
+    core, runs interleaved (quiet, busy, quiet, busy...) so both see the same host; median
+    of ``repeat`` runs with their range, beside the fold-only p99 and the quiet p99."""
+    quiet: list[dict[str, Any]] = []
+    busy: list[dict[str, Any]] = []
+    cores = os.cpu_count() or 1
+    for _ in range(repeat):
+        quiet.append(await kill_latency(kills, background_eps, driver="runtime"))
+        busy.append(await kill_latency(kills, background_eps, driver="runtime", busy=cores))
     fold_only = await kill_latency(kills, background_eps, driver="livefold")
     note = (f"{kills} kills per run under {background_eps:,} background events/s; "
             "the runtime with its default settings, as `rollout up` runs the consumer")
-    extra = {"max_ms": [r["max_ms"] for r in results], "background_eps": [r["background_eps"] for r in results]}
+    busy_note = note + f"; {cores} CPU-bound neighbour processes (one per core) during the kills"
 
-    def figure(name: str, key: str, **meta: Any) -> Figure:
+    def extra(results: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"max_ms": [r["max_ms"] for r in results], "background_eps": [r["background_eps"] for r in results],
+                "missed": [r["missed"] for r in results], "trace": [r["trace"] for r in results]}
+
+    def figure(name: str, key: str, results: list[dict[str, Any]], **meta: Any) -> Figure:
         runs_ = [r[key] for r in results]
-        return Figure(name, "ms", statistics.median(runs_), min(runs_), max(runs_), runs_, note=note,
-                      extra=extra, **meta)
+        return Figure(name, "ms", statistics.median(runs_), min(runs_), max(runs_), runs_,
+                      note=busy_note if results is busy else note, extra=extra(results), **meta)
 
+    quiet_p99 = statistics.median(r["p99_ms"] for r in quiet)
     return [
-        figure("rollback: breach -> kill switch received, p50", "p50_ms"),
-        figure("rollback: breach -> kill switch received, p99", "p99_ms", target="<= 50 ms",
+        figure("rollback: breach -> kill switch received, p50", "p50_ms", quiet),
+        figure("rollback: breach -> kill switch received, p99", "p99_ms", quiet, target="<= 50 ms",
                reference="fold-only p99 (ordered push consumer, no commit)", reference_value=fold_only["p99_ms"]),
+        figure("rollback: kill switch with a busy neighbour per core, p50", "p50_ms", busy),
+        figure("rollback: kill switch with a busy neighbour per core, p99", "p99_ms", busy, target="<= 50 ms",
+               reference="quiet p99, same run", reference_value=quiet_p99),
+        figure("rollback: kill switch with a busy neighbour per core, max", "max_ms", busy),
     ]
 
 
@@ -235,11 +299,17 @@ def main() -> None:
     parser.add_argument("--driver", choices=("runtime", "livefold"), default="runtime")
     parser.add_argument("--consumer-batch", type=int, help="messages per fetch (default: the consumer_batch setting)")
     parser.add_argument("--fetch-timeout", type=float, help="seconds a fetch may wait (default: the runtime's)")
+    parser.add_argument("--neighbours", type=int, default=0, help="CPU-bound neighbour processes during the kills")
+    parser.add_argument("--trace", action="store_true", help="print where each breach's time went (runtime driver)")
+    parser.add_argument("--commit-first", action="store_true", help="the runtime as before the early publish")
     args = parser.parse_args()
     result = asyncio.run(kill_latency(args.kills, args.background_eps, driver=args.driver,
-                                      consumer_batch=args.consumer_batch, fetch_timeout=args.fetch_timeout))
+                                      consumer_batch=args.consumer_batch, fetch_timeout=args.fetch_timeout,
+                                      busy=args.neighbours, early=not args.commit_first))
+    if args.trace:
+        print(json.dumps(result["trace"], indent=1))
     print(f"breach -> kill switch: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-          f"max {result['max_ms']:.1f} ms over {result['kills']} kills; "
+          f"max {result['max_ms']:.1f} ms over {result['kills']} kills{' (then one missed)' if result['missed'] else ''}; "
           f"background {result['background_eps']:,.0f} events/s; {result['folded_events']:,} events folded; "
           f"driver: {result['driver']}")
 

@@ -91,7 +91,8 @@ async def bandit() -> list[Figure]:
 
 
 async def rollback() -> list[Figure]:
-    """The rollback consumer: breach -> kill switch p50/p99 under 50,000 events/s of background load."""
+    """The rollback consumer: breach -> kill switch p50/p99 under 50,000 events/s of background load,
+    quiet and with one CPU-bound neighbour process per core."""
     from bench.bench_rollback import rollback_figures
 
     return await rollback_figures(100, 50_000)

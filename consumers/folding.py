@@ -196,8 +196,10 @@ class Folder:
             log.warning("%s: stream sequences %d..%d are gone from the log; skipping them", self.consumer, self.seq + 1, seq)
             self.seq = seq
 
-    def fold_batch(self, messages: Iterable[LogMessage]) -> BatchResult:
-        """Fold what is next in order; return the result to commit (and what was held)."""
+    def fold_batch(self, messages: Iterable[LogMessage], *, parts: bool = True) -> BatchResult:
+        """Fold what is next in order; return the result to commit (and what was held).
+        ``parts=False`` leaves the changed parts to encode to the caller (one encoding for
+        several slices of a batch: ``consumers/early.py``)."""
         ordered = sorted(messages, key=lambda m: m.seq)
         if self.resident is not None:
             self.resident.prepare(ordered)
@@ -220,7 +222,7 @@ class Folder:
             self.events += folded.events
             self.seq = seq
         result.seq = self.seq
-        result.parts = self.projection.changed_parts() if result.messages else {}
+        result.parts = self.projection.changed_parts() if result.messages and parts else {}
         return result
 
     def _dead(self, message: LogMessage, failure: Failure) -> DeadLetter:

@@ -23,6 +23,14 @@ that id first, and the engine's command was **not stored**. The relay tells them
    ``engine.relay.<consumer>`` (shown by ``rollout status``), and re-sent at once under
    a new id (the row's ``salt``), so the command still reaches the log. It is never
    counted as sent.
+
+**Early publish** (:meth:`OutboxRelay.publish_early`): the runtime publishes what the
+fold emits as soon as it is decided, before the batch's SQLite commit, under the same
+id, so a kill does not wait for the rest of its batch and the commit. Rows JetStream
+stored from that publish (:meth:`OutboxRelay.settle_early`) are not written to the
+outbox; any other (no ack, a duplicate) is committed and relayed as above. A crash
+before the commit refolds the same messages on restart, decides the same command with
+the same id, and JetStream drops the re-send (docs/reliability.md, "Early publish").
 """
 
 from __future__ import annotations
@@ -107,9 +115,7 @@ class OutboxRelay:
         futures = []
         try:
             for row in rows:
-                headers = {**extra_headers(row), **self.signer.headers(row.subject, row.data),
-                           "Nats-Msg-Id": self.ids.of(row.id, row.salt)}
-                futures.append(await js.publish_async(row.subject, row.data, headers=headers))
+                futures.append(await js.publish_async(row.subject, row.data, headers=self._headers(row)))
             done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
         except Exception as exc:
             log.warning("%s: outbox relay failed (%s); rows stay for the next attempt", self.name, exc)
@@ -130,6 +136,37 @@ class OutboxRelay:
                 raise
             log.warning("%s: could not delete relayed outbox rows (%s); they will be relayed again", self.name, exc)
         return again
+
+    def _headers(self, row: OutboxRow) -> dict[str, str]:
+        return {**extra_headers(row), **self.signer.headers(row.subject, row.data),
+                "Nats-Msg-Id": self.ids.of(row.id, row.salt)}
+
+    async def publish_early(self, js: Any, rows: list[OutboxRow]) -> list[tuple[OutboxRow, Any]]:
+        """Send ``rows`` now, before they are committed (see the module docstring); no wait
+        for the acks: :meth:`settle_early` collects them before the commit."""
+        sent: list[tuple[OutboxRow, Any]] = []
+        for row in rows:
+            try:
+                sent.append((row, await js.publish_async(row.subject, row.data, headers=self._headers(row))))
+            except Exception as exc:  # disconnected, too many pending: the outbox relays it after the commit
+                log.debug("%s: early publish of %s failed (%s); relaying after the commit", self.name, row.id, exc)
+                break
+        return sent
+
+    async def settle_early(self, sent: list[tuple[OutboxRow, Any]], timeout_s: float = 5.0) -> set[str]:
+        """Ids of early-published rows JetStream stored as new messages: they need no outbox row.
+
+        A duplicate answer is left to the outbox (its relay tells a re-send of our own from
+        a pre-empted id, as for any row), and so is a publish not answered in ``timeout_s``.
+        """
+        if not sent:
+            return set()
+        try:
+            acks = await asyncio.wait_for(asyncio.gather(*(f for _, f in sent), return_exceptions=True), timeout_s)
+        except TimeoutError:
+            return set()
+        return {row.id for (row, _), ack in zip(sent, acks, strict=True)
+                if not isinstance(ack, BaseException) and not ack.duplicate}
 
     async def _stored_is_ours(self, js: Any, row: OutboxRow, ack: Any) -> bool:
         """The message JetStream kept under this id is this row's (a rebuilt projection, a peer)."""

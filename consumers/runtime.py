@@ -5,28 +5,26 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
 1. fetch up to ``consumer_batch`` messages from a durable pull consumer on ``RO_LOG`` (the
    whole log: a gap means something is wrong); a ``TimeoutError`` means "no data";
 2. fold them with :class:`consumers.folding.Folder`, the one fold replay runs too (skip
-   what is committed, hold what follows a gap and fill it by a direct get, dead-letter the bad);
+   what is committed, hold what follows a gap and fill it by a direct get, dead-letter the
+   bad), ``consumers.early.SLICE`` messages at a time: what a slice emits (a kill switch)
+   is published at once under its deterministic id, before the commit (``publish_early``);
 3. commit the changed snapshot parts, the last sequence, the outbox rows (emitted
-   events and dead letters) and the event ids the batch added to the seen set
-   (``consumers.dedupe``) in ONE SQLite transaction;
+   events JetStream did not already store, dead letters) and the event ids the batch
+   added to the seen set (``consumers.dedupe``) in ONE SQLite transaction;
 4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
    engine's keyed id of the row id), delete what JetStream stored;
 6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook, then
    let the least recently touched rollouts rest out of memory (``consumers.resident``).
 
-A crash between two steps is harmless: before 3 nothing happened; between 3 and 4 the
-redeliveries are at or below the committed sequence and are skipped; between 4 and 5 the
-outbox is relayed on start and JetStream drops duplicates.
+A crash between any two steps is harmless: before 3 the next process refolds the same
+messages, emits the same commands with the same ids and JetStream drops what 2 already
+stored; between 3 and 4 the redeliveries are at or below the committed sequence and are
+skipped; between 4 and 5 the outbox is relayed on start and JetStream drops duplicates.
 
-On start the durable consumer is re-created at the committed sequence + 1 (SQLite is the
-truth, the consumer a cursor): nothing pending from a previous process arrives out of order.
-
-Partitioned (``Runner(..., partition=k)``, docs/scaling.md): the runner's durable consumer
-(``<name>_p<k>``, store ``<name>_p<k>.sqlite``) filters partition ``k`` and the ticks. Stream
-sequences then have holes by design, so order is checked on the delivery sequence, which
-JetStream numbers 1, 2, 3... for every delivery from the consumer's creation: a hole or step
-back there means a delivery was lost (a dropped pull, a leader change) and the runner
-rewinds, i.e. re-creates the consumer at the committed position + 1, exactly as on start.
+On start, and after a lost delivery, the durable consumer is re-created at the committed
+sequence + 1 (SQLite is the truth, the consumer a cursor). Partitioned (``partition=k``,
+docs/scaling.md): ``<name>_p<k>`` filters partition ``k`` and the ticks, and order is checked
+on the delivery sequence (stream sequences have holes by design there).
 
 A consumer module registers a ``ConsumerSpec`` and exposes ``build(settings) -> Consumer``
 (``consumers/stats_consumer.py``); the engine passes settings, NATS and metrics in.
@@ -55,6 +53,7 @@ from rollout_engine.consumers.consumer import (
     store_name,
 )
 from rollout_engine.consumers.dedupe import SeenIds
+from rollout_engine.consumers.early import fold_slices
 from rollout_engine.consumers.folding import BatchResult, Folder
 from rollout_engine.consumers.jetstream import first_seq, get_message, log_message, subscribe
 from rollout_engine.consumers.outbox import OutboxRow
@@ -294,10 +293,10 @@ class Runner:
                 await ahead
 
     async def _process(self, messages: list[LogMessage]) -> BatchResult:
-        """Fold, fill gaps, commit, relay, run the hooks."""
+        """Fold (publishing what is emitted at once), fill gaps, commit, relay, run the hooks."""
         start = self.folder.seq
         total = BatchResult(start)
-        total.merge(self.folder.fold_batch(messages))
+        early = await fold_slices(self.folder, messages, total, self.relay, self.js)
         while total.held:
             await self._fill_gap(total)
         if total.skipped:
@@ -309,7 +308,8 @@ class Runner:
             return total
         if not total.parts and total.messages == 0:
             total.parts = self.projection.changed_parts()
-        rows = Folder.outbox_of(total)
+        stored = await self.relay.settle_early(early)  # published and stored: nothing left to relay
+        rows = [row for row in Folder.outbox_of(total) if row.id not in stored]
         seen = self.folder.seen.flush() if self.folder.seen is not None else None
         began = time.perf_counter()
         await self.store.commit_waiting(total.seq, total.parts, rows, metrics=self.metrics, name=self.name,

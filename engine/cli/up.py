@@ -100,7 +100,8 @@ async def serve(
         engine_cli = [sys.executable, "-m", "rollout_engine.engine.cli", "--data-dir", str(settings.data_dir)]
         for name in names:
             supervisor.add(Child(name, [*engine_cli, "consumer", name, *_owned(settings.partitions)], env=child_env,
-                                 instances=1 + STANDBYS.get(name, 0), standby_argv=["--standby"]))
+                                 instances=1 + STANDBYS.get(name, 0), standby_argv=["--standby"],
+                                 nice=NICE.get(name, 0)))
         supervisor.add(Child("api", [*engine_cli, "api"], env=child_env))
         if log_dir is not None:
             for child in supervisor.children[len(node_children):]:
@@ -143,6 +144,11 @@ async def serve(
 STANDBYS = {"rollback": 1}
 """Warm standbys per consumer: the rollback consumer (the kill path) has one, so a crash of
 its process costs the time to take a lock, not a Python start (docs/reliability.md)."""
+
+NICE = {"canary_stats": 5, "bandit": 5, "verification": 5, "notifier": 5}
+"""Niceness of the bulk consumers: none of them is on the kill path, and each folds the
+same log as the rollback consumer, so on a busy host they yield the CPU to it (and to
+``control``) rather than share it evenly (docs/scaling.md, "The kill path on a busy host")."""
 
 
 def _server(args: argparse.Namespace, settings: Settings, secure: SecureMode | None) -> EmbeddedServer | EmbeddedCluster:

@@ -23,10 +23,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     os.setpgrp()
 
 
-def child_preexec() -> Callable[[], None] | None:
+def child_preexec(nice: int = 0) -> Callable[[], None] | None:
     """The ``preexec_fn`` for children: PR_SET_PDEATHSIG on Linux (no orphans, even after
-    a SIGKILL of the parent), nothing elsewhere."""
-    return _die_with_parent if sys.platform.startswith("linux") else None
+    a SIGKILL of the parent), nothing elsewhere; then ``nice`` added to the child's niceness
+    (positive only: lowering a priority needs no privilege, raising one does)."""
+    linux = sys.platform.startswith("linux")
+    if nice <= 0:
+        return _die_with_parent if linux else None
+
+    def preexec() -> None:  # pragma: no cover - runs in the child
+        if linux:
+            _die_with_parent()
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    return preexec
 
 
 def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:

@@ -97,16 +97,19 @@ class Child:
     kind = "process"
 
     def __init__(self, name: str, argv: Sequence[str], env: dict[str, str | None] | None = None,
-                 log_file: Path | None = None, *, instances: int = 1, standby_argv: Sequence[str] = ()) -> None:
+                 log_file: Path | None = None, *, instances: int = 1, standby_argv: Sequence[str] = (),
+                 nice: int = 0) -> None:
         """``env`` is added to ours; a None value removes the variable. ``standby_argv`` is
         appended to every instance's command line when ``instances`` > 1: the instances
-        then share one store lock, whichever holds it is the active one."""
+        then share one store lock, whichever holds it is the active one. ``nice`` > 0 runs
+        the processes at that lower priority (``os.nice``)."""
         self.name = name
         self.log_file = log_file
         self.argv = list(argv)
         self.env = env or {}
         self.instances = instances
         self.standby_argv = list(standby_argv)
+        self.nice = nice
         self.runs: list[_Run] = []
         self.health = ChildHealth()
 
@@ -136,7 +139,7 @@ class Child:
             output = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
         try:
             process = subprocess.Popen(argv, env=self._environment(), stdin=subprocess.DEVNULL, stdout=output,
-                                       stderr=subprocess.STDOUT if output else None, preexec_fn=child_preexec())
+                                       stderr=subprocess.STDOUT if output else None, preexec_fn=child_preexec(self.nice))
         finally:
             if output is not None:
                 output.close()
