@@ -11,6 +11,7 @@ cluster and a node killed: ``test_kill_switch_cluster.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -473,7 +474,10 @@ async def test_a_crash_loop_is_reported_and_isolated(stack: SecureStack, rollout
         with sqlite3.connect(store, timeout=30) as db:
             db.execute("INSERT OR REPLACE INTO parts (consumer, key, data) VALUES ('verification_p0', '~bad', x'c1')")
             db.execute("UPDATE parts SET data = x'c1' WHERE consumer = 'verification_p0'")
-        os.kill(lock_holders(stack, "verification_p0")["verification_p0"], signal.SIGKILL)
+        # The holder may exit between the lookup and the kill (seen once in 3 CI runs: a
+        # ProcessLookupError); the crash loop asserted below follows either way.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(lock_holders(stack, "verification_p0")["verification_p0"], signal.SIGKILL)
 
     await regression_is_killed_once(stack, rollout_id, f"{rollout_id}-ctl", during=during)
 
