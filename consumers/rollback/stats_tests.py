@@ -213,14 +213,21 @@ def srm_test(baseline_n: int, candidate_n: int, canary_pct: float) -> TestResult
     Inconclusive when either expected count is under 5 (the approximation breaks down)
     or the split is 0 or 100 percent (nothing to compare).
     """
+    chi2 = _srm_chi2(baseline_n, candidate_n, canary_pct)
+    if chi2 is None:
+        return INCONCLUSIVE
+    p = float(special.chdtrc(1.0, chi2))
+    return TestResult(chi2, p, candidate_n / (baseline_n + candidate_n) - canary_pct / 100.0)
+
+
+def _srm_chi2(baseline_n: int, candidate_n: int, canary_pct: float) -> float | None:
+    """The split's chi-squared statistic (1 df), or None when an expected count is under 5."""
     total = baseline_n + candidate_n
     share = canary_pct / 100.0
     expected_c, expected_b = total * share, total * (1.0 - share)
     if expected_c < 5.0 or expected_b < 5.0:
-        return INCONCLUSIVE
-    chi2 = (candidate_n - expected_c) ** 2 / expected_c + (baseline_n - expected_b) ** 2 / expected_b
-    p = float(special.chdtrc(1.0, chi2))
-    return TestResult(chi2, p, candidate_n / total - share)
+        return None
+    return (candidate_n - expected_c) ** 2 / expected_c + (baseline_n - expected_b) ** 2 / expected_b
 
 
 @functools.lru_cache(maxsize=64)
@@ -234,13 +241,8 @@ def srm_clearly_fits(baseline_n: int, candidate_n: int, canary_pct: float, p_val
     """True when :func:`srm_test` would certainly give a p-value >= ``p_value`` (a
     conclusive pass), decided from the statistic alone. Profiled: the p-value was 6% of
     the rollback fold, computed on every decision to learn that the split is fine."""
-    total = baseline_n + candidate_n
-    share = canary_pct / 100.0
-    expected_c, expected_b = total * share, total * (1.0 - share)
-    if expected_c < 5.0 or expected_b < 5.0:
-        return False
-    chi2 = (candidate_n - expected_c) ** 2 / expected_c + (baseline_n - expected_b) ** 2 / expected_b
-    return chi2 < _chi2_critical(p_value)
+    chi2 = _srm_chi2(baseline_n, candidate_n, canary_pct)
+    return chi2 is not None and chi2 < _chi2_critical(p_value)
 
 
 def srm_log_bayes_factor(baseline_n: int, candidate_n: int, canary_pct: float, concentration: float = 100.0) -> float:
