@@ -16,6 +16,7 @@ from rollout_engine.engine.sdk.client import RolloutClient
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.events import subjects
 from rollout_engine.events.acks import InstanceAck, encode_ack
+from tests.integration.test_propagation import until
 from tests.integration.test_security import Secure, secure, secure_server  # noqa: F401  (fixtures)
 
 
@@ -29,8 +30,14 @@ async def test_app_reports_acknowledgements_and_nothing_else(secure: Secure, tmp
         async with RolloutClient(settings, producer="checkout") as client:
             await client.flush()
             mine = client._acks.instance
-            seen = {(e.service, e.instance): e for e in await read_acks(operator.jetstream())}
-            assert ("checkout", mine) in seen and seen[("checkout", mine)].ack is not None
+
+            async def my_report() -> bool:
+                # The first report is published by the reporter's own task after start,
+                # not by flush(): wait for it (seen to lag on a busy CI host).
+                seen = {(e.service, e.instance): e for e in await read_acks(operator.jetstream())}
+                return ("checkout", mine) in seen and seen[("checkout", mine)].ack is not None
+
+            await until(my_report, "the app's first acknowledgement report", timeout=15.0)
 
             ajs = app.jetstream()
             kill = subjects.control(rollout_id, "kill_switch")
