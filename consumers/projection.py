@@ -122,6 +122,13 @@ class RolloutProjection(Generic[S]):
     """When one rollout's state may rest out of memory (:meth:`rests`); None: never."""
     beside: ClassVar[tuple[str, ...]] = ()
     """Attributes holding dicts keyed by rollout beside ``rollouts``: they rest with it."""
+    separable: ClassVar[bool] = False
+    """True when each rollout's part depends only on that rollout's messages and the ticks,
+    and the meta part only on the ticks (no engine-wide clock moved by events, no state
+    shared between rollouts), and :meth:`rest` forgets all of a rollout. A parallel replay
+    (``engine.logtools.replay_split``) then folds shares of the rollouts in separate
+    processes and merges the parts; ``tests/unit/test_replay_parallel.py`` checks the
+    claim for every registered projection that makes it."""
     reads_events: ClassVar[bool] = True
     """False for a projection that folds only the engine's messages (commands, ticks): its
     :class:`consumers.folding.Folder` keeps no seen set of producer event ids (``consumers.dedupe``)."""

@@ -93,6 +93,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     name = "rollback"
     resting = staticmethod(at_rest)  # consumers.resident: what a tick passes over rests out of memory
     beside = ("_stats", "_shadow_stats")
+    separable = True  # a rollout's judgement reads its own windows and clock (r.now_ms) and the ticks
 
     def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
         """``stats_factory((last_n, window_ms, time_cap))`` makes one rollout's canary-stats fold."""

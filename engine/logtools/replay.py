@@ -32,9 +32,15 @@ import msgspec
 from rollout_engine.consumers import registry
 from rollout_engine.consumers.consumer import RuntimeSettings
 from rollout_engine.consumers.dedupe import SeenIds
-from rollout_engine.consumers.folding import fold_message
-from rollout_engine.consumers.projection import Projection, digest_of
+from rollout_engine.consumers.folding import fold_message, read_fresh
+from rollout_engine.consumers.projection import META, Projection, digest_of
 from rollout_engine.engine.logtools.export import read_export
+from rollout_engine.engine.logtools.replay_split import (
+    Plan,
+    plan_split,
+    rollout_of,
+    rollout_weights,
+)
 from rollout_engine.events import LogMessage
 
 __all__ = [
@@ -122,25 +128,39 @@ class Replayer:
         self.emitted = {p.name: 0 for p in projections}
         self.errors = {p.name: 0 for p in projections}
         self.active = list(projections)
-        """The projections this process folds (a subset while :meth:`feed_parallel` splits them)."""
+        """The projections this process folds for every message (a subset while :meth:`feed_parallel` splits them)."""
+        self.partial: list[Projection] = []
+        """Separable projections this process folds only for the rollouts ``plan`` gives ``worker``."""
+        self.plan: Plan | None = None
+        """How the last :meth:`feed_parallel` shared the work (``engine.logtools.replay_split``)."""
+        self.worker = 0
         self.seconds = 0.0
 
     def feed(self, messages: Iterable[LogMessage]) -> Replayer:
         start = time.perf_counter()
         emitted, errors, progress = self.emitted, self.errors, self.progress
+        plan, worker, partial = self.plan, self.worker, self.partial
+        everything = [*self.active, *partial]
         for message in messages:
             if message.seq <= self.last:
                 continue  # a duplicate delivery: the live runtime skips it too
             self.last = message.seq
-            folded = fold_message(message, self.active, self.seen)
+            active = everything if not partial or plan is None or plan.owns(worker, rollout_of(message.subject)) \
+                else self.active
             self.messages += 1
-            if folded:
+            if active:
+                folded = fold_message(message, active, self.seen)
                 self.events += folded[0].events
                 self.rejected += folded[0].rejected
                 self.duplicates += folded[0].duplicates
-            for projection, out in zip(self.active, folded, strict=True):
-                emitted[projection.name] += len(out.emitted)
-                errors[projection.name] += out.errors
+                for projection, out in zip(active, folded, strict=True):
+                    emitted[projection.name] += len(out.emitted)
+                    errors[projection.name] += out.errors
+            else:  # nothing to fold here: decoded for the counts and the one seen set
+                fresh, failed, duplicates = read_fresh(message, self.seen)
+                self.events += len(fresh)
+                self.rejected += len(failed)
+                self.duplicates += duplicates
             if progress is not None and self.messages % self.every == 0:
                 progress(self.messages, self.total)
         self.seconds += time.perf_counter() - start
@@ -149,79 +169,118 @@ class Replayer:
     def feed_parallel(self, messages: Sequence[LogMessage], workers: int | None = None) -> Replayer:
         """:meth:`feed` a whole log using up to ``workers`` processes (default: the CPUs).
 
-        Why: projections are independent folds of the same log, so on a multi-core
-        machine they can be folded side by side. The first :data:`WARMUP` messages are
-        folded here with each projection timed; then the projections are split into
-        groups of about equal measured cost, and each group but the first is folded
-        by a forked child, which inherits the state so far and sends back its
-        snapshots, restored here. Every process decodes every message (decoding is
-        cheap beside the folds); the digests equal a one-process replay's, byte for byte.
-        Falls back to :meth:`feed` without ``os.fork``, on one CPU, or for small logs.
+        Why: projections are independent folds of the same log, and a separable one
+        (the rollback fold) is a set of independent folds, one per rollout, so on a
+        multi-core machine they can be folded side by side. The first :data:`WARMUP`
+        messages are folded here with each projection timed; then
+        ``engine.logtools.replay_split`` shares the work: whole projections, and the
+        rollouts of the separable ones, to the least loaded process. Each process but
+        this one is a forked child, which inherits the state so far and sends back its
+        snapshots and its rollouts' parts, restored here. Every process decodes every
+        message; the digests equal a one-process replay's, byte for byte. Falls back to
+        :meth:`feed` without ``os.fork``, on one CPU, or for small logs.
         """
-        workers = min(workers or os.cpu_count() or 1, len(self.active))
+        everything = self.active
+        separable = {p.name for p in everything if getattr(p, "separable", False)}
+        workers = workers or os.cpu_count() or 1
+        if not separable:
+            workers = min(workers, len(everything))
         if workers < 2 or not hasattr(os, "fork") or len(messages) < 2 * WARMUP:
             return self.feed(messages)
         start, seconds = time.perf_counter(), self.seconds
         head, rest = messages[:WARMUP], messages[WARMUP:]
         costs: dict[str, float] = {}
-        everything = self.active
         last, counts = self.last, (self.messages, self.events, self.rejected, self.duplicates)
         seen = self.seen
-        for projection in everything:  # the head once per projection, timed; counted once
+        t0 = time.perf_counter()
+        reading = seen.copy() if seen is not None else None
+        for message in head:  # what every process pays per message whatever it folds
+            read_fresh(message, reading)
+        decoding = time.perf_counter() - t0
+        for projection in everything:  # the head once per projection, timed less the decoding; counted once
             self.active, self.last = [projection], last
             self.messages, self.events, self.rejected, self.duplicates = counts
             self.seen = seen.copy() if seen is not None else None
             t0 = time.perf_counter()
             self.feed(head)
-            costs[projection.name] = time.perf_counter() - t0
-        groups = _balance(costs, workers)
-        children = [self._fork([p for p in everything if p.name in group], rest) for group in groups[1:]]
-        self.active = [p for p in everything if p.name in groups[0]]
-        by_name = {p.name: p for p in self.projections}
+            costs[projection.name] = max(0.0, time.perf_counter() - t0 - decoding)
+        plan = self.plan = plan_split(costs, separable, rollout_weights(rest), workers)
+        split = [p for p in everything if p.name in plan.separable]
+
+        def whole(worker: int) -> list[Projection]:
+            return [p for p in everything if p.name in plan.whole[worker]]
+
+        children = [self._fork(w, whole(w), split, rest) for w in range(1, workers) if plan.busy(w)]
+        merged: dict[str, dict[str, bytes]] = {p.name: {} for p in split}
+        by_name = {p.name: p for p in everything}
         try:
+            self._take_share(0, whole(0), split)
             self.feed(rest)
-            for pid, fd, group in children:
+            for pid, fd, worker in children:
                 with os.fdopen(fd, "rb") as pipe:
                     data = pipe.read()
                 _, status = os.waitpid(pid, 0)
                 if status != 0 or not data:
-                    raise RuntimeError(f"replay worker for {sorted(group)} failed (wait status {status}); "
-                                       "run again, or fold in one process with Replayer.feed")
+                    raise RuntimeError(f"replay worker {worker} ({sorted(plan.whole[worker])}, and its share of the "
+                                       f"rollouts of {sorted(plan.separable)}) failed (wait status {status}); run "
+                                       "again, or fold in one process with Replayer.feed")
                 got = _worker_decoder.decode(data)
                 for name, snapshot in got.snapshots.items():
                     by_name[name].restore(snapshot)
-                self.emitted.update(got.emitted)
-                self.errors.update(got.errors)
+                for name, parts in got.parts.items():
+                    merged[name].update(parts)
+                for name, count in got.emitted.items():
+                    self.emitted[name] += count
+                for name, count in got.errors.items():
+                    self.errors[name] += count
+            for projection in split:  # this process's rollouts and the meta part, then the children's
+                projection.restore_parts({**projection.all_parts(), **merged[projection.name]})  # type: ignore[attr-defined]
         except BaseException:
-            for pid, _fd, _group in children:  # no orphan folding on after a failure here
+            for pid, _fd, _worker in children:  # no orphan folding on after a failure here
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
             raise
         finally:
-            self.active = everything
+            self.active, self.partial, self.worker = everything, [], 0
         self.seconds = seconds + time.perf_counter() - start
         return self
 
-    def _fork(self, projections: list[Projection], rest: Sequence[LogMessage]) -> tuple[int, int, set[str]]:
-        group = {p.name for p in projections}
+    def _take_share(self, worker: int, whole: list[Projection], split: list[Projection]) -> None:
+        """Fold from now on ``whole`` for every message and ``split`` for ``worker``'s
+        rollouts only; the other rollouts' states leave the split projections (their
+        owners send them back)."""
+        assert self.plan is not None
+        self.active, self.partial, self.worker = whole, split, worker
+        for projection in split:
+            for rollout in [r for r in projection.rollouts if not self.plan.owns(worker, r)]:  # type: ignore[attr-defined]
+                projection.rest(rollout)  # type: ignore[attr-defined]
+
+    def _fork(self, worker: int, whole: list[Projection], split: list[Projection],
+              rest: Sequence[LogMessage]) -> tuple[int, int, int]:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: fold its group, send the snapshots, exit without cleanup
+        if pid == 0:  # the child: fold its share, send the snapshots and parts, exit without cleanup
             code = 1
             try:
                 os.close(read_fd)
-                self.active, self.progress = projections, None
+                self.progress = None
+                emitted, errors = dict(self.emitted), dict(self.errors)
+                self._take_share(worker, whole, split)
                 self.feed(rest)
-                out = _WorkerResult({p.name: p.snapshot() for p in self.projections if p.name in group},
-                                    {n: self.emitted[n] for n in group}, {n: self.errors[n] for n in group})
+                names = [p.name for p in (*whole, *split)]
+                out = _WorkerResult({p.name: p.snapshot() for p in whole},
+                                    {p.name: {k: v for k, v in p.all_parts().items() if k != META}  # type: ignore[attr-defined]
+                                     for p in split},
+                                    {n: self.emitted[n] - emitted[n] for n in names},
+                                    {n: self.errors[n] - errors[n] for n in names})
                 with os.fdopen(write_fd, "wb") as pipe:
                     pipe.write(_worker_encoder.encode(out))
                 code = 0
             finally:
                 os._exit(code)
         os.close(write_fd)
-        return pid, read_fd, group
+        return pid, read_fd, worker
 
     def result(self) -> ReplayResult:
         if self.progress is not None:
@@ -237,21 +296,16 @@ class Replayer:
 
 class _WorkerResult(msgspec.Struct, array_like=True):
     snapshots: dict[str, bytes]
+    """Whole projections: their snapshot."""
+    parts: dict[str, dict[str, bytes]]
+    """Separable projections: the parts of the worker's rollouts."""
     emitted: dict[str, int]
+    """What the worker's folds emitted and raised (not what it inherited)."""
     errors: dict[str, int]
 
 
 _worker_encoder = msgspec.msgpack.Encoder()
 _worker_decoder = msgspec.msgpack.Decoder(_WorkerResult)
-
-
-def _balance(costs: dict[str, float], groups: int) -> list[set[str]]:
-    """Split projections into ``groups`` of about equal cost (largest first, to the lightest group)."""
-    out: list[tuple[float, set[str]]] = [(0.0, set()) for _ in range(groups)]
-    for name, cost in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0])):
-        i = min(range(groups), key=lambda g: out[g][0])
-        out[i] = (out[i][0] + cost, out[i][1] | {name})
-    return [names for _, names in out if names]
 
 
 def replay_messages(
