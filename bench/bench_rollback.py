@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from bench.contention import KillTrace, neighbours
+from bench.contention import KillTrace, neighbours, priority
 from bench.harness import Figure, bench_server
 from bench.workload import make_batches
 from rollout_engine.consumers import early as early_module
@@ -143,7 +143,7 @@ async def _wait_runner(runner: Any, seq: int, timeout: float = 10.0) -> None:
 async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0,
                        driver: str = "runtime", consumer_batch: int | None = None,
                        fetch_timeout: float | None = None, busy: int = 0, busy_nice: int = 0, early: bool = True,
-                       kill_timeout_s: float = 30.0, budget_s: float = 90.0) -> dict[str, Any]:
+                       kill_timeout_s: float = 30.0, budget_s: float = 90.0, nice: int | None = None) -> dict[str, Any]:
     """Measure breach -> KillSwitch latency ``kills`` times under background load.
 
     ``busy``: that many CPU-bound neighbour processes run during the kills
@@ -154,11 +154,18 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
     same-run comparison. A kill not received within ``kill_timeout_s`` (the consumer
     fell that far behind its log) ends the run: ``missed`` says so; so does ``budget_s`` of
     kills (a consumer falling behind makes every later kill slower): ``kills`` says how many.
+    ``nice``: the niceness the folding process runs at (default: the ``kill_path_nice``
+    the rollback consumer asks for, when the OS grants it; the background producer shares
+    this process, so it gets that priority too).
     """
     messages = _background_messages(4.0, background_eps)
     slice_before = early_module.SLICE
     overrides = {} if consumer_batch is None else {"consumer_batch": consumer_batch}
     async with bench_server(**overrides) as (_server, settings, nc, js):
+        # Before the runner starts its threads (a niceness is per thread on Linux and
+        # inherited by the threads created after); the server stays at its own, as under rollout up.
+        boost = contextlib.ExitStack()
+        niceness = boost.enter_context(priority(settings.kill_path_nice if nice is None else nice))
         fold = LiveFold(js, RollbackProjection())
         runner, task, trace = None, None, None
         if driver == "runtime":
@@ -236,6 +243,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
                 await task
                 await runner.nc.close()
             early_module.SLICE = slice_before
+            boost.close()
     ordered = sorted(samples) or [kill_timeout_s * 1000]
     if missed:  # the unreceived kill counts as the timeout: a lower bound of its latency
         ordered.append(kill_timeout_s * 1000)
@@ -249,6 +257,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         "folded_events": folded,
         "samples_ms": ordered,
         "neighbours": busy,
+        "niceness": niceness,
         "trace": trace.summary() if trace is not None else {},
         "driver": "consumers.runtime Runner (durable pull, SQLite commit, outbox relay)" if driver == "runtime"
         else "in-process LiveFold (ordered push consumer)",
@@ -267,8 +276,10 @@ async def rollback_figures(kills: int = 100, background_eps: int = 50_000, repea
         quiet.append(await kill_latency(kills, background_eps, driver="runtime"))
         busy.append(await kill_latency(kills, background_eps, driver="runtime", busy=cores))
     fold_only = await kill_latency(kills, background_eps, driver="livefold")
+    unboosted = await kill_latency(kills, background_eps, driver="runtime", busy=cores, nice=0)
     note = (f"{kills} kills per run under {background_eps:,} background events/s; "
-            "the runtime with its default settings, as `rollout up` runs the consumer")
+            "the runtime with its default settings, as `rollout up` runs the consumer, at niceness "
+            f"{quiet[0]['niceness']} (kill_path_nice, when the OS grants it)")
     busy_note = note + f"; {cores} CPU-bound neighbour processes (one per core) during the kills"
 
     def extra(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -277,8 +288,12 @@ async def rollback_figures(kills: int = 100, background_eps: int = 50_000, repea
 
     def figure(name: str, key: str, results: list[dict[str, Any]], **meta: Any) -> Figure:
         runs_ = [r[key] for r in results]
+        said = note if results is quiet else busy_note
+        if results[0]["niceness"] != quiet[0]["niceness"]:
+            said = said.replace(f"at niceness {quiet[0]['niceness']} (kill_path_nice, when the OS grants it)",
+                                f"at niceness {results[0]['niceness']}")
         return Figure(name, "ms", statistics.median(runs_), min(runs_), max(runs_), runs_,
-                      note=busy_note if results is busy else note, extra=extra(results), **meta)
+                      note=said, extra=extra(results), **meta)
 
     quiet_p99 = statistics.median(r["p99_ms"] for r in quiet)
     return [
@@ -289,6 +304,8 @@ async def rollback_figures(kills: int = 100, background_eps: int = 50_000, repea
         figure("rollback: kill switch with a busy neighbour per core, p99", "p99_ms", busy, target="<= 50 ms",
                reference="quiet p99, same run", reference_value=quiet_p99),
         figure("rollback: kill switch with a busy neighbour per core, max", "max_ms", busy),
+        figure("rollback: kill switch with a busy neighbour per core, the consumer at niceness 0 "
+               "(kill_path_nice = 0), p99, one run", "p99_ms", [unboosted]),
     ]
 
 
@@ -302,16 +319,17 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=0, help="CPU-bound neighbour processes during the kills")
     parser.add_argument("--trace", action="store_true", help="print where each breach's time went (runtime driver)")
     parser.add_argument("--commit-first", action="store_true", help="the runtime as before the early publish")
+    parser.add_argument("--nice", type=int, help="niceness of the folding process (default: kill_path_nice, -5)")
     args = parser.parse_args()
     result = asyncio.run(kill_latency(args.kills, args.background_eps, driver=args.driver,
                                       consumer_batch=args.consumer_batch, fetch_timeout=args.fetch_timeout,
-                                      busy=args.neighbours, early=not args.commit_first))
+                                      busy=args.neighbours, early=not args.commit_first, nice=args.nice))
     if args.trace:
         print(json.dumps(result["trace"], indent=1))
     print(f"breach -> kill switch: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
           f"max {result['max_ms']:.1f} ms over {result['kills']} kills{' (then one missed)' if result['missed'] else ''}; "
           f"background {result['background_eps']:,.0f} events/s; {result['folded_events']:,} events folded; "
-          f"driver: {result['driver']}")
+          f"niceness {result['niceness']}; driver: {result['driver']}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KillTrace", "neighbours"]
+from rollout_engine.engine.stack.processes import ask_priority
+
+__all__ = ["KillTrace", "neighbours", "priority"]
 
 SPIN = "while True: pass"
 
@@ -42,6 +44,20 @@ def neighbours(count: int | None = None, nice: int = 0) -> Iterator[list[subproc
 
 
 @dataclass
+@contextlib.contextmanager
+def priority(nice: int) -> Iterator[int]:
+    """This process at niceness ``nice`` while the block runs, if the OS grants it (what
+    the rollback consumer asks for at start, setting ``kill_path_nice``); yields the
+    niceness it runs at, restores the one before."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    now, _refused = ask_priority(nice)
+    try:
+        yield now
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
 class _Breach:
     """The stamps of one breach, seconds from the trigger's publication (``perf_counter``)."""
 

@@ -19,11 +19,16 @@ __all__ = ["ConsumerSpec", "build", "get", "names", "specs"]
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
-    """One consumer: its durable name, its module, and its one-line purpose."""
+    """One consumer: its durable name, its module, and its one-line purpose.
+
+    ``kill_path``: its fold decides kill switches, so its process asks for a higher CPU
+    share at start (setting ``kill_path_nice``): on a busy host a kill must not queue
+    behind other work."""
 
     name: str
     module: str
     summary: str
+    kill_path: bool = False
 
 
 _SPECS: dict[str, ConsumerSpec] = {}

@@ -89,6 +89,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notify_backoff_max_s: Annotated[float, Meta(gt=0, le=3600)] = 300.0
     notify_max_age_s: Annotated[float, Meta(gt=0, le=6 * 3600)] = 3600.0
     ack_ttl_s: Annotated[float, Meta(ge=0, le=86_400)] = 30.0
+    kill_path_nice: Annotated[int, Meta(ge=-20, le=0)] = -5
 
     @property
     def data_path(self) -> Path:
@@ -150,6 +151,11 @@ SETTINGS_DOC: dict[str, str] = {
     "gate_rate_per_s": "Requests per second each gate client (by IP address) may make on average; more get 429 with Retry-After.",
     "gate_burst": "Requests a gate client may make in a burst above gate_rate_per_s.",
     "ack_ttl_s": "SDK acknowledgements: each RolloutClient reports the control revision it applied at every change and every ack_ttl_s/3 seconds; an instance silent for ack_ttl_s is stale (not counted as following), and forgotten after 10 x ack_ttl_s. 0: report nothing. See docs/sdk.md.",
+    "kill_path_nice": ("Niceness the rollback consumer (the kill path) asks for when it starts, -20 to 0. The default -5 "
+                       "gives it about three times the CPU share of a default process on a busy core, so a kill "
+                       "does not queue behind other work (docs/scaling.md, \"The kill path on a busy host\"). Needs "
+                       "CAP_SYS_NICE (root, or `cap_add: [SYS_NICE]` in compose); without it the consumer logs a "
+                       "warning and keeps its niceness. 0: ask for nothing."),
 }
 
 

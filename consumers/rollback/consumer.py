@@ -23,7 +23,8 @@ from rollout_engine.events import subjects
 
 __all__ = ["build"]
 
-register(ConsumerSpec("rollback", __name__, "regression guards with statistics and hysteresis; emits kill switches"))
+register(ConsumerSpec("rollback", __name__, "regression guards with statistics and hysteresis; emits kill switches",
+                      kill_path=True))
 
 _json = msgspec.json.Encoder()
 

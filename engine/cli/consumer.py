@@ -9,6 +9,7 @@ connecting to NATS. Two runs over the same log print the same digest.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from rollout_engine.engine.cli.common import (
@@ -19,8 +20,11 @@ from rollout_engine.engine.cli.common import (
     settings_from,
     stop_on_signals,
 )
+from rollout_engine.engine.settings import Settings
 
 __all__ = ["register"]
+
+log = logging.getLogger(__name__)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -37,6 +41,7 @@ async def _run(args: argparse.Namespace) -> int:
     overrides = {"consumer_batch": args.batch} if args.batch else {}
     settings = settings_from(args, **overrides)
     if args.partitions is not None or args.process is not None:
+        _priority(args.name, settings)
         return await run_partitioned(args, settings)
     consumer = build(args.name, settings)
     if args.digest:
@@ -46,6 +51,7 @@ async def _run(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
         _report(args, {"consumer": args.name, "seq": seq, "digest": digest})
         return 0
+    _priority(args.name, settings)
     start_metrics(args, settings)
     runner = consumer_runner(consumer, settings, until_idle=args.until_idle, standby=args.standby)
     stop_on_signals(runner.stop)
@@ -57,6 +63,23 @@ async def _run(args: argparse.Namespace) -> int:
         _report(args, {"consumer": summary.consumer, "seq": summary.seq, "events": summary.events,
                        "dead_letters": summary.dead_letters, "digest": summary.digest})
     return 0
+
+
+def _priority(name: str, settings: Settings) -> None:
+    """A kill-path consumer asks for its CPU share (setting ``kill_path_nice``); every
+    consumer reports its niceness as a gauge, so a refused request shows on a dashboard."""
+    from rollout_engine.consumers import registry
+    from rollout_engine.engine.stack.consumer_metrics import default_metrics
+    from rollout_engine.engine.stack.processes import ask_priority
+
+    spec = {spec.name: spec for spec in registry.specs()}.get(name)
+    if spec is None:
+        return  # an unknown name: the command refuses it, naming the known ones
+    nice, refused = ask_priority(settings.kill_path_nice if spec.kill_path else 0)
+    if refused:
+        log.warning("consumer %s: %s; it runs at niceness %d and a kill may wait behind other work on a busy host",
+                    name, refused, nice)
+    default_metrics().niceness.labels(name).set(nice)
 
 
 def _report(args: argparse.Namespace, data: dict[str, object]) -> None:

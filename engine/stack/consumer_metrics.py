@@ -80,6 +80,9 @@ class ConsumerMetrics:
                                  label, registry=reg)
         self.rollouts = Gauge("rollout_consumer_rollouts", "Rollouts held in memory (resident) or only in the "
                               "SQLite store (resting)", [*label, "state"], registry=reg, multiprocess_mode="mostrecent")
+        self.niceness = Gauge("rollout_consumer_niceness", "Niceness of the consumer's process (the kill path asks "
+                              "for kill_path_nice, default -5: lower is a larger CPU share)", label, registry=reg,
+                              multiprocess_mode="mostrecent")
         self.stalled = Gauge("rollout_consumer_stalled", "1 while the consumer waits for its store and takes no events",
                              label, registry=reg, multiprocess_mode="mostrecent")
 

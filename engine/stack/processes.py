@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
-__all__ = ["child_preexec", "terminate", "terminate_all"]
+__all__ = ["ask_priority", "child_preexec", "terminate", "terminate_all"]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -37,6 +37,27 @@ def child_preexec(nice: int = 0) -> Callable[[], None] | None:
         with contextlib.suppress(OSError):
             os.nice(nice)
     return preexec
+
+
+def ask_priority(nice: int) -> tuple[int, str]:
+    """Lower this process's niceness to ``nice`` (a larger CPU share) if it is higher.
+
+    Returns (the niceness now, why it is not ``nice``: "" when it is, or nothing was
+    asked). Raising a priority needs CAP_SYS_NICE; without it the niceness stays and the
+    reason says what would grant it. Never raises: a kill path that runs at the default
+    priority is better than one that does not run.
+    """
+    if not hasattr(os, "setpriority"):
+        return 0, "this platform has no setpriority"
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice >= 0 or current <= nice:
+        return current, ""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        return current, (f"niceness {nice} refused ({exc.strerror or exc}): run as root or grant CAP_SYS_NICE "
+                         "(compose: cap_add: [SYS_NICE]), or set kill_path_nice = 0 to stop asking")
+    return os.getpriority(os.PRIO_PROCESS, 0), ""
 
 
 def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
