@@ -97,7 +97,8 @@ def plan_split(costs: Mapping[str, float], separable: Iterable[str], weights: Ma
     owner: dict[str, int] = {}
     total = sum(weights.values())
     if split and total:
-        per_byte = sum(costs[name] for name in split) / total
+        # A positive cost even when the warm-up measured none (a tiny head): rollouts are then shared by bytes.
+        per_byte = max(sum(costs[name] for name in split), 1e-9) / total
         for rollout, weight in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0])):
             w = min(range(workers), key=lambda i: (loads[i], i))
             owner[rollout] = w
