@@ -13,6 +13,10 @@ no de-duplication, the commands it emits folded back as the runtime does), targe
 2.5 us, with the canary_stats fold timed in the same run as its reference: the rollback
 fold contains a canary-stats fold of its own, so the ratio of the two is what the
 judging costs, and it survives a busy machine better than either figure alone.
+
+And what every reader of the log pays before any fold: ``events.decode_from_log`` in
+microseconds per event (msgspec's decode plus the id, value and subject checks), with
+msgspec's decode alone of the same messages timed in the same run as its reference.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgspec
+
 from bench.harness import Figure, measure
 from bench.workload import make_batches
 from rollout_engine.consumers.projection import Projection
@@ -35,9 +41,17 @@ from rollout_engine.engine.logtools.replay import (
     messages_from_file,
     replay_parallel,
 )
-from rollout_engine.events import Event, LogMessage, encode_batch, subjects
+from rollout_engine.events import (
+    AnyEvent,
+    Event,
+    LogMessage,
+    decode_from_log,
+    encode_batch,
+    subjects,
+)
 
-__all__ = ["fold_figures", "fold_us_per_event", "replay_events_per_s", "replay_figures"]
+__all__ = ["decode_figures", "decode_us_per_event", "fold_figures", "fold_us_per_event", "replay_events_per_s",
+           "replay_figures"]
 
 TARGET = "≥ 250,000 events/s"
 FOLD_TARGET = "≤ 2.5 µs"
@@ -92,6 +106,36 @@ async def fold_figures(total: int = 100_000, repeat: int = 3) -> list[Figure]:
                    reference=reference.name, reference_value=reference.median), reference]
 
 
+def decode_us_per_event(decode: Callable[[str, bytes], object], messages: list[tuple[str, bytes]],
+                        events: int) -> float:
+    """Microseconds of CPU per event to run ``decode(subject, data)`` over ``messages``."""
+    start = time.process_time()
+    for subject, data in messages:
+        decode(subject, data)
+    return (time.process_time() - start) / events * 1e6
+
+
+async def decode_figures(total: int = 200_000, repeat: int = 3) -> list[Figure]:
+    """``decode_from_log`` in µs per event on the bench workload's messages, beside msgspec's
+    decode alone of the same messages (alternated, so both see the same machine): the
+    difference is what the contract's checks cost a reader of the log."""
+    messages = [(subjects.event(rollout, kind), encode_batch(events)) for rollout, kind, events in make_batches(total)]
+    if any(decode_from_log(subject, data)[1] for subject, data in messages):
+        raise AssertionError("the bench workload must decode without rejects")
+    raw = msgspec.msgpack.Decoder(list[AnyEvent])
+    checked: list[float] = []
+    alone: list[float] = []
+    for _ in range(repeat):
+        checked.append(decode_us_per_event(decode_from_log, messages, total))
+        alone.append(decode_us_per_event(lambda _subject, data: raw.decode(data), messages, total))
+    note = f"{total:,} bench events in 100-event msgpack batches, one process, CPU time"
+    reference = Figure("msgspec decode alone of the same messages, µs per event", "µs", statistics.median(alone),
+                       min(alone), max(alone), alone, note=note)
+    return [Figure("decode_from_log (decode + id, value and subject checks), µs per event", "µs",
+                   statistics.median(checked), min(checked), max(checked), checked, note=note,
+                   reference=reference.name, reference_value=reference.median), reference]
+
+
 async def replay_figures(total: int = 200_000, repeat: int = 3) -> list[Figure]:
     """``make bench`` group: replay speed from a file through all projections, as
     ``rollout replay`` runs it (one process per CPU) and in one process, with the digests
@@ -127,7 +171,7 @@ async def replay_figures(total: int = 200_000, repeat: int = 3) -> list[Figure]:
 
 
 async def _all() -> list[Figure]:
-    return await fold_figures() + await replay_figures()
+    return await decode_figures() + await fold_figures() + await replay_figures()
 
 
 if __name__ == "__main__":

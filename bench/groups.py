@@ -40,16 +40,18 @@ def cached(prefix: str) -> Figure | None:
 
 
 async def replay() -> list[Figure]:
-    """Replay speed from an export file through every registered projection (bench/bench_replay.py)."""
-    from bench.bench_replay import fold_figures, replay_figures
+    """Replay speed from an export file through every registered projection, the folds alone,
+    and decoding alone (bench/bench_replay.py)."""
+    from bench.bench_replay import decode_figures, fold_figures, replay_figures
 
+    decodes = await decode_figures(200_000, 5)
     folds = await fold_figures(100_000, REPEAT)
     figures = await replay_figures(200_000, REPEAT)
     ceiling = cached("transport ceiling")
     for figure in figures:
         if ceiling is not None and not figure.reference:  # the one-process fold stands beside its no-dedupe twin
             figure.reference, figure.reference_value = ceiling.name, ceiling.median
-    return folds + figures
+    return decodes + folds + figures
 
 
 async def sdk() -> list[Figure]:

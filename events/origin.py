@@ -19,35 +19,57 @@ follower all call :func:`origin_error`.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
+
 from rollout_engine.events import subjects
 from rollout_engine.events.errors import EventError
-from rollout_engine.events.schema import ENGINE_ROLLOUT, KINDS, PRODUCER_TYPES, AnyEvent, kind_of
+from rollout_engine.events.schema import (
+    ENGINE_ROLLOUT,
+    EVENT_TYPES,
+    KINDS,
+    PRODUCER_TYPES,
+    AnyEvent,
+    kind_of,
+)
 
 __all__ = ["SubjectRule", "origin_error", "rule_of"]
 
 _PRODUCER_KINDS = frozenset(kind_of(t) for t in PRODUCER_TYPES)
+_TYPE_OF = {kind_of(t): t for t in EVENT_TYPES}
+"""Each kind's one event type: an event is of a kind exactly when it is of its type."""
+_ROLLOUT = operator.attrgetter("rollout")
 
 
 class SubjectRule:
-    """What one subject may carry: a single kind, and the rollout every event must name."""
+    """What one subject may carry: a single kind, and the rollout every event must name.
 
-    __slots__ = ("kind", "rollout", "subject")
+    :meth:`check` judges one event and names the mismatch; :meth:`all_ok` judges a whole
+    batch at C speed from the same two attributes (``types``, ``rollouts``), so a reader
+    pays no Python call per event for a good batch.
+    """
+
+    __slots__ = ("kind", "rollout", "rollouts", "subject", "types")
 
     def __init__(self, subject: str, kind: str, rollout: str | None) -> None:
         self.subject = subject
         self.kind = kind
         self.rollout = rollout
+        self.types = frozenset({_TYPE_OF[kind]})
+        """The event types this subject may carry: the one type of ``kind``."""
+        self.rollouts = None if rollout is None else frozenset({rollout})
+        """The rollouts its events may name (None: any)."""
 
     def check(self, event: AnyEvent) -> EventError | None:
         """None when ``event`` may arrive on this subject, else the error naming the mismatch."""
-        kind = kind_of(event)
-        if kind != self.kind:
+        if type(event) not in self.types:
+            kind = kind_of(event)
             return EventError(
                 "$.kind",
                 f"a {kind!r} event arrived on {self.subject}, which carries only {self.kind!r} events",
                 "the subject decides what a message may carry; engine commands come only from the engine",
             )
-        if self.rollout is not None and event.rollout != self.rollout:
+        if self.rollouts is not None and event.rollout not in self.rollouts:
             return EventError(
                 "$.rollout",
                 f"an event of rollout {event.rollout!r} arrived on {self.subject}, the subject of rollout "
@@ -55,6 +77,16 @@ class SubjectRule:
                 "publish each rollout's events on its own subjects (rollout_engine.events.subjects.event)",
             )
         return None
+
+    def all_ok(self, events: Sequence[AnyEvent]) -> bool:
+        """True when :meth:`check` passes every event of ``events`` (empty included).
+
+        One set of types and one of rollouts, built by C loops; False says only that
+        :meth:`check` must be run per event to name the culprits.
+        """
+        if not set(map(type, events)) <= self.types:
+            return False
+        return self.rollouts is None or set(map(_ROLLOUT, events)) <= self.rollouts
 
 
 def rule_of(subject: str) -> SubjectRule | EventError:
