@@ -43,7 +43,6 @@ def neighbours(count: int | None = None, nice: int = 0) -> Iterator[list[subproc
             proc.wait()
 
 
-@dataclass
 @contextlib.contextmanager
 def priority(nice: int) -> Iterator[int]:
     """This process at niceness ``nice`` while the block runs, if the OS grants it (what
@@ -58,6 +57,7 @@ def priority(nice: int) -> Iterator[int]:
             os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
+@dataclass
 class _Breach:
     """The stamps of one breach, seconds from the trigger's publication (``perf_counter``)."""
 
