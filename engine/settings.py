@@ -154,8 +154,9 @@ SETTINGS_DOC: dict[str, str] = {
     "kill_path_nice": ("Niceness the rollback consumer (the kill path) asks for when it starts, -20 to 0. The default -5 "
                        "gives it about three times the CPU share of a default process on a busy core, so a kill "
                        "does not queue behind other work (docs/scaling.md, \"The kill path on a busy host\"). Needs "
-                       "CAP_SYS_NICE (root, or `cap_add: [SYS_NICE]` in compose); without it the consumer logs a "
-                       "warning and keeps its niceness. 0: ask for nothing."),
+                       "CAP_SYS_NICE (root); without it the consumer logs a warning and keeps its niceness. In "
+                       "containers give the weight to the container instead (compose `cpu_shares`, as "
+                       "compose/docker-compose.yml does, or a Kubernetes CPU request) and set 0: ask for nothing."),
 }
 
 

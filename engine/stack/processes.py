@@ -55,8 +55,9 @@ def ask_priority(nice: int) -> tuple[int, str]:
     try:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError as exc:
-        return current, (f"niceness {nice} refused ({exc.strerror or exc}): run as root or grant CAP_SYS_NICE "
-                         "(compose: cap_add: [SYS_NICE]), or set kill_path_nice = 0 to stop asking")
+        return current, (f"niceness {nice} refused ({exc.strerror or exc}): run as root or grant CAP_SYS_NICE, "
+                         "or give the container a larger CPU weight (compose cpu_shares, a Kubernetes CPU request) "
+                         "and set kill_path_nice = 0 to stop asking")
     return os.getpriority(os.PRIO_PROCESS, 0), ""
 
 
