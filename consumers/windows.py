@@ -62,6 +62,10 @@ _MIN_POSITIVE = _MAPPING.min_possible
 _MULTIPLIER = _MAPPING._multiplier
 _KEY_OFFSET = _MAPPING._offset
 _log = math.log
+_LN2 = math.log(2.0)
+"""``math.log(x, 2)`` is ``math.log(x) / math.log(2.0)`` in CPython, the same two IEEE
+operations: dividing by the constant gives ddsketch's key bit for bit without computing
+log(2) again for every sample (0.27 against 0.21 us here)."""
 _ceil = math.ceil
 
 
@@ -73,7 +77,7 @@ def sketch_add(sketch: BaseDDSketch, value: float) -> None:
     """
     if value > _MIN_POSITIVE:
         store = sketch._store
-        key = int(_ceil(_log(value, 2) * _MULTIPLIER) + _KEY_OFFSET)
+        key = int(_ceil(_log(value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET)
         if store.min_key <= key <= store.max_key:
             store.bins[key - store.offset] += 1.0
             store.count += 1.0
@@ -122,9 +126,9 @@ _BIN_SHIFT = 100_000  # above any |key| of a finite double (about 35,500)
 def value_bin(value: float) -> int:
     """The histogram bin of one value: its sketch key, shifted by its sign class."""
     if value > _MIN_POSITIVE:
-        return int(_ceil(_log(value, 2) * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT
+        return int(_ceil(_log(value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT
     if value < -_MIN_POSITIVE:
-        return -(int(_ceil(_log(-value, 2) * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT)
+        return -(int(_ceil(_log(-value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT)
     return 0
 
 

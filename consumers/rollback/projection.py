@@ -120,7 +120,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 elif not needs_tick(r):
                     continue
                 self._dirty.add(rollout)
-                self._evaluate(rollout, event, out)
+                self._evaluate(rollout, r, event, out)
             return out
         cls = type(event)
         if cls is Metric or cls is Outcome or cls is Decision:  # the producer types, by identity (hot)
@@ -131,12 +131,12 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             if r.shadow_shape:
                 self._shadow_stats[rollout].apply(event, seq)
             if cls is Metric:
-                self._evaluate(rollout, event, out, event.name, event.variant)  # type: ignore[union-attr]
+                self._evaluate(rollout, r, event, out, event.name, event.variant)  # type: ignore[union-attr]
             elif cls is Decision:
                 self._count_decision(r, event)  # type: ignore[arg-type]
-                self._evaluate(rollout, event, out, "srm")
+                self._evaluate(rollout, r, event, out, "srm")
             elif event.quality is not None:  # type: ignore[union-attr]
-                self._evaluate(rollout, event, out, QUALITY, event.variant)  # type: ignore[union-attr]
+                self._evaluate(rollout, r, event, out, QUALITY, event.variant)  # type: ignore[union-attr]
         elif isinstance(event, PRODUCER_TYPES):  # pragma: no cover - a subclass of a producer type
             raise TypeError(f"unexpected producer event type {cls.__name__}")
         elif isinstance(event, COMMAND_TYPES):
@@ -273,17 +273,16 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """
         if only == "srm":
             return policy.srm.enabled and r.srm_pct > 0
-        return bool(self._index.on(policy, only, relative_only))
+        return bool(self._index.plans(policy, only, relative_only))
 
-    def _evaluate(self, rollout: str, cause: Event, out: list[Event], only: str | None = None,
+    def _evaluate(self, rollout: str, r: RolloutState, cause: Event, out: list[Event], only: str | None = None,
                   variant: str | None = None) -> None:
-        """Judge ``rollout`` after ``cause``.
+        """Judge ``rollout`` (its state ``r``) after ``cause``.
 
         ``only`` limits the guards to one metric's and ``variant`` says whose sample
         arrived: a baseline sample cannot change an absolute (candidate-only) guard, so
         those are left to the next candidate sample or tick. Ticks judge everything.
         """
-        r = self.rollouts[rollout]
         now = self.clock.bound(cause.time_ms)
         if now > r.now_ms:
             r.now_ms = now
