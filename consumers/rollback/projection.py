@@ -109,21 +109,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     # --- the fold ---------------------------------------------------------------------
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         out: list[Event] = []
-        if isinstance(event, Tick):
-            self.tick(event.time_ms)
-            for rollout in sorted(self.rollouts):
-                r = self.rollouts[rollout]
-                if r.shadow_shape and r.shadow_shape[2] > SMALL_TIME_CAP:
-                    self._shadow_stats[rollout].apply(event, seq)
-                if r.shape[2] > SMALL_TIME_CAP:  # the time window moves with ticks
-                    self._stats[rollout].apply(event, seq)
-                elif not needs_tick(r):
-                    continue
-                self._dirty.add(rollout)
-                self._evaluate(rollout, r, event, out)
-            return out
         cls = type(event)
-        if cls is Metric or cls is Outcome or cls is Decision:  # the producer types, by identity (hot)
+        if cls is Metric or cls is Outcome or cls is Decision:  # the producer types, by identity (hot): first
             rollout = event.rollout  # type: ignore[union-attr]
             r = self.rollouts.get(rollout) or self._rollout(rollout)
             self._dirty.add(rollout)
@@ -137,6 +124,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 self._evaluate(rollout, r, event, out, "srm")
             elif event.quality is not None:  # type: ignore[union-attr]
                 self._evaluate(rollout, r, event, out, QUALITY, event.variant)  # type: ignore[union-attr]
+        elif isinstance(event, Tick):
+            self._tick(event, seq, out)
         elif isinstance(event, PRODUCER_TYPES):  # pragma: no cover - a subclass of a producer type
             raise TypeError(f"unexpected producer event type {cls.__name__}")
         elif isinstance(event, COMMAND_TYPES):
@@ -153,6 +142,20 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             if r is not None and r.escalation.clear(event.trigger):
                 self._dirty.add(event.rollout)
         return out
+
+    def _tick(self, event: Tick, seq: int, out: list[Event]) -> None:
+        """An engine tick: moves the time windows and re-judges every rollout it can change."""
+        self.tick(event.time_ms)
+        for rollout in sorted(self.rollouts):
+            r = self.rollouts[rollout]
+            if r.shadow_shape and r.shadow_shape[2] > SMALL_TIME_CAP:
+                self._shadow_stats[rollout].apply(event, seq)
+            if r.shape[2] > SMALL_TIME_CAP:  # the time window moves with ticks
+                self._stats[rollout].apply(event, seq)
+            elif not needs_tick(r):
+                continue
+            self._dirty.add(rollout)
+            self._evaluate(rollout, r, event, out)
 
     # --- parts (the projection contract) -----------------------------------------------
     def encode_meta(self) -> bytes | None:
