@@ -62,31 +62,39 @@ _MIN_POSITIVE = _MAPPING.min_possible
 _MULTIPLIER = _MAPPING._multiplier
 _KEY_OFFSET = _MAPPING._offset
 _log = math.log
+_LN2 = math.log(2.0)
+"""``math.log(x, 2)`` is ``math.log(x) / math.log(2.0)`` in CPython, the same two IEEE
+operations: dividing by the constant gives ddsketch's key bit for bit without computing
+log(2) again for every sample (0.27 against 0.21 us here)."""
 _ceil = math.ceil
 
 
 def sketch_add(sketch: BaseDDSketch, value: float) -> None:
-    """``sketch.add(value)``, with the common case inlined (profiled: ddsketch's add goes
+    """``sketch.add(value)``, with the common cases inlined (profiled: ddsketch's add goes
     through four Python calls, ~1 us; a push of a positive value into an existing bin
-    range is a third of that). The arithmetic is ddsketch's own, in its order, so the
-    sketch -- and every snapshot -- is bit-identical; anything else takes ddsketch's path.
+    range is a third of that, and a zero -- 98% of an ``error`` series -- less). The
+    arithmetic is ddsketch's own, in its order, so the sketch -- and every snapshot -- is
+    bit-identical; a negative value (or NaN) takes ddsketch's path.
     """
     if value > _MIN_POSITIVE:
         store = sketch._store
-        key = int(_ceil(_log(value, 2) * _MULTIPLIER) + _KEY_OFFSET)
+        key = int(_ceil(_log(value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET)
         if store.min_key <= key <= store.max_key:
             store.bins[key - store.offset] += 1.0
             store.count += 1.0
         else:
             store.add(key, 1.0)
-        sketch._count += 1.0
-        sketch._sum += value * 1.0
-        if value < sketch._min:
-            sketch._min = value
-        if value > sketch._max:
-            sketch._max = value
+    elif value >= -_MIN_POSITIVE:  # ddsketch's zero bucket
+        sketch._zero_count += 1.0
     else:
         sketch.add(value)
+        return
+    sketch._count += 1.0
+    sketch._sum += value * 1.0
+    if value < sketch._min:
+        sketch._min = value
+    if value > sketch._max:
+        sketch._max = value
 
 
 def sketch_quantile(sketch: BaseDDSketch, q: float) -> float | None:
@@ -122,9 +130,9 @@ _BIN_SHIFT = 100_000  # above any |key| of a finite double (about 35,500)
 def value_bin(value: float) -> int:
     """The histogram bin of one value: its sketch key, shifted by its sign class."""
     if value > _MIN_POSITIVE:
-        return int(_ceil(_log(value, 2) * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT
+        return int(_ceil(_log(value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT
     if value < -_MIN_POSITIVE:
-        return -(int(_ceil(_log(-value, 2) * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT)
+        return -(int(_ceil(_log(-value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT)
     return 0
 
 
@@ -274,8 +282,8 @@ class Series:
         elif n > last_n:  # outgrew the last-N buffer: from now on the sketch carries "all"
             sketch = self.sketch = new_sketch()
             for old in values[-last_n:]:  # every earlier sample: none was dropped yet
-                sketch.add(old)
-            sketch.add(value)
+                sketch_add(sketch, old)
+            sketch_add(sketch, value)
         size = len(times)
         agg = self.agg
         if agg is not None:  # a reader follows the last-N window: keep its aggregates current

@@ -298,41 +298,36 @@ class GuardIndex:
     """Which guards of a policy a sample can move, cached per policy object.
 
     A sample of metric M re-judges only the guards on M (a baseline sample only the
-    relative ones); ``on(policy, None, False)`` is every guard, in policy order. At most
-    ``limit`` policies are kept (a long-running consumer sees a new policy object per
-    policy change); past it the cache starts again. Looked up twice per sample: keyed by
-    the policy's id, then by metric, so no key tuple is made per lookup."""
+    relative ones); ``plans(policy, None, False)`` is every guard, in policy order. At
+    most ``limit`` policies are kept (a long-running consumer sees a new policy object
+    per policy change); past it the cache starts again. Looked up once or twice per
+    sample, in one call: keyed by the policy's id, then by metric, so no key tuple is
+    made per lookup."""
 
     __slots__ = ("_cache", "limit")
 
     def __init__(self, limit: int = 4096) -> None:
-        self._cache: dict[int, tuple[Policy, dict[str | None, _Entry], dict[str | None, _Entry]]] = {}
+        self._cache: dict[int, tuple[Policy, dict[str | None, list[GuardPlan]], dict[str | None, list[GuardPlan]]]] = {}
         self.limit = limit
 
-    def _entry(self, policy: Policy, metric: str | None, relative_only: bool) -> _Entry:
+    def plans(self, policy: Policy, metric: str | None, relative_only: bool) -> list[GuardPlan]:
+        """The guards of ``policy`` on ``metric`` (None: all), relative ones only if asked,
+        as :class:`GuardPlan` objects in policy order."""
         per = self._cache.get(id(policy))
         if per is None or per[0] is not policy:
             if len(self._cache) >= self.limit:
                 self._cache.clear()
             per = self._cache[id(policy)] = (policy, {}, {})
         by_metric = per[2] if relative_only else per[1]
-        entry = by_metric.get(metric)
-        if entry is None:
-            guards = [g for g in policy.all_guards()
-                      if (metric is None or g.metric == metric) and (not relative_only or g.relative)]
-            entry = by_metric[metric] = (guards, [GuardPlan(g, policy) for g in guards])
-        return entry
+        found = by_metric.get(metric)
+        if found is None:
+            found = by_metric[metric] = [GuardPlan(g, policy) for g in policy.all_guards()
+                                         if (metric is None or g.metric == metric) and (not relative_only or g.relative)]
+        return found
 
     def on(self, policy: Policy, metric: str | None, relative_only: bool) -> list[Guard]:
-        """The guards of ``policy`` on ``metric`` (None: all), relative ones only if asked."""
-        return self._entry(policy, metric, relative_only)[0]
-
-    def plans(self, policy: Policy, metric: str | None, relative_only: bool) -> list[GuardPlan]:
-        """:meth:`on` as :class:`GuardPlan` objects, in the same order."""
-        return self._entry(policy, metric, relative_only)[1]
-
-
-_Entry = tuple[list[Guard], list[GuardPlan]]
+        """:meth:`plans` as the guards themselves (a new list: read off the hot path)."""
+        return [plan.guard for plan in self.plans(policy, metric, relative_only)]
 
 
 SRM_GUARD = Guard(name="srm", metric="decisions", threshold=0.0, unit="%")

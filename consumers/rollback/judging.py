@@ -18,6 +18,7 @@ from rollout_engine.consumers.rollback.evidence import StatsEvidence
 from rollout_engine.consumers.rollback.guards import (
     SRM_GUARD,
     GuardIndex,
+    GuardPlan,
     GuardResult,
     evaluate_guard,
     evaluate_srm,
@@ -65,9 +66,12 @@ def results(index: GuardIndex, r: RolloutState, run: PolicyRun, evidence: StatsE
 
 
 def screened(index: GuardIndex, r: RolloutState, run: PolicyRun, evidence: StatsEvidence,
-             variants: tuple[str, str], only: str | None, relative_only: bool = False) -> list[GuardResult]:
+             variants: tuple[str, str], only: str | None, relative_only: bool = False,
+             plans: list[GuardPlan] | None = None) -> list[GuardResult]:
     """:func:`results` with ``screen``, less the plain passes of guards whose machine is
     ``ok`` and not short of samples: those are settled here (see the module docstring).
+    ``plans``: ``index.plans(run.policy, only, relative_only)`` when the caller already
+    looked them up (the fold does, to skip a sample no guard reads).
 
     Guards are evaluated in policy order and the settled ones leave no signal, so the
     caller steps the remaining machines in the same order as before; an evaluation reads
@@ -77,7 +81,7 @@ def screened(index: GuardIndex, r: RolloutState, run: PolicyRun, evidence: Stats
     machines = run.machines
     if only != "srm":
         tests = run.tests
-        for plan in index.plans(policy, only, relative_only):
+        for plan in index.plans(policy, only, relative_only) if plans is None else plans:
             machine = machines.get(plan.name)
             penalized = machine is not None and now < machine.penalty_until_ms
             if machine is not None and machine.state == "ok" and not machine.need \
