@@ -106,8 +106,14 @@ def fold_message(message: LogMessage, projections: Sequence[Projection], seen: S
     (by the message's store time) are dropped before any projection sees them.
     """
     events, rejected, duplicates = read_fresh(message, seen)
+    produced = message.subject.startswith(_PRODUCED)
     out = []
     for projection in projections:
+        if produced and not getattr(projection, "reads_events", True):
+            # A fold of the engine's messages only (control, notifier) ignores every producer
+            # event, and a producer subject carries nothing else (events.origin): no call at all.
+            out.append(Folded(len(events), [], list(rejected), len(rejected), duplicates))
+            continue
         emitted, raised = fold_events(projection, events, message.seq)
         out.append(Folded(len(events), emitted, [*rejected, *raised], len(rejected), duplicates))
     return out

@@ -131,7 +131,9 @@ class RolloutProjection(Generic[S]):
     claim for every registered projection that makes it."""
     reads_events: ClassVar[bool] = True
     """False for a projection that folds only the engine's messages (commands, ticks): its
-    :class:`consumers.folding.Folder` keeps no seen set of producer event ids (``consumers.dedupe``)."""
+    :class:`consumers.folding.Folder` keeps no seen set of producer event ids (``consumers.dedupe``),
+    and the one fold does not call its ``apply`` for a producer message, which it must
+    ignore entirely (tests/unit/test_projection_contract.py checks it)."""
 
     def __init__(self) -> None:
         self.rollouts: dict[str, S] = {}

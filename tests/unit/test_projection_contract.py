@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollout_engine.consumers import registry
-from rollout_engine.consumers.folding import Folder, fold_message
+from rollout_engine.consumers.folding import Folder, fold_events, fold_message, read_message
 from rollout_engine.consumers.projection import Projection, RolloutProjection, digest_of
 from rollout_engine.events import (
     BanditConfig,
@@ -185,3 +185,25 @@ def test_every_projection_holds_its_state_in_the_one_base(name: str) -> None:
     parts.restore_parts(projection.all_parts())
     assert parts.digest() == projection.digest()
     assert set(projection.rollouts) <= {"a", "b"}, "per-rollout state is keyed by rollout id"
+
+
+ENGINE_ONLY = [name for name in NAMES if not registry.build(name).projection.reads_events]
+
+
+def test_some_projections_fold_only_the_engine_messages() -> None:
+    assert set(ENGINE_ONLY) == {"control", "notifier"}
+
+
+@pytest.mark.parametrize("name", ENGINE_ONLY)
+def test_a_projection_reading_no_producer_event_ignores_every_one(name: str) -> None:
+    """The one fold skips producer messages for these projections: exact only if applying
+    every producer event of the log would have changed nothing and emitted nothing."""
+    skipped = registry.build(name).projection
+    emitted_skipping = [e.id for m in LOG for e in fold_message(m, [skipped])[0].emitted]
+    applied = registry.build(name).projection
+    emitted_applying = []
+    for message in LOG:
+        events, _failed = read_message(message)
+        emitted_applying += [e.id for e in fold_events(applied, events, message.seq)[0]]
+    assert applied.snapshot() == skipped.snapshot()
+    assert emitted_applying == emitted_skipping
