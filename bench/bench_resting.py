@@ -16,11 +16,17 @@ What is measured, with the ``canary_stats`` and ``rollback`` consumers running a
    receives the KillSwitch is taken: the rollback consumer loads the rollout from SQLite,
    folds the sample and kills.
 
+4. ``small`` rollouts flooded the same way, both consumers stopped (SIGTERM) and started
+   again on the same stores: the KV puts of that restart (``$KV.ro_state.>`` counted by a
+   core subscription), beside the first run's. A restart puts only the rollouts its store
+   lists as committed and not put (consumers/unmirrored.py); it used to put every one,
+   loading each resting rollout to make its value.
+
 The per-rollout bytes of the rollback consumer come from three runs: capped at
 ``cap`` with ``small`` and ``rollouts`` ids (the slope is the cost of a resting rollout)
 and uncapped with ``small`` ids (the difference is the cost of an active one).
 
-Run alone: ``.venv/bin/python -m bench.bench_resting --rollouts 100000``.
+Run alone: ``.venv/bin/python -m bench.bench_resting --rollouts 100000`` (add ``--restart`` for 4).
 """
 
 from __future__ import annotations
@@ -126,6 +132,88 @@ async def flood_run(rollouts: int, cap: int, kills: int = 5) -> dict[str, Any]:
             "kill_ms": latencies}
 
 
+async def _spawn(url: str, data_dir: str, cap: int) -> dict[str, Any]:
+    """The consumer processes of :data:`NAMES`, as ``rollout up`` runs them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROLLOUT_RESIDENT_ROLLOUTS": str(cap)}
+    return {name: await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", url, "--data-dir", data_dir, "consumer",
+        name, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env) for name in NAMES}
+
+
+async def _stop(procs: dict[str, Any]) -> None:
+    for proc in procs.values():
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in procs.items():
+        _, err = await proc.communicate()
+        if proc.returncode not in (0, -signal.SIGTERM):
+            raise RuntimeError(f"consumer {name} failed: {err.decode()[-1000:]}")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _quiet(counts: dict[str, int], quiet_s: float, timeout: float) -> float:
+    """Wait until no KV put was seen for ``quiet_s``; the seconds until the last put."""
+    start = time.perf_counter()
+    last_total, last_change = -1, start
+    while time.perf_counter() - last_change < quiet_s:
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"KV puts still flowing after {timeout:.0f} s: {counts}")
+        total = sum(counts.values())
+        if total != last_total:
+            last_total, last_change = total, time.perf_counter()
+        await asyncio.sleep(0.05)
+    return last_change - start
+
+
+async def restart_run(rollouts: int, cap: int, quiet_s: float = 3.0) -> dict[str, Any]:
+    """``rollouts`` ids flooded (as :func:`flood_run`), consumers stopped (SIGTERM) and started
+    again on the same stores and log: the KV puts of the first run and of that restart, per
+    KV kind, the seconds from the restart to its last put, and the CPU seconds each consumer
+    process spent (imports and restore included) until ``quiet_s`` passed without a put."""
+    async with bench_server() as (server, settings, nc, js):
+        counts: dict[str, int] = {}
+
+        async def on_put(msg: Msg) -> None:
+            kind = msg.subject.split(".")[2]
+            counts[kind] = counts.get(kind, 0) + 1
+
+        procs = await _spawn(server.url or "", settings.data_dir, cap)
+        try:
+            await _wait(lambda: _all_exist(js, list(NAMES)), 60, "the consumer processes to start")
+            sub = await nc.subscribe(f"$KV.{subjects.STATE_BUCKET}.>", cb=on_put)
+            for kind, template in _templates():
+                for i in range(rollouts):
+                    rollout = f"r{i:06d}"
+                    await js.publish_async(subjects.event(rollout, kind), template.replace(_MARK.encode(),
+                                                                                           rollout.encode()))
+            await js.publish_async_completed()
+            await _wait(lambda: _caught_up(js, list(NAMES)), 900, "the consumers to fold the flood")
+            await _quiet(counts, quiet_s, 900)  # the first run's last rounds
+            first = dict(counts)
+        finally:
+            await _stop(procs)
+        for name in NAMES:  # made again by each process once it has started (after its mirror's first round)
+            await js.delete_consumer(subjects.LOG_STREAM, name)
+        counts.clear()
+        started = time.perf_counter()
+        procs = await _spawn(server.url or "", settings.data_dir, cap)
+        try:
+            await _wait(lambda: _all_exist(js, list(NAMES)), 60, "the consumer processes to start again")
+            waited = time.perf_counter() - started
+            puts_s = waited + await _quiet(counts, quiet_s, 900)
+            cpu = {name: _cpu_s(proc.pid) for name, proc in procs.items()}
+        finally:
+            await _stop(procs)
+            await sub.unsubscribe()
+    return {"rollouts": rollouts, "cap": cap, "first_run_puts": first, "puts": dict(counts),
+            "puts_s": puts_s if counts else 0.0, "cpu_s": cpu}
+
+
 async def _kill_latencies(nc: Any, breaches: dict[str, list[Any]]) -> list[float]:
     """Publish each resting rollout's conclusive sample; ms until its KillSwitch is received."""
     received: dict[str, asyncio.Event] = {rollout: asyncio.Event() for rollout in breaches}
@@ -163,6 +251,7 @@ def per_rollout_bytes(capped_small: dict[str, Any], capped_large: dict[str, Any]
 async def resting_figures(rollouts: int = 100_000, small: int = 20_000, cap: int = 10_000) -> list[Figure]:
     """The figures of ``make bench`` (group ``resting``): see the module docstring."""
     large = await flood_run(rollouts, cap)
+    restart = await restart_run(small, cap)
     capped_small = await flood_run(small, cap)
     whole_small = await flood_run(small, 0)
     active, resting = per_rollout_bytes(capped_small, large, whole_small)
@@ -171,7 +260,7 @@ async def resting_figures(rollouts: int = 100_000, small: int = 20_000, cap: int
     note = (f"{rollouts:,} rollouts x {3 * PER_KIND} events then idle, resident_rollouts = {cap:,}; "
             f"consumers as processes; folded in {large['fold_s']:.0f} s")
     extra = {run_name: run for run_name, run in (("capped", large), ("capped_small", capped_small),
-                                                 ("all_in_memory_small", whole_small))}
+                                                 ("all_in_memory_small", whole_small), ("restart", restart))}
     kills = large["kill_ms"]
 
     def one(name: str, unit: str, value: float, **meta: Any) -> Figure:
@@ -186,6 +275,10 @@ async def resting_figures(rollouts: int = 100_000, small: int = 20_000, cap: int
             reference=f"{small:,} all in memory", reference_value=whole_small["rss_mb"]["rollback"]),
         one("rollback: bytes per active rollout (in memory)", "bytes", active),
         one("rollback: bytes per resting rollout (in its SQLite store)", "bytes", resting),
+        one(f"KV puts when canary_stats + rollback restart after a clean stop, {small:,} rollouts", "puts",
+            sum(restart["puts"].values()), target="0 (only rollouts committed and not put: consumers/unmirrored.py)",
+            reference="the first run's puts (one per rollout and consumer: what every restart put before)",
+            reference_value=sum(restart["first_run_puts"].values())),
         Figure("kill switch of a resting rollout: conclusive sample -> KillSwitch received", "ms",
                statistics.median(kills), min(kills), max(kills), kills, note=note, target="<= 50 ms"),
     ]
@@ -195,8 +288,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rollouts", type=int, default=100_000)
     parser.add_argument("--cap", type=int, default=10_000, help="resident_rollouts (0: every rollout in memory)")
+    parser.add_argument("--restart", action="store_true", help="measure the KV puts of a restart (restart_run)")
     args = parser.parse_args()
-    result = asyncio.run(flood_run(args.rollouts, args.cap))
+    result = asyncio.run((restart_run if args.restart else flood_run)(args.rollouts, args.cap))
     print(result)
 
 

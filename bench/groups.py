@@ -139,8 +139,8 @@ async def memory() -> list[Figure]:
 
 async def resting() -> list[Figure]:
     """100,000 rollouts x 51 events then idle: canary_stats + rollback RSS with resting rollouts,
-    the rollback consumer's bytes per active and per resting rollout, and the kill switch of
-    a resting rollout (bench/bench_resting.py)."""
+    the rollback consumer's bytes per active and per resting rollout, the kill switch of
+    a resting rollout, and the KV puts of a restart (bench/bench_resting.py)."""
     from bench.bench_resting import resting_figures
 
     return await resting_figures()

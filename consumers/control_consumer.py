@@ -22,5 +22,5 @@ register(ConsumerSpec("control", __name__, "control commands -> KV ro_state cont
 def build(settings: RuntimeSettings | None = None) -> Consumer:
     """The consumer ``rollout consumer control`` runs (it reads no settings)."""
     projection = ControlProjection()
-    mirror = KvMirror("control", projection.encode_rollout, lambda: projection.rollouts, interval_s=0.0)
+    mirror = KvMirror("control", projection.encode_rollout, interval_s=0.0)
     return Consumer(projection, mirror=mirror)

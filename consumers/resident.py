@@ -198,9 +198,9 @@ class Resident:
         return read
 
     def attach(self, mirror: Any) -> None:
-        """Make a KV mirror (``consumers.mirror.KvMirror``) list and read resting rollouts too."""
+        """Make a KV mirror (``consumers.mirror.KvMirror``) read resting rollouts too: a
+        rollout its store lists as not yet in KV may be resting at start."""
         mirror.value_of = self.reading(mirror.value_of)
-        mirror.rollouts = self.keys
 
     def parts(self) -> Iterator[tuple[str, bytes]]:
         """Every part in key order (meta first): resident ones encoded, resting ones as stored."""

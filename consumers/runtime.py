@@ -8,9 +8,9 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
    what is committed, hold what follows a gap and fill it by a direct get, dead-letter the
    bad), ``consumers.early.SLICE`` messages at a time: what a slice emits (a kill switch)
    is published at once under its deterministic id, before the commit (``publish_early``);
-3. commit the changed snapshot parts, the last sequence, the outbox rows (emitted
-   events JetStream did not already store, dead letters) and the event ids the batch
-   added to the seen set (``consumers.dedupe``) in ONE SQLite transaction;
+3. commit the changed parts (with a KV mirror, listed as not yet in KV: ``consumers.unmirrored``),
+   the last sequence, the outbox rows (emitted events JetStream did not already store,
+   dead letters) and the seen ids the batch added (``consumers.dedupe``) in ONE transaction;
 4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
    engine's keyed id of the row id), delete what JetStream stored;
 6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook, then
@@ -109,7 +109,7 @@ class Runner:
         self.standby = standby
         self.fetch_timeout = fetch_timeout
         self.metrics = metrics or NO_METRICS
-        self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name)
+        self.store = SQLiteConsumerStore.for_consumer(settings.data_dir, self.name, mirrored=consumer.mirror is not None)
         self.relay = OutboxRelay(self.name, self.store, msg_ids, self.metrics, signer)
         self.resident = resident_for(consumer, settings.resident_rollouts, self.store.read_parts, self.metrics.rollouts,
                                      self.name)  # resting rollouts (consumers.resident), None when none can rest

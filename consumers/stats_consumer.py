@@ -37,6 +37,5 @@ def summary(stats: CanaryStats, rollout: str) -> bytes:
 def build(settings: RuntimeSettings | None = None) -> Consumer:
     """The consumer ``rollout consumer canary_stats`` runs (it reads no settings)."""
     stats = CanaryStats()
-    mirror = KvMirror("stats", lambda rollout: summary(stats, rollout), lambda: stats.rollouts, interval_s=1.0,
-                      subject_of=subjects.stats)
+    mirror = KvMirror("stats", lambda rollout: summary(stats, rollout), interval_s=1.0, subject_of=subjects.stats)
     return Consumer(stats, mirror=mirror)

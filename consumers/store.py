@@ -18,6 +18,8 @@ Tables (one file per consumer, ``DATA_DIR/consumers/<name>.sqlite``, WAL mode):
   (``consumers.dedupe``): what each batch added, in order, and now and then the whole
   set (a full write replaces every earlier row). Committed with the position, so a
   restarted consumer de-duplicates exactly as one that never stopped.
+- ``unmirrored(consumer, key, seq)``, with ``mirrored=True`` (a consumer with a KV mirror):
+  the rollouts whose committed part KV may not have yet (``consumers.unmirrored``).
 
 Everything a batch produced goes in :meth:`SQLiteConsumerStore.commit`, in ONE
 transaction: a crash at any instant leaves either the old or the new state, never half.
@@ -32,13 +34,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from rollout_engine.consumers import unmirrored
 from rollout_engine.consumers.dedupe import SeenWrite
 from rollout_engine.consumers.outbox import OutboxRow
 
@@ -112,21 +115,27 @@ class StoredState:
 class SQLiteConsumerStore:
     """The aiosqlite store of one consumer (see the module docstring for the tables)."""
 
-    def __init__(self, path: str | Path, consumer: str, *, exclusive: bool = True) -> None:
+    def __init__(self, path: str | Path, consumer: str, *, exclusive: bool = True, mirrored: bool = False) -> None:
         """``exclusive`` holds ``<store>.lock`` (flock) while open, so a second process of
         the same consumer fails at start instead of interleaving its commits with the
         first's; the kernel drops the lock when the holder dies, even by SIGKILL.
-        Readers (``rollout consumer NAME --digest``) pass ``exclusive=False``."""
+        Readers (``rollout consumer NAME --digest``) pass ``exclusive=False``.
+        ``mirrored``: the consumer has a KV mirror; each commit lists the rollouts it
+        changed in ``unmirrored`` until the mirror confirms their puts."""
         self.path = Path(path)
         self.consumer = consumer
         self.exclusive = exclusive
+        self.mirrored = mirrored
+        self._writing = asyncio.Lock()  # one transaction at a time on the one connection
         self._db: aiosqlite.Connection | None = None
         self._read: sqlite3.Connection | None = None
         self._lock: int | None = None
 
     @classmethod
-    def for_consumer(cls, data_dir: str | Path, consumer: str, *, exclusive: bool = True) -> SQLiteConsumerStore:
-        return cls(Path(data_dir) / "consumers" / f"{consumer}.sqlite", consumer, exclusive=exclusive)
+    def for_consumer(cls, data_dir: str | Path, consumer: str, *, exclusive: bool = True,
+                     mirrored: bool = False) -> SQLiteConsumerStore:
+        path = Path(data_dir) / "consumers" / f"{consumer}.sqlite"
+        return cls(path, consumer, exclusive=exclusive, mirrored=mirrored)
 
     def _take_lock(self) -> None:
         fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -177,7 +186,22 @@ class SQLiteConsumerStore:
             if column not in have:
                 await db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
         self._db = db
+        if self.mirrored:  # a store older than the table lists every rollout, once
+            await self._transaction(unmirrored.add_table, self.consumer)
         return self
+
+    async def _transaction(self, write: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """``write(db, *args)`` in one transaction, never inside a commit's."""
+        db = self.db
+        async with self._writing:
+            await db.execute("BEGIN IMMEDIATE")  # a locked store raises here, before anything started
+            try:
+                await write(db, *args)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL and some I/O errors
+                    await db.execute("ROLLBACK")
+                raise
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -252,38 +276,35 @@ class SQLiteConsumerStore:
 
     async def commit(self, seq: int, parts: Mapping[str, bytes], outbox: Iterable[OutboxRow] = (),
                      seen: SeenWrite | None = None) -> None:
-        """Record position ``seq``, changed parts, outbox rows and the seen ids' write atomically."""
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")  # a locked store raises here, before anything started
+        """Record position ``seq``, changed parts (``mirrored``: their rollouts as not yet in
+        KV), outbox rows and the seen ids' write atomically."""
+        await self._transaction(self._commit, seq, parts, outbox, seen)
+
+    async def _commit(self, db: aiosqlite.Connection, seq: int, parts: Mapping[str, bytes],
+                      outbox: Iterable[OutboxRow], seen: SeenWrite | None) -> None:
         try:
-            try:
-                await db.execute("INSERT INTO tracking (consumer, seq) VALUES (?, ?)", (self.consumer, seq))
-            except sqlite3.IntegrityError:
-                raise DuplicateCommit(
-                    f"consumer {self.consumer!r} already committed sequence {seq} in {self.path}; "
-                    "is a second process running this consumer?"
-                ) from None
-            await db.execute("DELETE FROM tracking WHERE consumer = ? AND seq < ?", (self.consumer, seq))
-            if parts:
-                await db.executemany(
-                    "INSERT OR REPLACE INTO parts (consumer, key, data) VALUES (?, ?, ?)",
-                    [(self.consumer, key, data) for key, data in parts.items()],
-                )
-            rows = [(self.consumer, r.id, r.subject, r.data, r.headers) for r in outbox]
-            if rows:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO outbox (consumer, id, subject, data, headers) VALUES (?, ?, ?, ?, ?)", rows
-                )
-            if seen is not None:
-                if seen.full:
-                    await db.execute("DELETE FROM seen WHERE consumer = ?", (self.consumer,))
-                await db.execute("INSERT INTO seen (consumer, full, data) VALUES (?, ?, ?)",
-                                 (self.consumer, int(seen.full), seen.data))
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL and some I/O errors
-                await db.execute("ROLLBACK")
-            raise
+            await db.execute("INSERT INTO tracking (consumer, seq) VALUES (?, ?)", (self.consumer, seq))
+        except sqlite3.IntegrityError:
+            raise DuplicateCommit(
+                f"consumer {self.consumer!r} already committed sequence {seq} in {self.path}; "
+                "is a second process running this consumer?"
+            ) from None
+        await db.execute("DELETE FROM tracking WHERE consumer = ? AND seq < ?", (self.consumer, seq))
+        if parts:
+            await db.executemany("INSERT OR REPLACE INTO parts (consumer, key, data) VALUES (?, ?, ?)",
+                                 [(self.consumer, key, data) for key, data in parts.items()])
+            if self.mirrored:
+                await unmirrored.record(db, self.consumer, seq, parts)
+        rows = [(self.consumer, r.id, r.subject, r.data, r.headers) for r in outbox]
+        if rows:
+            await db.executemany(
+                "INSERT OR IGNORE INTO outbox (consumer, id, subject, data, headers) VALUES (?, ?, ?, ?, ?)", rows
+            )
+        if seen is not None:
+            if seen.full:
+                await db.execute("DELETE FROM seen WHERE consumer = ?", (self.consumer,))
+            await db.execute("INSERT INTO seen (consumer, full, data) VALUES (?, ?, ?)",
+                             (self.consumer, int(seen.full), seen.data))
 
     async def commit_waiting(self, seq: int, parts: Mapping[str, bytes], outbox: list[OutboxRow], *, metrics: Any,
                              name: str, stopping: Callable[[], bool], seen: SeenWrite | None = None) -> None:
@@ -323,6 +344,17 @@ class SQLiteConsumerStore:
                 log.warning("%s: store accepts commits again after %.1f s; resuming at sequence %d",
                             name, time.monotonic() - since, seq)
             return
+
+    async def unmirrored_rollouts(self) -> list[str]:
+        """The rollouts whose committed part KV may not have, the longest waiting first (none
+        without a mirror)."""
+        return await unmirrored.listed(self.db, self.consumer) if self.mirrored else []
+
+    async def confirm_mirrored(self, confirmed: Mapping[str, int]) -> None:
+        """Forget the rollouts whose KV put succeeded (rollout -> position its value was made
+        at; one changed by a later commit stays listed), in one transaction."""
+        if confirmed and self.mirrored:
+            await self._transaction(unmirrored.forget, self.consumer, confirmed)
 
     async def mark_attempted(self, ids: Iterable[str]) -> None:
         """Count a publish attempt for each row, committed before the publish leaves.

@@ -27,6 +27,5 @@ _encoder = msgspec.msgpack.Encoder()
 def build(settings: RuntimeSettings | None = None) -> Consumer:
     """The consumer ``rollout consumer bandit`` runs (it reads no settings)."""
     projection = BanditProjection()
-    mirror = KvMirror("bandit", lambda rollout: _encoder.encode(projection.view(rollout)),
-                      lambda: projection.rollouts, interval_s=0.25)
+    mirror = KvMirror("bandit", lambda rollout: _encoder.encode(projection.view(rollout)), interval_s=0.25)
     return Consumer(projection, mirror=mirror)

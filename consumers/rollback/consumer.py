@@ -32,6 +32,6 @@ _json = msgspec.json.Encoder()
 def build(settings: RuntimeSettings | None = None) -> Consumer:
     """The consumer ``rollout consumer rollback`` runs (it reads no settings)."""
     projection = RollbackProjection()
-    mirror = KvMirror("rollback", lambda rollout: _json.encode(projection.status(rollout)),
-                      lambda: projection.rollouts, interval_s=1.0, subject_of=subjects.evaluation)
+    mirror = KvMirror("rollback", lambda rollout: _json.encode(projection.status(rollout)), interval_s=1.0,
+                      subject_of=subjects.evaluation)
     return Consumer(projection, mirror=mirror)

@@ -348,9 +348,11 @@ def _command_summary(view: ControlView) -> dict[str, Any] | None:
 
 # --- the service ------------------------------------------------------------------------
 async def serve_api(nc: Client, stop: asyncio.Event, ready: asyncio.Event | None = None,
-                    msg_ids: EngineIds | None = None, signer: CommandSigner | None = None) -> None:
-    """Run the micro service on ``nc`` until ``stop`` is set (``msg_ids``, ``signer``: see :class:`ControlApi`)."""
-    api = ControlApi(nc, msg_ids=msg_ids, signer=signer)
+                    msg_ids: EngineIds | None = None, signer: CommandSigner | None = None,
+                    api: ControlApi | None = None) -> None:
+    """Run the micro service on ``nc`` until ``stop`` is set (``msg_ids``, ``signer``: see :class:`ControlApi`;
+    ``api``: handlers built by the caller, e.g. a test holding back its rollout index)."""
+    api = api or ControlApi(nc, msg_ids=msg_ids, signer=signer)
     service = await add_service(nc, name=SERVICE_NAME, version=SERVICE_VERSION, queue_group=SERVICE_NAME,
                                 description="rollout-engine operator API: status, abort, retry, promote, pause, unpause, "
                                             "resume, config, evaluate, health")

@@ -170,6 +170,8 @@ async def _run(args: argparse.Namespace) -> int:
     for line in text_lines(status, status.get("cluster")):
         alarm = line.startswith(("ALERT", "STALE")) or "CRASH_LOOP" in line or "OFFLINE" in line or "NONE" in line
         print(color(line, "31") if alarm else line)
+    if "unavailable" in status:  # e.g. the API is still reading the rollouts from the log: say so, and what to do
+        print(f"rollouts: {color('not listed', '33')}: {status['unavailable']}")
     for item in status["rollouts"]:
         print(f"rollout {item['line']}")
     if "total" in status:

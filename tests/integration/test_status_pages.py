@@ -1,6 +1,8 @@
 """``status`` in pages: 10,000 rollouts on a server of the test's own, listed through the
 API and the CLI, every rollout exactly once, in name order, filtered by phase and prefix;
-and a reply over the server's ``max_payload`` refused with a message saying what to do.
+and a reply over the server's ``max_payload`` refused with a message saying what to do;
+a listing asked before the API has read the rollouts from the log is refused (503) with
+what to do, in the API and in ``rollout status``, and answered once it has.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 import pytest
 
 from rollout_engine.engine.api.client import ApiError, call
-from rollout_engine.engine.api.service import serve_api
+from rollout_engine.engine.api.rollout_index import LiveIndex
+from rollout_engine.engine.api.service import ControlApi, serve_api
 from rollout_engine.engine.bus import connect, provision
 from rollout_engine.engine.settings import load_settings
 from rollout_engine.engine.stack.server import EmbeddedServer
@@ -193,6 +196,55 @@ async def test_a_log_of_commands_only_is_listed(stack) -> None:
         reply = await call(nc, "status", {}, timeout=20)
         assert [(r["rollout"], r["phase"]) for r in reply["rollouts"]] == [(_name(1), "aborted")]
         assert reply["next_cursor"] is None and reply["total"] == 1
+    finally:
+        stop.set()
+        await task
+
+
+class _HeldIndex(LiveIndex):
+    """The real index over the real log, whose first read starts only when ``go`` is set:
+    an API that has not finished reading the rollouts yet, for as long as the test needs."""
+
+    def __init__(self, js: Any) -> None:
+        super().__init__(js)
+        self.go = asyncio.Event()
+
+    async def _start(self) -> None:
+        await self.go.wait()
+        await super()._start()
+
+
+async def test_a_listing_before_the_index_is_read_is_503_with_what_to_do_then_answers(stack) -> None:
+    settings, nc, _js = stack
+    for i in range(3):
+        await nc.publish(*_message(i))
+    await nc.flush()
+    api = ControlApi(nc)
+    index = api.index = _HeldIndex(api.js)
+    api.index_wait_s = 0.2  # how long a listing waits for the index before it answers 503
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve_api(nc, stop, ready, api=api))
+    await ready.wait()
+    try:
+        with pytest.raises(ApiError) as refused:
+            await call(nc, "status", {"limit": 2})
+        assert refused.value.code == 503
+        message = refused.value.message
+        assert "still reading the rollouts from the log" in message and "try again in a few seconds" in message
+        assert "0 so far" in message, "it says how far the read got"
+
+        text = await asyncio.to_thread(_cli, settings)  # the overview: streams, then why no rollouts are listed
+        assert text.returncode == 0, text.stderr
+        assert f"rollouts: not listed: {message}" in text.stdout.splitlines()
+        paged = await asyncio.to_thread(_cli, settings, "--limit", "2")  # a page asked for: an error saying so
+        assert paged.returncode == 2 and message in paged.stderr and "Traceback" not in paged.stderr
+
+        index.go.set()
+        reply = await call(nc, "status", {"limit": 2}, timeout=20)  # the same request, once the index is read
+        assert [r["rollout"] for r in reply["rollouts"]] == sorted(_name(i) for i in range(3))[:2]
+        assert reply["total"] == 3 and reply["next_cursor"] is not None
+        text = await asyncio.to_thread(_cli, settings)
+        assert "not listed" not in text.stdout and f"rollout {_name(0)}" in text.stdout
     finally:
         stop.set()
         await task

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollout_engine.consumers import registry
+from rollout_engine.consumers.consumer import NO_METRICS
 from rollout_engine.consumers.folding import Folder
-from rollout_engine.consumers.resident import Resident, rollout_of
+from rollout_engine.consumers.resident import Resident, resident_for, rollout_of
 from rollout_engine.events import (
     ConfigChange,
     ControlState,
@@ -193,3 +194,33 @@ def test_a_projection_without_parts_is_refused_with_what_to_do() -> None:
         Resident(object(), 5, dict)
     with pytest.raises(ValueError, match="at least 1"):
         Resident(registry.build("canary_stats").projection, 0, dict)
+
+
+@pytest.mark.parametrize("name", ["canary_stats", "rollback"])
+def test_the_kv_mirror_value_of_a_resting_rollout_is_its_value_in_memory(name: str) -> None:
+    """A restart puts what its store lists, and those rollouts may be resting: the value
+    the mirror puts for each is the one an uncapped consumer puts (not an empty status).
+    The control and bandit projections let no rollout rest (``resident_for`` is None)."""
+    batches = _batches(make_log(5, 400, 20), [10] * 40)
+    whole = registry.build(name)
+    folder = Folder(whole.projection)
+    for batch in batches:
+        folder.fold_batch(batch)
+    capped, store = registry.build(name), {}
+    resident = resident_for(capped, 3, lambda keys: {k: store[k] for k in keys if k in store}, NO_METRICS.rollouts, name)
+    again = Folder(capped.projection, resident=resident)
+    for batch in batches:
+        result = again.fold_batch(batch)
+        store.update(result.parts)
+        resident.settle(result.parts)  # type: ignore[union-attr]
+    assert resident is not None and len(resident.resting) > 10, "the check has resting rollouts to read"
+    assert capped.mirror is not None and whole.mirror is not None
+    rollouts = sorted(whole.projection.rollouts)  # type: ignore[attr-defined]
+    assert rollouts
+    for rollout in rollouts:
+        assert capped.mirror.value_of(rollout) == whole.mirror.value_of(rollout), rollout
+
+
+def test_control_and_bandit_let_no_rollout_rest() -> None:
+    for name in ("control", "bandit"):
+        assert resident_for(registry.build(name), 3, dict, NO_METRICS.rollouts, name) is None
