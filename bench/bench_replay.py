@@ -1,8 +1,9 @@
 """Replay speed: events per second from an export file through every registered projection.
 
 ``rollout replay FILE`` reads a verified export (checksum included in the timing), decodes
-each message and folds it into every projection, the projections split over one process
-per CPU (``Replayer.feed_parallel``); the one-process figure is measured beside it, and beside
+each message and folds it into every projection, the work shared by one process per CPU
+(``Replayer.feed_parallel``: whole projections, and the rollback fold's rollouts,
+``engine.logtools.replay_split``); the one-process figure is measured beside it, and beside
 that the one-process fold without de-duplication by event id (``consumers.dedupe``), the
 cost of the seen set as a same-run reference. The workload is the shared
 synthetic one (``bench.workload``), 100-event msgpack batches as the SDK publishes them.
