@@ -28,6 +28,7 @@ what the runtime commits in one SQLite transaction before it acks.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -97,13 +98,16 @@ def read_fresh(message: LogMessage, seen: SeenIds | None) -> tuple[list[AnyEvent
     return fresh, rejected, len(events) - len(fresh)
 
 
-def fold_message(message: LogMessage, projections: Sequence[Projection], seen: SeenIds | None = None) -> list[Folded]:
+def fold_message(message: LogMessage, projections: Sequence[Projection], seen: SeenIds | None = None,
+                 timings: dict[str, float] | None = None) -> list[Folded]:
     """Fold one message into each projection (decoded once); one :class:`Folded` each.
 
     Items that do not decode are failures of every projection; an event whose ``apply``
     raises is a failure of that projection only (a reducer bug must not stop the engine).
     With ``seen``, producer events whose id the rollout already had within the window
-    (by the message's store time) are dropped before any projection sees them.
+    (by the message's store time) are dropped before any projection sees them. With
+    ``timings``, the seconds each projection's fold took are added to ``timings[name]``
+    (a parallel replay plans with them; they never reach a state).
     """
     events, rejected, duplicates = read_fresh(message, seen)
     produced = message.subject.startswith(_PRODUCED)
@@ -114,7 +118,12 @@ def fold_message(message: LogMessage, projections: Sequence[Projection], seen: S
             # event, and a producer subject carries nothing else (events.origin): no call at all.
             out.append(Folded(len(events), [], list(rejected), len(rejected), duplicates))
             continue
-        emitted, raised = fold_events(projection, events, message.seq)
+        if timings is None:
+            emitted, raised = fold_events(projection, events, message.seq)
+        else:
+            started = time.perf_counter()
+            emitted, raised = fold_events(projection, events, message.seq)
+            timings[projection.name] = timings.get(projection.name, 0.0) + time.perf_counter() - started
         out.append(Folded(len(events), emitted, [*rejected, *raised], len(rejected), duplicates))
     return out
 
