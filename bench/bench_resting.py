@@ -81,6 +81,17 @@ def _templates() -> list[tuple[str, bytes]]:
     return out
 
 
+async def _flood(js: Any, rollouts: int) -> None:
+    """Every event template once for each of ``rollouts`` rollout ids, then wait until every
+    consumer has folded them."""
+    for kind, template in _templates():
+        for i in range(rollouts):
+            rollout = f"r{i:06d}"
+            await js.publish_async(subjects.event(rollout, kind), template.replace(_MARK.encode(), rollout.encode()))
+    await js.publish_async_completed()
+    await _wait(lambda: _caught_up(js, list(NAMES)), 900, "the consumers to fold the flood")
+
+
 def _rss_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process, in MB."""
     fields = {}
@@ -107,13 +118,7 @@ async def flood_run(rollouts: int, cap: int, kills: int = 5) -> dict[str, Any]:
             for events in breaches.values():
                 for subject, payload in log_messages(events[:TRIGGER_AT], 100):
                     await js.publish_async(subject, payload)
-            for kind, template in _templates():
-                for i in range(rollouts):
-                    rollout = f"r{i:06d}"
-                    await js.publish_async(subjects.event(rollout, kind), template.replace(_MARK.encode(),
-                                                                                           rollout.encode()))
-            await js.publish_async_completed()
-            await _wait(lambda: _caught_up(js, list(NAMES)), 900, "the consumers to fold the flood")
+            await _flood(js, rollouts)
             fold_s = time.perf_counter() - start
             await asyncio.sleep(2.0)  # idle: the KV mirrors' last rounds
             rss = {name: _rss_mb(proc.pid) for name, proc in procs.items()}
@@ -186,13 +191,7 @@ async def restart_run(rollouts: int, cap: int, quiet_s: float = 3.0) -> dict[str
         try:
             await _wait(lambda: _all_exist(js, list(NAMES)), 60, "the consumer processes to start")
             sub = await nc.subscribe(f"$KV.{subjects.STATE_BUCKET}.>", cb=on_put)
-            for kind, template in _templates():
-                for i in range(rollouts):
-                    rollout = f"r{i:06d}"
-                    await js.publish_async(subjects.event(rollout, kind), template.replace(_MARK.encode(),
-                                                                                           rollout.encode()))
-            await js.publish_async_completed()
-            await _wait(lambda: _caught_up(js, list(NAMES)), 900, "the consumers to fold the flood")
+            await _flood(js, rollouts)
             await _quiet(counts, quiet_s, 900)  # the first run's last rounds
             first = dict(counts)
         finally:
