@@ -125,13 +125,7 @@ async def flood_run(rollouts: int, cap: int, kills: int = 5) -> dict[str, Any]:
             rss["nats-server"] = _rss_mb(server.process.pid) if server.process else (0.0, 0.0)
             latencies = await _kill_latencies(nc, breaches)
         finally:
-            for proc in procs.values():
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-            for name, proc in procs.items():
-                _, err = await proc.communicate()
-                if proc.returncode not in (0, -signal.SIGTERM):
-                    raise RuntimeError(f"consumer {name} failed: {err.decode()[-1000:]}")
+            await _stop(procs)
     return {"rollouts": rollouts, "cap": cap, "fold_s": fold_s, "events": rollouts * 3 * PER_KIND,
             "rss_mb": {k: v[0] for k, v in rss.items()}, "hwm_mb": {k: v[1] for k, v in rss.items()},
             "kill_ms": latencies}

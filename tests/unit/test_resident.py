@@ -30,11 +30,9 @@ from rollout_engine.events import (
     encode_batch,
     subjects,
 )
+from tests.unit.test_projection_contract import POLICY, T0
 
-T0 = 1_700_000_000_000
 NAMES = registry.names()
-POLICY = {"guards": [{"name": "lat", "metric": "latency_ms", "threshold": 200.0, "min_samples": 3}],
-          "staged": {"steps": [25, 0]}, "hysteresis": {"hold_down_ms": 1_000}}
 TIMED = {"guards": [{"name": "q", "metric": "latency_ms", "threshold": 300.0, "window": "time", "min_samples": 2}]}
 
 
