@@ -19,13 +19,18 @@ from nats.aio.client import Client
 from nats.errors import AuthorizationError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
-from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from rollout_engine.engine.settings import Settings
 from rollout_engine.engine.stack.private_files import UnsafeSecrets, read_private_file
 from rollout_engine.events import subjects
 
-__all__ = ["BusUnavailable", "connect", "provision", "stream_config"]
+__all__ = ["BusUnavailable", "cluster_still_forming", "connect", "provision", "stream_config"]
 
 log = logging.getLogger(__name__)
 
@@ -236,17 +241,32 @@ def _check_partitioning(info_transform: SubjectTransform | None, settings: Setti
         )
 
 
+NO_PEERS_FOR_PLACEMENT = 10005
+"""JetStream's error code while a forming cluster does not yet know enough peers for the replicas."""
+
+
+def cluster_still_forming(exc: Exception) -> bool:
+    """Whether a JetStream API error only means the cluster is not ready yet (retry), not a bad request."""
+    if isinstance(exc, BadRequestError):
+        return exc.err_code == NO_PEERS_FOR_PLACEMENT
+    return isinstance(exc, (ServiceUnavailableError, NoRespondersError, TimeoutError))
+
+
 async def provision(js: JetStreamContext, settings: Settings, wait_s: float = 30.0) -> list[str]:
     """Create what is missing; return a line per action taken (for ``rollout up``'s log).
 
     A fresh cluster answers "JetStream not ready" until it has elected its meta leader
-    (about 5 s for 3 nodes here), so provisioning retries for up to ``wait_s`` seconds.
+    (about 5 s for 3 nodes here), and for a moment after that "no suitable peers for
+    placement" while the leader still learns the other nodes (a replicated stream needs
+    them), so provisioning retries both for up to ``wait_s`` seconds.
     """
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         try:
             return await _provision_once(js, settings)
-        except (ServiceUnavailableError, NoRespondersError, TimeoutError) as exc:
+        except (ServiceUnavailableError, NoRespondersError, TimeoutError, BadRequestError) as exc:
+            if not cluster_still_forming(exc):
+                raise
             if asyncio.get_running_loop().time() > deadline:
                 raise BusUnavailable(f"JetStream did not become ready within {wait_s:.0f}s: {exc}") from None
             await asyncio.sleep(0.5)
