@@ -37,7 +37,7 @@ Example (what the runtime does per batch, and what the tests do with a dict as t
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from rollout_engine.consumers.projection import META, RolloutProjection
@@ -107,9 +107,13 @@ class Resident:
             self.recent[key] = None  # classified again by settle() once folded and committed
         return len(wanted)
 
-    def settle(self, touched: Iterable[str]) -> int:
+    def settle(self, touched: Iterable[str], keep: Container[str] = ()) -> int:
         """After a commit: classify what the batch touched, then rest the least recently
-        touched rollouts while more than ``cap`` are in memory. Returns how many rested."""
+        touched rollouts while more than ``cap`` are in memory. Returns how many rested.
+
+        ``keep``: rollouts a later batch changed that is folded but not committed yet (the
+        runtime's commit lane, ``consumers.lane``): their stored part is older than their
+        state, so they stay in memory this time."""
         projection, recent, pinned = self.projection, self.recent, self.pinned
         rollouts = projection.rollouts
         for key in touched:
@@ -125,18 +129,21 @@ class Resident:
         excess = len(rollouts) - self.cap
         dirty = projection._dirty
         rested = 0
+        held: list[str] = []
         while excess > 0 and recent:
             key, _ = recent.popitem(last=False)
             if key not in rollouts:  # the fold dropped it itself
                 pinned.discard(key)
                 continue
-            if key in dirty:  # not committed: never rest (settle() runs after a commit, so rare)
-                recent[key] = None
-                break
+            if key in dirty or key in keep:  # not committed: never rest
+                held.append(key)
+                continue
             projection.rest(key)
             self.resting.add(key)
             excess -= 1
             rested += 1
+        for key in held:  # touched by the uncommitted batch: the most recent anyway
+            recent[key] = None
         self.rested += rested
         self.count()
         return rested

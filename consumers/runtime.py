@@ -10,7 +10,8 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
    is published at once under its deterministic id, before the commit (``publish_early``);
 3. commit the changed parts (with a KV mirror, listed as not yet in KV: ``consumers.unmirrored``),
    the last sequence, the outbox rows (emitted events JetStream did not already store,
-   dead letters) and the seen ids the batch added (``consumers.dedupe``) in ONE transaction;
+   dead letters) and the seen ids the batch added (``consumers.dedupe``) in ONE transaction,
+   while the next batch is folded (``consumers.lane``: one commit in flight, in order);
 4. ack the messages; 5. relay the outbox (``consumers/relay.py``: ``Nats-Msg-Id`` = the
    engine's keyed id of the row id), delete what JetStream stored;
 6. run the consumer's KV mirror (``consumers.mirror``) and ``after_commit`` hook, then
@@ -36,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -53,9 +54,11 @@ from rollout_engine.consumers.consumer import (
     store_name,
 )
 from rollout_engine.consumers.dedupe import SeenIds
+from rollout_engine.consumers.delivery import DeliveryOrder
 from rollout_engine.consumers.early import fold_slices
 from rollout_engine.consumers.folding import BatchResult, Folder
 from rollout_engine.consumers.jetstream import first_seq, get_message, log_message, subscribe
+from rollout_engine.consumers.lane import CommitLane, count_commit
 from rollout_engine.consumers.outbox import OutboxRow
 from rollout_engine.consumers.relay import MessageIds, OutboxRelay, Signer
 from rollout_engine.consumers.resident import resident_for
@@ -115,8 +118,8 @@ class Runner:
                                      self.name)  # resting rollouts (consumers.resident), None when none can rest
         self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None,
                              seen=SeenIds(settings.dedupe_window_s), resident=self.resident)
-        self._next_delivery = 1  # partitioned: the consumer sequence expected next
-        self._stuck = 0  # partitioned: idle checks in a row that saw undelivered messages
+        self.lane = CommitLane()
+        self.delivery = DeliveryOrder(self.name)  # partitioned: holes in the delivery sequence
         self.stop_event = asyncio.Event()
         self.dead_letters = 0
         self._nc = nc
@@ -206,7 +209,7 @@ class Runner:
 
     async def _subscribe(self, wait_s: float = 60.0) -> Any:
         """(Re)create the durable consumer at the committed position + 1 and bind to it."""
-        self._next_delivery = 1
+        self.delivery.restart()
         return await subscribe(self.js, self.name, self.folder.seq + 1, partition=self.partition,
                                settings=self.settings, batch=self.batch, stopping=self.stop_event.is_set,
                                wait_s=wait_s)
@@ -219,19 +222,8 @@ class Runner:
             await ahead
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
-        self._stuck = 0
         self._sub = await self._subscribe()
         return self._fetch()
-
-    def _in_order(self, msgs: list[Any]) -> int:
-        """How many of ``msgs`` continue the consumer's delivery sequence without a hole."""
-        for index, msg in enumerate(msgs):
-            if msg.metadata.sequence.consumer != self._next_delivery:
-                log.warning("%s: delivery %d arrived where %d was expected", self.name,
-                            msg.metadata.sequence.consumer, self._next_delivery)
-                return index
-            self._next_delivery += 1
-        return len(msgs)
 
     def _fetch(self) -> asyncio.Future[Any]:
         return asyncio.ensure_future(self._sub.fetch(self.batch, timeout=self.fetch_timeout))
@@ -250,7 +242,7 @@ class Runner:
                     ahead = self._fetch()
                     if await self._idle():
                         return
-                    if self._stuck >= 2:  # partitioned: messages pending but none delivered
+                    if self.delivery.should_rewind:  # partitioned: messages pending, none delivered
                         ahead = await self._rewind(ahead)
                     continue
                 except NatsError as exc:  # reconnecting, server restarted, consumer gone...
@@ -266,17 +258,14 @@ class Runner:
                 ahead = self._fetch()
                 if not msgs:  # an empty fetch (a status reply): nothing to fold or ack
                     continue
-                self._stuck = 0
+                self.delivery.stuck = 0
                 whole = len(msgs)
                 if self.partition is not None:
-                    msgs = msgs[: self._in_order(msgs)]
+                    msgs = msgs[: self.delivery.in_order(msgs)]
                 if not msgs:
                     ahead = await self._rewind(ahead)
                     continue
-                await self._process([log_message(m) for m in msgs])
-                for m in msgs:
-                    with contextlib.suppress(Exception):  # an ack lost is a harmless redelivery
-                        await m.ack()
+                await self._process([log_message(m) for m in msgs], msgs)
                 if len(msgs) < whole:
                     ahead = await self._rewind(ahead)
                     continue
@@ -291,9 +280,11 @@ class Runner:
             ahead.cancel()
             with contextlib.suppress(BaseException):
                 await ahead
+            await self._landed()  # the last batch handed to the lane is committed (or raises)
 
-    async def _process(self, messages: list[LogMessage]) -> BatchResult:
-        """Fold (publishing what is emitted at once), fill gaps, commit, relay, run the hooks."""
+    async def _process(self, messages: list[LogMessage], acks: Sequence[Any] = ()) -> BatchResult:
+        """Fold (publishing what is emitted at once) and fill gaps, then hand the commit,
+        the acks of ``acks``, the relay and the hooks to the lane once the previous commit landed."""
         start = self.folder.seq
         total = BatchResult(start)
         early = await fold_slices(self.folder, messages, total, self.relay, self.js)
@@ -305,21 +296,42 @@ class Runner:
             self.metrics.duplicate_events.labels(self.name).inc(total.duplicates)
             log.debug("%s: %d events not folded, their ids seen already", self.name, total.duplicates)
         if total.seq == start:
+            await self._landed()
+            await self._ack(acks)  # all at or below a committed position
             return total
         if not total.parts and total.messages == 0:
             total.parts = self.projection.changed_parts()
         stored = await self.relay.settle_early(early)  # published and stored: nothing left to relay
         rows = [row for row in Folder.outbox_of(total) if row.id not in stored]
         seen = self.folder.seen.flush() if self.folder.seen is not None else None
+        await self._landed(keep=total.parts)  # a store fault stalls here: no further batch is taken
+        self.lane.start(self._commit(total, rows, seen, acks))
+        return total
+
+    async def _commit(self, total: BatchResult, rows: list[OutboxRow], seen: Any, acks: Sequence[Any]) -> BatchResult:
+        """The lane's work for one batch: commit, ack, relay, run the hooks."""
         began = time.perf_counter()
         await self.store.commit_waiting(total.seq, total.parts, rows, metrics=self.metrics, name=self.name,
                                         stopping=self.stop_event.is_set, seen=seen)
-        self._count(total, time.perf_counter() - began)
+        count_commit(self.metrics, self.name, total, time.perf_counter() - began)
+        self.dead_letters += len(total.dead)
+        await self._ack(acks)
         await self._relay(rows)
         await self._run_hooks("after_commit", total)  # the state is committed: a failure is logged
-        if self.resident is not None:  # committed: the least recently touched rollouts may rest
-            self.resident.settle(total.parts)
         return total
+
+    async def _landed(self, keep: Any = ()) -> None:
+        """Wait for the lane's commit; then the least recently touched rollouts may rest,
+        except those in ``keep`` (parts folded since, not yet committed)."""
+        done = await self.lane.landed()
+        if done is not None and self.resident is not None:
+            self.resident.settle(done.parts, keep=keep)
+
+    @staticmethod
+    async def _ack(msgs: Sequence[Any]) -> None:
+        for m in msgs:
+            with contextlib.suppress(Exception):  # an ack lost is a harmless redelivery
+                await m.ack()
 
     async def _fill_gap(self, total: BatchResult) -> None:
         """The next sequence is missing from what was delivered: get it directly, or skip it."""
@@ -333,6 +345,7 @@ class Runner:
 
     async def _idle(self) -> bool:
         """Nothing fetched: relay leftovers, catch up a stuck tail; True when done (until_idle)."""
+        await self._landed()
         pending = await self.store.pending()
         if pending:
             await self._relay(pending)
@@ -369,10 +382,9 @@ class Runner:
             log.warning("%s: consumer info failed: %s", self.name, exc)
             return False
         self._not_ahead(int(stream.state.last_seq))
-        if info.num_pending or info.num_ack_pending:
-            self._stuck += 1
+        self.delivery.idle(info.num_pending, info.num_ack_pending)
+        if self.delivery.stuck:
             return False
-        self._stuck = 0
         return self.until_idle and not await self.store.pending()
 
     def _not_ahead(self, last: int) -> int:
@@ -382,18 +394,6 @@ class Runner:
                 f"consumer {self.name!r} is at sequence {self.folder.seq} but stream {subjects.LOG_STREAM} ends at {last}: "
                 f"the stream was recreated. Delete {self.store.path} to rebuild the projection from the log")
         return last
-
-    def _count(self, total: BatchResult, seconds: float) -> None:
-        m, name = self.metrics, self.name
-        m.events.labels(name).inc(total.events)
-        m.messages.labels(name).inc(total.messages)
-        m.commits.labels(name).inc()
-        m.commit_seconds.labels(name).observe(seconds)
-        m.position.labels(name).set(total.seq)
-        for dead in total.dead:
-            m.dead.labels(name, dead.field[:40]).inc()
-            log.warning("%s: dead letter seq %d item %d: %s", name, dead.seq, dead.index, dead.reason[:300])
-        self.dead_letters += len(total.dead)
 
     async def _relay(self, rows: list[OutboxRow]) -> None:
         """Publish outbox rows under the engine's keyed ids; delete the ones JetStream stored."""

@@ -310,8 +310,9 @@ class SQLiteConsumerStore:
                              name: str, stopping: Callable[[], bool], seen: SeenWrite | None = None) -> None:
         """:meth:`commit`, waiting out a store fault (locked, read-only, full disk, I/O error).
 
-        While the store refuses, the consumer takes no further events and acks nothing
-        (the batch's messages stay unacked; redeliveries are skipped once committed).
+        While the store refuses, the consumer acks nothing and takes no further events
+        beyond the one batch the commit lane folds beside it (``consumers.lane``): the
+        messages stay unacked, and redeliveries are skipped once committed.
         It logs the fault once, counts every failed attempt in ``metrics.store_errors``
         (``rollout_consumer_store_errors_total{reason}``) and sets ``metrics.stalled`` to 1;
         the same commit is retried with backoff until it succeeds. Stopped while stalled
