@@ -106,7 +106,7 @@ def _commit_then_publish(runner: Any) -> None:
     async def nothing(_js: Any, _rows: list[Any]) -> list[Any]:
         return []
     runner.relay.publish_early = nothing
-    early_module.SLICE = 1_000_000
+    early_module.SLICE = early_module.SLICE_BYTES = 1_000_000_000
 
 
 def _background_messages(seconds: float, eps: int) -> list[tuple[str, bytes]]:

@@ -106,7 +106,7 @@ class KillTrace:
         return b if b is not None and "fetched" in b.stamps else None
 
     def _process(self, inner: Any) -> Any:
-        async def process(messages: list[Any]) -> Any:
+        async def process(messages: list[Any], *acks: Any) -> Any:
             b, began = self.current, time.perf_counter()
             if b is not None and "fetched" not in b.stamps:
                 hit = [i for i, m in enumerate(messages) if m.seq > b.after_seq and m.subject.startswith(b.prefix)]
@@ -114,7 +114,7 @@ class KillTrace:
                     b.mark("fetched")
                     b.batch, b.index = len(messages), hit[0]
             try:
-                return await inner(messages)
+                return await inner(messages, *acks)
             finally:
                 if b is not None and "fetched" not in b.stamps:
                     b.busy_before += time.perf_counter() - max(began, b.t0)

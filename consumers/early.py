@@ -16,6 +16,7 @@ within the stream's duplicate window (``dedupe_window_s``, 300 s by default).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 from rollout_engine.consumers.folding import BatchResult, Folder
@@ -23,17 +24,35 @@ from rollout_engine.consumers.outbox import OutboxRow, event_row
 from rollout_engine.consumers.relay import OutboxRelay
 from rollout_engine.events import LogMessage
 
-__all__ = ["SLICE", "fold_slices"]
+__all__ = ["SLICE", "SLICE_BYTES", "fold_slices", "slices"]
 
 SLICE = 16
-"""Messages folded between two looks at what the fold emitted: a kill decided anywhere in
-a 256-message batch is published after at most 15 more messages' fold (about 1,600
-events), not after the whole batch and its commit (figures in bench/NOTES.md)."""
+"""Most messages folded between two looks at what the fold emitted: a kill decided
+anywhere in a 256-message batch is published after at most 15 more messages' fold, not
+after the whole batch and its commit (figures in bench/NOTES.md)."""
+
+SLICE_BYTES = 16_384
+"""Most payload bytes in a slice (at least one message): SDK batches carry up to 100
+events (about 20 KB), so 16 such messages were 1,600 events, 10 ms of fold on a quiet
+host and 30 ms with a CPU-bound neighbour per core, between a kill's decision and its
+publication. By bytes a slice is one such message, or 16 single-event ones."""
+
+
+def slices(messages: list[LogMessage]) -> Iterator[list[LogMessage]]:
+    """``messages`` in order, cut after ``SLICE`` messages or ``SLICE_BYTES`` of payload."""
+    start, size = 0, 0
+    for index, message in enumerate(messages):
+        size += len(message.data)
+        if index + 1 - start >= SLICE or size >= SLICE_BYTES:
+            yield messages[start:index + 1]
+            start, size = index + 1, 0
+    if start < len(messages):
+        yield messages[start:]
 
 
 async def fold_slices(folder: Folder, messages: list[LogMessage], total: BatchResult, relay: OutboxRelay,
                       js: Any) -> list[tuple[OutboxRow, Any]]:
-    """Fold ``messages`` into ``total``, ``SLICE`` at a time, publishing what each slice emits
+    """Fold ``messages`` into ``total`` a slice at a time (:func:`slices`), publishing what each slice emits
     before folding the next; returns the sends for :meth:`OutboxRelay.settle_early`.
 
     A gap stops the slicing: the slice's held messages and every later one wait behind
@@ -42,15 +61,17 @@ async def fold_slices(folder: Folder, messages: list[LogMessage], total: BatchRe
     busy consumer's time against 0.5%, measured with py-spy at 50,000 events/s).
     """
     early: list[tuple[OutboxRow, Any]] = []
-    for first in range(0, len(messages), SLICE):
-        part = folder.fold_batch(messages[first:first + SLICE], parts=False)
+    done = 0
+    for part_messages in slices(messages):
+        done += len(part_messages)
+        part = folder.fold_batch(part_messages, parts=False)
         total.merge(part)
         if part.emitted:
             early += await relay.publish_early(js, [event_row(e) for e in part.emitted])
         if total.held:
-            total.held = total.held + messages[first + SLICE:]
+            total.held = total.held + messages[done:]
             break
-        if first + SLICE < len(messages):
+        if done < len(messages):
             await asyncio.sleep(0)  # let acks, the subscriber and other tasks run
     if total.messages:  # each changed part encoded once per batch, not once per slice
         total.parts.update(folder.projection.changed_parts())

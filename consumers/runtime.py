@@ -6,7 +6,7 @@ One process per consumer (``rollout consumer NAME``). The loop, per fetched batc
    whole log: a gap means something is wrong); a ``TimeoutError`` means "no data";
 2. fold them with :class:`consumers.folding.Folder`, the one fold replay runs too (skip
    what is committed, hold what follows a gap and fill it by a direct get, dead-letter the
-   bad), ``consumers.early.SLICE`` messages at a time: what a slice emits (a kill switch)
+   bad), a slice at a time (``consumers.early``: 16 messages or 16 KB): what a slice emits (a kill switch)
    is published at once under its deterministic id, before the commit (``publish_early``);
 3. commit the changed parts (with a KV mirror, listed as not yet in KV: ``consumers.unmirrored``),
    the last sequence, the outbox rows (emitted events JetStream did not already store,
