@@ -43,6 +43,7 @@ from rollout_engine.consumers.rollback.consumer import build
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.engine.bus import connect
+from rollout_engine.engine.settings import Settings
 from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import Event, LogMessage, encode, encode_batch, kind_of, subjects
 from rollout_engine.events.message import log_messages
@@ -154,18 +155,19 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
     same-run comparison. A kill not received within ``kill_timeout_s`` (the consumer
     fell that far behind its log) ends the run: ``missed`` says so; so does ``budget_s`` of
     kills (a consumer falling behind makes every later kill slower): ``kills`` says how many.
-    ``nice``: the niceness the folding process runs at (default: the ``kill_path_nice``
-    the rollback consumer asks for, when the OS grants it; the background producer shares
-    this process, so it gets that priority too).
+    ``nice``: the niceness the folding process and nats-server run at (default: the
+    ``kill_path_nice`` ``rollout up`` asks for both, when the OS grants it; the background
+    producer shares this process, so it gets that priority too).
     """
     messages = _background_messages(4.0, background_eps)
     slice_before = early_module.SLICE
     overrides = {} if consumer_batch is None else {"consumer_batch": consumer_batch}
-    async with bench_server(**overrides) as (_server, settings, nc, js):
+    wanted = Settings().kill_path_nice if nice is None else nice
+    async with bench_server(niceness=wanted, **overrides) as (server, settings, nc, js):
         # Before the runner starts its threads (a niceness is per thread on Linux and
-        # inherited by the threads created after); the server stays at its own, as under rollout up.
+        # inherited by the threads created after); the server got it at its start, as under rollout up.
         boost = contextlib.ExitStack()
-        niceness = boost.enter_context(priority(settings.kill_path_nice if nice is None else nice))
+        niceness = boost.enter_context(priority(wanted))
         fold = LiveFold(js, RollbackProjection())
         runner, task, trace = None, None, None
         if driver == "runtime":
@@ -258,6 +260,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         "samples_ms": ordered,
         "neighbours": busy,
         "niceness": niceness,
+        "server_niceness": server.niceness,
         "trace": trace.summary() if trace is not None else {},
         "driver": "consumers.runtime Runner (durable pull, SQLite commit, outbox relay)" if driver == "runtime"
         else "in-process LiveFold (ordered push consumer)",
@@ -304,7 +307,7 @@ async def rollback_figures(kills: int = 100, background_eps: int = 50_000, repea
         figure("rollback: kill switch with a busy neighbour per core, p99", "p99_ms", busy, target="<= 50 ms",
                reference="quiet p99, same run", reference_value=quiet_p99),
         figure("rollback: kill switch with a busy neighbour per core, max", "max_ms", busy),
-        figure("rollback: kill switch with a busy neighbour per core, the consumer at niceness 0 "
+        figure("rollback: kill switch with a busy neighbour per core, the consumer and nats-server at niceness 0 "
                "(kill_path_nice = 0), p99, one run", "p99_ms", [unboosted]),
     ]
 
@@ -319,7 +322,8 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=0, help="CPU-bound neighbour processes during the kills")
     parser.add_argument("--trace", action="store_true", help="print where each breach's time went (runtime driver)")
     parser.add_argument("--commit-first", action="store_true", help="the runtime as before the early publish")
-    parser.add_argument("--nice", type=int, help="niceness of the folding process (default: kill_path_nice, -5)")
+    parser.add_argument("--nice", type=int,
+                        help="niceness of the folding process and nats-server (default: kill_path_nice, -5)")
     args = parser.parse_args()
     result = asyncio.run(kill_latency(args.kills, args.background_eps, driver=args.driver,
                                       consumer_batch=args.consumer_batch, fetch_timeout=args.fetch_timeout,
@@ -329,7 +333,7 @@ def main() -> None:
     print(f"breach -> kill switch: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
           f"max {result['max_ms']:.1f} ms over {result['kills']} kills{' (then one missed)' if result['missed'] else ''}; "
           f"background {result['background_eps']:,.0f} events/s; {result['folded_events']:,} events folded; "
-          f"niceness {result['niceness']}; driver: {result['driver']}")
+          f"niceness {result['niceness']} (nats-server {result['server_niceness']}); driver: {result['driver']}")
 
 
 if __name__ == "__main__":

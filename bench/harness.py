@@ -59,10 +59,12 @@ def timed() -> Any:
 
 
 @contextlib.asynccontextmanager
-async def bench_server(**settings_overrides: Any) -> AsyncIterator[tuple[EmbeddedServer, Settings, Any, Any]]:
-    """A fresh nats-server on a free port with the engine's streams provisioned."""
+async def bench_server(niceness: int | None = None,
+                       **settings_overrides: Any) -> AsyncIterator[tuple[EmbeddedServer, Settings, Any, Any]]:
+    """A fresh nats-server on a free port with the engine's streams provisioned; ``niceness``
+    as ``rollout up`` asks for it (``kill_path_nice``), None for the default."""
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
-        server = EmbeddedServer(f"{tmp}/nats", port=0)
+        server = EmbeddedServer(f"{tmp}/nats", port=0, niceness=niceness)
         server.start()
         try:
             settings = load_settings(env={}, nats_url=server.url, data_dir=f"{tmp}/data", **settings_overrides)

@@ -151,10 +151,11 @@ SETTINGS_DOC: dict[str, str] = {
     "gate_rate_per_s": "Requests per second each gate client (by IP address) may make on average; more get 429 with Retry-After.",
     "gate_burst": "Requests a gate client may make in a burst above gate_rate_per_s.",
     "ack_ttl_s": "SDK acknowledgements: each RolloutClient reports the control revision it applied at every change and every ack_ttl_s/3 seconds; an instance silent for ack_ttl_s is stale (not counted as following), and forgotten after 10 x ack_ttl_s. 0: report nothing. See docs/sdk.md.",
-    "kill_path_nice": ("Niceness the rollback consumer (the kill path) asks for when it starts, -20 to 0. The default -5 "
-                       "gives it about three times the CPU share of a default process on a busy core, so a kill "
+    "kill_path_nice": ("Niceness the rollback consumer (the kill path) asks for when it starts, and the embedded "
+                       "nats-server `rollout up` starts (every kill switch passes through it), -20 to 0. The default -5 "
+                       "gives each about three times the CPU share of a default process on a busy core, so a kill "
                        "does not queue behind other work (docs/scaling.md, \"The kill path on a busy host\"). Needs "
-                       "CAP_SYS_NICE (root); without it the consumer logs a warning and keeps its niceness. In "
+                       "CAP_SYS_NICE (root); without it each logs a warning and keeps its niceness. In "
                        "containers give the weight to the container instead (compose `cpu_shares`, as "
                        "compose/docker-compose.yml does, or a Kubernetes CPU request) and set 0: ask for nothing."),
 }

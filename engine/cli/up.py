@@ -158,7 +158,8 @@ def _server(args: argparse.Namespace, settings: Settings, secure: SecureMode | N
             settings.data_path / "cluster", args.cluster, host=settings.host, max_payload=settings.max_payload_bytes,
             node_config=secure.extra_config if secure else None,
             route_password=secure.route_password() if secure else "",
-            route_tls=secure.files.tls if secure else None, allow_public=settings.secure)
+            route_tls=secure.files.tls if secure else None, allow_public=settings.secure,
+            niceness=settings.kill_path_nice)
     return EmbeddedServer(
         settings.data_path / "nats",
         host=settings.host,
@@ -166,6 +167,7 @@ def _server(args: argparse.Namespace, settings: Settings, secure: SecureMode | N
         max_payload=settings.max_payload_bytes,
         allow_public=settings.secure,
         extra_config=secure.extra_config(settings.data_path / "nats") if secure else "",
+        niceness=settings.kill_path_nice,  # every kill switch passes through the server
     )
 
 

@@ -45,10 +45,12 @@ class EmbeddedCluster:
     def __init__(self, data_dir: str | Path, size: int = 3, *, host: str = "127.0.0.1",
                  max_payload: int = 8 * 1024 * 1024, name: str = "rollout",
                  node_config: Callable[[Path], str] | None = None, route_password: str = "",
-                 route_tls: dict[str, Path] | None = None, allow_public: bool = False) -> None:
+                 route_tls: dict[str, Path] | None = None, allow_public: bool = False,
+                 niceness: int | None = None) -> None:
         """``node_config(node_dir)``: extra config text of each node (the secure include);
         ``route_password``: require it on the routes; ``route_tls``: ``{"cert", "key", "ca"}``
-        for TLS on the routes; ``allow_public``: a non-loopback ``host`` (secure mode only)."""
+        for TLS on the routes; ``allow_public``: a non-loopback ``host`` (secure mode only);
+        ``niceness``: what each node asks for (``EmbeddedServer``)."""
         if size < 1:
             raise ValueError(f"a cluster needs at least 1 node, got {size}")
         self.data_dir = Path(data_dir)
@@ -60,6 +62,7 @@ class EmbeddedCluster:
         self.route_password = route_password
         self.route_tls = route_tls
         self.allow_public = allow_public
+        self.niceness = niceness
         self.nodes: list[EmbeddedServer] = []
 
     def _build(self) -> None:
@@ -98,6 +101,7 @@ class EmbeddedCluster:
                     extra_config=cluster_block + extra,
                     name=f"n{index + 1}",
                     allow_public=self.allow_public,
+                    niceness=self.niceness,
                 )
             )
 

@@ -23,19 +23,29 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     os.setpgrp()
 
 
-def child_preexec(nice: int = 0) -> Callable[[], None] | None:
+def child_preexec(nice: int = 0, *, niceness: int | None = None) -> Callable[[], None] | None:
     """The ``preexec_fn`` for children: PR_SET_PDEATHSIG on Linux (no orphans, even after
     a SIGKILL of the parent), nothing elsewhere; then ``nice`` added to the child's niceness
-    (positive only: lowering a priority needs no privilege, raising one does)."""
+    (positive only: lowering a priority needs no privilege, raising one does), or the
+    child set to ``niceness`` when that is lower than ours (a larger CPU share: it needs
+    CAP_SYS_NICE, and without it the child keeps ours; the caller reads what it got).
+
+    Set before ``exec``, a niceness holds for every thread the child creates (on Linux a
+    niceness is per thread): renicing a running multi-threaded server would move its main
+    thread only."""
     linux = sys.platform.startswith("linux")
-    if nice <= 0:
+    boost = niceness is not None and niceness < 0 and hasattr(os, "setpriority")
+    if nice <= 0 and not boost:
         return _die_with_parent if linux else None
 
     def preexec() -> None:  # pragma: no cover - runs in the child
         if linux:
             _die_with_parent()
         with contextlib.suppress(OSError):
-            os.nice(nice)
+            if boost and niceness is not None and niceness < os.getpriority(os.PRIO_PROCESS, 0):
+                os.setpriority(os.PRIO_PROCESS, 0, niceness)
+            elif nice > 0:
+                os.nice(nice)
     return preexec
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from rollout_engine.engine.stack.private_files import write_private
 from rollout_engine.engine.stack.processes import child_preexec, terminate
 
 __all__ = ["EmbeddedServer", "ServerError", "find_nats_server"]
+
+log = logging.getLogger(__name__)
 
 
 class ServerError(RuntimeError):
@@ -94,7 +97,11 @@ class EmbeddedServer:
         extra_config: str = "",
         name: str = "rollout-engine",
         allow_public: bool = False,
+        niceness: int | None = None,
     ) -> None:
+        """``niceness``: what the server process asks for (``rollout up`` passes the setting
+        ``kill_path_nice``: every kill switch passes through the server, so on a busy host
+        it needs the CPU share the rollback consumer gets); :attr:`niceness` says what it got."""
         if not is_loopback(host) and not allow_public:
             raise ServerError(
                 f"refusing to bind {host}: the embedded server binds loopback only unless "
@@ -106,6 +113,8 @@ class EmbeddedServer:
         self.max_payload = max_payload
         self.extra_config = extra_config
         self.name = name
+        self.asked_niceness = niceness
+        self.niceness: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -146,8 +155,9 @@ class EmbeddedServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=child_preexec(),
+            preexec_fn=child_preexec(niceness=self.asked_niceness),
         )
+        self._check_niceness()
         log.close()
         ports_file = self.data_dir / f"{Path(find_nats_server()).name}_{self.process.pid}.ports"
         deadline = time.monotonic() + timeout
@@ -166,6 +176,19 @@ class EmbeddedServer:
             time.sleep(0.02)
         self.stop()
         raise ServerError(f"nats-server did not accept clients within {timeout:.0f}s; see {self.data_dir}/nats-server.log")
+
+    def _check_niceness(self) -> None:
+        """Read the niceness the server got; say so once when it is not the one asked for."""
+        if self.process is None or not hasattr(os, "getpriority"):
+            return
+        with contextlib.suppress(OSError):
+            self.niceness = os.getpriority(os.PRIO_PROCESS, self.process.pid)
+        asked = self.asked_niceness
+        if asked is not None and asked < 0 and self.niceness is not None and self.niceness > asked:
+            log.warning("nats-server %s runs at niceness %d, not the %d asked (kill_path_nice): raising a "
+                        "priority needs root or CAP_SYS_NICE; on a busy host a kill switch may wait for the "
+                        "server's share of the CPU (docs/scaling.md, \"The kill path on a busy host\")",
+                        self.name, self.niceness, asked)
 
     def _accepts(self) -> bool:
         host_port = self.url.split("://", 1)[-1]  # nats:// or tls:// (secure mode with TLS)

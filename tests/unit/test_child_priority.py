@@ -1,5 +1,6 @@
 """``rollout up`` runs its bulk consumers at a lower priority than the rollback consumer,
-which asks for a higher one (setting ``kill_path_nice``) when the OS grants it."""
+which asks for a higher one (setting ``kill_path_nice``) when the OS grants it, and so
+does the embedded nats-server every kill switch passes through."""
 
 from __future__ import annotations
 
@@ -57,3 +58,31 @@ def test_asking_for_a_higher_priority_is_granted_with_privilege_and_explained_wi
     if base > -5:
         assert refused[0] == base and "CAP_SYS_NICE" in refused[1] and "kill_path_nice = 0" in refused[1]
     assert _ask(0) == (base, "")  # 0 asks for nothing
+
+
+def _thread_niceness(pid: int) -> set[int]:
+    """The niceness of every thread of ``pid`` (field 19 of /proc/PID/task/TID/stat)."""
+    out = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        out.add(int(fields[16]))  # the 19th field; fields here start at the 3rd
+    return out
+
+
+def test_the_embedded_server_asks_for_the_kill_path_share_for_every_thread(tmp_path: Path) -> None:
+    """Every kill switch passes through nats-server: ``rollout up`` starts it at
+    ``kill_path_nice``, set before exec so all its threads have it (renicing a running Go
+    process would move its main thread only). Without the privilege it keeps ours."""
+    from rollout_engine.engine.stack.server import EmbeddedServer
+
+    base = os.nice(0)
+    server = EmbeddedServer(tmp_path / "nats", port=0, niceness=-3)
+    server.start()
+    try:
+        assert server.process is not None
+        expected = min(base, -3) if os.geteuid() == 0 else base
+        assert server.niceness == expected
+        threads = _thread_niceness(server.process.pid)
+        assert len(threads) == 1 and threads == {expected}, threads
+    finally:
+        server.stop()
