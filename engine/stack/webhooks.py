@@ -104,6 +104,7 @@ class Deliverer:
         self._done: dict[tuple[str, str], tuple[int, float, bool]] = {}  # (command, webhook) -> attempts, last, final
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.posts = 0
 
     # --- runtime hooks ----------------------------------------------------------------------
@@ -117,6 +118,11 @@ class Deliverer:
 
     async def on_stop(self, runner: Any) -> None:
         if self._task is not None:
+            # The flag as well as the cancel: on Python 3.11 a wait_for whose event was set
+            # in the same loop turn as the cancel returns instead of raising, and the
+            # cancel is lost (the loop would run on and on_stop never return).
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -136,7 +142,7 @@ class Deliverer:
                 log.warning("notifier: stream info failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
         self._check_caught_up(runner)
-        while True:
+        while not self._stopping:
             wait_s = 1.0
             if self.caught_up:
                 for webhook in self.webhooks:
