@@ -187,7 +187,8 @@ class EmbeddedServer:
         if asked is not None and asked < 0 and self.niceness is not None and self.niceness > asked:
             log.warning("nats-server %s runs at niceness %d, not the %d asked (kill_path_nice): raising a "
                         "priority needs root or CAP_SYS_NICE; on a busy host a kill switch may wait for the "
-                        "server's share of the CPU (docs/scaling.md, \"The kill path on a busy host\")",
+                        "server's share of the CPU (docs/scaling.md, \"The kill path on a busy host\"). "
+                        "Grant the privilege, or set kill_path_nice = 0 to stop asking",
                         self.name, self.niceness, asked)
 
     def _accepts(self) -> bool:
