@@ -196,7 +196,7 @@ class Folder:
         self.resident = resident  # resting rollouts (consumers.resident): loaded before a batch is folded
         self.seen: SeenIds | None = None
         if getattr(projection, "reads_events", True):
-            self.seen = SeenIds() if seen is None else seen
+            self.seen = SeenIds(journal=True) if seen is None else seen  # the runtime commits its writes
         self.consumer = consumer or projection.name
         self.seq = seq
         self.events = 0

@@ -117,7 +117,7 @@ class Runner:
         self.resident = resident_for(consumer, settings.resident_rollouts, self.store.read_parts, self.metrics.rollouts,
                                      self.name)  # resting rollouts (consumers.resident), None when none can rest
         self.folder = Folder(self.projection, consumer=self.name, contiguous=partition is None,
-                             seen=SeenIds(settings.dedupe_window_s), resident=self.resident)
+                             seen=SeenIds(settings.dedupe_window_s, journal=True), resident=self.resident)
         self.lane = CommitLane()
         self.delivery = DeliveryOrder(self.name)  # partitioned: holes in the delivery sequence
         self.stop_event = asyncio.Event()

@@ -84,7 +84,7 @@ def test_the_cap_evicts_the_oldest_entries_first_across_rollouts() -> None:
 
 @pytest.mark.parametrize("cap", [50, 200_000])
 def test_a_set_reloaded_from_its_writes_decides_as_the_one_that_never_stopped(cap: int) -> None:
-    live = SeenIds(window_s=2, cap=cap)
+    live = SeenIds(window_s=2, cap=cap, journal=True)
     writes: list[SeenWrite] = []
     for step in range(400):  # 40 ids a step over 7 rollouts, some repeated: full writes and deltas
         rollout = f"r{step % 7}"
@@ -157,3 +157,31 @@ def test_projections_of_engine_messages_only_keep_no_seen_set() -> None:
 
     assert Folder(ControlProjection()).seen is None and Folder(NotifierProjection()).seen is None
     assert Folder(CanaryStats()).seen is not None
+
+
+def test_an_offline_set_keeps_no_journal_and_refuses_to_flush() -> None:
+    """Replay, backtests and explain never store the set: with a journal it held every id
+    of the log until the end, whatever the cap (memory growing with the log)."""
+    import tracemalloc
+
+    from rollout_engine.engine.logtools.replay import Replayer
+
+    def traced_after(seen: SeenIds) -> int:
+        tracemalloc.start()
+        try:
+            for i in range(20_000):
+                seen.first(f"r{i % 3}", f"event-{i:08d}", T0 + i)
+            return tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    offline, journaled = SeenIds(cap=100), SeenIds(cap=100, journal=True)
+    assert traced_after(offline) < 100_000 < traced_after(journaled)  # 100 ids, against all 20,000 in the journal
+    assert len(offline) == len(journaled) <= 100
+    with pytest.raises(RuntimeError, match="journal=True"):
+        offline.flush()
+    assert journaled.flush() is not None
+    replayer = Replayer([])
+    assert replayer.seen is not None
+    with pytest.raises(RuntimeError, match="journal"):
+        replayer.seen.flush()
