@@ -83,6 +83,16 @@ async def last_seq(js: Any) -> int:
     return int((await js.stream_info(subjects.LOG_STREAM)).state.last_seq)
 
 
+async def kill_switch_seqs(js: Any, rollout: str) -> list[int]:
+    """Stream sequences of every kill switch of ``rollout`` in the log (read one by one)."""
+    found = []
+    for seq in range(1, await last_seq(js) + 1):
+        msg = await js.get_msg(subjects.LOG_STREAM, seq)
+        if msg.subject == subjects.control(rollout, "kill_switch"):
+            found.append(seq)
+    return found
+
+
 def committed(data_dir: str | Path, name: str) -> int:
     """The position a consumer has committed, read from its store by a second connection."""
     path = Path(data_dir) / "consumers" / f"{name}.sqlite"

@@ -20,7 +20,14 @@ from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.engine.stack.consumer_runner import consumer_runner
 from rollout_engine.events import subjects
 from rollout_engine.events.message import log_messages
-from tests.integration.faultkit import build, clean_fold, committed, last_seq, wait_for
+from tests.integration.faultkit import (
+    build,
+    clean_fold,
+    committed,
+    kill_switch_seqs,
+    last_seq,
+    wait_for,
+)
 
 NAME = "rollback"
 ROLLOUT = "lane"
@@ -30,13 +37,7 @@ default policy's minimum sample): the kill is decided when it is folded."""
 
 
 async def kill_switches(js: Any) -> list[int]:
-    """Stream sequences of every kill switch of ``ROLLOUT`` in the log."""
-    found = []
-    for seq in range(1, await last_seq(js) + 1):
-        msg = await js.get_msg(subjects.LOG_STREAM, seq)
-        if msg.subject == subjects.control(ROLLOUT, "kill_switch"):
-            found.append(seq)
-    return found
+    return await kill_switch_seqs(js, ROLLOUT)
 
 
 @pytest.mark.timeout(120)

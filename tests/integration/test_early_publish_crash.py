@@ -23,7 +23,14 @@ import pytest
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.events import encode, kind_of, subjects
 from rollout_engine.events.message import log_messages
-from tests.integration.faultkit import clean_fold, committed, last_seq, spawn, wait_for
+from tests.integration.faultkit import (
+    clean_fold,
+    committed,
+    kill_switch_seqs,
+    last_seq,
+    spawn,
+    wait_for,
+)
 
 ROLLOUT = "early-crash"
 TRIGGER = 237
@@ -32,13 +39,7 @@ the default policy's minimum sample): the kill is decided when it is folded."""
 
 
 async def kill_switches(js: Any) -> list[int]:
-    """Stream sequences of every kill switch of ``ROLLOUT`` in the log."""
-    found = []
-    for seq in range(1, await last_seq(js) + 1):
-        msg = await js.get_msg(subjects.LOG_STREAM, seq)
-        if msg.subject == subjects.control(ROLLOUT, "kill_switch"):
-            found.append(seq)
-    return found
+    return await kill_switch_seqs(js, ROLLOUT)
 
 
 @pytest.mark.slow
