@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -320,7 +320,7 @@ class Runner:
         await self._run_hooks("after_commit", total)  # the state is committed: a failure is logged
         return total
 
-    async def _landed(self, keep: Any = ()) -> None:
+    async def _landed(self, keep: Container[str] = ()) -> None:
         """Wait for the lane's commit; then the least recently touched rollouts may rest,
         except those in ``keep`` (parts folded since, not yet committed)."""
         done = await self.lane.landed()
