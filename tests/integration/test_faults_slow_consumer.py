@@ -47,7 +47,7 @@ RSS_SLACK_KB = 24 * 1024
 def seen_growth_kb(rollouts: Any, before: int, total: int, per_fetch: int = 64) -> int:
     """How much the seen set's peak memory grows from the ids of the first ``before``
     batches to those of the first ``total`` (recorded and flushed as the runtime does)."""
-    seen = SeenIds()
+    seen = SeenIds(journal=True)  # as the runtime makes it: its writes are flushed each batch
     tracemalloc.start()
     try:
         at_before = 0
