@@ -160,7 +160,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
     producer shares this process, so it gets that priority too).
     """
     messages = _background_messages(4.0, background_eps)
-    slice_before = early_module.SLICE
+    slice_before = early_module.SLICE, early_module.SLICE_BYTES
     overrides = {} if consumer_batch is None else {"consumer_batch": consumer_batch}
     wanted = Settings().kill_path_nice if nice is None else nice
     async with bench_server(niceness=wanted, **overrides) as (server, settings, nc, js):
@@ -244,7 +244,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
                 runner.stop()
                 await task
                 await runner.nc.close()
-            early_module.SLICE = slice_before
+            early_module.SLICE, early_module.SLICE_BYTES = slice_before
             boost.close()
     ordered = sorted(samples) or [kill_timeout_s * 1000]
     if missed:  # the unreceived kill counts as the timeout: a lower bound of its latency
