@@ -264,7 +264,7 @@ async def provision(js: JetStreamContext, settings: Settings, wait_s: float = 30
     while True:
         try:
             return await _provision_once(js, settings)
-        except (ServiceUnavailableError, NoRespondersError, TimeoutError, BadRequestError) as exc:
+        except Exception as exc:
             if not cluster_still_forming(exc):
                 raise
             if asyncio.get_running_loop().time() > deadline:
