@@ -2,10 +2,11 @@
 
 A :class:`Series` holds the samples of one metric (or of ``quality``) of one variant:
 
-- ``all``: count, Welford mean and variance, and a DDSketch for quantiles. The sketch is
-  created lazily, only once the series outgrows the last-N ring (until then the ring
-  *is* every sample and quantiles are exact), so thousands of small rollouts cost
-  a few hundred bytes each instead of six sketches each.
+- ``all``: count, Welford mean and variance, and a DDSketch for quantiles
+  (``consumers/sketches.py``). The sketch is created lazily, only once the series
+  outgrows the last-N ring (until then the ring *is* every sample and quantiles are
+  exact), so thousands of small rollouts cost a few hundred bytes each instead of six
+  sketches each; a fold whose readers want no percentile of every sample makes none.
 - ``last_n`` and ``time`` share ONE chronological buffer: parallel arrays of event
   times and values (16 bytes a sample, no per-sample Python objects). ``last_n`` is
   its last N entries; ``time`` the entries newer than the cut-off. A head entry is
@@ -26,159 +27,33 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from itertools import accumulate
 
 import msgspec
 from ddsketch.ddsketch import BaseDDSketch
-from ddsketch.mapping import LogarithmicMapping
-from ddsketch.store import DenseStore
 
 from rollout_engine.consumers.aggregates import WindowAggregates, finite
+from rollout_engine.consumers.sketches import (
+    Histogram,
+    SketchState,
+    new_sketch,
+    sketch_add,
+    sketch_from,
+    sketch_quantile,
+    sketch_state,
+    store_bins,
+    value_bin,
+)
 
 __all__ = [
-    "SKETCH_ACCURACY",
-    "Histogram",
     "Series",
     "SeriesState",
-    "SketchState",
     "pack",
     "quantile",
-    "sketch_quantile",
     "trim",
     "unpack",
-    "value_bin",
 ]
-
-SKETCH_ACCURACY = 0.01
-"""Relative accuracy of every sketch: a reported p95 is within 1% of the true value."""
-
-_MAPPING = LogarithmicMapping(SKETCH_ACCURACY)  # immutable, shared by every sketch
-
-
-_MIN_POSITIVE = _MAPPING.min_possible
-_MULTIPLIER = _MAPPING._multiplier
-_KEY_OFFSET = _MAPPING._offset
-_log = math.log
-_LN2 = math.log(2.0)
-"""``math.log(x, 2)`` is ``math.log(x) / math.log(2.0)`` in CPython, the same two IEEE
-operations: dividing by the constant gives ddsketch's key bit for bit without computing
-log(2) again for every sample (0.27 against 0.21 us here)."""
-_ceil = math.ceil
-
-
-def sketch_add(sketch: BaseDDSketch, value: float) -> None:
-    """``sketch.add(value)``, with the common cases inlined (profiled: ddsketch's add goes
-    through four Python calls, ~1 us; a push of a positive value into an existing bin
-    range is a third of that, and a zero -- 98% of an ``error`` series -- less). The
-    arithmetic is ddsketch's own, in its order, so the sketch -- and every snapshot -- is
-    bit-identical; a negative value (or NaN) takes ddsketch's path.
-    """
-    if value > _MIN_POSITIVE:
-        store = sketch._store
-        key = int(_ceil(_log(value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET)
-        if store.min_key <= key <= store.max_key:
-            store.bins[key - store.offset] += 1.0
-            store.count += 1.0
-        else:
-            store.add(key, 1.0)
-    elif value >= -_MIN_POSITIVE:  # ddsketch's zero bucket
-        sketch._zero_count += 1.0
-    else:
-        sketch.add(value)
-        return
-    sketch._count += 1.0
-    sketch._sum += value * 1.0
-    if value < sketch._min:
-        sketch._min = value
-    if value > sketch._max:
-        sketch._max = value
-
-
-def sketch_quantile(sketch: BaseDDSketch, q: float) -> float | None:
-    """``sketch.get_quantile_value(q)``, the same float, without a Python loop over the bins
-    (the ddsketch loop costs ~15 us on a latency sketch; guards on the ``all`` window read
-    a percentile on every sample). Same running sums in the same order, so bit-identical.
-    """
-    count = sketch._count
-    if count == 0:
-        return None
-    rank = q * (count - 1)
-    negative = sketch._negative_store.count
-    if rank < negative:  # negative values: rare, take ddsketch's own path
-        return sketch.get_quantile_value(q)  # type: ignore[no-any-return]
-    if rank < sketch._zero_count + negative:
-        return 0.0
-    store = sketch._store
-    cumulative = list(accumulate(store.bins))
-    i = bisect_right(cumulative, rank - sketch._zero_count - negative)
-    key = i + store.offset if i < len(cumulative) else store.max_key
-    return _MAPPING.value(key)  # type: ignore[no-any-return]
-
-
-Histogram = list[tuple[int, float]]
-"""Sorted ``(bin, count)`` pairs: a series binned at the sketch's 1% relative accuracy.
-
-Bins of negative values sort first, then zero (bin 0), then positive values, so two
-histograms merge into one ranking (the rank test's input)."""
-
-_BIN_SHIFT = 100_000  # above any |key| of a finite double (about 35,500)
-
-
-def value_bin(value: float) -> int:
-    """The histogram bin of one value: its sketch key, shifted by its sign class."""
-    if value > _MIN_POSITIVE:
-        return int(_ceil(_log(value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT
-    if value < -_MIN_POSITIVE:
-        return -(int(_ceil(_log(-value) / _LN2 * _MULTIPLIER) + _KEY_OFFSET) + _BIN_SHIFT)
-    return 0
-
-
-def _store_bins(store: DenseStore, sign: int) -> list[tuple[int, float]]:
-    offset = store.offset
-    return [(sign * (i + offset + _BIN_SHIFT), c) for i, c in enumerate(store.bins) if c]
-
-
-def new_sketch() -> BaseDDSketch:
-    """An empty DDSketch sharing the one mapping object (saves ~1 KB per sketch)."""
-    return BaseDDSketch(mapping=_MAPPING, store=DenseStore(), negative_store=DenseStore(), zero_count=0.0)
-
-
-class SketchState(msgspec.Struct, array_like=True, gc=False):
-    """A DDSketch as sorted sparse bins: independent of how its dense store grew."""
-
-    zero: float
-    count: float
-    min: float
-    max: float
-    sum: float
-    pos: list[tuple[int, float]]
-    neg: list[tuple[int, float]]
-
-
-def _bins(store: DenseStore) -> list[tuple[int, float]]:
-    offset = store.offset
-    return [(i + offset, c) for i, c in enumerate(store.bins) if c]
-
-
-def sketch_state(sketch: BaseDDSketch) -> SketchState:
-    return SketchState(sketch._zero_count, sketch._count, sketch._min, sketch._max, sketch._sum,
-                       _bins(sketch._store), _bins(sketch._negative_store))
-
-
-def sketch_from(state: SketchState) -> BaseDDSketch:
-    sketch = new_sketch()
-    for key, count in state.pos:
-        sketch._store.add(key, count)
-    for key, count in state.neg:
-        sketch._negative_store.add(key, count)
-    sketch._zero_count = state.zero
-    sketch._count = state.count
-    sketch._min, sketch._max, sketch._sum = state.min, state.max, state.sum
-    return sketch
-
 
 # --- buffers -------------------------------------------------------------------------------
 def pack(values: array) -> bytes:
@@ -268,9 +143,12 @@ class Series:
         self.values = array("d")
         self.seqs = array("q")
 
-    def push(self, value: float, time_ms: int, cutoff: int, last_n: int, cap: int, seq: int = 0) -> None:
+    def push(self, value: float, time_ms: int, cutoff: int, last_n: int, cap: int, seq: int = 0,
+             sketched: bool = True) -> None:
         """Add one sample at event time ``time_ms`` from the message at stream sequence ``seq``;
-        ``cutoff`` is now - window; ``cap`` >= ``last_n``."""
+        ``cutoff`` is now - window; ``cap`` >= ``last_n``. ``sketched=False``: no sketch of
+        every sample (its percentiles and histogram are then refused once the ring has
+        dropped a sample; count, mean and variance of every sample are kept either way)."""
         n = self.n = self.n + 1
         delta = value - self.mean
         self.mean += delta / n
@@ -279,7 +157,7 @@ class Series:
         times, values = self.times, self.values
         if sketch is not None:
             sketch_add(sketch, value)
-        elif n > last_n:  # outgrew the last-N buffer: from now on the sketch carries "all"
+        elif n > last_n and sketched:  # outgrew the last-N buffer: from now on the sketch carries "all"
             sketch = self.sketch = new_sketch()
             for old in values[-last_n:]:  # every earlier sample: none was dropped yet
                 sketch_add(sketch, old)
@@ -311,10 +189,19 @@ class Series:
             return sketch_quantile(self.sketch, q)
         if not self.values:
             return None
+        self._check_every_sample()
         agg = self.agg
         if agg is not None and len(self.values) <= agg.last_n:  # its sorted last N are every sample
             return quantile(agg.ordered, q)
         return quantile(sorted(self.values), q)
+
+    def _check_every_sample(self) -> None:
+        """Refuse to answer for every sample from the ring alone once it dropped some: a
+        series pushed with ``sketched=False`` has no sketch to answer from."""
+        if self.n > len(self.values):
+            raise RuntimeError(f"this series keeps no sketch of every sample ({self.n} samples, {len(self.values)} "
+                               "in its ring): its fold was made for a policy that reads no percentile of the 'all' "
+                               "window and no rank test (consumers/rollback/evidence.py stats_shape)")
 
     def aggregates(self, last_n: int) -> WindowAggregates | None:
         """The last-N window's incremental aggregates, made on the first call and kept
@@ -331,11 +218,12 @@ class Series:
         one, else the ring's values (then every sample) binned the same way."""
         sketch = self.sketch
         if sketch is None:
+            self._check_every_sample()
             return sorted(Counter(value_bin(v) for v in self.values).items())
-        out = _store_bins(sketch._negative_store, -1)[::-1]
+        out = store_bins(sketch._negative_store, -1)[::-1]
         if sketch._zero_count:
             out.append((0, sketch._zero_count))
-        out += _store_bins(sketch._store, 1)
+        out += store_bins(sketch._store, 1)
         return out
 
     def window_values(self, window: str, cutoff: int, last_n: int) -> list[float]:
@@ -362,6 +250,8 @@ class Series:
         if window == "all":
             n, mean = self.n, (self.mean if self.n else None)
             var = self.m2 / (n - 1) if n > 1 else None
+            if n > len(self.values):  # no sketch (pushed with sketched=False) and the ring dropped some
+                return n, mean, var, None
         else:
             n = len(values)
             mean, var = mean_var(values)

@@ -21,10 +21,11 @@ from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.rollback.guards import EMPTY, GuardPlan, GuardResult, Summary, crosses
 from rollout_engine.consumers.rollback.policy import Policy
 from rollout_engine.consumers.rollback.proof import kill_evidence
-from rollout_engine.consumers.windows import Histogram, Series, quantile
+from rollout_engine.consumers.sketches import Histogram
+from rollout_engine.consumers.windows import Series, quantile
 from rollout_engine.events import KillEvidence
 
-__all__ = ["SMALL_TIME_CAP", "EpochSummary", "StatsEvidence", "new_stats", "stats_shape"]
+__all__ = ["SMALL_TIME_CAP", "EpochSummary", "StatsEvidence", "new_stats", "serves", "sketched", "stats_shape"]
 
 
 SMALL_TIME_CAP = 8
@@ -34,19 +35,39 @@ The time window's lists are the largest part of a canary-stats snapshot (up to 5
 entries per series); a rollout whose guards all read ``last_n`` does not pay for them."""
 
 
-def stats_shape(policy: Policy) -> tuple[int, int, int]:
-    """``(last_n, window_ms, time_cap)`` of the evidence ``policy`` reads.
+def stats_shape(policy: Policy) -> tuple[int, int, int, int]:
+    """``(last_n, window_ms, time_cap, sketched)`` of the evidence ``policy`` reads.
 
     Each policy of a rollout is judged on windows of its own sizes: a dry-run policy
-    whose shape differs from the live one's folds its own canary stats."""
-    timed = any(g.window == "time" for g in policy.all_guards())
-    return policy.last_n, policy.window_ms, 5000 if timed else SMALL_TIME_CAP
+    whose shape differs from the live one's folds its own canary stats. ``sketched`` is
+    1 when a guard reads a percentile of the ``all`` window or runs the rank test (both
+    read the sketch of every sample); otherwise the fold keeps no sketch, which is 13%
+    of the rollback fold on the bench workload (bench/NOTES.md)."""
+    guards = policy.all_guards()
+    timed = any(g.window == "time" for g in guards)
+    sketched = any(g.test == "mann_whitney" or (g.window == "all" and g.aggregate not in ("mean", "rate"))
+                   for g in guards)
+    return policy.last_n, policy.window_ms, 5000 if timed else SMALL_TIME_CAP, int(sketched)
 
 
-def new_stats(shape: tuple[int, int, int]) -> CanaryStats:
-    """A fresh canary-stats fold of the given shape."""
-    last_n, window_ms, time_cap = shape
-    return CanaryStats(last_n=last_n, window_ms=window_ms, time_cap=time_cap)
+def sketched(shape: Sequence[int]) -> bool:
+    """Whether a fold of ``shape`` sketches every sample (a shape stored before the flag
+    existed has three numbers, and its fold was always sketched)."""
+    return len(shape) < 4 or bool(shape[3])
+
+
+def serves(fold: Sequence[int], policy_shape: Sequence[int]) -> bool:
+    """Whether a fold of shape ``fold`` holds the evidence a policy of ``policy_shape``
+    reads: the same windows, and a sketch if the policy reads one. A sketched fold serves
+    a policy that reads no sketch, so a policy change never restarts the evidence only
+    because the new policy needs less of it."""
+    return list(fold[:3]) == list(policy_shape[:3]) and (sketched(fold) or not sketched(policy_shape))
+
+
+def new_stats(shape: Sequence[int]) -> CanaryStats:
+    """A fresh canary-stats fold of the given shape (:func:`stats_shape`)."""
+    last_n, window_ms, time_cap = shape[:3]
+    return CanaryStats(last_n=last_n, window_ms=window_ms, time_cap=time_cap, sketch=sketched(shape))
 
 
 class StatsEvidence:

@@ -29,7 +29,12 @@ from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.consumers.rollback import evidence
 from rollout_engine.consumers.rollback.actions import act, progress, would_kill_now
 from rollout_engine.consumers.rollback.commands import ACTOR, escalation
-from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
+from rollout_engine.consumers.rollback.evidence import (
+    SMALL_TIME_CAP,
+    StatsEvidence,
+    serves,
+    stats_shape,
+)
 from rollout_engine.consumers.rollback.guards import GuardIndex, GuardResult
 from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
 from rollout_engine.consumers.rollback.judging import results, screened
@@ -222,7 +227,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """A dry-run policy reading other windows than the live one gets a fold of its own
         (empty from here on); one reading the same windows reads the live fold."""
         shape = [] if r.shadow is None else list(stats_shape(r.shadow.policy))
-        r.shadow_shape = [] if shape == r.shape else shape
+        r.shadow_shape = [] if not shape or serves(r.shape, shape) else shape
         if r.shadow_shape:
             self._shadow_stats[rollout] = self._new_stats(tuple(r.shadow_shape))
         else:
@@ -251,11 +256,11 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 r.policy_error = ""
                 if policy.dry_run:
                     r.shadow = PolicyRun(policy)
-                    if list(stats_shape(policy)) != (r.shadow_shape or r.shape):
+                    if not serves(r.shadow_shape or r.shape, stats_shape(policy)):
                         self._shadow_fold(event.rollout, r)
                 else:
                     r.live = PolicyRun(policy)
-                    if list(stats_shape(policy)) != r.shape:  # other windows: the evidence starts again
+                    if not serves(r.shape, stats_shape(policy)):  # other windows: the evidence starts again
                         self._new_epoch(event.rollout, r)
         was_killed = r.control.kill_switch
         if event.after.canary_pct != r.control.canary_pct or event.after.paused != r.control.paused:

@@ -59,7 +59,7 @@ class RolloutState(msgspec.Struct, array_like=True, gc=False):
     kills: int = 0
     would_kills: int = 0
     policy_error: str = ""
-    shape: list[int] = msgspec.field(default_factory=list)  # (last_n, window_ms, time_cap) of the evidence
+    shape: list[int] = msgspec.field(default_factory=list)  # (last_n, window_ms, time_cap, sketched) of the evidence
     recovered_ms: int = -1  # killed, then every guard recovered by the policy's recovery rule at this time
     shadow_shape: list[int] = msgspec.field(default_factory=list)  # a dry-run policy's own fold; [] = the live one
 

@@ -225,7 +225,8 @@ def test_streaming_digest_equals_the_digest_of_the_snapshot(rollouts: int) -> No
                 min_size=1, max_size=300),
        st.integers(1, 20))
 def test_lazy_sketch_equals_adding_every_value_on_arrival(values: list[float], last_n: int) -> None:
-    from rollout_engine.consumers.windows import Series, new_sketch, sketch_state
+    from rollout_engine.consumers.sketches import new_sketch, sketch_state
+    from rollout_engine.consumers.windows import Series
 
     series = Series()
     eager = new_sketch()

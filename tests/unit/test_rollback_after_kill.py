@@ -106,7 +106,7 @@ def test_a_dry_run_policy_own_fold_survives_a_restore() -> None:
     whole = fold(RollbackProjection(), log)
     head = RollbackProjection()
     fold(head, log[:120])
-    assert head.rollouts[R].shadow_shape == [10, 300_000, 8]
+    assert head.rollouts[R].shadow_shape == [10, 300_000, 8, 0]
     resumed = RollbackProjection()
     resumed.restore(head.snapshot())
     assert resumed.snapshot() == head.snapshot()
