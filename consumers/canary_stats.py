@@ -139,6 +139,12 @@ class CanaryStats(RolloutProjection[_Rollout]):
             return []
         if cls is not Metric and cls is not Outcome and cls is not Decision:
             return []
+        self.sample(event, cls, seq)
+        return []
+
+    def sample(self, event: Decision | Outcome | Metric, cls: type, seq: int) -> None:
+        """Fold one producer event of type ``cls`` (the rollback fold calls this directly:
+        it has dispatched on the type already)."""
         rollout = event.rollout
         rs = self.rollouts.get(rollout)
         if rs is None:
@@ -156,21 +162,21 @@ class CanaryStats(RolloutProjection[_Rollout]):
         vs = rs.variants.get(event.variant)  # type: ignore[union-attr]
         if vs is None:
             if len(rs.vnames) >= MAX_VARIANTS:
-                return []
+                return
             vs = rs.variants[event.variant] = _Variant(event.variant, len(rs.vnames))  # type: ignore[union-attr]
             rs.vnames.append(vs.name)
         if cls is Metric:
             series = vs.metrics.get(event.name)  # type: ignore[union-attr]
             if series is None:
                 if len(vs.metrics) >= MAX_METRICS:
-                    return []
+                    return
                 series = vs.metrics[event.name] = Series()  # type: ignore[union-attr]
             series.push(event.value, t, cutoff, self.last_n, self._cap, seq, self.sketch)  # type: ignore[union-attr]
         elif cls is Outcome:
             self._outcome(vs, event, t, cutoff, seq)  # type: ignore[arg-type]
         else:
             self._decision(rs, vs, event, t, cutoff)  # type: ignore[arg-type]
-        return []
+        return
 
     def _outcome(self, vs: _Variant, event: Outcome, t: int, cutoff: int, seq: int) -> None:
         code = _VERDICT_CODE[event.verdict]

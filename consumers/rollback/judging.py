@@ -25,9 +25,13 @@ from rollout_engine.consumers.rollback.guards import (
 )
 from rollout_engine.consumers.rollback.policy import Guard
 from rollout_engine.consumers.rollback.state import CachedTest, PolicyRun, RolloutState
-from rollout_engine.consumers.rollback.stats_tests import srm_clearly_fits
+from rollout_engine.consumers.rollback.stats_tests import srm_clearly_fits, srm_room
 
-__all__ = ["evaluated", "results", "screened"]
+__all__ = ["SrmRoom", "evaluated", "results", "screened", "srm_settled"]
+
+SrmRoom = tuple[tuple[float, float, int], int, int, int]
+"""What :func:`srm_settled` keeps per rollout: ((canary %, p-value, minimum decisions),
+baseline and candidate counts when it was measured, the total it reaches clear of them)."""
 
 
 def evaluated(r: RolloutState, run: PolicyRun, guard: Guard, evidence: StatsEvidence,
@@ -103,3 +107,34 @@ def screened(index: GuardIndex, r: RolloutState, run: PolicyRun, evidence: Stats
         else:
             out.append(evaluate_srm(srm, b, c, r.srm_pct, True))
     return out
+
+
+def srm_settled(rooms: dict[str, SrmRoom], rollout: str, r: RolloutState, run: PolicyRun) -> bool:
+    """True when the decision just counted leaves the SRM guard's machine as it is, so
+    judging it (:func:`screened`) would change nothing; ``rooms`` keeps what was measured.
+
+    That holds while the machine is ``ok`` and its last judgement a plain pass, and the
+    counts are among those :func:`.stats_tests.srm_room` found certain to clearly fit: at
+    least the counts it measured, at most its room more in all. A clear fit depends on the
+    counts alone, so how they got there (a reset by a new split or epoch included) does
+    not matter. ``rooms`` is derived, never stored: dropped, it is measured again.
+    Profiled on the bench workload: the screen of every decision was ~10% of the fold."""
+    srm = run.policy.srm
+    if not srm.enabled or r.srm_pct <= 0:
+        return False
+    machine = run.machines.get(SRM_GUARD.name)
+    if machine is None or machine.state != "ok" or machine.need or machine.last != "pass" or machine.inconclusive:
+        return False
+    b, c = r.srm_baseline, r.srm_candidate
+    key = (r.srm_pct, srm.p_value, srm.min_decisions)
+    room = rooms.get(rollout)
+    if room is not None and room[0] == key and b >= room[1] and c >= room[2] and b + c <= room[3]:
+        return True
+    if b + c < srm.min_decisions:
+        return False
+    more = srm_room(b, c, r.srm_pct, srm.p_value)
+    if more < 0:
+        return False
+    rooms[rollout] = (key, b, c, b + c + more)
+    return True
+

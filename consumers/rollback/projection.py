@@ -29,15 +29,10 @@ from rollout_engine.consumers.projection import RolloutProjection
 from rollout_engine.consumers.rollback import evidence
 from rollout_engine.consumers.rollback.actions import act, progress, would_kill_now
 from rollout_engine.consumers.rollback.commands import ACTOR, escalation
-from rollout_engine.consumers.rollback.evidence import (
-    SMALL_TIME_CAP,
-    StatsEvidence,
-    serves,
-    stats_shape,
-)
+from rollout_engine.consumers.rollback.evidence import SMALL_TIME_CAP, StatsEvidence, stats_shape
 from rollout_engine.consumers.rollback.guards import GuardIndex, GuardResult
 from rollout_engine.consumers.rollback.hysteresis import GuardMachine, step
-from rollout_engine.consumers.rollback.judging import results, screened
+from rollout_engine.consumers.rollback.judging import SrmRoom, results, screened, srm_settled
 from rollout_engine.consumers.rollback.policy import (
     QUALITY,
     Policy,
@@ -95,7 +90,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
 
     name = "rollback"
     resting = staticmethod(at_rest)  # consumers.resident: what a tick passes over rests out of memory
-    beside = ("_stats", "_shadow_stats", "_evidence")
+    beside = ("_stats", "_shadow_stats", "_evidence", "_srm_rooms")
     separable = True  # a rollout's judgement reads its own windows and clock (r.now_ms) and the ticks
 
     def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
@@ -105,6 +100,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         self._stats: dict[str, Any] = {}
         self._shadow_stats: dict[str, Any] = {}  # a dry-run policy's own fold when it reads other windows
         self._evidence: dict[str, StatsEvidence] = {}  # the view over ``_stats``, made once per fold, not per event
+        self._srm_rooms: dict[str, SrmRoom] = {}  # derived: how many decisions the split may take unjudged
         self._index = GuardIndex()
 
     @property
@@ -120,9 +116,9 @@ class RollbackProjection(RolloutProjection[RolloutState]):
             rollout = event.rollout  # type: ignore[union-attr]
             r = self.rollouts.get(rollout) or self._rollout(rollout)
             self._dirty.add(rollout)
-            self._stats[rollout].apply(event, seq)
+            self._stats[rollout].sample(event, cls, seq)
             if r.shadow_shape:
-                self._shadow_stats[rollout].apply(event, seq)
+                self._shadow_stats[rollout].sample(event, cls, seq)
             if cls is Metric:
                 self._evaluate(rollout, r, event, out, event.name, event.variant)  # type: ignore[union-attr]
             elif cls is Decision:
@@ -188,7 +184,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
 
     def clear(self) -> None:
         super().clear()
-        self._stats, self._shadow_stats, self._evidence = {}, {}, {}
+        self._stats, self._shadow_stats, self._evidence, self._srm_rooms = {}, {}, {}, {}
 
     # --- reads ------------------------------------------------------------------------
     def status(self, rollout: str) -> dict[str, Any]:
@@ -227,7 +223,7 @@ class RollbackProjection(RolloutProjection[RolloutState]):
         """A dry-run policy reading other windows than the live one gets a fold of its own
         (empty from here on); one reading the same windows reads the live fold."""
         shape = [] if r.shadow is None else list(stats_shape(r.shadow.policy))
-        r.shadow_shape = [] if not shape or serves(r.shape, shape) else shape
+        r.shadow_shape = [] if not shape or evidence.serves(r.shape, shape) else shape
         if r.shadow_shape:
             self._shadow_stats[rollout] = self._new_stats(tuple(r.shadow_shape))
         else:
@@ -256,11 +252,11 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 r.policy_error = ""
                 if policy.dry_run:
                     r.shadow = PolicyRun(policy)
-                    if not serves(r.shadow_shape or r.shape, stats_shape(policy)):
+                    if not evidence.serves(r.shadow_shape or r.shape, stats_shape(policy)):
                         self._shadow_fold(event.rollout, r)
                 else:
                     r.live = PolicyRun(policy)
-                    if not serves(r.shape, stats_shape(policy)):  # other windows: the evidence starts again
+                    if not evidence.serves(r.shape, stats_shape(policy)):  # other windows: the evidence starts again
                         self._new_epoch(event.rollout, r)
         was_killed = r.control.kill_switch
         if event.after.canary_pct != r.control.canary_pct or event.after.paused != r.control.paused:
@@ -308,10 +304,13 @@ class RollbackProjection(RolloutProjection[RolloutState]):
                 self._judge(rollout, r, live, self._evidence[rollout],
                             (r.control.baseline, r.control.candidate), cause, None, only, candidate_only)
             return
+        # only this sample's guards can move: no dry run, no staged rollback, no progression
+        alone = only is not None and r.shadow is None and live.last_step_ms < 0 and not live.policy.progression.enabled
+        if alone and only == "srm" and srm_settled(self._srm_rooms, rollout, r, live):
+            return  # the split certainly still fits and its machine is ok: judging would change nothing
         # the guards this sample can move, looked up once for the skip below and the screen
         plans = None if only is None or only == "srm" else self._index.plans(live.policy, only, candidate_only)
-        if (only is not None and r.shadow is None and live.last_step_ms < 0 and not live.policy.progression.enabled
-                and not (plans if plans is not None else self._judges(live.policy, only, candidate_only, r))):
+        if alone and not (plans if plans is not None else self._judges(live.policy, only, candidate_only, r)):
             return  # no guard reads this sample and nothing else moves: judging would change nothing
         evidence = self._evidence[rollout]
         variants = (r.control.baseline, r.control.candidate)

@@ -245,6 +245,25 @@ def srm_clearly_fits(baseline_n: int, candidate_n: int, canary_pct: float, p_val
     return chi2 is not None and chi2 < _chi2_critical(p_value)
 
 
+def srm_room(baseline_n: int, candidate_n: int, canary_pct: float, p_value: float) -> int:
+    """Decisions that may follow, each to either variant, with the split still certain to
+    clearly fit (:func:`srm_clearly_fits`); -1 when it does not clearly fit with margin now.
+
+    Why: the rollback fold screened the split on every decision, a quarter of its events.
+    With T decisions, share s and d = candidate_n - T*s, the statistic is
+    d^2 / (T s (1 - s)). After k more decisions, whichever variants they go to, |d| grows
+    by at most k and T s (1 - s) does not shrink, so the split clearly fits while
+    (|d| + k)^2 < critical * T s (1 - s); the expected counts only grow, so they stay at
+    5 or more. A 0.1% margin on the critical value covers the rounding of the statistic
+    as :func:`_srm_chi2` computes it, and one decision more covers the floor."""
+    share = canary_pct / 100.0
+    total = baseline_n + candidate_n
+    if not 0.0 < share < 1.0 or total * share < 5.0 or total * (1.0 - share) < 5.0:
+        return -1
+    bound = math.sqrt(0.999 * _chi2_critical(p_value) * total * share * (1.0 - share))
+    return max(-1, math.floor(bound - abs(candidate_n - total * share)) - 1)
+
+
 def srm_log_bayes_factor(baseline_n: int, candidate_n: int, canary_pct: float, concentration: float = 100.0) -> float:
     """Log Bayes factor of "the split is not ``canary_pct``" (Beta prior centred on it)
     against "it is": an always-valid sample-ratio-mismatch check (Lindon & Malek 2020).
