@@ -152,6 +152,13 @@ class SeenIds:
         if entry is None:
             entry = self._rollouts[rollout] = _Rollout()
         ids, window = entry.ids, self.window_ms
+        first = dict.fromkeys(event_ids, time_ms)
+        if first and len(first) == len(event_ids) and ids.keys().isdisjoint(first):  # all new, the usual case
+            ids.update(first)
+            if self._journal:
+                self._added.append((rollout, time_ms, event_ids))
+            self._settle(entry, len(event_ids), time_ms)
+            return event_ids
         kept = []
         renewed = 0
         for event_id in event_ids:

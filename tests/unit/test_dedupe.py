@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rollout_engine.consumers.canary_stats import CanaryStats
 from rollout_engine.consumers.control import ControlProjection
@@ -185,3 +187,25 @@ def test_an_offline_set_keeps_no_journal_and_refuses_to_flush() -> None:
     assert replayer.seen is not None
     with pytest.raises(RuntimeError, match="journal"):
         replayer.seen.flush()
+
+
+@settings(max_examples=300, deadline=None)
+@given(groups=st.lists(st.tuples(st.sampled_from(["r1", "r2"]), st.lists(st.sampled_from("abcdefgh"), max_size=6),
+                                 st.integers(0, 400)), max_size=60))
+def test_the_set_decides_as_the_plain_rule_on_any_run_of_messages(groups) -> None:
+    """The plain rule: an id of a rollout is new when it was never recorded, or recorded
+    more than the window before; a message repeating an id keeps its first copy. The set
+    (prune, the all-new fast path, the loop) must agree with it on every message."""
+    seen = SeenIds(window_s=1.0, journal=True)
+    recorded: dict[tuple[str, str], int] = {}
+    time_ms = T0
+    for rollout, ids, step in groups:
+        time_ms += step
+        expected = []
+        for event_id in ids:
+            stored = recorded.get((rollout, event_id))
+            if stored is None or time_ms - stored > 1_000:
+                recorded[(rollout, event_id)] = time_ms
+                expected.append(event_id)
+        assert seen._group(rollout, list(ids), time_ms) == expected
+    assert len(seen) == sum(len(entry.ids) for entry in seen._rollouts.values())
