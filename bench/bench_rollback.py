@@ -7,14 +7,20 @@ KillSwitch on ``ro.ctl.<rollout>.kill_switch``, while healthy background traffic
 the same stream and the same rollback consumer. Each kill is a fresh rollout: its first
 29 bad samples are published and folded first, then the clock starts on the trigger.
 
-The rollback consumer runs as the engine runs it: ``consumers.runtime.Runner`` with the
-default settings (durable pull consumer, one SQLite commit per batch, outbox relay).
-:class:`LiveFold` (``--driver livefold``) folds the log in-process through an ordered
-push consumer with the runtime's fold (``consumers.folding.fold_message``) and publishes
-what it emits with ``Nats-Msg-Id``, with no commit: its p99 is the reference, the floor
-the runtime's batching adds to.
+The figures of ``make bench`` run the rollback consumer as ``rollout up`` runs it: a
+``rollout consumer rollback`` process of its own (``--processes 1``; ``--processes 2``
+runs two over a log of two partitions), with the default settings (durable pull
+consumer, one SQLite commit per batch, outbox relay), while this process publishes the
+background load and subscribes as the service (``bench.kill_children``). Run alone, the
+default driver runs ``consumers.runtime.Runner`` inside this process, where ``--trace``
+can stamp each breach's steps; it then shares one Python thread with the producer and
+the service, which costs it most of its p99 on a busy host (bench/NOTES.md, "The figures
+of 2026-12-03, afternoon"). :class:`LiveFold` (``--driver livefold``) folds the log
+in-process through an ordered push consumer with the runtime's fold
+(``consumers.folding.fold_message``) and publishes what it emits with ``Nats-Msg-Id``,
+with no commit: its p99 is the reference, the floor the runtime's batching adds to.
 
-Run alone: ``.venv/bin/python -m bench.bench_rollback --kills 50``.
+Run alone: ``.venv/bin/python -m bench.bench_rollback --kills 50 --processes 1 --neighbours 2``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from nats.js.api import DeliverPolicy
 
 from bench.contention import KillTrace, neighbours, priority
 from bench.harness import Figure, bench_server
+from bench.kill_children import rollback_children
 from bench.workload import make_batches
 from rollout_engine.consumers import early as early_module
 from rollout_engine.consumers.folding import fold_message
@@ -144,7 +151,8 @@ async def _wait_runner(runner: Any, seq: int, timeout: float = 10.0) -> None:
 async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s: float = 1.0,
                        driver: str = "runtime", consumer_batch: int | None = None,
                        fetch_timeout: float | None = None, busy: int = 0, busy_nice: int = 0, early: bool = True,
-                       kill_timeout_s: float = 30.0, budget_s: float = 90.0, nice: int | None = None) -> dict[str, Any]:
+                       kill_timeout_s: float = 30.0, budget_s: float = 90.0, nice: int | None = None,
+                       processes: int = 0) -> dict[str, Any]:
     """Measure breach -> KillSwitch latency ``kills`` times under background load.
 
     ``busy``: that many CPU-bound neighbour processes run during the kills
@@ -158,19 +166,30 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
     ``nice``: the niceness the folding process and nats-server run at (default: the
     ``kill_path_nice`` ``rollout up`` asks for both, when the OS grants it; the background
     producer shares this process, so it gets that priority too).
+    ``processes`` (runtime driver): run the consumer as that many ``rollout consumer rollback``
+    children instead, over a log of that many partitions when more than one
+    (``bench.kill_children``); the producer and the service keep the default priority.
     """
     messages = _background_messages(4.0, background_eps)
     slice_before = early_module.SLICE, early_module.SLICE_BYTES
     overrides = {} if consumer_batch is None else {"consumer_batch": consumer_batch}
     wanted = Settings().kill_path_nice if nice is None else nice
+    if processes > 1:
+        overrides["partitions"] = processes
     async with bench_server(niceness=wanted, **overrides) as (server, settings, nc, js):
         # Before the runner starts its threads (a niceness is per thread on Linux and
         # inherited by the threads created after); the server got it at its start, as under rollout up.
-        boost = contextlib.ExitStack()
-        niceness = boost.enter_context(priority(wanted))
+        boost = contextlib.AsyncExitStack()
+        children = None
+        if processes:
+            children = await boost.enter_async_context(rollback_children(server.url or "", settings, processes,
+                                                                         wanted, js))
+            niceness = children.niceness()
+        else:
+            niceness = boost.enter_context(priority(wanted))
         fold = LiveFold(js, RollbackProjection())
         runner, task, trace = None, None, None
-        if driver == "runtime":
+        if driver == "runtime" and children is None:
             options = {} if fetch_timeout is None else {"fetch_timeout": fetch_timeout}
             runner = consumer_runner(build(settings), settings, nc=await connect(settings, name="bench-rollback"),
                                      **options)
@@ -213,7 +232,9 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
                 for subject, payload in log_messages(head, 100):
                     ack = await js.publish(subject, payload, timeout=10)
                 try:
-                    if runner is not None:
+                    if children is not None:
+                        await children.wait_folded(js, rollout, ack.seq, kill_timeout_s)
+                    elif runner is not None:
                         await _wait_runner(runner, ack.seq, kill_timeout_s)
                     else:
                         await fold.wait_for(ack.seq, kill_timeout_s)
@@ -235,7 +256,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
             elapsed = time.perf_counter() - t_load
             spinning.close()
             achieved = (sent[0] - sent_at_start) / elapsed
-            folded = fold.events if runner is None else runner.folder.events
+            folded = runner.folder.events if runner is not None else fold.events if children is None else -1
             stop.set()
             await load
             await service.unsubscribe()
@@ -245,7 +266,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
                 await task
                 await runner.nc.close()
             early_module.SLICE, early_module.SLICE_BYTES = slice_before
-            boost.close()
+            await boost.aclose()
     ordered = sorted(samples) or [kill_timeout_s * 1000]
     if missed:  # the unreceived kill counts as the timeout: a lower bound of its latency
         ordered.append(kill_timeout_s * 1000)
@@ -262,53 +283,73 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
         "niceness": niceness,
         "server_niceness": server.niceness,
         "trace": trace.summary() if trace is not None else {},
-        "driver": "consumers.runtime Runner (durable pull, SQLite commit, outbox relay)" if driver == "runtime"
-        else "in-process LiveFold (ordered push consumer)",
+        "driver": (f"{processes} `rollout consumer rollback` process(es)" + (f" over {processes} partitions"
+                   if processes > 1 else "") if children is not None
+                   else "consumers.runtime Runner (durable pull, SQLite commit, outbox relay)" if driver == "runtime"
+                   else "in-process LiveFold (ordered push consumer)"),
     }
 
 
 async def rollback_figures(kills: int = 100, background_eps: int = 50_000, repeat: int = 3) -> list[Figure]:
-    """The figures of ``make bench``: breach -> kill switch through the runtime (the
-    production path), on the quiet machine and with one CPU-bound neighbour process per
-    core, runs interleaved (quiet, busy, quiet, busy...) so both see the same host; median
-    of ``repeat`` runs with their range, beside the fold-only p99 and the quiet p99."""
+    """The figures of ``make bench``: breach -> kill switch with the consumer as ``rollout up``
+    runs it (a ``rollout consumer rollback`` process of its own, ``bench.kill_children``),
+    on the quiet machine and with one CPU-bound neighbour process per core, runs
+    interleaved (quiet, busy, quiet, busy...) so both see the same host; median of
+    ``repeat`` runs with their range, beside the fold-only p99 and the quiet p99. Then one
+    run each: the consumer at niceness 0, the consumer inside the measuring process (the
+    method before 2026-12-03, traced), and two consumer processes over two partitions."""
     quiet: list[dict[str, Any]] = []
     busy: list[dict[str, Any]] = []
     cores = os.cpu_count() or 1
     for _ in range(repeat):
-        quiet.append(await kill_latency(kills, background_eps, driver="runtime"))
-        busy.append(await kill_latency(kills, background_eps, driver="runtime", busy=cores))
+        quiet.append(await kill_latency(kills, background_eps, processes=1))
+        busy.append(await kill_latency(kills, background_eps, busy=cores, processes=1))
     fold_only = await kill_latency(kills, background_eps, driver="livefold")
-    unboosted = await kill_latency(kills, background_eps, driver="runtime", busy=cores, nice=0)
+    unboosted = await kill_latency(kills, background_eps, busy=cores, nice=0, processes=1)
+    in_process = await kill_latency(kills, background_eps, driver="runtime", busy=cores)
+    partitioned = await kill_latency(kills, background_eps, busy=cores, processes=2)
     note = (f"{kills} kills per run under {background_eps:,} background events/s; "
-            "the runtime with its default settings, as `rollout up` runs the consumer, at niceness "
-            f"{quiet[0]['niceness']} (kill_path_nice, when the OS grants it)")
+            "the consumer as `rollout up` runs it (`rollout consumer rollback`, a process of its own, default "
+            f"settings) at niceness {quiet[0]['niceness']} (kill_path_nice, when the OS grants it); the producer "
+            "and the subscribed service share another process at niceness 0")
     busy_note = note + f"; {cores} CPU-bound neighbour processes (one per core) during the kills"
 
     def extra(results: list[dict[str, Any]]) -> dict[str, Any]:
         return {"max_ms": [r["max_ms"] for r in results], "background_eps": [r["background_eps"] for r in results],
-                "missed": [r["missed"] for r in results], "trace": [r["trace"] for r in results]}
+                "missed": [r["missed"] for r in results], "kills": [r["kills"] for r in results],
+                "trace": [r["trace"] for r in results]}
 
-    def figure(name: str, key: str, results: list[dict[str, Any]], **meta: Any) -> Figure:
+    def figure(name: str, key: str, results: list[dict[str, Any]], said: str, **meta: Any) -> Figure:
         runs_ = [r[key] for r in results]
-        said = note if results is quiet else busy_note
-        if results[0]["niceness"] != quiet[0]["niceness"]:
-            said = said.replace(f"at niceness {quiet[0]['niceness']} (kill_path_nice, when the OS grants it)",
-                                f"at niceness {results[0]['niceness']}")
         return Figure(name, "ms", statistics.median(runs_), min(runs_), max(runs_), runs_,
                       note=said, extra=extra(results), **meta)
 
     quiet_p99 = statistics.median(r["p99_ms"] for r in quiet)
+    busy_p99 = statistics.median(r["p99_ms"] for r in busy)
+    same = "quiet p99, same run"
     return [
-        figure("rollback: breach -> kill switch received, p50", "p50_ms", quiet),
-        figure("rollback: breach -> kill switch received, p99", "p99_ms", quiet, target="<= 50 ms",
+        figure("rollback: breach -> kill switch received, p50", "p50_ms", quiet, note),
+        figure("rollback: breach -> kill switch received, p99", "p99_ms", quiet, note, target="<= 50 ms",
                reference="fold-only p99 (ordered push consumer, no commit)", reference_value=fold_only["p99_ms"]),
-        figure("rollback: kill switch with a busy neighbour per core, p50", "p50_ms", busy),
-        figure("rollback: kill switch with a busy neighbour per core, p99", "p99_ms", busy, target="<= 50 ms",
-               reference="quiet p99, same run", reference_value=quiet_p99),
-        figure("rollback: kill switch with a busy neighbour per core, max", "max_ms", busy),
+        figure("rollback: kill switch with a busy neighbour per core, p50", "p50_ms", busy, busy_note),
+        figure("rollback: kill switch with a busy neighbour per core, p99", "p99_ms", busy, busy_note,
+               target="<= 50 ms", reference=same, reference_value=quiet_p99),
+        figure("rollback: kill switch with a busy neighbour per core, max", "max_ms", busy, busy_note),
         figure("rollback: kill switch with a busy neighbour per core, the consumer and nats-server at niceness 0 "
-               "(kill_path_nice = 0), p99, one run", "p99_ms", [unboosted]),
+               "(kill_path_nice = 0), p99, one run", "p99_ms", [unboosted],
+               busy_note.replace(f"at niceness {quiet[0]['niceness']} (kill_path_nice, when the OS grants it)",
+                                 "at niceness 0, nats-server too"),
+               reference="the same at kill_path_nice, median p99", reference_value=busy_p99),
+        figure("rollback: kill switch with a busy neighbour per core, the consumer inside the measuring process "
+               "(the method before 2026-12-03), p99, one run", "p99_ms", [in_process],
+               f"{kills} kills under {background_eps:,} background events/s and {cores} neighbours; the runtime in "
+               "the measuring process, sharing one Python thread with the producer and the subscribed service "
+               "(extra.trace says where each breach's time went)",
+               reference="the consumer in its own process, median p99", reference_value=busy_p99),
+        figure("rollback: kill switch with a busy neighbour per core, 2 partitions, 2 consumer processes, p99, "
+               "one run", "p99_ms", [partitioned], busy_note.replace("(`rollout consumer rollback`, a process of "
+               "its own, default settings)", "(two `rollout consumer rollback --process K --of 2` over a log of "
+               "2 partitions)"), reference="one process, median p99", reference_value=busy_p99),
     ]
 
 
@@ -322,17 +363,22 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=0, help="CPU-bound neighbour processes during the kills")
     parser.add_argument("--trace", action="store_true", help="print where each breach's time went (runtime driver)")
     parser.add_argument("--commit-first", action="store_true", help="the runtime as before the early publish")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="run the consumer as N `rollout consumer rollback` child processes, over N partitions "
+                             "when N > 1 (default 0: in this process, traceable)")
     parser.add_argument("--nice", type=int,
                         help="niceness of the folding process and nats-server (default: kill_path_nice, -5)")
     args = parser.parse_args()
     result = asyncio.run(kill_latency(args.kills, args.background_eps, driver=args.driver,
                                       consumer_batch=args.consumer_batch, fetch_timeout=args.fetch_timeout,
-                                      busy=args.neighbours, early=not args.commit_first, nice=args.nice))
+                                      busy=args.neighbours, early=not args.commit_first, nice=args.nice,
+                                      processes=args.processes))
     if args.trace:
         print(json.dumps(result["trace"], indent=1))
     print(f"breach -> kill switch: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
           f"max {result['max_ms']:.1f} ms over {result['kills']} kills{' (then one missed)' if result['missed'] else ''}; "
-          f"background {result['background_eps']:,.0f} events/s; {result['folded_events']:,} events folded; "
+          f"background {result['background_eps']:,.0f} events/s; "
+          + (f"{result['folded_events']:,} events folded; " if result['folded_events'] >= 0 else "") +
           f"niceness {result['niceness']} (nats-server {result['server_niceness']}); driver: {result['driver']}")
 
 
