@@ -105,14 +105,16 @@ class CanaryStats(RolloutProjection[_Rollout]):
     name = "canary_stats"
     resting = staticmethod(lambda _state: True)  # a tick moves only the meta part: every rollout may rest
 
-    def __init__(self, last_n: int = 100, window_ms: int = 300_000, time_cap: int = 1000, sketch: bool = True) -> None:
+    def __init__(self, last_n: int = 100, window_ms: int = 300_000, time_cap: int = 1000, sketch: bool = True,
+                 series_only: bool = False) -> None:
         """``time_cap`` bounds each series of the time window (memory); beyond it the
         window holds the most recent entries within ``window_ms``, between 7/8 of
         ``time_cap`` and ``time_cap`` of them (never fewer than ``last_n``).
 
-        ``sketch=False`` keeps no sketch of every sample (``windows.Series.push``): the
-        ``all`` window then has count, mean and variance but no percentiles. The rollback
-        consumer folds so for a policy that reads none (a sketch costs ~13% of its fold)."""
+        The rollback consumer's evidence keeps what guards read, no more: ``sketch=False``
+        no sketch of every sample (``windows.Series.push``; the ``all`` window keeps count,
+        mean and variance), ``series_only=True`` the metric and quality series alone (no
+        split, verdicts or shadow diffs: their views stay empty)."""
         if last_n < 1 or window_ms < 1 or time_cap < 8:
             raise ValueError(f"CanaryStats needs last_n >= 1, window_ms >= 1, time_cap >= 8; "
                              f"got {last_n}, {window_ms}, {time_cap}")
@@ -122,6 +124,7 @@ class CanaryStats(RolloutProjection[_Rollout]):
         self.time_cap = time_cap
         self._cap = max(time_cap, last_n)
         self.sketch = sketch
+        self.series_only = series_only
         self.max_ms = 0
         """Latest (bounded) producer event time of any rollout."""
 
@@ -173,12 +176,17 @@ class CanaryStats(RolloutProjection[_Rollout]):
                 series = vs.metrics[event.name] = Series()  # type: ignore[union-attr]
             series.push(event.value, t, cutoff, self.last_n, self._cap, seq, self.sketch)  # type: ignore[union-attr]
         elif cls is Outcome:
-            self._outcome(vs, event, t, cutoff, seq)  # type: ignore[arg-type]
-        else:
+            if not self.series_only:
+                self._verdict(vs, event, t, cutoff)  # type: ignore[arg-type]
+            if event.quality is not None:  # type: ignore[union-attr]
+                quality = vs.quality
+                if quality is None:
+                    quality = vs.quality = Series()
+                quality.push(event.quality, t, cutoff, self.last_n, self._cap, seq, self.sketch)  # type: ignore[union-attr]
+        elif not self.series_only:
             self._decision(rs, vs, event, t, cutoff)  # type: ignore[arg-type]
-        return
 
-    def _outcome(self, vs: _Variant, event: Outcome, t: int, cutoff: int, seq: int) -> None:
+    def _verdict(self, vs: _Variant, event: Outcome, t: int, cutoff: int) -> None:
         code = _VERDICT_CODE[event.verdict]
         vs.outcomes += 1
         vs.verdicts[code] += 1
@@ -191,10 +199,6 @@ class CanaryStats(RolloutProjection[_Rollout]):
                 trim(times, cutoff, n - 1, self._cap, vs.ocodes)
         times.append(t)
         vs.ocodes.append(code)
-        if event.quality is not None:
-            if vs.quality is None:
-                vs.quality = Series()
-            vs.quality.push(event.quality, t, cutoff, n, self._cap, seq, self.sketch)
 
     def _decision(self, rs: _Rollout, vs: _Variant, event: Decision, t: int, cutoff: int) -> None:
         vs.decisions += 1

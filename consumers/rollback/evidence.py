@@ -65,9 +65,10 @@ def serves(fold: Sequence[int], policy_shape: Sequence[int]) -> bool:
 
 
 def new_stats(shape: Sequence[int]) -> CanaryStats:
-    """A fresh canary-stats fold of the given shape (:func:`stats_shape`)."""
+    """A fresh canary-stats fold of the given shape (:func:`stats_shape`), of the series
+    alone: guards read metric and quality series, never the split or the verdicts."""
     last_n, window_ms, time_cap = shape[:3]
-    return CanaryStats(last_n=last_n, window_ms=window_ms, time_cap=time_cap, sketch=sketched(shape))
+    return CanaryStats(last_n=last_n, window_ms=window_ms, time_cap=time_cap, sketch=sketched(shape), series_only=True)
 
 
 class StatsEvidence:
