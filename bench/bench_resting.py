@@ -44,7 +44,8 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from bench.bench_scale import _all_exist, _caught_up, _wait
+from bench.bench_scale import _caught_up, _wait
+from bench.children import durables_exist
 from bench.harness import Figure, bench_server
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.events import Decision, Metric, Outcome, encode, encode_batch, kind_of, subjects
@@ -111,7 +112,7 @@ async def flood_run(rollouts: int, cap: int, kills: int = 5) -> dict[str, Any]:
             settings.data_dir, "consumer", name, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, env=env) for name in NAMES}
         try:
-            await _wait(lambda: _all_exist(js, list(NAMES)), 60, "the consumer processes to start")
+            await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start")
             breaches = {f"kill-{k}": runs(f"kill-{k}", 60, canary_pct=50, candidate=Profile(quality=82.0))
                         for k in range(kills)}
             start = time.perf_counter()
@@ -183,7 +184,7 @@ async def restart_run(rollouts: int, cap: int, quiet_s: float = 3.0) -> dict[str
 
         procs = await _spawn(server.url or "", settings.data_dir, cap)
         try:
-            await _wait(lambda: _all_exist(js, list(NAMES)), 60, "the consumer processes to start")
+            await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start")
             sub = await nc.subscribe(f"$KV.{subjects.STATE_BUCKET}.>", cb=on_put)
             await _flood(js, rollouts)
             await _quiet(counts, quiet_s, 900)  # the first run's last rounds
@@ -196,7 +197,7 @@ async def restart_run(rollouts: int, cap: int, quiet_s: float = 3.0) -> dict[str
         started = time.perf_counter()
         procs = await _spawn(server.url or "", settings.data_dir, cap)
         try:
-            await _wait(lambda: _all_exist(js, list(NAMES)), 60, "the consumer processes to start again")
+            await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start again")
             waited = time.perf_counter() - started
             puts_s = waited + await _quiet(counts, quiet_s, 900)
             cpu = {name: _cpu_s(proc.pid) for name, proc in procs.items()}

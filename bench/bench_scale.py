@@ -10,18 +10,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from nats.js.errors import NotFoundError
-
+from bench.children import consumer_children, durables_exist
 from bench.harness import Figure, bench_server
 from bench.workload import make_batches, publish_batches
 from rollout_engine.consumers.consumer import store_name
@@ -32,7 +27,6 @@ from rollout_engine.events import subjects
 
 __all__ = ["consumer_processes", "producer_replicas", "scale_figures"]
 
-ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 
 
@@ -46,31 +40,16 @@ async def consumer_processes(processes: int, total: int = 300_000, batch: int = 
     """
     partitions = PARTITIONS if processes else 0
     async with bench_server(partitions=partitions, consumer_batch=batch) as (server, settings, _, js):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         owners = [["--process", str(k), "--of", str(processes)] for k in range(processes)] or [[]]
-        procs = [
-            await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", server.url or "", "--data-dir", settings.data_dir,
-                "consumer", "canary_stats", *owner, "--batch", str(batch),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
-            for owner in owners
-        ]
-        try:
+        async with consumer_children(server.url or "", settings.data_dir, "canary_stats", owners,
+                                     ["--batch", str(batch)]):
             durables = [store_name("canary_stats", p) for p in range(partitions)] or ["canary_stats"]
-            await _wait(lambda: _all_exist(js, durables), 60, "the consumer processes to start")
+            await _wait(lambda: durables_exist(js, durables), 60, "the consumer processes to start")
             batches = list(make_batches(total, rollouts=32))
             start = time.perf_counter()
             await publish_batches(js, batches)
             await _wait(lambda: _caught_up(js, durables), 300, "the consumers to fold the log")
             elapsed = time.perf_counter() - start
-        finally:
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                _, err = await proc.communicate()
-                if proc.returncode not in (0, -signal.SIGTERM):
-                    raise RuntimeError(f"consumer process failed: {err.decode()[-1000:]}")
         return total / elapsed
 
 
@@ -80,15 +59,6 @@ async def _wait(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-async def _all_exist(js: Any, durables: list[str]) -> bool:
-    try:
-        for name in durables:
-            await js.consumer_info(subjects.LOG_STREAM, name)
-    except NotFoundError:
-        return False
-    return True
 
 
 async def _caught_up(js: Any, durables: list[str]) -> bool:

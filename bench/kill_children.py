@@ -18,24 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from nats.js.errors import NotFoundError
-
+from bench.children import consumer_children, durables_exist
 from rollout_engine.consumers.consumer import store_name
 from rollout_engine.engine.settings import Settings
 from rollout_engine.events import subjects
 
 __all__ = ["RollbackChildren", "rollback_children"]
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass
 class RollbackChildren:
@@ -70,18 +63,13 @@ async def rollback_children(url: str, settings: Settings, processes: int, nicene
                             js: Any) -> AsyncIterator[RollbackChildren]:
     """Start ``processes`` rollback consumer children on the log of ``settings`` (made
     with ``partitions = processes`` when more than one) and wait for their durables."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROLLOUT_KILL_PATH_NICE": str(niceness),
-           "ROLLOUT_PARTITIONS": str(settings.partitions), "ROLLOUT_CONSUMER_BATCH": str(settings.consumer_batch)}
+    env = {"ROLLOUT_KILL_PATH_NICE": str(niceness), "ROLLOUT_PARTITIONS": str(settings.partitions),
+           "ROLLOUT_CONSUMER_BATCH": str(settings.consumer_batch)}
     owners = [["--process", str(k), "--of", str(processes)] for k in range(processes)] if processes > 1 else [[]]
-    procs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", url, "--data-dir", settings.data_dir,
-        "consumer", "rollback", *owner, "--metrics-port", "0",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env) for owner in owners]
-    children = RollbackChildren(processes, [p.pid for p in procs])
-    try:
+    async with consumer_children(url, settings.data_dir, "rollback", owners, ["--metrics-port", "0"], env) as procs:
         durables = [store_name("rollback", p) for p in range(processes)] if processes > 1 else ["rollback"]
         deadline = time.monotonic() + 60
-        while not await _all_exist(js, durables):
+        while not await durables_exist(js, durables):
             failed = [p for p in procs if p.returncode is not None]
             if failed:
                 err = await failed[0].stderr.read() if failed[0].stderr is not None else b""
@@ -89,21 +77,4 @@ async def rollback_children(url: str, settings: Settings, processes: int, nicene
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the rollback consumer children made no durable {durables} within 60 s")
             await asyncio.sleep(0.05)
-        yield children
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            _, err = await proc.communicate()
-            if proc.returncode not in (0, -signal.SIGTERM):
-                raise RuntimeError(f"a rollback consumer child failed ({proc.returncode}): {err.decode()[-1000:]}")
-
-
-async def _all_exist(js: Any, durables: list[str]) -> bool:
-    try:
-        for name in durables:
-            await js.consumer_info(subjects.LOG_STREAM, name)
-    except NotFoundError:
-        return False
-    return True
+        yield RollbackChildren(processes, [p.pid for p in procs])
