@@ -137,4 +137,3 @@ def srm_settled(rooms: dict[str, SrmRoom], rollout: str, r: RolloutState, run: P
         return False
     rooms[rollout] = (key, b, c, b + c + more)
     return True
-

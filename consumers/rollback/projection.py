@@ -93,8 +93,8 @@ class RollbackProjection(RolloutProjection[RolloutState]):
     beside = ("_stats", "_shadow_stats", "_evidence", "_srm_rooms")
     separable = True  # a rollout's judgement reads its own windows and clock (r.now_ms) and the ticks
 
-    def __init__(self, stats_factory: Callable[[tuple[int, int, int]], Any] | None = None) -> None:
-        """``stats_factory((last_n, window_ms, time_cap))`` makes one rollout's canary-stats fold."""
+    def __init__(self, stats_factory: Callable[[Sequence[int]], Any] | None = None) -> None:
+        """``stats_factory(shape)`` makes one rollout's canary-stats fold (``evidence.stats_shape``)."""
         super().__init__()
         self._new_stats = stats_factory or evidence.new_stats
         self._stats: dict[str, Any] = {}
