@@ -93,6 +93,17 @@ async def kill_switch_seqs(js: Any, rollout: str) -> list[int]:
     return found
 
 
+async def stored_kill_switch_seqs(js: Any, rollout: str, timeout: float = 10.0) -> list[int]:
+    """:func:`kill_switch_seqs` once there is one (or ``timeout`` passed): nats-server
+    hands a message to core subscribers before its stream has stored it (the stream
+    takes it from a queue), so a test that received a kill may not see it in the log
+    yet (seen once on CI)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (found := await kill_switch_seqs(js, rollout)) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return found
+
+
 def committed(data_dir: str | Path, name: str) -> int:
     """The position a consumer has committed, read from its store by a second connection."""
     path = Path(data_dir) / "consumers" / f"{name}.sqlite"

@@ -26,6 +26,7 @@ from tests.integration.faultkit import (
     committed,
     kill_switch_seqs,
     last_seq,
+    stored_kill_switch_seqs,
     wait_for,
 )
 
@@ -74,7 +75,7 @@ async def test_a_kill_leaves_while_the_previous_batch_commit_is_held(stack: tupl
             await js.publish(subject, payload)
         await asyncio.wait_for(received.wait(), 30)  # folded beside the held commit
         await sub.unsubscribe()
-        kills = await kill_switches(js)
+        kills = await stored_kill_switch_seqs(js, ROLLOUT)  # received by a subscriber: stored soon after
         assert len(kills) == 1, kills
         assert committed(settings.data_dir, NAME) < head_last, "the held commit may not have landed"
         info = await js.consumer_info(subjects.LOG_STREAM, NAME)

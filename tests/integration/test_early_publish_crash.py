@@ -29,6 +29,7 @@ from tests.integration.faultkit import (
     kill_switch_seqs,
     last_seq,
     spawn,
+    stored_kill_switch_seqs,
     wait_for,
 )
 
@@ -72,7 +73,7 @@ async def test_kill_published_before_its_commit_is_stored_once_after_a_crash(
         await js.publish(subjects.event(ROLLOUT, kind_of(trigger)), encode(trigger))
         await asyncio.wait_for(received.wait(), 60)  # published while the commit cannot happen
         await sub.unsubscribe()
-        kills = await kill_switches(js)
+        kills = await stored_kill_switch_seqs(js, ROLLOUT)  # received by a subscriber: stored soon after
         assert len(kills) == 1, kills
         assert committed(data_dir, "rollback") == head, "the batch that decided the kill must not be committed yet"
         first.send_signal(signal.SIGKILL)
