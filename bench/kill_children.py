@@ -30,6 +30,7 @@ from rollout_engine.events import subjects
 
 __all__ = ["RollbackChildren", "rollback_children"]
 
+
 @dataclass
 class RollbackChildren:
     """The running children: which durable folds a rollout, and when it has folded a message."""
