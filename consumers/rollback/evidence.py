@@ -45,9 +45,9 @@ def stats_shape(policy: Policy) -> tuple[int, int, int, int]:
     of the rollback fold on the bench workload (bench/NOTES.md)."""
     guards = policy.all_guards()
     timed = any(g.window == "time" for g in guards)
-    sketched = any(g.test == "mann_whitney" or (g.window == "all" and g.aggregate not in ("mean", "rate"))
-                   for g in guards)
-    return policy.last_n, policy.window_ms, 5000 if timed else SMALL_TIME_CAP, int(sketched)
+    needs_sketch = any(g.test == "mann_whitney" or (g.window == "all" and g.aggregate not in ("mean", "rate"))
+                       for g in guards)
+    return policy.last_n, policy.window_ms, 5000 if timed else SMALL_TIME_CAP, int(needs_sketch)
 
 
 def sketched(shape: Sequence[int]) -> bool:
