@@ -198,7 +198,7 @@ async def kill_latency(kills: int = 100, background_eps: int = 50_000, warmup_s:
             trace = KillTrace(runner)
             task = asyncio.create_task(runner.run())
             fold.projection = runner.projection
-        else:
+        elif children is None:  # the children fold and publish: nothing folds here
             await fold.start()
         received: dict[str, float] = {}
         arrived: dict[str, asyncio.Event] = {}
