@@ -48,8 +48,9 @@ def _judged(projection: RollbackProjection, seed: int) -> tuple[list[bytes], lis
 @pytest.mark.parametrize("seed", range(8))
 def test_a_fold_without_the_sketch_judges_exactly_as_one_with_it(seed: int) -> None:
     """The workloads mix policies that read the sketch (p95 of ``all``, a rank test) and
-    policies that do not: every command and every status is the same either way (a
-    policy read a sketch it lacked would raise instead)."""
+    policies that do not: every command and every status of the lean evidence (no sketch
+    unless read, the series alone) is the one of a full canary-stats fold (a policy that
+    read a sketch its fold lacked would raise instead)."""
     lean = _judged(RollbackProjection(), seed)
     assert lean[0], "the workload must make commands, or the comparison proves little"
     assert lean == _judged(RollbackProjection(stats_factory=_always_sketched), seed)
