@@ -33,11 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +42,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from bench.bench_scale import _caught_up, _wait
-from bench.children import durables_exist
+from bench.children import durables_exist, named_children
 from bench.harness import Figure, bench_server
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.events import Decision, Metric, Outcome, encode, encode_batch, kind_of, subjects
@@ -53,7 +50,6 @@ from rollout_engine.events.message import log_messages
 
 __all__ = ["flood_run", "resting_figures"]
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("canary_stats", "rollback")
 T0 = 1_700_000_000_000
 PER_KIND = 17
@@ -105,49 +101,29 @@ def _rss_mb(pid: int) -> tuple[float, float]:
 
 async def flood_run(rollouts: int, cap: int, kills: int = 5) -> dict[str, Any]:
     """One flood of ``rollouts`` ids with ``resident_rollouts = cap`` (0: all in memory)."""
-    async with bench_server() as (server, settings, nc, js):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "ROLLOUT_RESIDENT_ROLLOUTS": str(cap)}
-        procs = {name: await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", server.url or "", "--data-dir",
-            settings.data_dir, "consumer", name, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=env) for name in NAMES}
-        try:
-            await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start")
-            breaches = {f"kill-{k}": runs(f"kill-{k}", 60, canary_pct=50, candidate=Profile(quality=82.0))
-                        for k in range(kills)}
-            start = time.perf_counter()
-            for events in breaches.values():
-                for subject, payload in log_messages(events[:TRIGGER_AT], 100):
-                    await js.publish_async(subject, payload)
-            await _flood(js, rollouts)
-            fold_s = time.perf_counter() - start
-            await asyncio.sleep(2.0)  # idle: the KV mirrors' last rounds
-            rss = {name: _rss_mb(proc.pid) for name, proc in procs.items()}
-            rss["nats-server"] = _rss_mb(server.process.pid) if server.process else (0.0, 0.0)
-            latencies = await _kill_latencies(nc, breaches)
-        finally:
-            await _stop(procs)
+    async with bench_server() as (server, settings, nc, js), \
+            named_children(server.url or "", settings.data_dir, NAMES, _env(cap)) as procs:
+        await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start")
+        breaches = {f"kill-{k}": runs(f"kill-{k}", 60, canary_pct=50, candidate=Profile(quality=82.0))
+                    for k in range(kills)}
+        start = time.perf_counter()
+        for events in breaches.values():
+            for subject, payload in log_messages(events[:TRIGGER_AT], 100):
+                await js.publish_async(subject, payload)
+        await _flood(js, rollouts)
+        fold_s = time.perf_counter() - start
+        await asyncio.sleep(2.0)  # idle: the KV mirrors' last rounds
+        rss = {name: _rss_mb(proc.pid) for name, proc in procs.items()}
+        rss["nats-server"] = _rss_mb(server.process.pid) if server.process else (0.0, 0.0)
+        latencies = await _kill_latencies(nc, breaches)
     return {"rollouts": rollouts, "cap": cap, "fold_s": fold_s, "events": rollouts * 3 * PER_KIND,
             "rss_mb": {k: v[0] for k, v in rss.items()}, "hwm_mb": {k: v[1] for k, v in rss.items()},
             "kill_ms": latencies}
 
 
-async def _spawn(url: str, data_dir: str, cap: int) -> dict[str, Any]:
-    """The consumer processes of :data:`NAMES`, as ``rollout up`` runs them."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROLLOUT_RESIDENT_ROLLOUTS": str(cap)}
-    return {name: await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rollout_engine.engine.cli", "--nats-url", url, "--data-dir", data_dir, "consumer",
-        name, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env) for name in NAMES}
-
-
-async def _stop(procs: dict[str, Any]) -> None:
-    for proc in procs.values():
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-    for name, proc in procs.items():
-        _, err = await proc.communicate()
-        if proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"consumer {name} failed: {err.decode()[-1000:]}")
+def _env(cap: int) -> dict[str, str]:
+    """The consumer children's settings: at most ``cap`` rollouts in memory (0: all)."""
+    return {"ROLLOUT_RESIDENT_ROLLOUTS": str(cap)}
 
 
 def _cpu_s(pid: int) -> float:
@@ -182,27 +158,23 @@ async def restart_run(rollouts: int, cap: int, quiet_s: float = 3.0) -> dict[str
             kind = msg.subject.split(".")[2]
             counts[kind] = counts.get(kind, 0) + 1
 
-        procs = await _spawn(server.url or "", settings.data_dir, cap)
+        sub = await nc.subscribe(f"$KV.{subjects.STATE_BUCKET}.>", cb=on_put)
         try:
-            await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start")
-            sub = await nc.subscribe(f"$KV.{subjects.STATE_BUCKET}.>", cb=on_put)
-            await _flood(js, rollouts)
-            await _quiet(counts, quiet_s, 900)  # the first run's last rounds
-            first = dict(counts)
+            async with named_children(server.url or "", settings.data_dir, NAMES, _env(cap)):
+                await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start")
+                await _flood(js, rollouts)
+                await _quiet(counts, quiet_s, 900)  # the first run's last rounds
+                first = dict(counts)
+            for name in NAMES:  # made again by each process once it has started (after its mirror's first round)
+                await js.delete_consumer(subjects.LOG_STREAM, name)
+            counts.clear()
+            started = time.perf_counter()
+            async with named_children(server.url or "", settings.data_dir, NAMES, _env(cap)) as procs:
+                await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start again")
+                waited = time.perf_counter() - started
+                puts_s = waited + await _quiet(counts, quiet_s, 900)
+                cpu = {name: _cpu_s(proc.pid) for name, proc in procs.items()}
         finally:
-            await _stop(procs)
-        for name in NAMES:  # made again by each process once it has started (after its mirror's first round)
-            await js.delete_consumer(subjects.LOG_STREAM, name)
-        counts.clear()
-        started = time.perf_counter()
-        procs = await _spawn(server.url or "", settings.data_dir, cap)
-        try:
-            await _wait(lambda: durables_exist(js, list(NAMES)), 60, "the consumer processes to start again")
-            waited = time.perf_counter() - started
-            puts_s = waited + await _quiet(counts, quiet_s, 900)
-            cpu = {name: _cpu_s(proc.pid) for name, proc in procs.items()}
-        finally:
-            await _stop(procs)
             await sub.unsubscribe()
     return {"rollouts": rollouts, "cap": cap, "first_run_puts": first, "puts": dict(counts),
             "puts_s": puts_s if counts else 0.0, "cpu_s": cpu}
