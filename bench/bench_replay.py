@@ -7,7 +7,7 @@ each message and folds it into every projection, the work shared by one process 
 that the one-process fold without de-duplication by event id (``consumers.dedupe``), the
 cost of the seen set as a same-run reference. The workload is the shared
 synthetic one (``bench.workload``), 100-event msgpack batches as the SDK publishes them.
-Target: at least 250,000 events/s.
+Targets: at least 250,000 events/s in one process, 400,000 with the parallel mode.
 
 Beside it, the rollback consumer's fold alone in microseconds per event (decoded events,
 no de-duplication, the commands it emits folded back as the runtime does), target
@@ -55,6 +55,7 @@ __all__ = ["decode_figures", "decode_us_per_event", "fold_figures", "fold_us_per
            "replay_figures"]
 
 TARGET = "≥ 250,000 events/s"
+PARALLEL_TARGET = "≥ 400,000 events/s"
 FOLD_TARGET = "≤ 2.5 µs"
 
 
@@ -158,12 +159,12 @@ async def replay_figures(total: int = 200_000, repeat: int = 3) -> list[Figure]:
         figures = [
             await measure(f"replay from a file through all projections ({', '.join(names)}), "
                           f"{os.cpu_count()} processes as rollout replay runs it", "events/s",
-                          runner(True), repeat, target=TARGET, note=note),
+                          runner(True), repeat, target=PARALLEL_TARGET, note=note),
         ]
         reference = await measure("replay from a file through all projections, one process, no de-duplication "
                                   "by event id", "events/s", runner(False, dedupe=False), repeat, note=note)
         figures.append(await measure("replay from a file through all projections, one process", "events/s",
-                                     runner(False), repeat, note=note,
+                                     runner(False), repeat, target=TARGET, note=note,
                                      reference=reference.name, reference_value=reference.median))
         figures.append(reference)
         if any(d != digests[0] for d in digests):
