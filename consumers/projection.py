@@ -210,10 +210,7 @@ class RolloutProjection(Generic[S]):
 
     def advance(self, event: AnyEvent) -> bool:
         """Move the clock with any event (ticks and bounded event times); True when it moved."""
-        clock = self.clock
-        before = (clock.now_ms, clock.last_tick_ms)
-        clock.advance(event)
-        if (clock.now_ms, clock.last_tick_ms) != before:
+        if self.clock.advance(event):
             self._dirty.add(META)
             return True
         return False

@@ -35,6 +35,7 @@ from rollout_engine.events import (
     BanditConfig,
     Event,
     Evidence,
+    Metric,
     Outcome,
     RecheckClosed,
     RecheckRequest,
@@ -133,6 +134,8 @@ class VerificationProjection(RolloutProjection[Queue]):
         out: list[Event] = []
         if self.advance(event):
             out = self._run_due(self.clock.now_ms)
+        if type(event) is Metric:  # half of the producer events: they move the clock only
+            return out
         if isinstance(event, Outcome):
             out.extend(self._on_outcome(event))
         elif isinstance(event, BanditConfig) and event.verification is not None:

@@ -35,6 +35,7 @@ from rollout_engine.events import (
     Event,
     Guardrail,
     GuardrailState,
+    Metric,
     Outcome,
 )
 
@@ -97,6 +98,8 @@ class BanditProjection(RolloutProjection[RolloutBandit]):
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         if self.advance(event):
             self._expire(self.clock.now_ms, seq)
+        if type(event) is Metric:  # half of the producer events: they move the clock only
+            return []
         now = self.clock.now_ms
         if isinstance(event, Decision):
             self._on_decision(event, seq, now)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollout_engine.consumers.canary_stats import CanaryStats
-from rollout_engine.consumers.eventtime import MAX_AHEAD_MS, bounded
+from rollout_engine.consumers.eventtime import MAX_AHEAD_MS, EventClock, bounded
 from rollout_engine.consumers.rollback.projection import RollbackProjection
 from rollout_engine.consumers.rollback.scenario import T0, Profile, policy_change, runs
 from rollout_engine.events import Event, KillSwitch, Metric, Tick
@@ -42,6 +42,24 @@ def fold(p: RollbackProjection, events: Iterable[Event]) -> list[Event]:
 def metric(t: int, value: float = 100.0, variant: str = "candidate", rollout: str = R) -> Metric:
     return Metric(id=f"m{t}-{value}", rollout=rollout, time_ms=t, producer="skewed", variant=variant,
                   name="latency_ms", value=value)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 10**6)), max_size=40))
+@settings(max_examples=300)
+def test_the_clock_says_it_moved_exactly_when_the_tick_or_now_moved(steps: list[tuple[bool, int]]) -> None:
+    """``EventClock.advance`` (its rule inlined for speed) against the plain rule: a tick
+    sets the last tick when later, every time moves *now* when later, a producer's time
+    bounded by the last tick (a projection marks its engine-wide part dirty on True)."""
+    clock = EventClock(skew_ms=1_000)
+    now = last_tick = 0
+    for is_tick, t in steps:
+        event = tick(t) if is_tick else metric(t)
+        before = (now, last_tick)
+        if is_tick:
+            last_tick = max(last_tick, t)
+        now = max(now, t if is_tick else bounded(t, last_tick, 1_000))
+        assert clock.advance(event) == ((now, last_tick) != before)
+        assert (clock.now_ms, clock.last_tick_ms) == (now, last_tick)
 
 
 @given(st.integers(0, 2**53), st.integers(0, 2**53))
