@@ -134,7 +134,7 @@ class VerificationProjection(RolloutProjection[Queue]):
         out: list[Event] = []
         if self.advance(event):
             out = self._run_due(self.clock.now_ms)
-        if type(event) is Metric:  # half of the producer events: they move the clock only
+        if type(event) is Metric:  # a metric moves the clock only (half of the bench workload's events)
             return out
         if isinstance(event, Outcome):
             out.extend(self._on_outcome(event))

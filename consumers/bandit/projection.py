@@ -98,7 +98,7 @@ class BanditProjection(RolloutProjection[RolloutBandit]):
     def apply(self, event: AnyEvent, seq: int) -> list[Event]:
         if self.advance(event):
             self._expire(self.clock.now_ms, seq)
-        if type(event) is Metric:  # half of the producer events: they move the clock only
+        if type(event) is Metric:  # a metric moves the clock only (half of the bench workload's events)
             return []
         now = self.clock.now_ms
         if isinstance(event, Decision):
