@@ -78,10 +78,7 @@ class EventClock(msgspec.Struct, array_like=True, gc=False):
             t = event.time_ms
         else:
             moved = False
-            tick = self.last_tick_ms  # bound(), inlined: every timed fold calls this once per event
-            t = event.time_ms
-            if tick > 0 and t > tick + self.skew_ms:
-                t = tick + self.skew_ms
+            t = self.bound(event.time_ms)
         if t > self.now_ms:
             self.now_ms = t
             return True
