@@ -96,11 +96,20 @@ class SecureStack:
             return False
         from rollout_engine.consumers import registry
 
-        partitions = self.flags[self.flags.index("--partitions") + 1] if "--partitions" in self.flags else ""
-        wanted = {f"{n}_p{k}" for n in registry.names() for k in range(int(partitions))} if partitions \
-            else set(registry.names())
+        wanted = {durable for name in registry.names() for durable in self.durables(name)}
         log = next((s for s in self.status()["streams"] if s["name"] == subjects.LOG_STREAM), {})
         return wanted <= {c["name"] for c in log.get("consumers", [])}
+
+    def durables(self, consumer: str) -> tuple[str, ...]:
+        """The durable names ``consumer`` folds under with this stack's flags (one per partition).
+
+        Known from the flags rather than listed from the server: while a cluster re-elects the
+        stream's leader, the consumers' listing can come back empty.
+        """
+        if "--partitions" not in self.flags:
+            return (consumer,)
+        partitions = int(self.flags[self.flags.index("--partitions") + 1])
+        return tuple(f"{consumer}_p{k}" for k in range(partitions))
 
     def log(self) -> str:
         path = self.root / "up.log"
@@ -209,6 +218,7 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: 
 
 async def settled(js: Any, consumers: tuple[str, ...]) -> None:
     """Wait until these durables have folded and acked everything (twice in a row)."""
+    assert consumers, "settled() needs the durables to wait for: with none it could never be calm"
     calm = 0
     deadline = time.monotonic() + 60
     while calm < 2:
@@ -253,9 +263,7 @@ async def regression_is_killed_once(stack: SecureStack, attacked: str, control: 
                 return all([len(await kill_switches(ejs, r)) >= 1 for r in (attacked, control)])
 
             await until(both_killed, 60, "a kill switch in each regressing rollout")
-            rollbacks = tuple(info.name for info in await ejs.consumers_info(subjects.LOG_STREAM)
-                              if info.name.startswith("rollback"))
-            await settled(ejs, rollbacks)
+            await settled(ejs, stack.durables("rollback"))
             for rollout in (attacked, control):
                 kills = await kill_switches(ejs, rollout)
                 assert len(kills) == 1, f"{rollout}: {len(kills)} kill switches, expected exactly one"
