@@ -21,22 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout_engine.engine.stack.processes import ask_priority
+from rollout_engine.engine.stack.processes import ask_priority, child_preexec
 
 __all__ = ["KillTrace", "neighbours", "priority"]
 
 SPIN = "while True: pass"
-_NEIGHBOUR = """
-import ctypes, os, signal, sys
-try:  # Linux: killed with the bench, even when the bench itself is killed (no finally runs then)
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (AttributeError, OSError):
-    pass
-if os.getppid() != {parent}:
-    sys.exit()
-os.nice({nice})
-{spin}
-"""
 
 
 @contextlib.contextmanager
@@ -45,8 +34,8 @@ def neighbours(count: int | None = None, nice: int = 0) -> Iterator[list[subproc
     ``nice`` > 0 runs them at that lower priority, as ``rollout up`` runs its bulk consumers.
     They die with the thread that started them (Linux), so a bench stopped with a signal
     leaves no core spinning: start them from the thread that lives through the block."""
-    command = [sys.executable, "-c", _NEIGHBOUR.format(parent=os.getpid(), nice=nice, spin=SPIN)]
-    procs = [subprocess.Popen(command) for _ in range(count or os.cpu_count() or 1)]
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN], preexec_fn=child_preexec(nice))
+             for _ in range(count or os.cpu_count() or 1)]
     try:
         yield procs
     finally:
