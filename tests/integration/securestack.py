@@ -27,6 +27,7 @@ import nats
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
+from rollout_engine.consumers.consumer import store_name
 from rollout_engine.consumers.rollback.scenario import Profile, runs
 from rollout_engine.engine.api.client import call
 from rollout_engine.engine.bus import connect
@@ -107,9 +108,9 @@ class SecureStack:
         stream's leader, the consumers' listing can come back empty.
         """
         if "--partitions" not in self.flags:
-            return (consumer,)
+            return (store_name(consumer, None),)
         partitions = int(self.flags[self.flags.index("--partitions") + 1])
-        return tuple(f"{consumer}_p{k}" for k in range(partitions))
+        return tuple(store_name(consumer, k) for k in range(partitions))
 
     def log(self) -> str:
         path = self.root / "up.log"
